@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole test suite (`make test`; .ci/run calls it):
+#   1. unit tests of the pure state machine and #[pg_test] in-database tests (cargo pgrx test)
+#   2. build + install the extension into the system PostgreSQL 15
+#   3. a scratch cluster preloading lease_sched and pg_cron, then
+#      - isolation specs (pg_isolation_regress): deterministic interleavings of sessions
+#      - integration tests over real connections (tests/integration, cargo test)
+# Set LEASE_TEST_ONLY=integration|isolation|pgtest to run one part.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+PGBIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PGBIN/pg_config
+only=${LEASE_TEST_ONLY:-all}
+want() { [ "$only" = all ] || [ "$only" = "$1" ]; }
+
+if want pgtest; then
+  echo "== unit and in-database tests (cargo pgrx test)"
+  pgtest_dir=/tmp/lease_sched_pgtest
+  mkdir -p "$pgtest_dir" && chown postgres "$pgtest_dir"
+  cargo pgrx test pg15 --runas postgres --pgdata "$pgtest_dir/data"
+fi
+
+echo "== building and installing lease_sched"
+cargo pgrx install --pg-config "$PG_CONFIG" >/tmp/lease_sched_install.log 2>&1 \
+  || { tail -40 /tmp/lease_sched_install.log; exit 1; }
+
+dir=/tmp/lease_sched_test
+port=${LEASE_TEST_PORT:-55440}
+scripts/cluster.sh start "$dir" "$port" \
+  "lease_sched.sweep_interval = '1s'" \
+  "log_min_messages = warning"
+trap 'scripts/cluster.sh stop "$dir" immediate' EXIT
+export LEASE_SCHED_DSN="host=127.0.0.1 port=$port dbname=lease_sched user=postgres"
+export LEASE_SCHED_PGDATA="$dir/data" LEASE_SCHED_PGBIN="$PGBIN" LEASE_SCHED_LOG="$dir/server.log"
+$PGBIN/psql -h 127.0.0.1 -p "$port" -U postgres -d lease_sched -qc "CREATE EXTENSION lease_sched"
+
+if want isolation; then
+  echo "== isolation specs (pg_isolation_regress)"
+  out=/tmp/lease_sched_isolation
+  rm -rf "$out" && mkdir -p "$out"
+  specs=$(cd tests/isolation/specs && ls *.spec | sed 's/\.spec$//')
+  $PGBIN/../lib/pgxs/src/test/isolation/pg_isolation_regress \
+      --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched \
+      --inputdir=tests/isolation --outputdir="$out" $specs \
+    || { cat "$out/regression.diffs" 2>/dev/null | head -80; exit 1; }
+fi
+
+if want integration; then
+  echo "== integration tests (tests/integration)"
+  cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=8
+fi

@@ -1,0 +1,57 @@
+-- The lease API: claim, heartbeat, finish. Implemented in Rust (src/api/lease.rs).
+-- Every function is SECURITY DEFINER with a pinned search_path, so a runner role needs
+-- only EXECUTE (never table privileges), and a hostile search_path cannot redirect it.
+-- None is STRICT: a NULL argument is an error that names it, never a silent NULL.
+
+CREATE FUNCTION lease_sched.lease_try_claim(
+    job_name            text,
+    plan_time           timestamptz,
+    runner_id           text,
+    scope_kind          text     DEFAULT 'global',
+    scope_id            text     DEFAULT '',
+    stale_timeout       interval DEFAULT '5 minutes',
+    max_attempts        int      DEFAULT 3,
+    allow_stale_reentry boolean  DEFAULT true
+) RETURNS TABLE (
+    outcome       text,
+    execution_id  uuid,
+    lease_token   uuid,
+    attempt       int,
+    fencing_token bigint,
+    stale_after   timestamptz
+)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+ROWS 1
+AS 'MODULE_PATHNAME', 'lease_try_claim_wrapper';
+
+COMMENT ON FUNCTION lease_sched.lease_try_claim(text, timestamptz, text, text, text, interval, int, boolean) IS
+    'Claim one scheduled run: won (new row), stole (stale RUNNING lease or due FAILED retry), or conflicted. Always one row.';
+
+CREATE FUNCTION lease_sched.lease_heartbeat(
+    execution_id uuid,
+    lease_token  uuid
+) RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'lease_heartbeat_wrapper';
+
+COMMENT ON FUNCTION lease_sched.lease_heartbeat(uuid, uuid) IS
+    'Extend a held lease to now + its stale_timeout; false when the lease is lost.';
+
+CREATE FUNCTION lease_sched.lease_finish(
+    execution_id  uuid,
+    lease_token   uuid,
+    status        text,
+    result        jsonb    DEFAULT NULL,
+    rows_affected bigint   DEFAULT NULL,
+    error_code    text     DEFAULT NULL,
+    error_msg     text     DEFAULT NULL,
+    retry_in      interval DEFAULT NULL
+) RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'lease_finish_wrapper';
+
+COMMENT ON FUNCTION lease_sched.lease_finish(uuid, uuid, text, jsonb, bigint, text, text, interval) IS
+    'Write the terminal SUCCESS or FAILED state of a held lease; false (and nothing written) when the lease is lost.';

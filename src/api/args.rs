@@ -1,0 +1,55 @@
+//! Argument checks shared by the SQL functions. Each failure is an ERROR with a class-22
+//! SQLSTATE whose message names the argument, raised before anything is written.
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+
+use crate::error::{invalid_argument, null_argument};
+
+pub fn required<T>(value: Option<T>, name: &str) -> T {
+    value.unwrap_or_else(|| null_argument(name))
+}
+
+pub fn non_empty<'a>(value: Option<&'a str>, name: &str) -> &'a str {
+    let value = required(value, name);
+    if value.is_empty() {
+        invalid_argument(name, "must not be empty", None);
+    }
+    value
+}
+
+pub fn finite_time(value: Option<TimestampWithTimeZone>, name: &str) -> TimestampWithTimeZone {
+    let value = required(value, name);
+    if !value.is_finite() {
+        invalid_argument(name, "must be a finite timestamp", None);
+    }
+    value
+}
+
+/// The longest interval accepted anywhere (lease lifetimes, retry delays, lock TTLs).
+/// Far beyond any sane lease, and far from timestamp overflow.
+const MAX_INTERVAL_MICROS: i128 = 366 * 86_400 * 1_000_000;
+
+/// Intervals compare as PostgreSQL compares them (a month counts as 30 days).
+pub fn interval_in_range(value: Interval, name: &str, allow_zero: bool) -> Interval {
+    let micros = value.as_micros();
+    let ok_low = if allow_zero { micros >= 0 } else { micros > 0 };
+    if !ok_low {
+        let bound = if allow_zero { "must not be negative" } else { "must be positive" };
+        invalid_argument(name, bound, Some("Pass an interval such as '30 seconds'."));
+    }
+    if micros > MAX_INTERVAL_MICROS {
+        invalid_argument(name, "must be at most 1 year", None);
+    }
+    value
+}
+
+pub fn positive_interval(value: Option<Interval>, name: &str) -> Interval {
+    interval_in_range(required(value, name), name, false)
+}
+
+pub fn at_least_one(value: Option<i32>, name: &str) -> i32 {
+    let value = required(value, name);
+    if value < 1 {
+        invalid_argument(name, "must be at least 1", None);
+    }
+    value
+}

@@ -1,0 +1,101 @@
+//! lease_try_claim, lease_heartbeat, lease_finish (declared in sql/lease.sql).
+use pgrx::datum::{Interval, JsonB, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::Uuid;
+
+use super::args::{at_least_one, finite_time, interval_in_range, non_empty, positive_interval, required};
+use crate::error::{bad_argument, invalid_argument};
+use crate::lease::{self, state, ClaimRequest, Finish};
+
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn lease_try_claim(
+    job_name: Option<&str>,
+    plan_time: Option<TimestampWithTimeZone>,
+    runner_id: Option<&str>,
+    scope_kind: Option<&str>,
+    scope_id: Option<&str>,
+    stale_timeout: Option<Interval>,
+    max_attempts: Option<i32>,
+    allow_stale_reentry: Option<bool>,
+) -> TableIterator<
+    'static,
+    (
+        name!(outcome, String),
+        name!(execution_id, Option<Uuid>),
+        name!(lease_token, Option<Uuid>),
+        name!(attempt, Option<i32>),
+        name!(fencing_token, Option<i64>),
+        name!(stale_after, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let req = ClaimRequest {
+        job_name: non_empty(job_name, "job_name"),
+        plan_time: finite_time(plan_time, "plan_time"),
+        runner_id: non_empty(runner_id, "runner_id"),
+        scope_kind: non_empty(scope_kind, "scope_kind"),
+        scope_id: required(scope_id, "scope_id"),
+        stale_timeout: positive_interval(stale_timeout, "stale_timeout"),
+        max_attempts: at_least_one(max_attempts, "max_attempts"),
+        allow_stale_reentry: required(allow_stale_reentry, "allow_stale_reentry"),
+    };
+    let c = lease::claim(&req);
+    TableIterator::once((
+        c.outcome.as_str().to_string(),
+        c.execution_id,
+        c.lease_token,
+        c.attempt,
+        c.fencing_token,
+        c.stale_after,
+    ))
+}
+
+#[pg_extern(sql = false)]
+fn lease_heartbeat(execution_id: Option<Uuid>, lease_token: Option<Uuid>) -> bool {
+    lease::heartbeat(required(execution_id, "execution_id"), required(lease_token, "lease_token"))
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn lease_finish(
+    execution_id: Option<Uuid>,
+    lease_token: Option<Uuid>,
+    status: Option<&str>,
+    result: Option<JsonB>,
+    rows_affected: Option<i64>,
+    error_code: Option<&str>,
+    error_msg: Option<&str>,
+    retry_in: Option<Interval>,
+) -> bool {
+    let execution_id = required(execution_id, "execution_id");
+    let lease_token = required(lease_token, "lease_token");
+    let status = match state::Status::from_sql(required(status, "status")) {
+        Some(s @ (state::Status::Success | state::Status::Failed)) => s,
+        _ => invalid_argument("status", "must be 'SUCCESS' or 'FAILED'", None),
+    };
+    if let Some(result) = &result {
+        let size = serde_json::to_string(&result.0).map(|s| s.len()).unwrap_or(usize::MAX);
+        if size > state::RESULT_MAX_BYTES {
+            bad_argument(
+                PgSqlErrorCode::ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
+                "result",
+                &format!("is {size} bytes of JSON, more than the limit of {} bytes", state::RESULT_MAX_BYTES),
+                Some("Keep results small; put large output in your own table or logs."),
+            );
+        }
+    }
+    let failed = status == state::Status::Failed;
+    let finish = Finish {
+        status,
+        result,
+        rows_affected,
+        // Error fields describe failures only; a SUCCESS clears them.
+        error_code: failed.then(|| error_code.filter(|c| !c.is_empty()).unwrap_or("handler_error").to_string()),
+        error_msg: error_msg
+            .filter(|_| failed)
+            .map(|m| state::truncate_chars(m, state::ERROR_MSG_MAX_CHARS).to_string()),
+        retry_in: retry_in.map(|r| interval_in_range(r, "retry_in", true)),
+    };
+    lease::finish(execution_id, lease_token, finish)
+}

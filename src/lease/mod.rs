@@ -1,0 +1,225 @@
+//! Lease operations on `sys_cron_executions`: claim, heartbeat, finish.
+//! Arguments arrive validated (see `api::lease`); this module decides and writes.
+pub mod state;
+pub mod store;
+
+use pgrx::datum::{DatumWithOid, Interval, JsonB, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiTupleTable};
+use pgrx::Uuid;
+
+use crate::settings;
+use crate::spi_plans::execute;
+use state::{ClaimDecision, DbTime, LeaseRow, Status};
+
+/// The database clock now (`clock_timestamp()`), not the transaction start (`now()`): a
+/// claim or heartbeat inside a long transaction must not hand out a lease that is
+/// already partly expired. Read once per call so the whole call decides on one instant.
+pub fn db_clock() -> DbTime {
+    // SAFETY: reads the system clock; no shared state.
+    unsafe { pgrx::pg_sys::GetCurrentTimestamp() }
+}
+
+pub fn timestamptz(t: DbTime) -> TimestampWithTimeZone {
+    TimestampWithTimeZone::try_from(t).expect("database clock is a finite timestamp")
+}
+
+pub struct ClaimRequest<'a> {
+    pub job_name: &'a str,
+    pub scope_kind: &'a str,
+    pub scope_id: &'a str,
+    pub plan_time: TimestampWithTimeZone,
+    pub runner_id: &'a str,
+    pub stale_timeout: Interval,
+    pub max_attempts: i32,
+    pub allow_stale_reentry: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Won,
+    Stole,
+    Conflicted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Won => "won",
+            Outcome::Stole => "stole",
+            Outcome::Conflicted => "conflicted",
+        }
+    }
+}
+
+pub struct Claim {
+    pub outcome: Outcome,
+    pub execution_id: Option<Uuid>,
+    pub lease_token: Option<Uuid>,
+    pub attempt: Option<i32>,
+    pub fencing_token: Option<i64>,
+    pub stale_after: Option<TimestampWithTimeZone>,
+}
+
+struct ExistingRow {
+    id: Uuid,
+    lease: LeaseRow,
+}
+
+fn probe(client: &mut SpiClient<'_>, req: &ClaimRequest<'_>) -> Option<ExistingRow> {
+    let table = execute(
+        client,
+        &store::PROBE,
+        &[req.job_name.into(), req.scope_kind.into(), req.scope_id.into(), req.plan_time.into()],
+    );
+    if table.is_empty() {
+        return None;
+    }
+    let row = table.first();
+    let get_ts = |i| row.get::<TimestampWithTimeZone>(i).unwrap().map(|t| t.into_inner());
+    let status: String = row.get(2).unwrap().unwrap();
+    Some(ExistingRow {
+        id: row.get(1).unwrap().unwrap(),
+        lease: LeaseRow {
+            status: Status::from_sql(&status).expect("status is constrained by a CHECK"),
+            attempt: row.get(3).unwrap().unwrap(),
+            max_attempts: row.get(4).unwrap().unwrap(),
+            stale_after: get_ts(5),
+            next_retry_at: get_ts(6),
+            allow_stale_reentry: row.get(7).unwrap().unwrap(),
+        },
+    })
+}
+
+/// Read the RETURNING row of INSERT or STEAL as a granted lease.
+fn granted(table: SpiTupleTable<'_>, outcome: Outcome) -> Option<Claim> {
+    if table.is_empty() {
+        return None;
+    }
+    let row = table.first();
+    Some(Claim {
+        outcome,
+        execution_id: row.get(1).unwrap(),
+        lease_token: row.get(2).unwrap(),
+        attempt: row.get(3).unwrap(),
+        fencing_token: row.get(4).unwrap(),
+        stale_after: row.get(5).unwrap(),
+    })
+}
+
+fn conflicted(existing: Option<&ExistingRow>) -> Claim {
+    Claim {
+        outcome: Outcome::Conflicted,
+        execution_id: existing.map(|e| e.id),
+        lease_token: None,
+        attempt: existing.map(|e| e.lease.attempt),
+        fencing_token: None,
+        stale_after: existing
+            .filter(|e| e.lease.status == Status::Running)
+            .and_then(|e| e.lease.stale_after)
+            .map(timestamptz),
+    }
+}
+
+/// One claim: probe the row without locking; insert when absent, steal when the state
+/// machine allows it, else report the conflict. A lost insert race re-reads the row the
+/// winner committed and decides again, so every caller gets a definite outcome.
+pub fn claim(req: &ClaimRequest<'_>) -> Claim {
+    let now = db_clock();
+    Spi::connect_mut(|client| {
+        let mut existing = probe(client, req);
+        // Two rounds suffice: after a lost insert race the row exists. A third round only
+        // happens if that row was deleted meanwhile, which we report as a conflict.
+        for _ in 0..3 {
+            match state::decide_claim(existing.as_ref().map(|e| &e.lease), now, req.allow_stale_reentry) {
+                ClaimDecision::Insert => {
+                    let inserted = execute(
+                        client,
+                        &store::INSERT,
+                        &[
+                            req.job_name.into(),
+                            req.scope_kind.into(),
+                            req.scope_id.into(),
+                            req.plan_time.into(),
+                            req.max_attempts.into(),
+                            req.runner_id.into(),
+                            req.allow_stale_reentry.into(),
+                            req.stale_timeout.into(),
+                            timestamptz(now).into(),
+                        ],
+                    );
+                    if let Some(won) = granted(inserted, Outcome::Won) {
+                        return won;
+                    }
+                    existing = probe(client, req);
+                }
+                ClaimDecision::Steal => {
+                    let id = existing.as_ref().expect("steal needs a row").id;
+                    let stolen = execute(
+                        client,
+                        &store::STEAL,
+                        &[
+                            id.into(),
+                            req.runner_id.into(),
+                            req.allow_stale_reentry.into(),
+                            req.stale_timeout.into(),
+                            timestamptz(now).into(),
+                        ],
+                    );
+                    // No row: someone else changed it first (stole, finished, swept).
+                    return granted(stolen, Outcome::Stole).unwrap_or_else(|| conflicted(existing.as_ref()));
+                }
+                ClaimDecision::Conflict => return conflicted(existing.as_ref()),
+            }
+        }
+        conflicted(existing.as_ref())
+    })
+}
+
+/// Extend a held lease; false when the token no longer holds a RUNNING row.
+pub fn heartbeat(execution_id: Uuid, lease_token: Uuid) -> bool {
+    let now = db_clock();
+    Spi::connect_mut(|client| {
+        execute(client, &store::HEARTBEAT, &[execution_id.into(), lease_token.into(), timestamptz(now).into()])
+            .len()
+            == 1
+    })
+}
+
+pub struct Finish {
+    pub status: Status,
+    pub result: Option<JsonB>,
+    pub rows_affected: Option<i64>,
+    pub error_code: Option<String>,
+    pub error_msg: Option<String>,
+    pub retry_in: Option<Interval>,
+}
+
+/// Write the terminal state of a held lease; false (nothing written) when lost.
+pub fn finish(execution_id: Uuid, lease_token: Uuid, f: Finish) -> bool {
+    let now = db_clock();
+    let backoff_base = Interval::from_micros(settings::RETRY_BACKOFF_BASE_MS.get() as i64 * 1000);
+    let backoff_max = Interval::from_micros(settings::RETRY_BACKOFF_MAX_MS.get() as i64 * 1000);
+    let args: Vec<DatumWithOid> = vec![
+        execution_id.into(),
+        lease_token.into(),
+        f.status.as_sql().into(),
+        timestamptz(now).into(),
+        opt(f.result, pgrx::pg_sys::JSONBOID),
+        opt(f.rows_affected, pgrx::pg_sys::INT8OID),
+        opt(f.error_code, pgrx::pg_sys::TEXTOID),
+        opt(f.error_msg, pgrx::pg_sys::TEXTOID),
+        opt(f.retry_in, pgrx::pg_sys::INTERVALOID),
+        backoff_base.into(),
+        backoff_max.into(),
+    ];
+    Spi::connect_mut(|client| execute(client, &store::FINISH, &args).len() == 1)
+}
+
+/// A nullable statement argument.
+fn opt<'a, T: IntoDatum>(value: Option<T>, oid: pgrx::pg_sys::Oid) -> DatumWithOid<'a> {
+    match value {
+        Some(v) => v.into(),
+        None => DatumWithOid::null_oid(oid),
+    }
+}

@@ -1,0 +1,75 @@
+//! Every SQL statement on `lease_sched.sys_cron_executions`, in one place.
+//!
+//! Times come in as parameters read once per call from the database clock, so one call
+//! decides on one instant. The WHERE clause of `STEAL` is `state::may_steal` in SQL:
+//! the UPDATE re-checks it on the newest row version under the row lock, which is what
+//! makes concurrent steals of one row produce exactly one winner.
+use pgrx::pg_sys::{BOOLOID, INT4OID, INT8OID, INTERVALOID, JSONBOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
+
+use crate::spi_plans::Statement;
+
+/// The row a claim is about, read without taking any lock.
+pub static PROBE: Statement = Statement {
+    sql: "SELECT id, status, attempt, max_attempts, stale_after, next_retry_at, allow_stale_reentry
+            FROM lease_sched.sys_cron_executions
+           WHERE job_name = $1 AND scope_kind = $2 AND scope_id = $3 AND plan_time = $4",
+    arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
+};
+
+/// Outcome `won`: a fresh row at attempt 1. Returns no row when another session inserted
+/// the same key first (it waits for that session to commit or abort).
+pub static INSERT: Statement = Statement {
+    sql: "INSERT INTO lease_sched.sys_cron_executions AS e (
+              job_name, scope_kind, scope_id, plan_time, status, attempt, max_attempts,
+              runner_id, lease_token, fencing_token, allow_stale_reentry, stale_timeout,
+              heartbeat_at, stale_after, started_at, updated_at)
+          VALUES ($1, $2, $3, $4, 'RUNNING', 1, $5,
+              $6, gen_random_uuid(), nextval('lease_sched.fencing_token_seq'), $7, $8,
+              $9, $9 + $8, $9, $9)
+          ON CONFLICT (job_name, scope_kind, scope_id, plan_time) DO NOTHING
+          RETURNING id, lease_token, attempt, fencing_token, stale_after",
+    arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, BOOLOID, INTERVALOID, TIMESTAMPTZOID],
+};
+
+/// Outcome `stole`: the same row, a new holder, token and attempt.
+pub static STEAL: Statement = Statement {
+    sql: "UPDATE lease_sched.sys_cron_executions
+             SET status = 'RUNNING', attempt = attempt + 1, runner_id = $2,
+                 lease_token = gen_random_uuid(), fencing_token = nextval('lease_sched.fencing_token_seq'),
+                 allow_stale_reentry = $3, stale_timeout = $4,
+                 heartbeat_at = $5, stale_after = $5 + $4, started_at = $5,
+                 finished_at = NULL, duration_ms = NULL, next_retry_at = NULL, error_code = NULL,
+                 error_msg = NULL, rows_affected = NULL, result = NULL, updated_at = $5
+           WHERE id = $1
+             AND attempt < max_attempts
+             AND ((status = 'FAILED' AND coalesce(next_retry_at, $5) <= $5)
+               OR (status = 'RUNNING' AND stale_after < $5 AND $3 AND allow_stale_reentry))
+          RETURNING id, lease_token, attempt, fencing_token, stale_after",
+    arg_types: &[UUIDOID, TEXTOID, BOOLOID, INTERVALOID, TIMESTAMPTZOID],
+};
+
+/// Only the columns no index covers change, so this is a HOT update.
+pub static HEARTBEAT: Statement = Statement {
+    sql: "UPDATE lease_sched.sys_cron_executions
+             SET heartbeat_at = $3, stale_after = $3 + stale_timeout, updated_at = $3
+           WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING'",
+    arg_types: &[UUIDOID, UUIDOID, TIMESTAMPTZOID],
+};
+
+/// The terminal write. A FAILED run with attempts left gets `next_retry_at`: `retry_in`
+/// ($9) when given, else base * 2^(attempt-1) capped at max (`state::retry_backoff`).
+pub static FINISH: Statement = Statement {
+    sql: "UPDATE lease_sched.sys_cron_executions
+             SET status = $3, finished_at = $4,
+                 duration_ms = greatest(0, (extract(epoch FROM $4 - started_at) * 1000)::bigint),
+                 result = $5, rows_affected = $6, error_code = $7, error_msg = $8,
+                 next_retry_at = CASE WHEN $3 = 'FAILED' AND attempt < max_attempts
+                     THEN $4 + coalesce($9, least($10 * power(2, least(attempt - 1, 30))::float8, $11))
+                 END,
+                 updated_at = $4
+           WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING'",
+    arg_types: &[
+        UUIDOID, UUIDOID, TEXTOID, TIMESTAMPTZOID, JSONBOID, INT8OID, TEXTOID, TEXTOID, INTERVALOID,
+        INTERVALOID, INTERVALOID,
+    ],
+};

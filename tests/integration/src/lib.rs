@@ -1,0 +1,145 @@
+//! Shared helpers for the integration tests: connections to the cluster that
+//! scripts/test.sh started, and the lease API called by name as users call it.
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use postgres::{Client, NoTls, Row};
+use uuid::Uuid;
+
+pub fn dsn() -> String {
+    std::env::var("LEASE_SCHED_DSN").unwrap_or_else(|_| "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres".into())
+}
+
+pub fn connect() -> Client {
+    let mut c = Client::connect(&dsn(), NoTls).expect("connect to the test cluster (run scripts/test.sh)");
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS lease_sched").ok();
+    c
+}
+
+pub fn connect_as(role: &str) -> Client {
+    Client::connect(&dsn().replace("user=postgres", &format!("user={role}")), NoTls).expect("connect as role")
+}
+
+/// A name no other test uses, so tests can share one database and run in parallel.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", &Uuid::new_v4().simple().to_string()[..12])
+}
+
+pub fn plan() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 3, 0, 0).unwrap()
+}
+
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub outcome: String,
+    pub execution_id: Option<Uuid>,
+    pub lease_token: Option<Uuid>,
+    pub attempt: Option<i32>,
+    pub fencing_token: Option<i64>,
+    pub stale_after: Option<DateTime<Utc>>,
+}
+
+impl Claim {
+    fn from_row(r: &Row) -> Claim {
+        Claim {
+            outcome: r.get("outcome"),
+            execution_id: r.get("execution_id"),
+            lease_token: r.get("lease_token"),
+            attempt: r.get("attempt"),
+            fencing_token: r.get("fencing_token"),
+            stale_after: r.get("stale_after"),
+        }
+    }
+    pub fn id(&self) -> Uuid {
+        self.execution_id.unwrap()
+    }
+    pub fn token(&self) -> Uuid {
+        self.lease_token.unwrap()
+    }
+}
+
+pub struct ClaimArgs {
+    pub stale_timeout: Duration,
+    pub max_attempts: i32,
+    pub allow_stale_reentry: bool,
+}
+
+impl Default for ClaimArgs {
+    fn default() -> Self {
+        ClaimArgs { stale_timeout: Duration::from_secs(300), max_attempts: 3, allow_stale_reentry: true }
+    }
+}
+
+pub fn secs(d: Duration) -> String {
+    format!("{} microseconds", d.as_micros())
+}
+
+pub fn claim_with(c: &mut Client, job: &str, plan: DateTime<Utc>, runner: &str, a: &ClaimArgs) -> Claim {
+    try_claim_with(c, job, plan, runner, a).expect("lease_try_claim")
+}
+
+pub fn try_claim_with(
+    c: &mut Client,
+    job: &str,
+    plan: DateTime<Utc>,
+    runner: &str,
+    a: &ClaimArgs,
+) -> Result<Claim, postgres::Error> {
+    let rows = c.query(
+        "SELECT * FROM lease_sched.lease_try_claim(job_name => $1, plan_time => $2, runner_id => $3,
+             stale_timeout => $4::text::interval, max_attempts => $5, allow_stale_reentry => $6)",
+        &[&job, &plan, &runner, &secs(a.stale_timeout), &a.max_attempts, &a.allow_stale_reentry],
+    )?;
+    assert_eq!(rows.len(), 1, "lease_try_claim returns exactly one row");
+    Ok(Claim::from_row(&rows[0]))
+}
+
+pub fn claim(c: &mut Client, job: &str, plan: DateTime<Utc>, runner: &str) -> Claim {
+    claim_with(c, job, plan, runner, &ClaimArgs::default())
+}
+
+pub fn heartbeat(c: &mut Client, id: Uuid, token: Uuid) -> bool {
+    c.query_one("SELECT lease_sched.lease_heartbeat(execution_id => $1, lease_token => $2)", &[&id, &token])
+        .unwrap()
+        .get(0)
+}
+
+pub fn finish_ok(c: &mut Client, id: Uuid, token: Uuid) -> bool {
+    c.query_one(
+        "SELECT lease_sched.lease_finish(execution_id => $1, lease_token => $2, status => 'SUCCESS')",
+        &[&id, &token],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// FAILED with an explicit retry delay.
+pub fn finish_failed(c: &mut Client, id: Uuid, token: Uuid, retry_in: Duration) -> bool {
+    c.query_one(
+        "SELECT lease_sched.lease_finish(execution_id => $1, lease_token => $2, status => 'FAILED',
+             retry_in => $3::text::interval)",
+        &[&id, &token, &secs(retry_in)],
+    )
+    .unwrap()
+    .get(0)
+}
+
+pub fn status_of(c: &mut Client, id: Uuid) -> String {
+    c.query_one("SELECT status FROM lease_sched.sys_cron_executions WHERE id = $1", &[&id]).unwrap().get(0)
+}
+
+/// The SQLSTATE of a failed call.
+pub fn sqlstate(e: &postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+pub fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if pred() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pred()
+}
