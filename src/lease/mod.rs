@@ -166,8 +166,13 @@ pub fn claim(req: &ClaimRequest<'_>) -> Claim {
                             timestamptz(now).into(),
                         ],
                     );
-                    // No row: someone else changed it first (stole, finished, swept).
-                    return granted(stolen, Outcome::Stole).unwrap_or_else(|| conflicted(existing.as_ref()));
+                    if let Some(stole) = granted(stolen, Outcome::Stole) {
+                        return stole;
+                    }
+                    // Someone changed the row first (stole, heartbeat, finished, swept):
+                    // report the row as it is now, not as we first saw it.
+                    existing = probe(client, req);
+                    return conflicted(existing.as_ref());
                 }
                 ClaimDecision::Conflict => return conflicted(existing.as_ref()),
             }
