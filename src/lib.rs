@@ -7,8 +7,12 @@ use pgrx::prelude::*;
 mod api;
 mod error;
 mod lease;
+mod runtime;
 mod settings;
+mod shmem;
 mod spi_plans;
+mod stats;
+mod worker;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
@@ -18,11 +22,19 @@ mod tests;
 // (`#[pg_extern(sql = false)]`), so the SQL a user reads is the SQL that runs.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/lease.sql", name = "lease_api", requires = ["schema"]);
+extension_sql_file!("../sql/runtime.sql", name = "runtime_api", requires = ["lease_api"]);
+extension_sql_file!("../sql/observability.sql", name = "observability", requires = ["runtime_api"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    settings::init();
+    // SAFETY: a flag PostgreSQL sets while loading shared_preload_libraries.
+    let preloaded = unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress };
+    settings::init(preloaded);
+    if preloaded {
+        shmem::init();
+        worker::register();
+    }
 }
 
 #[cfg(test)]
@@ -30,6 +42,6 @@ pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        vec!["shared_preload_libraries = 'lease_sched'", "lease_sched.database = 'pgrx_tests'"]
     }
 }

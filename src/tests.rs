@@ -1,37 +1,29 @@
 //! In-database tests of the lease state machine (`cargo pgrx test`). Each runs inside one
 //! transaction of a scratch server; concurrency and the worker are covered by
 //! tests/isolation and tests/integration, which use real separate sessions.
+use pgrx::prelude::*;
+
 #[pg_schema]
-mod lease_state {
+mod tests {
     use pgrx::prelude::*;
 
     fn claim(job: &str, runner: &str, extra: &str) -> (String, Option<i32>, Option<i64>) {
-        Spi::get_three(&format!(
+        let (outcome, attempt, token) = Spi::get_three::<String, i32, i64>(&format!(
             "SELECT outcome, attempt, fencing_token FROM lease_sched.lease_try_claim('{job}', '2026-01-01', '{runner}'{extra})"
         ))
-        .unwrap()
-        .into_tuple()
+        .unwrap();
+        (outcome.unwrap(), attempt, token)
     }
 
     fn one<T: FromDatum + IntoDatum>(sql: &str) -> T {
         Spi::get_one(sql).unwrap().unwrap()
     }
 
-    trait IntoTuple<A, B, C> {
-        fn into_tuple(self) -> (A, B, C);
-    }
-
-    impl<A, B, C> IntoTuple<A, B, C> for (Option<A>, Option<B>, Option<C>) {
-        fn into_tuple(self) -> (A, B, C) {
-            (self.0.unwrap(), self.1.unwrap(), self.2.unwrap())
-        }
-    }
-
     #[pg_test]
     fn fresh_claim_wins_then_conflicts() {
         let (outcome, attempt, token) = claim("t_fresh", "r1", "");
-        assert_eq!((outcome.as_str(), attempt), ("won", 1));
-        assert!(token > 0);
+        assert_eq!((outcome.as_str(), attempt), ("won", Some(1)));
+        assert!(token.unwrap() > 0);
         let (outcome, _, _) = claim("t_fresh", "r2", "");
         assert_eq!(outcome, "conflicted");
     }
@@ -68,7 +60,7 @@ mod lease_state {
         )
         .unwrap();
         let (outcome, attempt, second) = claim("t_retry", "r2", ", max_attempts => 2");
-        assert_eq!((outcome.as_str(), attempt), ("stole", 2));
+        assert_eq!((outcome.as_str(), attempt), ("stole", Some(2)));
         assert!(second > first);
         Spi::run(
             "SELECT lease_sched.lease_finish(id, lease_token, 'FAILED', retry_in => '0')

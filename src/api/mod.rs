@@ -2,3 +2,5 @@
 //! subsystem, and shape the result. The matching CREATE FUNCTION statements are in `sql/`.
 mod args;
 pub mod lease;
+pub mod observability;
+pub mod runtime;

@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::Uuid;
 
-use crate::settings;
+use crate::{settings, stats};
 use crate::spi_plans::execute;
 use state::{ClaimDecision, DbTime, LeaseRow, Status};
 
@@ -125,6 +125,16 @@ fn conflicted(existing: Option<&ExistingRow>) -> Claim {
 /// machine allows it, else report the conflict. A lost insert race re-reads the row the
 /// winner committed and decides again, so every caller gets a definite outcome.
 pub fn claim(req: &ClaimRequest<'_>) -> Claim {
+    let claim = decide_and_write(req);
+    match claim.outcome {
+        Outcome::Won => stats::add(|s| &s.claims_won, 1),
+        Outcome::Stole => stats::add(|s| &s.claims_stole, 1),
+        Outcome::Conflicted => stats::add(|s| &s.claims_conflicted, 1),
+    }
+    claim
+}
+
+fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
     let now = db_clock();
     Spi::connect_mut(|client| {
         let mut existing = probe(client, req);
@@ -184,11 +194,13 @@ pub fn claim(req: &ClaimRequest<'_>) -> Claim {
 /// Extend a held lease; false when the token no longer holds a RUNNING row.
 pub fn heartbeat(execution_id: Uuid, lease_token: Uuid) -> bool {
     let now = db_clock();
-    Spi::connect_mut(|client| {
+    let extended = Spi::connect_mut(|client| {
         execute(client, &store::HEARTBEAT, &[execution_id.into(), lease_token.into(), timestamptz(now).into()])
             .len()
             == 1
-    })
+    });
+    stats::add(if extended { |s| &s.heartbeats_ok } else { |s| &s.heartbeats_lost }, 1);
+    extended
 }
 
 pub struct Finish {
@@ -218,7 +230,9 @@ pub fn finish(execution_id: Uuid, lease_token: Uuid, f: Finish) -> bool {
         backoff_base.into(),
         backoff_max.into(),
     ];
-    Spi::connect_mut(|client| execute(client, &store::FINISH, &args).len() == 1)
+    let written = Spi::connect_mut(|client| execute(client, &store::FINISH, &args).len() == 1);
+    stats::add(if written { |s| &s.finishes } else { |s| &s.finishes_lost }, 1);
+    written
 }
 
 /// A nullable statement argument.

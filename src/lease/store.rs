@@ -73,3 +73,29 @@ pub static FINISH: Statement = Statement {
         INTERVALOID, INTERVALOID,
     ],
 };
+
+/// The sweep's lease pass: RUNNING leases past `stale_after` that nobody may steal
+/// (`state::is_abandoned`) become FAILED, so no row stays RUNNING forever. With attempts
+/// left they get the default backoff, like any failure, and a later claim retries them.
+pub static FAIL_ABANDONED: Statement = Statement {
+    sql: "UPDATE lease_sched.sys_cron_executions
+             SET status = 'FAILED', finished_at = $1,
+                 duration_ms = greatest(0, (extract(epoch FROM $1 - started_at) * 1000)::bigint),
+                 error_code = 'stale_timeout', error_msg = 'lease expired without heartbeat',
+                 next_retry_at = CASE WHEN attempt < max_attempts
+                     THEN $1 + least($2 * power(2, least(attempt - 1, 30))::float8, $3)
+                 END,
+                 updated_at = $1
+           WHERE status = 'RUNNING' AND stale_after < $1
+             AND (NOT allow_stale_reentry OR attempt >= max_attempts)",
+    arg_types: &[TIMESTAMPTZOID, INTERVALOID, INTERVALOID],
+};
+
+/// Retention: one bounded batch of the oldest finished rows, through the finished index.
+pub static PRUNE_BATCH: Statement = Statement {
+    sql: "DELETE FROM lease_sched.sys_cron_executions
+           WHERE id IN (SELECT id FROM lease_sched.sys_cron_executions
+                         WHERE status <> 'RUNNING' AND finished_at < $1
+                         ORDER BY finished_at LIMIT $2)",
+    arg_types: &[TIMESTAMPTZOID, INT4OID],
+};

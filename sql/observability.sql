@@ -1,0 +1,40 @@
+-- The sweep on demand, counters, and views for operators. See docs/operations.md.
+
+CREATE FUNCTION lease_sched.sweep()
+RETURNS TABLE (leases_failed bigint, runtimes_offline bigint, touches_flushed bigint, executions_pruned bigint)
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1
+AS 'MODULE_PATHNAME', 'sweep_wrapper';
+COMMENT ON FUNCTION lease_sched.sweep() IS
+    'Run one sweep now (what the background worker does every lease_sched.sweep_interval); schedule it with pg_cron when the library cannot be preloaded.';
+
+CREATE FUNCTION lease_sched.stats()
+RETURNS TABLE (name text, value bigint)
+LANGUAGE c VOLATILE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'stats_wrapper';
+COMMENT ON FUNCTION lease_sched.stats() IS 'Counters since server start, from shared memory (zero unless lease_sched is preloaded).';
+
+CREATE VIEW lease_sched.active_leases AS
+SELECT id AS execution_id, job_name, scope_kind, scope_id, plan_time, runner_id, attempt, max_attempts,
+       fencing_token, started_at, heartbeat_at, stale_after,
+       extract(epoch FROM stale_after - clock_timestamp())::float8 AS seconds_until_stale,
+       stale_after < clock_timestamp() AS is_stale
+  FROM lease_sched.sys_cron_executions
+ WHERE status = 'RUNNING';
+COMMENT ON VIEW lease_sched.active_leases IS 'RUNNING leases, with seconds until each goes stale (negative: already stale).';
+
+CREATE VIEW lease_sched.job_summary AS
+SELECT job_name,
+       count(*) AS runs,
+       count(*) FILTER (WHERE status = 'RUNNING') AS running,
+       count(*) FILTER (WHERE status = 'SUCCESS') AS succeeded,
+       count(*) FILTER (WHERE status = 'FAILED') AS failed,
+       max(finished_at) FILTER (WHERE status = 'SUCCESS') AS last_success_at,
+       max(finished_at) FILTER (WHERE status = 'FAILED') AS last_failure_at,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE status = 'SUCCESS') AS p50_duration_ms,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE status = 'SUCCESS') AS p95_duration_ms
+  FROM lease_sched.sys_cron_executions
+ GROUP BY job_name;
+COMMENT ON VIEW lease_sched.job_summary IS 'Per job: runs by status, last success and failure, p50/p95 duration of successful runs.';
+
+REVOKE ALL ON lease_sched.active_leases, lease_sched.job_summary FROM PUBLIC;

@@ -1,0 +1,54 @@
+-- Runtimes (the processes that run jobs) and their heartbeats. Implemented in Rust
+-- (src/api/runtime.rs); see docs/api.md, "Runtimes".
+
+CREATE TABLE lease_sched.runtimes (
+    id            uuid        NOT NULL DEFAULT gen_random_uuid() PRIMARY KEY,
+    name          text        NOT NULL CHECK (name <> ''),
+    status        text        NOT NULL CHECK (status IN ('online', 'offline')),
+    last_seen_at  timestamptz NOT NULL,
+    registered_at timestamptz NOT NULL,
+    metadata      jsonb       NOT NULL DEFAULT '{}'
+)
+-- Room for the new row version of a touch on the same page (HOT).
+WITH (fillfactor = 70);
+
+COMMENT ON TABLE lease_sched.runtimes IS 'Runtimes and when they were last seen; touched by runtime_touch / runtime_touch_batch.';
+
+-- last_seen_at is deliberately in no index: every touch and flush stays a HOT update.
+-- The sweep finds online runtimes through this partial index, whose key never changes.
+CREATE INDEX runtimes_online_idx ON lease_sched.runtimes (id) WHERE status = 'online';
+
+SELECT pg_catalog.pg_extension_config_dump('lease_sched.runtimes', '');
+REVOKE ALL ON lease_sched.runtimes FROM PUBLIC;
+
+CREATE FUNCTION lease_sched.runtime_register(name text, metadata jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'runtime_register_wrapper';
+COMMENT ON FUNCTION lease_sched.runtime_register(text, jsonb) IS 'Register a runtime, online now; returns its id.';
+
+CREATE FUNCTION lease_sched.runtime_touch(runtime_id uuid)
+RETURNS boolean
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'runtime_touch_wrapper';
+COMMENT ON FUNCTION lease_sched.runtime_touch(uuid) IS
+    'A live heartbeat: offline rows flip online at once; online rows are buffered in shared memory. False for an unknown id.';
+
+CREATE FUNCTION lease_sched.runtime_touch_batch(runtime_ids uuid[])
+RETURNS uuid[]
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'runtime_touch_batch_wrapper';
+COMMENT ON FUNCTION lease_sched.runtime_touch_batch(uuid[]) IS
+    'Bump all online runtimes among the ids in one UPDATE; returns the ids not touched (offline or unknown).';
+
+CREATE FUNCTION lease_sched.runtime_flush()
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'runtime_flush_wrapper';
+COMMENT ON FUNCTION lease_sched.runtime_flush() IS 'Write every buffered touch now, in one UPDATE; returns rows written.';
+
+CREATE FUNCTION lease_sched.runtime_pending()
+RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'runtime_pending_wrapper';
+COMMENT ON FUNCTION lease_sched.runtime_pending() IS 'Runtime ids with a touch waiting in the buffer.';

@@ -1,0 +1,40 @@
+//! sweep() and stats() (declared in sql/observability.sql).
+use pgrx::prelude::*;
+
+use crate::stats;
+use crate::worker::sweep;
+
+#[pg_extern(sql = false)]
+fn sweep() -> TableIterator<
+    'static,
+    (
+        name!(leases_failed, i64),
+        name!(runtimes_offline, i64),
+        name!(touches_flushed, i64),
+        name!(executions_pruned, i64),
+    ),
+> {
+    let r = sweep::sweep();
+    TableIterator::once((r.leases_failed, r.runtimes_offline, r.touches_flushed, r.executions_pruned))
+}
+
+/// Seconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const POSTGRES_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
+
+#[pg_extern(sql = false)]
+fn stats() -> TableIterator<'static, (name!(name, String), name!(value, i64))> {
+    let snapshot = stats::snapshot();
+    let preloaded = snapshot.is_some();
+    let rows = snapshot.unwrap_or_else(stats::zero_snapshot);
+    let rows: Vec<(String, i64)> = rows
+        .into_iter()
+        .map(|(name, value)| match name {
+            // Exported as Unix seconds, which monitoring systems expect.
+            "last_sweep_at" if value != 0 => ("last_sweep_unix_seconds".into(), value / 1_000_000 + POSTGRES_EPOCH_UNIX_SECONDS),
+            "last_sweep_at" => ("last_sweep_unix_seconds".into(), 0),
+            _ => (name.to_string(), value),
+        })
+        .chain(std::iter::once(("preloaded".to_string(), preloaded as i64)))
+        .collect();
+    TableIterator::new(rows)
+}

@@ -1,0 +1,125 @@
+//! Runtimes and their heartbeats (seed 000): register, touch (buffered in shared memory
+//! when preloaded), touch_batch, flush, and the sweep's offline pass.
+pub mod buffer;
+pub mod store;
+
+use pgrx::datum::{DatumWithOid, JsonB, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{PgXactCallbackEvent, Uuid};
+
+use crate::lease::{db_clock, state::DbTime, timestamptz};
+use crate::spi_plans::execute;
+use crate::stats;
+use buffer::{Recorded, RuntimeId, SeenAt};
+
+pub fn register(name: &str, metadata: JsonB) -> Uuid {
+    Spi::connect_mut(|client| {
+        let t = execute(client, &store::REGISTER, &[name.into(), timestamptz(db_clock()).into(), metadata.into()]);
+        t.first().get::<Uuid>(1).unwrap().expect("INSERT RETURNING id")
+    })
+}
+
+fn id_bytes(id: &Uuid) -> RuntimeId {
+    *id.as_bytes()
+}
+
+fn write_now(client: &mut SpiClient<'_>, id: Uuid, now: DbTime) {
+    execute(client, &store::TOUCH_NOW, &[id.into(), timestamptz(now).into()]);
+    stats::add(|s| &s.touches_direct, 1);
+}
+
+/// A live heartbeat. Offline rows flip online at once (the synchronous path); online
+/// rows are buffered when the buffer exists and has room, else written directly.
+/// False for an unknown id.
+pub fn touch(id: Uuid) -> bool {
+    let now = db_clock();
+    Spi::connect_mut(|client| {
+        let status = execute(client, &store::STATUS, &[id.into()]);
+        if status.is_empty() {
+            return false;
+        }
+        let online = status.first().get::<&str>(1).unwrap() == Some("online");
+        match online.then(|| buffer::record(id_bytes(&id), now)).flatten() {
+            Some(Recorded::New | Recorded::Coalesced) => stats::add(|s| &s.touches_buffered, 1),
+            Some(Recorded::Full) | None => write_now(client, id, now),
+        }
+        true
+    })
+}
+
+/// Bump every online runtime among `ids` in one statement; returns the ids not
+/// touched (offline or unknown) for the caller to take the synchronous path.
+pub fn touch_batch(ids: Vec<Uuid>) -> Vec<Uuid> {
+    let now = db_clock();
+    Spi::connect_mut(|client| {
+        let t = execute(client, &store::TOUCH_BATCH, &[ids.into(), timestamptz(now).into()]);
+        t.first().get::<Vec<Uuid>>(1).unwrap().unwrap_or_default()
+    })
+}
+
+/// Write these pending touches in one statement. If the surrounding transaction aborts,
+/// they go back into the buffer, so a failed flush loses nothing.
+fn write_pending(client: &mut SpiClient<'_>, entries: Vec<(RuntimeId, SeenAt)>) -> i64 {
+    if entries.is_empty() {
+        return 0;
+    }
+    let ids: Vec<Uuid> = entries.iter().map(|(id, _)| Uuid::from_bytes(*id)).collect();
+    let seen: Vec<TimestampWithTimeZone> = entries.iter().map(|(_, t)| timestamptz(*t)).collect();
+    let args: [DatumWithOid; 2] = [ids.into(), seen.into()];
+    let written = execute(client, &store::FLUSH, &args).len() as i64;
+    stats::add(|s| &s.flushes, 1);
+    pgrx::register_xact_callback(PgXactCallbackEvent::Abort, move || {
+        // No SPI here (the transaction is aborting): what no longer fits waits for the
+        // runtime's next beat, which writes directly when the buffer is full.
+        let _ = buffer::put_back(&entries);
+    });
+    written
+}
+
+/// Write every pending touch now; returns rows written.
+pub fn flush_all() -> i64 {
+    let entries = buffer::drain_all(db_clock());
+    Spi::connect_mut(|client| write_pending(client, entries))
+}
+
+/// Is the periodic whole-buffer flush due?
+pub fn flush_due(now: DbTime) -> bool {
+    let interval = crate::settings::micros_from_ms(crate::settings::effective_touch_flush_interval_ms());
+    buffer::flush_clock(now).is_some_and(|last| now - last >= interval)
+}
+
+pub struct OfflinePass {
+    pub offline: i64,
+    pub touches_written: i64,
+}
+
+/// Mark silent online runtimes offline — except those with a touch still in the buffer:
+/// their pending touch is written instead (they are alive; the row is just behind).
+pub fn sweep_offline(client: &mut SpiClient<'_>, now: DbTime) -> OfflinePass {
+    let cutoff = timestamptz(now - crate::settings::micros_from_ms(crate::settings::RUNTIME_OFFLINE_AFTER_MS.get()));
+    let silent = execute(client, &store::SILENT, &[cutoff.into()]);
+    let mut candidates: Vec<RuntimeId> = Vec::with_capacity(silent.len());
+    for row in silent {
+        if let Some(id) = row.get::<Uuid>(1).unwrap() {
+            candidates.push(id_bytes(&id));
+        }
+    }
+    if candidates.is_empty() {
+        return OfflinePass { offline: 0, touches_written: 0 };
+    }
+    let rescued = buffer::take_some(&candidates);
+    let rescued_ids: std::collections::HashSet<RuntimeId> = rescued.iter().map(|(id, _)| *id).collect();
+    let still_silent: Vec<Uuid> = candidates
+        .iter()
+        .filter(|id| !rescued_ids.contains(*id))
+        .map(|id| Uuid::from_bytes(*id))
+        .collect();
+    let touches_written = write_pending(client, rescued);
+    let offline = if still_silent.is_empty() {
+        0
+    } else {
+        execute(client, &store::MARK_OFFLINE, &[still_silent.into(), cutoff.into()]).len() as i64
+    };
+    OfflinePass { offline, touches_written }
+}

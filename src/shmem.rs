@@ -1,0 +1,103 @@
+//! The shared-memory segment, present only when lease_sched is in
+//! `shared_preload_libraries`: one LWLock, the statistics counters, and the runtime
+//! touch buffer. Sized at postmaster start from `lease_sched.touch_buffer_size`.
+//!
+//! Who holds the lock: `runtime::buffer` only, for the few instructions that copy
+//! entries in or out — never across SPI or any other call that can block or error.
+use std::ptr;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::runtime::buffer::{self, Slot, TouchBuffer};
+use crate::settings;
+use crate::stats::Stats;
+
+const SEGMENT_NAME: &std::ffi::CStr = c"lease_sched shared state";
+const TRANCHE_NAME: &std::ffi::CStr = c"lease_sched";
+
+#[repr(C)]
+pub struct Shared {
+    pub lock: *mut pg_sys::LWLock,
+    pub stats: Stats,
+    pub touches: TouchBuffer,
+    // `touches.slot_count` slots follow in the same allocation.
+}
+
+// Set in the postmaster by the startup hook and inherited by every forked child.
+static mut SHARED: *mut Shared = ptr::null_mut();
+static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+/// The shared state, or None when the library was not preloaded.
+pub fn shared() -> Option<&'static Shared> {
+    // SAFETY: SHARED is written once per postmaster life, before any backend starts.
+    unsafe { SHARED.as_ref() }
+}
+
+fn segment_size() -> usize {
+    std::mem::size_of::<Shared>() + buffer::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()) * std::mem::size_of::<Slot>()
+}
+
+/// Install the hooks; call from `_PG_init` while shared_preload_libraries loads.
+pub fn init() {
+    // SAFETY: _PG_init runs single-threaded in the postmaster; we chain previous hooks.
+    unsafe {
+        PREV_SHMEM_REQUEST_HOOK = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(request);
+        PREV_SHMEM_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(startup);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn request() {
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_REQUEST_HOOK {
+            prev();
+        }
+        pg_sys::RequestAddinShmemSpace(segment_size());
+        pg_sys::RequestNamedLWLockTranche(TRANCHE_NAME.as_ptr(), 1);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn startup() {
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_STARTUP_HOOK {
+            prev();
+        }
+        let init_lock = addin_shmem_init_lock();
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = false;
+        let size = segment_size();
+        let shared = pg_sys::ShmemInitStruct(SEGMENT_NAME.as_ptr(), size, &mut found) as *mut Shared;
+        if !found {
+            // SAFETY: fresh shared memory of `size` bytes; all-zero is a valid empty state
+            // for every field (null lock set just below, zero counters, empty slots).
+            ptr::write_bytes(shared as *mut u8, 0, size);
+            (*shared).lock = &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE_NAME.as_ptr())).lock;
+            (*shared).touches.init(buffer::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()), settings::TOUCH_BUFFER_SIZE.get());
+        }
+        SHARED = shared;
+        pg_sys::LWLockRelease(init_lock);
+    }
+}
+
+/// PostgreSQL's AddinShmemInitLock, a macro in C: `&MainLWLockArray[21].lock` (PG 15's
+/// lwlocknames.h), which bindgen cannot see.
+unsafe fn addin_shmem_init_lock() -> *mut pg_sys::LWLock {
+    const ADDIN_SHMEM_INIT_LOCK: usize = 21;
+    unsafe { &mut (*pg_sys::MainLWLockArray.add(ADDIN_SHMEM_INIT_LOCK)).lock }
+}
+
+/// Run `f` with the shared lock held in `mode`. Keep `f` short and free of calls that
+/// can raise an ERROR or wait.
+pub fn with_lock<R>(shared: &Shared, mode: pg_sys::LWLockMode::Type, f: impl FnOnce() -> R) -> R {
+    // SAFETY: the lock lives in shared memory for the postmaster's life. If `f` panicked,
+    // the ERROR's transaction abort releases every LWLock this backend holds.
+    unsafe { pg_sys::LWLockAcquire(shared.lock, mode) };
+    let r = f();
+    unsafe { pg_sys::LWLockRelease(shared.lock) };
+    r
+}
