@@ -33,6 +33,11 @@ pub struct TouchBuffer {
     slot_count: u32,
     capacity: u32,
     len: u32,
+    /// Touches are buffered only while a sweeper is attached to this database and will
+    /// drain the buffer before it exits; otherwise they are written directly. This is
+    /// what makes "a clean shutdown loses no touch" hold even when no sweeper runs.
+    accepting: bool,
+    database: pgrx::pg_sys::Oid,
     /// When the whole buffer was last flushed (database time), for the worker's schedule.
     pub last_flush_at: SeenAt,
 }
@@ -42,7 +47,15 @@ impl TouchBuffer {
         self.slot_count = slot_count as u32;
         self.capacity = capacity as u32;
         self.len = 0;
+        self.accepting = false;
+        self.database = pgrx::pg_sys::InvalidOid;
         self.last_flush_at = 0;
+    }
+
+    /// Does this backend's database own the buffer?
+    fn is_mine(&self) -> bool {
+        // SAFETY: MyDatabaseId is set once at backend start.
+        self.database == unsafe { pgrx::pg_sys::MyDatabaseId }
     }
 }
 
@@ -166,24 +179,27 @@ fn with_table<R>(shared: &Shared, mode: pgrx::pg_sys::LWLockMode::Type, f: impl 
     })
 }
 
-/// Buffer one touch. None when the library is not preloaded (no buffer exists).
+/// Buffer one touch. None when there is no buffer for this database right now (not
+/// preloaded, another database, or no sweeper attached): the caller writes directly.
 pub fn record(id: RuntimeId, seen_at: SeenAt) -> Option<Recorded> {
     let shared = shared()?;
-    Some(with_table(shared, LW_EXCLUSIVE, |t| t.record(id, seen_at)))
+    with_table(shared, LW_EXCLUSIVE, |t| (t.header.accepting && t.header.is_mine()).then(|| t.record(id, seen_at)))
 }
 
-/// Entries waiting for a flush (0 without a buffer).
+/// Entries waiting for a flush in this database.
 pub fn pending() -> usize {
-    shared().map_or(0, |s| with_table(s, LW_SHARED, |t| t.len()))
+    shared().map_or(0, |s| with_table(s, LW_SHARED, |t| if t.header.is_mine() { t.len() } else { 0 }))
 }
 
-/// Take every entry out, and note the flush time.
+/// Take every entry of this database out, and note the flush time.
 pub fn drain_all(now: SeenAt) -> Vec<(RuntimeId, SeenAt)> {
     let mut out = Vec::new();
     if let Some(shared) = shared() {
         with_table(shared, LW_EXCLUSIVE, |t| {
-            t.drain(&mut out);
-            t.header.last_flush_at = now;
+            if t.header.is_mine() {
+                t.drain(&mut out);
+                t.header.last_flush_at = now;
+            }
         });
     }
     out
@@ -194,19 +210,64 @@ pub fn take_some(ids: &[RuntimeId]) -> Vec<(RuntimeId, SeenAt)> {
     match shared() {
         None => vec![],
         Some(shared) => with_table(shared, LW_EXCLUSIVE, |t| {
+            if !t.header.is_mine() {
+                return vec![];
+            }
             ids.iter().filter_map(|id| t.take(id).map(|seen| (*id, seen))).collect()
         }),
     }
 }
 
-/// Put entries back (after the transaction that took them aborted). Returns those that
-/// no longer fit, for the caller to write directly.
-pub fn put_back(entries: &[(RuntimeId, SeenAt)]) -> Vec<(RuntimeId, SeenAt)> {
-    match shared() {
-        None => entries.to_vec(),
-        Some(shared) => with_table(shared, LW_EXCLUSIVE, |t| {
-            entries.iter().filter(|(id, seen)| matches!(t.record(*id, *seen), Recorded::Full)).copied().collect()
-        }),
+/// Put entries back after the transaction that took them aborted. What no longer fits,
+/// or finds the buffer closed, is dropped: the runtime's next beat writes directly.
+pub fn put_back(entries: &[(RuntimeId, SeenAt)]) {
+    if let Some(shared) = shared() {
+        with_table(shared, LW_EXCLUSIVE, |t| {
+            if t.header.accepting && t.header.is_mine() {
+                for (id, seen) in entries {
+                    t.record(*id, *seen);
+                }
+            }
+        });
+    }
+}
+
+/// The sweeper attaches: from now on touches in its database are buffered. Entries
+/// left by a sweeper of another database (dropped or renamed) are discarded.
+pub fn open() {
+    if let Some(shared) = shared() {
+        with_table(shared, LW_EXCLUSIVE, |t| {
+            if !t.header.is_mine() {
+                let mut discarded = Vec::new();
+                t.drain(&mut discarded);
+                // SAFETY: MyDatabaseId is set once at backend start.
+                t.header.database = unsafe { pgrx::pg_sys::MyDatabaseId };
+            }
+            t.header.accepting = true;
+        });
+    }
+}
+
+/// The sweeper detaches: stop buffering and hand back everything pending, in one step,
+/// so that no touch can slip in after the last drain.
+pub fn close_and_drain() -> Vec<(RuntimeId, SeenAt)> {
+    let mut out = Vec::new();
+    if let Some(shared) = shared() {
+        with_table(shared, LW_EXCLUSIVE, |t| {
+            t.header.accepting = false;
+            if t.header.is_mine() {
+                t.drain(&mut out);
+            }
+        });
+    }
+    out
+}
+
+/// Stop buffering without draining (the sweeper is exiting abnormally; what is pending
+/// stays for the next sweeper of this database).
+pub fn close() {
+    if let Some(shared) = shared() {
+        with_table(shared, LW_EXCLUSIVE, |t| t.header.accepting = false);
     }
 }
 
@@ -229,7 +290,7 @@ mod tests {
 
     fn table(capacity: i32) -> (Box<TouchBuffer>, Vec<Slot>) {
         let n = slot_count_for(capacity);
-        let mut h = Box::new(TouchBuffer { slot_count: 0, capacity: 0, len: 0, last_flush_at: 0 });
+        let mut h = Box::new(TouchBuffer { slot_count: 0, capacity: 0, len: 0, accepting: false, database: pgrx::pg_sys::InvalidOid, last_flush_at: 0 });
         h.init(n, capacity);
         (h, vec![Slot::default(); n])
     }

@@ -70,9 +70,8 @@ fn write_pending(client: &mut SpiClient<'_>, entries: Vec<(RuntimeId, SeenAt)>) 
     let written = execute(client, &store::FLUSH, &args).len() as i64;
     stats::add(|s| &s.flushes, 1);
     pgrx::register_xact_callback(PgXactCallbackEvent::Abort, move || {
-        // No SPI here (the transaction is aborting): what no longer fits waits for the
-        // runtime's next beat, which writes directly when the buffer is full.
-        let _ = buffer::put_back(&entries);
+        // No SPI here (the transaction is aborting): back into the buffer they go.
+        buffer::put_back(&entries);
     });
     written
 }
@@ -80,6 +79,12 @@ fn write_pending(client: &mut SpiClient<'_>, entries: Vec<(RuntimeId, SeenAt)>) 
 /// Write every pending touch now; returns rows written.
 pub fn flush_all() -> i64 {
     let entries = buffer::drain_all(db_clock());
+    Spi::connect_mut(|client| write_pending(client, entries))
+}
+
+/// The sweeper's last act: stop buffering and write what is pending.
+pub fn close_and_flush() -> i64 {
+    let entries = buffer::close_and_drain();
     Spi::connect_mut(|client| write_pending(client, entries))
 }
 
