@@ -77,6 +77,8 @@ pub static FINISH: Statement = Statement {
 /// The sweep's lease pass: RUNNING leases past `stale_after` that nobody may steal
 /// (`state::is_abandoned`) become FAILED, so no row stays RUNNING forever. With attempts
 /// left they get the default backoff, like any failure, and a later claim retries them.
+/// SKIP LOCKED: a row someone holds locked waits for the next sweep instead of stalling
+/// this one (the sweep never waits on a runner).
 pub static FAIL_ABANDONED: Statement = Statement {
     sql: "UPDATE lease_sched.sys_cron_executions
              SET status = 'FAILED', finished_at = $1,
@@ -86,8 +88,10 @@ pub static FAIL_ABANDONED: Statement = Statement {
                      THEN $1 + least($2 * power(2, least(attempt - 1, 30))::float8, $3)
                  END,
                  updated_at = $1
-           WHERE status = 'RUNNING' AND stale_after < $1
-             AND (NOT allow_stale_reentry OR attempt >= max_attempts)",
+           WHERE id IN (SELECT id FROM lease_sched.sys_cron_executions
+                         WHERE status = 'RUNNING' AND stale_after < $1
+                           AND (NOT allow_stale_reentry OR attempt >= max_attempts)
+                           FOR UPDATE SKIP LOCKED)",
     arg_types: &[TIMESTAMPTZOID, INTERVALOID, INTERVALOID],
 };
 
@@ -96,6 +100,7 @@ pub static PRUNE_BATCH: Statement = Statement {
     sql: "DELETE FROM lease_sched.sys_cron_executions
            WHERE id IN (SELECT id FROM lease_sched.sys_cron_executions
                          WHERE status <> 'RUNNING' AND finished_at < $1
-                         ORDER BY finished_at LIMIT $2)",
+                         ORDER BY finished_at LIMIT $2
+                         FOR UPDATE SKIP LOCKED)",
     arg_types: &[TIMESTAMPTZOID, INT4OID],
 };

@@ -49,10 +49,13 @@ pub static SILENT: Statement = Statement {
     arg_types: &[TIMESTAMPTZOID],
 };
 
-/// Mark these silent runtimes offline, re-checking silence on the newest row version.
+/// Mark these silent runtimes offline, re-checking silence on the newest row version;
+/// a row locked by someone (a touch in flight) is left for the next sweep.
 pub static MARK_OFFLINE: Statement = Statement {
     sql: "UPDATE lease_sched.runtimes SET status = 'offline'
-           WHERE id = ANY($1) AND status = 'online' AND last_seen_at < $2",
+           WHERE id IN (SELECT id FROM lease_sched.runtimes
+                         WHERE id = ANY($1) AND status = 'online' AND last_seen_at < $2
+                         FOR UPDATE SKIP LOCKED)",
     arg_types: &[UUIDARRAYOID, TIMESTAMPTZOID],
 };
 

@@ -143,3 +143,69 @@ pub fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
     }
     pred()
 }
+
+/// Run pg_ctl on the test cluster as the postgres user.
+pub fn pg_ctl(args: &[&str]) {
+    let bin = std::env::var("LEASE_SCHED_PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let data = std::env::var("LEASE_SCHED_PGDATA").expect("LEASE_SCHED_PGDATA (set by scripts/test.sh)");
+    let log = std::env::var("LEASE_SCHED_LOG").unwrap_or_else(|_| "/dev/null".into());
+    let status = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", &format!("{bin}/pg_ctl"), "-D", &data, "-l", &log, "-w"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("pg_ctl");
+    assert!(status.success(), "pg_ctl {args:?}");
+}
+
+/// Wait until the server accepts connections again (after a restart or crash).
+pub fn wait_for_server() -> Client {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(c) = Client::connect(&dsn(), NoTls) {
+            return c;
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One counter from lease_sched.stats().
+pub fn stat(c: &mut Client, name: &str) -> i64 {
+    c.query_one("SELECT value FROM lease_sched.stats() WHERE name = $1", &[&name]).unwrap().get(0)
+}
+
+pub fn register_runtime(c: &mut Client) -> Uuid {
+    c.query_one("SELECT lease_sched.runtime_register($1)", &[&unique("rt")]).unwrap().get(0)
+}
+
+pub fn touch(c: &mut Client, id: Uuid) -> bool {
+    c.query_one("SELECT lease_sched.runtime_touch($1)", &[&id]).unwrap().get(0)
+}
+
+pub fn pending(c: &mut Client) -> i64 {
+    c.query_one("SELECT lease_sched.runtime_pending()", &[]).unwrap().get(0)
+}
+
+pub fn flush(c: &mut Client) -> i64 {
+    c.query_one("SELECT lease_sched.runtime_flush()", &[]).unwrap().get(0)
+}
+
+/// (status, seconds since last_seen_at) of a runtime.
+pub fn runtime_state(c: &mut Client, id: Uuid) -> (String, f64) {
+    let r = c
+        .query_one(
+            "SELECT status, extract(epoch FROM now() - last_seen_at)::float8 FROM lease_sched.runtimes WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+pub fn set_last_seen_ago(c: &mut Client, id: Uuid, secs: i64) {
+    c.execute(
+        "UPDATE lease_sched.runtimes SET last_seen_at = now() - make_interval(secs => $2) WHERE id = $1",
+        &[&id, &(secs as f64)],
+    )
+    .unwrap();
+}

@@ -1,0 +1,91 @@
+//! Shutdowns, crashes and a killed worker, on the real test cluster. Each test restarts
+//! or crashes the server, so they run one at a time (SERIAL).
+use std::sync::Mutex;
+use std::time::Duration;
+
+use lease_sched_integration::*;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sweeper_pid(c: &mut postgres::Client) -> Option<i32> {
+    c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease_sched sweeper'", &[])
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// A runtime with one touch in the buffer, its row 120 s behind (not a sweep candidate).
+fn runtime_with_buffered_touch(c: &mut postgres::Client) -> uuid::Uuid {
+    assert!(wait_until(Duration::from_secs(15), || sweeper_pid(c).is_some()), "sweeper running");
+    let id = register_runtime(c);
+    set_last_seen_ago(c, id, 120);
+    flush(c);
+    assert!(touch(c, id));
+    assert_eq!(pending(c), 1);
+    id
+}
+
+#[test]
+fn a_fast_shutdown_writes_the_buffered_touches() {
+    let _g = serial();
+    let mut c = connect();
+    let id = runtime_with_buffered_touch(&mut c);
+    drop(c);
+    pg_ctl(&["-m", "fast", "stop"]);
+    pg_ctl(&["start"]);
+    let mut c = wait_for_server();
+    let (_, ago) = runtime_state(&mut c, id);
+    assert!(ago < 60.0, "the drain wrote the touch ({ago}s ago)");
+}
+
+#[test]
+fn an_immediate_shutdown_loses_buffered_touches_but_no_lease_state() {
+    let _g = serial();
+    let mut c = connect();
+    let id = runtime_with_buffered_touch(&mut c);
+    let job = unique("immediate");
+    let lease = claim(&mut c, &job, plan(), "r1");
+    drop(c);
+    pg_ctl(&["-m", "immediate", "stop"]);
+    pg_ctl(&["start"]);
+    let mut c = wait_for_server();
+    let (_, ago) = runtime_state(&mut c, id);
+    assert!(ago >= 115.0, "an immediate stop loses the buffered touch (documented): {ago}s");
+    // Lease state is ordinary table data: committed, so it survives.
+    assert!(heartbeat(&mut c, lease.id(), lease.token()));
+    assert!(finish_ok(&mut c, lease.id(), lease.token()));
+}
+
+#[test]
+fn after_a_backend_crash_the_worker_is_back_and_tokens_keep_rising() {
+    let _g = serial();
+    let mut c = connect();
+    let before = claim(&mut c, &unique("crash"), plan(), "r1").fencing_token.unwrap();
+    let mut victim = connect();
+    let pid: i32 = victim.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    drop(victim);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(500)); // the postmaster resets every process
+    let mut c = wait_for_server();
+    assert!(wait_until(Duration::from_secs(20), || sweeper_pid(&mut c).is_some()), "sweeper restarted");
+    let after = claim(&mut c, &unique("crash"), plan(), "r1").fencing_token.unwrap();
+    assert!(after > before, "fencing tokens rise across the crash: {before} then {after}");
+    let args = ClaimArgs { stale_timeout: Duration::from_millis(200), allow_stale_reentry: false, ..Default::default() };
+    let lease = claim_with(&mut c, &unique("crash"), plan(), "r1", &args);
+    assert!(wait_until(Duration::from_secs(15), || status_of(&mut c, lease.id()) == "FAILED"), "and sweeping");
+}
+
+#[test]
+fn a_terminated_sweeper_is_started_again() {
+    let _g = serial();
+    let mut c = connect();
+    assert!(wait_until(Duration::from_secs(15), || sweeper_pid(&mut c).is_some()));
+    let old = sweeper_pid(&mut c).unwrap();
+    c.query_one("SELECT pg_terminate_backend($1)", &[&old]).unwrap();
+    assert!(wait_until(Duration::from_secs(15), || sweeper_pid(&mut c).is_some_and(|p| p != old)));
+}
