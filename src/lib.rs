@@ -7,6 +7,8 @@ use pgrx::prelude::*;
 mod api;
 mod error;
 mod lease;
+mod lock;
+mod planner;
 mod runtime;
 mod settings;
 mod shmem;
@@ -24,6 +26,9 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/lease.sql", name = "lease_api", requires = ["schema"]);
 extension_sql_file!("../sql/runtime.sql", name = "runtime_api", requires = ["lease_api"]);
 extension_sql_file!("../sql/observability.sql", name = "observability", requires = ["runtime_api"]);
+extension_sql_file!("../sql/locks.sql", name = "locks_api", requires = ["observability"]);
+extension_sql_file!("../sql/planner.sql", name = "planner_api", requires = ["locks_api"]);
+extension_sql_file!("../sql/run.sql", name = "run_procedure", requires = ["planner_api"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
