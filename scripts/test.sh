@@ -50,5 +50,10 @@ fi
 
 if want integration; then
   echo "== integration tests (tests/integration)"
+  venv=/tmp/lease_sched_venv
+  [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg" 2>/dev/null \
+    || { python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
+  export LEASE_SCHED_PYTHON="$venv/bin/python"
+  cargo build -q --manifest-path tests/integration/Cargo.toml --examples
   cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=8
 fi
