@@ -55,5 +55,5 @@ if want integration; then
     || { python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
   export LEASE_SCHED_PYTHON="$venv/bin/python"
   cargo build -q --manifest-path tests/integration/Cargo.toml --examples
-  cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=8
+  cargo test --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@"
 fi
