@@ -12,11 +12,11 @@ test:
 # Longer runs of the reliability suites (a bounded run of each is part of `make test`).
 torture:
 	LEASE_TEST_ONLY=integration LEASE_TORTURE_SECONDS=$${SECONDS_TO_RUN:-300} LEASE_TORTURE_CLIENTS=64 \
-	  LEASE_TEST_CARGO_ARGS="--release --test torture" scripts/test.sh -- --nocapture
+	  LEASE_TEST_CARGO_ARGS="--release --test torture" scripts/test.sh --nocapture
 
 faults:
 	LEASE_TEST_ONLY=integration LEASE_HOSTILE_CASES=$${CASES:-5000} \
-	  LEASE_TEST_CARGO_ARGS="--release --test restarts --test failover --test hostile_input --test runtimes" scripts/test.sh -- --nocapture
+	  LEASE_TEST_CARGO_ARGS="--release --test restarts --test failover --test hostile_input --test runtimes" scripts/test.sh --nocapture
 
 install:
 	scripts/setup.sh
