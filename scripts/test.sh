@@ -21,6 +21,8 @@ if want pgtest; then
   pgtest_dir=/tmp/lease_sched_pgtest
   mkdir -p "$pgtest_dir" && chown postgres "$pgtest_dir"
   cargo pgrx test pg15 --runas postgres --pgdata "$pgtest_dir/data"
+  echo "== the lease state machine: unit tests and exhaustive model check (crates/lease_model)"
+  cargo test --release --manifest-path crates/lease_model/Cargo.toml
 fi
 
 echo "== building and installing lease_sched"

@@ -1,8 +1,11 @@
 -- The sweep on demand, counters, and views for operators. See docs/operations.md.
 
+-- Admin functions are SECURITY INVOKER: even with EXECUTE granted (GRANT ... ON ALL
+-- FUNCTIONS), only roles that may write lease_sched's tables (the owner, superusers, the
+-- background worker) can run them; a runner role gets "permission denied".
 CREATE FUNCTION lease_sched.sweep()
 RETURNS TABLE (leases_failed bigint, runtimes_offline bigint, touches_flushed bigint, executions_pruned bigint)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 ROWS 1
 AS 'MODULE_PATHNAME', 'sweep_wrapper';
 COMMENT ON FUNCTION lease_sched.sweep() IS

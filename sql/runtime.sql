@@ -41,9 +41,10 @@ AS 'MODULE_PATHNAME', 'runtime_touch_batch_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_touch_batch(uuid[]) IS
     'Bump all online runtimes among the ids in one UPDATE; returns the ids not touched (offline or unknown).';
 
+-- An admin function: SECURITY INVOKER (see sweep() in observability.sql).
 CREATE FUNCTION lease_sched.runtime_flush()
 RETURNS bigint
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'runtime_flush_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_flush() IS 'Write every buffered touch now, in one UPDATE; returns rows written.';
 

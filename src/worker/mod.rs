@@ -125,20 +125,28 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     warn_about_settings();
 
     let mut installed = false;
-    let mut next_sweep = Instant::now();
+    let mut last_sweep: Option<Instant> = None;
     loop {
-        let wait = if installed { next_sweep.saturating_duration_since(Instant::now()) } else { POLL };
-        if !BackgroundWorker::wait_latch(Some(wait)) {
+        // Recomputed every turn, so a reloaded sweep_interval takes effect at once.
+        let interval = Duration::from_millis(settings::SWEEP_INTERVAL_MS.get().max(100) as u64);
+        let due = match last_sweep {
+            Some(t) if installed => t + interval,
+            Some(t) => t + POLL.min(interval),
+            None => Instant::now(),
+        };
+        if !BackgroundWorker::wait_latch(Some(due.saturating_duration_since(Instant::now()))) {
             break;
         }
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a worker to re-read postgresql.conf.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             warn_about_settings();
-        }
-        if Instant::now() < next_sweep && installed {
             continue;
         }
+        if Instant::now() < due {
+            continue; // woken early (a latch set by someone else)
+        }
+        last_sweep = Some(Instant::now());
         in_transaction("sweep", || {
             installed = extension_installed();
             if installed {
@@ -149,7 +157,6 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
                 }
             }
         });
-        next_sweep = Instant::now() + Duration::from_millis(settings::SWEEP_INTERVAL_MS.get().max(100) as u64);
     }
     // SIGTERM (fast or smart shutdown, or pg_terminate_backend): drain, then leave. The
     // launcher starts a new sweeper if the server is not shutting down.

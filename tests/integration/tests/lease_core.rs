@@ -301,6 +301,11 @@ fn outsiders_are_kept_out_and_runners_use_only_the_api() {
             let e = r.batch_execute(sql).expect_err(sql);
             assert_eq!(sqlstate(&e), "42501", "{sql}");
         }
+        // Admin functions stay out of reach even though EXECUTE was granted on all functions.
+        for sql in ["SELECT * FROM lease_sched.sweep()", "SELECT lease_sched.runtime_flush()"] {
+            let e = r.batch_execute(sql).expect_err(sql);
+            assert_eq!(sqlstate(&e), "42501", "{sql}");
+        }
         // Without the token, another runner's lease cannot be touched.
         assert!(!heartbeat(&mut r, got.id(), uuid::Uuid::new_v4()));
         assert!(!finish_ok(&mut r, got.id(), uuid::Uuid::new_v4()));
