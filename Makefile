@@ -11,7 +11,7 @@ test:
 
 # Longer runs of the reliability suites (a bounded run of each is part of `make test`).
 torture:
-	LEASE_TEST_ONLY=integration LEASE_TORTURE_SECONDS=$${SECONDS_TO_RUN:-300} LEASE_TORTURE_CLIENTS=64 \
+	LEASE_TEST_ONLY=integration LEASE_TORTURE_SECONDS=$${SECONDS_TO_RUN:-300} LEASE_TORTURE_CLAIMS=$${CLAIMS:-1000000} LEASE_TORTURE_CLIENTS=64 \
 	  LEASE_TEST_CARGO_ARGS="--release --test torture" scripts/test.sh --nocapture
 
 faults:

@@ -21,3 +21,10 @@ pub fn null_argument(argument: &str) -> ! {
 pub fn invalid_argument(argument: &str, problem: &str, hint: Option<&str>) -> ! {
     bad_argument(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, argument, problem, hint)
 }
+
+pub fn insufficient_privilege(message: &str) -> ! {
+    ErrorReport::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message.to_string(), "lease_sched")
+        .set_hint("Admin functions run with the caller's rights; call them as the extension owner or from pg_cron.")
+        .report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}

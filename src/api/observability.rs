@@ -14,6 +14,7 @@ fn sweep() -> TableIterator<
         name!(executions_pruned, i64),
     ),
 > {
+    super::require_admin("sweep");
     let r = sweep::sweep();
     TableIterator::once((r.leases_failed, r.runtimes_offline, r.touches_flushed, r.executions_pruned))
 }

@@ -30,6 +30,7 @@ fn runtime_touch_batch(runtime_ids: Option<Vec<Option<Uuid>>>) -> Vec<Uuid> {
 
 #[pg_extern(sql = false)]
 fn runtime_flush() -> i64 {
+    super::require_admin("runtime_flush");
     runtime::flush_all()
 }
 

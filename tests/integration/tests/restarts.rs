@@ -89,3 +89,21 @@ fn a_terminated_sweeper_is_started_again() {
     c.query_one("SELECT pg_terminate_backend($1)", &[&old]).unwrap();
     assert!(wait_until(Duration::from_secs(15), || sweeper_pid(&mut c).is_some_and(|p| p != old)));
 }
+
+#[test]
+fn dropping_and_recreating_the_database_brings_the_sweeper_back() {
+    let _g = serial();
+    let mut c = connect();
+    assert!(wait_until(Duration::from_secs(15), || sweeper_pid(&mut c).is_some()));
+    drop(c);
+    let admin_dsn = dsn().replace("dbname=lease_sched", "dbname=postgres");
+    let mut admin = postgres::Client::connect(&admin_dsn, postgres::NoTls).unwrap();
+    // The sweeper is connected to it, like any session: FORCE, as docs/operations.md says.
+    admin.batch_execute("DROP DATABASE lease_sched WITH (FORCE)").unwrap();
+    admin.batch_execute("CREATE DATABASE lease_sched").unwrap();
+    let mut c = connect(); // creates the extension again
+    assert!(wait_until(Duration::from_secs(15), || sweeper_pid(&mut c).is_some()), "sweeper back on the new database");
+    let args = ClaimArgs { stale_timeout: Duration::from_millis(200), allow_stale_reentry: false, ..Default::default() };
+    let lease = claim_with(&mut c, &unique("recreated"), plan(), "r1", &args);
+    assert!(wait_until(Duration::from_secs(15), || status_of(&mut c, lease.id()) == "FAILED"), "and sweeping it");
+}

@@ -2,7 +2,9 @@
 //! and abandon leases on a small set of plans for a fixed time, each writing an append-only
 //! log; then a checker verifies the invariants from the logs and the table.
 //!
-//!     torture [--seconds 10] [--clients 32] [--processes 4] [--dsn DSN] [--logs DIR]
+//!     torture [--seconds 10] [--claims N] [--clients 32] [--processes 4] [--dsn DSN] [--logs DIR]
+//!
+//! It stops after --seconds, or once the clients have made --claims claim calls in all.
 //!
 //! Invariants checked (any violation makes the exit code 1):
 //! 1. for each plan, holders ordered by fencing token have consecutive attempts, and each
@@ -29,6 +31,7 @@ fn now_ns() -> u128 {
 
 struct Args {
     seconds: u64,
+    claims: u64,
     clients: usize,
     processes: usize,
     dsn: String,
@@ -40,6 +43,7 @@ struct Args {
 fn parse() -> Args {
     let mut a = Args {
         seconds: 10,
+        claims: u64::MAX,
         clients: 32,
         processes: 4,
         dsn: lease_sched_integration::dsn(),
@@ -52,6 +56,7 @@ fn parse() -> Args {
         let mut v = || it.next().expect("value");
         match k.as_str() {
             "--seconds" => a.seconds = v().parse().unwrap(),
+            "--claims" => a.claims = v().parse().unwrap(),
             "--clients" => a.clients = v().parse().unwrap(),
             "--processes" => a.processes = v().parse().unwrap(),
             "--dsn" => a.dsn = v(),
@@ -80,12 +85,14 @@ impl Rng {
 
 /// Two jobs: `steal` leases may be stolen when stale (many attempts), `strict` ones may
 /// not (the sweeper must fail them) and have 3 attempts.
-fn client_loop(dsn: &str, run: &str, seconds: u64, id: usize, out: &mut impl Write) {
+fn client_loop(dsn: &str, run: &str, seconds: u64, max_calls: u64, id: usize, out: &mut impl Write) {
     let mut c = Client::connect(dsn, NoTls).expect("connect");
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1) * 0x1000_0001);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let base = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&chrono::Utc);
-    while Instant::now() < deadline {
+    let mut calls = 0u64;
+    while Instant::now() < deadline && calls < max_calls {
+        calls += 1;
         let strict = rng.below(5) == 0;
         let job = format!("torture_{run}_{}", if strict { "strict" } else { "steal" });
         // A rolling window of 16 plans: new plans keep arriving as old ones finish.
@@ -146,10 +153,11 @@ fn worker(a: &Args, w: usize) {
     let threads: Vec<_> = (0..per)
         .map(|t| {
             let (dsn, run, logs, seconds) = (a.dsn.clone(), a.run.clone(), a.logs.clone(), a.seconds);
+            let max_calls = a.claims.div_ceil(a.clients as u64);
             let id = w * 1000 + t;
             std::thread::spawn(move || {
                 let mut out = BufWriter::new(File::create(format!("{logs}/client-{id}.log")).unwrap());
-                client_loop(&dsn, &run, seconds, id, &mut out);
+                client_loop(&dsn, &run, seconds, max_calls, id, &mut out);
                 out.flush().unwrap();
             })
         })
@@ -289,10 +297,12 @@ fn main() {
     let _ = std::fs::remove_dir_all(&a.logs);
     std::fs::create_dir_all(&a.logs).unwrap();
     let me = std::env::current_exe().unwrap();
+    let started = Instant::now();
     let children: Vec<_> = (0..a.processes)
         .map(|w| {
             Command::new(&me)
                 .args(["--worker", &w.to_string(), "--seconds", &a.seconds.to_string(), "--clients", &a.clients.to_string()])
+                .args(["--claims", &a.claims.to_string()])
                 .args(["--processes", &a.processes.to_string(), "--dsn", &a.dsn, "--logs", &a.logs, "--run", &a.run])
                 .spawn()
                 .expect("spawn worker process")
@@ -306,8 +316,8 @@ fn main() {
         eprintln!("VIOLATION: {v}");
     }
     println!(
-        "torture: {} clients in {} processes for {} s: {claims} claims checked ({granted} leases granted), {} violations",
-        a.clients, a.processes, a.seconds, violations.len()
+        "torture: {} clients in {} processes for {:.1} s: {claims} claims checked ({granted} leases granted), {} violations",
+        a.clients, a.processes, started.elapsed().as_secs_f64(), violations.len()
     );
     std::process::exit(i32::from(!violations.is_empty()));
 }
