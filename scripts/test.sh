@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite (`make test`; .ci/run calls it):
 #   1. unit tests of the pure state machine and #[pg_test] in-database tests (cargo pgrx test)
-#   2. build + install the extension into the system PostgreSQL 15
+#   2. build (release, what users get) + install the extension into the system PostgreSQL 15
 #   3. a scratch cluster preloading lease_sched and pg_cron, then
 #      - isolation specs (pg_isolation_regress): deterministic interleavings of sessions
 #      - integration tests over real connections (tests/integration, cargo test)
@@ -26,7 +26,7 @@ if want pgtest; then
 fi
 
 echo "== building and installing lease_sched"
-cargo pgrx install --pg-config "$PG_CONFIG" >/tmp/lease_sched_install.log 2>&1 \
+cargo pgrx install --release --pg-config "$PG_CONFIG" >/tmp/lease_sched_install.log 2>&1 \
   || { tail -40 /tmp/lease_sched_install.log; exit 1; }
 
 dir=/tmp/lease_sched_test

@@ -37,6 +37,13 @@ fn plan_for(client: &SpiClient<'_>, statement: &'static Statement) -> &'static O
 }
 
 /// Run a statement (reads or writes) with positional arguments.
+///
+/// Plans are prepared as mutating, so SPI runs them with `read_only = false`: every
+/// statement takes a fresh snapshot (a re-probe sees what a concurrent session just
+/// committed). We call `select`, not pgrx's `update`, on purpose: `update` assigns a
+/// transaction id up front, which would make every read-only call (a conflicted claim, a
+/// buffered touch) write a commit record and wait for its flush. A statement that writes
+/// gets its transaction id from PostgreSQL when it writes.
 pub fn execute<'conn>(
     client: &mut SpiClient<'conn>,
     statement: &'static Statement,
@@ -44,6 +51,6 @@ pub fn execute<'conn>(
 ) -> SpiTupleTable<'conn> {
     let plan = plan_for(client, statement);
     client
-        .update(plan, None, args)
+        .select(plan, None, args)
         .unwrap_or_else(|e| panic!("lease_sched: statement failed: {e}"))
 }

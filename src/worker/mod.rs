@@ -180,10 +180,15 @@ fn warn_about_settings() {
 }
 
 fn extension_installed() -> bool {
-    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'lease_sched')")
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    // A read-only query through `select`: no transaction id, so an idle sweep writes no WAL.
+    Spi::connect(|c| {
+        c.select("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'lease_sched')", None, &[])?
+            .first()
+            .get_one::<bool>()
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// A sweep blocked on a row lock gives up after about one interval; the next one catches up.
