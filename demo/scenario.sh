@@ -11,6 +11,7 @@ claim() { # runner job plan [extra named args]
 }
 
 say "1. Three runners race for the 03:00 run of nightly-report. Exactly one wins."
+echo "(runner | outcome | attempt | fencing_token)"
 for r in runner-a runner-b runner-c; do claim "$r" nightly-report '2026-01-01 03:00+00' & done
 wait
 q "SELECT lease_sched.lease_finish(id, lease_token, 'SUCCESS', result => '{\"rows\": 42}')
