@@ -3,7 +3,7 @@
 
 CREATE TABLE lease_sched.runtimes (
     id            uuid        NOT NULL DEFAULT gen_random_uuid() PRIMARY KEY,
-    name          text        NOT NULL CHECK (name <> ''),
+    name          text        NOT NULL,
     status        text        NOT NULL CHECK (status IN ('online', 'offline')),
     last_seen_at  timestamptz NOT NULL,
     registered_at timestamptz NOT NULL,
