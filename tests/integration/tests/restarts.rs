@@ -107,3 +107,34 @@ fn dropping_and_recreating_the_database_brings_the_sweeper_back() {
     let lease = claim_with(&mut c, &unique("recreated"), plan(), "r1", &args);
     assert!(wait_until(Duration::from_secs(15), || status_of(&mut c, lease.id()) == "FAILED"), "and sweeping it");
 }
+
+#[test]
+fn a_runner_killed_mid_lease_is_stolen_after_its_stale_timeout_and_fenced() {
+    let _g = serial();
+    let job = unique("killed");
+    let port = dsn().split_whitespace().find_map(|kv| kv.strip_prefix("port=").map(str::to_string)).unwrap();
+    // A runner process (psql) claims with a 1 s stale_timeout, prints its lease, then works.
+    let mut runner = std::process::Command::new("/usr/lib/postgresql/15/bin/psql")
+        .args(["-X", "-qAt", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "lease_sched"])
+        .args(["-c", &format!(
+            "SELECT execution_id || ' ' || lease_token FROM lease_sched.lease_try_claim('{job}', '2026-01-01', 'doomed', stale_timeout => '1 second')"
+        )])
+        .args(["-c", "SELECT pg_sleep(30)"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(runner.stdout.take().unwrap()), &mut line).unwrap();
+    let (id, token) = line.trim().split_once(' ').unwrap();
+    let (id, token): (uuid::Uuid, uuid::Uuid) = (id.parse().unwrap(), token.parse().unwrap());
+    std::process::Command::new("kill").args(["-9", &runner.id().to_string()]).status().unwrap();
+    let _ = runner.wait();
+    let mut c = connect();
+    let plan_time = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().to_utc();
+    assert_eq!(claim(&mut c, &job, plan_time, "thief").outcome, "conflicted", "the lease outlives its runner");
+    std::thread::sleep(Duration::from_millis(1200));
+    let thief = claim(&mut c, &job, plan_time, "thief");
+    assert_eq!((thief.outcome.as_str(), thief.execution_id), ("stole", Some(id)));
+    assert!(!heartbeat(&mut c, id, token), "the killed runner's token is fenced");
+    assert!(!finish_ok(&mut c, id, token));
+}
