@@ -160,14 +160,7 @@ pub fn pg_ctl(args: &[&str]) {
 
 /// Wait until the server accepts connections again (after a restart or crash).
 pub fn wait_for_server() -> Client {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(c) = Client::connect(&dsn(), NoTls) {
-            return c;
-        }
-        assert!(std::time::Instant::now() < deadline, "server did not come back");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    connect_retrying(&dsn())
 }
 
 /// One counter from lease_sched.stats().
@@ -208,4 +201,30 @@ pub fn set_last_seen_ago(c: &mut Client, id: Uuid, secs: i64) {
         &[&id, &(secs as f64)],
     )
     .unwrap();
+}
+
+/// A call that must fail with a class-22 SQLSTATE whose message names `argument`.
+pub fn assert_rejects(c: &mut Client, sql: &str, argument: &str) {
+    let e = c.query(sql, &[]).expect_err(sql);
+    assert!(sqlstate(&e).starts_with("22"), "{sql}: SQLSTATE {} ({e})", sqlstate(&e));
+    let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    assert!(message.contains(argument), "{sql}: message {message:?} should name {argument}");
+}
+
+/// Connect to `dsn`, retrying while the server starts (up to 30 s).
+pub fn connect_retrying(dsn: &str) -> Client {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match Client::connect(dsn, NoTls) {
+            Ok(c) => return c,
+            Err(e) if std::time::Instant::now() > deadline => panic!("connect {dsn}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// A lease that goes stale in 200 ms and may not be stolen: the sweep must fail it.
+pub fn abandoned_lease(c: &mut Client) -> Claim {
+    let args = ClaimArgs { stale_timeout: Duration::from_millis(200), allow_stale_reentry: false, ..Default::default() };
+    claim_with(c, &unique("abandoned"), plan(), "r1", &args)
 }

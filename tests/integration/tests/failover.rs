@@ -20,15 +20,7 @@ fn as_postgres(args: &[&str]) {
 }
 
 fn client(port: u16) -> postgres::Client {
-    let dsn = format!("host=127.0.0.1 port={port} dbname=lease_sched user=postgres");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match postgres::Client::connect(&dsn, postgres::NoTls) {
-            Ok(c) => return c,
-            Err(e) if std::time::Instant::now() > deadline => panic!("connect {port}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+    connect_retrying(&format!("host=127.0.0.1 port={port} dbname=lease_sched user=postgres"))
 }
 
 struct Clusters;

@@ -216,11 +216,7 @@ fn bad_claim_arguments_are_class_22_errors_naming_the_argument_and_write_nothing
         ("allow_stale_reentry", "lease_try_claim('JOB', '2026-01-01', 'r', allow_stale_reentry => NULL)"),
     ];
     for (arg, call) in cases {
-        let sql = format!("SELECT * FROM lease_sched.{}", call.replace("JOB", &job));
-        let e = c.query(&sql, &[]).expect_err(call);
-        assert!(sqlstate(&e).starts_with("22"), "{call}: {} {e}", sqlstate(&e));
-        let msg = e.as_db_error().unwrap().message().to_string();
-        assert!(msg.contains(arg), "{call}: message {msg:?} should name {arg}");
+        assert_rejects(&mut c, &format!("SELECT * FROM lease_sched.{}", call.replace("JOB", &job)), arg);
     }
     assert_eq!(count_rows(&mut c, &job), 0);
 }
@@ -243,9 +239,7 @@ fn bad_finish_and_heartbeat_arguments_change_nothing() {
         ("lease_token", format!("lease_heartbeat('{id}', NULL)")),
     ];
     for (arg, call) in cases {
-        let e = c.query(&format!("SELECT lease_sched.{call}"), &[]).expect_err(call);
-        assert!(sqlstate(&e).starts_with("22"), "{call}: {}", sqlstate(&e));
-        assert!(e.as_db_error().unwrap().message().contains(arg), "{call}: {e}");
+        assert_rejects(&mut c, &format!("SELECT lease_sched.{call}"), arg);
     }
     assert_eq!(status_of(&mut c, id), "RUNNING");
     assert!(finish_ok(&mut c, id, tok));

@@ -56,9 +56,7 @@ fn bad_lock_arguments_are_class_22_errors() {
         ("fencing_token", "SELECT lease_sched.lock_release('x', NULL)"),
         ("lock_name", "SELECT * FROM lease_sched.lock_info(NULL)"),
     ] {
-        let e = c.query(sql, &[]).expect_err(sql);
-        assert!(sqlstate(&e).starts_with("22"), "{sql}: {}", sqlstate(&e));
-        assert!(e.as_db_error().unwrap().message().contains(arg), "{sql}: {e}");
+        assert_rejects(&mut c, sql, arg);
     }
 }
 
@@ -98,15 +96,7 @@ fn start_pgbouncer(port: u16) -> Bouncer {
 }
 
 fn via_bouncer(port: u16) -> postgres::Client {
-    let dsn = format!("host=127.0.0.1 port={port} dbname=lease_sched user=postgres");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match postgres::Client::connect(&dsn, postgres::NoTls) {
-            Ok(c) => return c,
-            Err(e) if std::time::Instant::now() > deadline => panic!("pgbouncer: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+    connect_retrying(&format!("host=127.0.0.1 port={port} dbname=lease_sched user=postgres"))
 }
 
 /// The simple protocol: transaction pooling does not carry named prepared statements.

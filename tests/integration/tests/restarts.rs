@@ -75,8 +75,7 @@ fn after_a_backend_crash_the_worker_is_back_and_tokens_keep_rising() {
     assert!(wait_until(Duration::from_secs(20), || sweeper_pid(&mut c).is_some()), "sweeper restarted");
     let after = claim(&mut c, &unique("crash"), plan(), "r1").fencing_token.unwrap();
     assert!(after > before, "fencing tokens rise across the crash: {before} then {after}");
-    let args = ClaimArgs { stale_timeout: Duration::from_millis(200), allow_stale_reentry: false, ..Default::default() };
-    let lease = claim_with(&mut c, &unique("crash"), plan(), "r1", &args);
+    let lease = abandoned_lease(&mut c);
     assert!(wait_until(Duration::from_secs(15), || status_of(&mut c, lease.id()) == "FAILED"), "and sweeping");
 }
 
@@ -103,8 +102,7 @@ fn dropping_and_recreating_the_database_brings_the_sweeper_back() {
     admin.batch_execute("CREATE DATABASE lease_sched").unwrap();
     let mut c = connect(); // creates the extension again
     assert!(wait_until(Duration::from_secs(15), || sweeper_pid(&mut c).is_some()), "sweeper back on the new database");
-    let args = ClaimArgs { stale_timeout: Duration::from_millis(200), allow_stale_reentry: false, ..Default::default() };
-    let lease = claim_with(&mut c, &unique("recreated"), plan(), "r1", &args);
+    let lease = abandoned_lease(&mut c);
     assert!(wait_until(Duration::from_secs(15), || status_of(&mut c, lease.id()) == "FAILED"), "and sweeping it");
 }
 

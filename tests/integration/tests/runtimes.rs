@@ -163,11 +163,6 @@ fn sweeper_pid(c: &mut postgres::Client) -> Option<i32> {
         .map(|r| r.get(0))
 }
 
-fn abandoned_lease(c: &mut postgres::Client) -> Claim {
-    let args = ClaimArgs { stale_timeout: Duration::from_millis(200), allow_stale_reentry: false, ..Default::default() };
-    claim_with(c, &unique("abandoned"), plan(), "r1", &args)
-}
-
 #[test]
 fn a_locked_row_does_not_hold_up_the_sweep_of_the_others() {
     let _g = serial();

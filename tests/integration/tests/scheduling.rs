@@ -45,9 +45,7 @@ fn planner_arguments_are_checked() {
         ("catch_up", "SELECT lease_sched.lease_next_plan('j', '1 minute', catch_up => NULL)"),
         ("job_name", "SELECT * FROM lease_sched.lease_latest_plan(NULL)"),
     ] {
-        let e = c.query(sql, &[]).expect_err(sql);
-        assert!(sqlstate(&e).starts_with("22"), "{sql}: {}", sqlstate(&e));
-        assert!(e.as_db_error().unwrap().message().contains(arg), "{sql}: {e}");
+        assert_rejects(&mut c, sql, arg);
     }
 }
 
