@@ -1,7 +1,7 @@
 # lease_sched — the two commands a newcomer needs, and the ones after them.
 #   make demo   build, install, start a scratch cluster and run the demo scenario
 #   make test   every test of the project (what CI runs)
-.PHONY: demo test install torture faults clean
+.PHONY: demo test install torture faults bench clean
 
 demo:
 	scripts/demo.sh
@@ -17,6 +17,11 @@ torture:
 faults:
 	LEASE_TEST_ONLY=integration LEASE_HOSTILE_CASES=$${CASES:-5000} \
 	  LEASE_TEST_CARGO_ARGS="--release --test restarts --test failover --test hostile_input --test runtimes" scripts/test.sh --nocapture
+
+# lease_sched against the SQL users write by hand (docs/benchmarks.md); about 45 minutes.
+# bench/run.sh --quick is the one-minute smoke run of the same scripts.
+bench:
+	scripts/setup.sh && bench/run.sh
 
 install:
 	scripts/setup.sh

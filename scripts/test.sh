@@ -5,7 +5,7 @@
 #   3. a scratch cluster preloading lease_sched and pg_cron, then
 #      - isolation specs (pg_isolation_regress): deterministic interleavings of sessions
 #      - integration tests over real connections (tests/integration, cargo test)
-# Set LEASE_TEST_ONLY=integration|isolation|pgtest to run one part.
+# Set LEASE_TEST_ONLY=pgtest|isolation|bench|integration to run one part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -31,8 +31,12 @@ cargo pgrx install --release --pg-config "$PG_CONFIG" >/tmp/lease_sched_install.
 
 dir=/tmp/lease_sched_test
 port=${LEASE_TEST_PORT:-55440}
+# Sweeps every second; no periodic whole-buffer flush during the run unless a test asks
+# for one (so tests that count row writes are exact); silent = 20 minutes.
 scripts/cluster.sh start "$dir" "$port" \
   "lease_sched.sweep_interval = '1s'" \
+  "lease_sched.touch_flush_interval = '10min'" \
+  "lease_sched.runtime_offline_after = '20min'" \
   "log_min_messages = warning"
 trap 'scripts/cluster.sh stop "$dir" immediate' EXIT
 export LEASE_SCHED_DSN="host=127.0.0.1 port=$port dbname=lease_sched user=postgres"
@@ -48,6 +52,11 @@ if want isolation; then
       --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched \
       --inputdir=tests/isolation --outputdir="$out" $specs \
     || { cat "$out/regression.diffs" 2>/dev/null | head -80; exit 1; }
+fi
+
+if want bench; then
+  echo "== benchmark smoke run (bench/run.sh --quick: every script once, no timing asserted)"
+  bench/run.sh --quick --no-install --scale-duration 5
 fi
 
 if want integration; then

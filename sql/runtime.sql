@@ -9,8 +9,9 @@ CREATE TABLE lease_sched.runtimes (
     registered_at timestamptz NOT NULL,
     metadata      jsonb       NOT NULL DEFAULT '{}'
 )
--- Room for the new row version of a touch on the same page (HOT).
-WITH (fillfactor = 70);
+-- Room for the new row version of a touch on the same page (HOT). A flush rewrites most
+-- rows of a page at once, so half of each page is kept free (70 % kept only ~2/3 HOT).
+WITH (fillfactor = 50);
 
 COMMENT ON TABLE lease_sched.runtimes IS 'Runtimes and when they were last seen; touched by runtime_touch / runtime_touch_batch.';
 

@@ -157,6 +157,11 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
                 }
             }
         });
+        // A worker never goes idle the way a client backend does, so PostgreSQL would not
+        // publish its table statistics until it exits: autovacuum would never see the dead
+        // rows that flushes and sweeps leave. Publish them after every sweep.
+        // SAFETY: outside any transaction, as pgstat_report_stat requires.
+        unsafe { pg_sys::pgstat_report_stat(true) };
     }
     // SIGTERM (fast or smart shutdown, or pg_terminate_backend): drain, then leave. The
     // launcher starts a new sweeper if the server is not shutting down.

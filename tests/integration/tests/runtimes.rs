@@ -1,7 +1,7 @@
 //! Runtimes, the shared touch buffer and the background sweeper, against the real
-//! preloaded worker (lease_sched.sweep_interval = 1s in the test cluster; the default
-//! runtime_offline_after = 150s and touch_flush_interval = 60s). Tests that look at the
-//! buffer share it, so they take SERIAL.
+//! preloaded worker (in the test cluster: sweep_interval = 1s, runtime_offline_after = 20min,
+//! touch_flush_interval = 10min unless a test changes it). Tests that look at the buffer
+//! share it, so they take SERIAL.
 use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
@@ -45,7 +45,7 @@ fn a_buffered_touch_of_a_healthy_runtime_waits_for_the_flush() {
     let mut c = connect();
     let id = register_runtime(&mut c);
     flush(&mut c);
-    set_last_seen_ago(&mut c, id, 60); // inside the 150 s window: not a sweep candidate
+    set_last_seen_ago(&mut c, id, 60); // inside the offline window: not a sweep candidate
     assert!(touch(&mut c, id));
     thread::sleep(Duration::from_millis(2500)); // sweeps pass; the flush interval does not
     let (_, ago) = runtime_state(&mut c, id);
@@ -53,6 +53,23 @@ fn a_buffered_touch_of_a_healthy_runtime_waits_for_the_flush() {
     assert_eq!(pending(&mut c), 1);
     assert_eq!(flush(&mut c), 1);
     assert!(runtime_state(&mut c, id).1 < 5.0);
+}
+
+#[test]
+fn the_worker_flushes_the_whole_buffer_every_flush_interval() {
+    let _g = serial();
+    let mut c = connect();
+    let id = register_runtime(&mut c);
+    flush(&mut c);
+    set_last_seen_ago(&mut c, id, 60);
+    assert!(touch(&mut c, id));
+    c.batch_execute("ALTER SYSTEM SET lease_sched.touch_flush_interval = '1s'").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let flushed = wait_until(Duration::from_secs(10), || runtime_state(&mut c, id).1 < 30.0);
+    c.batch_execute("ALTER SYSTEM RESET lease_sched.touch_flush_interval").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    assert!(flushed, "a sweep wrote the buffer once the interval passed");
+    assert_eq!(pending(&mut c), 0);
 }
 
 #[test]
