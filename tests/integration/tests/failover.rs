@@ -47,6 +47,10 @@ fn promotion_keeps_committed_successes_and_raises_fencing_tokens() {
     client(PRIMARY_PORT).batch_execute("CREATE EXTENSION lease_sched").unwrap();
 
     let replica = format!("{BASE}/replica");
+    // A replica left running by an interrupted earlier run would hold its port.
+    let _ = Command::new("runuser")
+        .args(["-u", "postgres", "--", &format!("{PGBIN}/pg_ctl"), "-D", &format!("{replica}/data"), "-m", "immediate", "-w", "stop"])
+        .output();
     let _ = std::fs::remove_dir_all(&replica);
     std::fs::create_dir_all(&replica).unwrap();
     Command::new("chown").args(["postgres", &replica]).status().unwrap();
