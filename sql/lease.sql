@@ -20,7 +20,7 @@ CREATE FUNCTION lease_sched.lease_try_claim(
     fencing_token bigint,
     stale_after   timestamptz
 )
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 ROWS 1
 AS 'MODULE_PATHNAME', 'lease_try_claim_wrapper';
@@ -32,7 +32,7 @@ CREATE FUNCTION lease_sched.lease_heartbeat(
     execution_id uuid,
     lease_token  uuid
 ) RETURNS boolean
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'lease_heartbeat_wrapper';
 
@@ -49,7 +49,7 @@ CREATE FUNCTION lease_sched.lease_finish(
     error_msg     text     DEFAULT NULL,
     retry_in      interval DEFAULT NULL
 ) RETURNS boolean
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'lease_finish_wrapper';
 

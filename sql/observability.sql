@@ -5,7 +5,7 @@
 -- background worker) can run them; a runner role gets "permission denied".
 CREATE FUNCTION lease_sched.sweep()
 RETURNS TABLE (leases_failed bigint, runtimes_offline bigint, touches_flushed bigint, executions_pruned bigint)
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 ROWS 1
 AS 'MODULE_PATHNAME', 'sweep_wrapper';
 COMMENT ON FUNCTION lease_sched.sweep() IS
@@ -13,7 +13,7 @@ COMMENT ON FUNCTION lease_sched.sweep() IS
 
 CREATE FUNCTION lease_sched.stats()
 RETURNS TABLE (name text, value bigint)
-LANGUAGE c VOLATILE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'stats_wrapper';
 COMMENT ON FUNCTION lease_sched.stats() IS 'Counters since server start, from shared memory (zero unless lease_sched is preloaded).';
 

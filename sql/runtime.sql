@@ -24,20 +24,20 @@ REVOKE ALL ON lease_sched.runtimes FROM PUBLIC;
 
 CREATE FUNCTION lease_sched.runtime_register(name text, metadata jsonb DEFAULT '{}')
 RETURNS uuid
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'runtime_register_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_register(text, jsonb) IS 'Register a runtime, online now; returns its id.';
 
 CREATE FUNCTION lease_sched.runtime_touch(runtime_id uuid)
 RETURNS boolean
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'runtime_touch_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_touch(uuid) IS
     'A live heartbeat: offline rows flip online at once; online rows are buffered in shared memory. False for an unknown id.';
 
 CREATE FUNCTION lease_sched.runtime_touch_batch(runtime_ids uuid[])
 RETURNS uuid[]
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'runtime_touch_batch_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_touch_batch(uuid[]) IS
     'Bump all online runtimes among the ids in one UPDATE; returns the ids not touched (offline or unknown).';
@@ -45,12 +45,12 @@ COMMENT ON FUNCTION lease_sched.runtime_touch_batch(uuid[]) IS
 -- An admin function: SECURITY INVOKER (see sweep() in observability.sql).
 CREATE FUNCTION lease_sched.runtime_flush()
 RETURNS bigint
-LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'runtime_flush_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_flush() IS 'Write every buffered touch now, in one UPDATE; returns rows written.';
 
 CREATE FUNCTION lease_sched.runtime_pending()
 RETURNS bigint
-LANGUAGE c VOLATILE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'runtime_pending_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_pending() IS 'Runtime ids with a touch waiting in the buffer.';
