@@ -39,7 +39,7 @@ pub struct TouchBuffer {
     accepting: bool,
     database: pgrx::pg_sys::Oid,
     /// When the whole buffer was last flushed (database time), for the worker's schedule.
-    pub last_flush_at: SeenAt,
+    last_flush_at: SeenAt,
 }
 
 impl TouchBuffer {
