@@ -1,6 +1,7 @@
 # lease_sched — the two commands a newcomer needs, and the ones after them.
 #   make demo   build, install, start a scratch cluster and run the demo scenario
-#   make test   every test of the project (what CI runs)
+#   make test   every test of the project (what CI runs), on PostgreSQL 15 and 18
+#               (LEASE_TEST_MAJORS=18 make test: one major only)
 .PHONY: demo test install torture faults bench clean package
 
 demo:
@@ -9,7 +10,8 @@ demo:
 test:
 	scripts/test.sh
 
-# Longer runs of the reliability suites (a bounded run of each is part of `make test`).
+# Longer runs of the reliability suites (a bounded run of each is part of `make test`),
+# on every major of LEASE_TEST_MAJORS (default "15 18").
 torture:
 	LEASE_TEST_ONLY=integration LEASE_TORTURE_SECONDS=$${SECONDS_TO_RUN:-300} LEASE_TORTURE_CLAIMS=$${CLAIMS:-1000000} LEASE_TORTURE_CLIENTS=64 \
 	  LEASE_TEST_CARGO_ARGS="--release --test torture" scripts/test.sh --nocapture
@@ -23,9 +25,13 @@ faults:
 bench:
 	scripts/setup.sh && bench/run.sh
 
+# Into PostgreSQL 15 (Debian's); MAJORS="15 18" make install for both.
 install:
 	scripts/setup.sh
-	PATH="$$HOME/.cargo/bin:$$PATH" cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config
+	for m in $${MAJORS:-15}; do \
+	  PATH="$$HOME/.cargo/bin:$$PATH" cargo pgrx install --release --pg-config "$$(scripts/cluster.sh pgbin $$m)/pg_config" \
+	    --no-default-features --features pg$$m || exit 1; \
+	done
 
 clean:
 	cargo clean

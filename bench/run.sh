@@ -6,7 +6,8 @@
 #
 # It installs what it needs (scripts/setup.sh, then a release build of the extension),
 # starts its own scratch cluster on port 55460 in /tmp/lease_sched_bench (preloading
-# lease_sched), loads CREATE EXTENSION lease_sched next to bench/baseline.sql (the
+# lease_sched; PostgreSQL from $PGBIN, default Debian's 15; LEASE_BENCH_PORT and
+# LEASE_BENCH_DIR change port and directory), loads CREATE EXTENSION lease_sched next to bench/baseline.sql (the
 # hand-written schema, in schema `baseline`) and bench/fixtures.sql (set-up helpers), and
 # runs every case as extension/baseline pairs, alternately, for --rounds rounds. Raw pgbench
 # output and before/after counters go to bench/results/<timestamp>/; bench/report.py turns
@@ -32,9 +33,10 @@ set -euo pipefail
 orig_args="$*"
 cd "$(dirname "$0")/.."
 root=$(pwd)
-PGBIN=/usr/lib/postgresql/15/bin
-DIR=/tmp/lease_sched_bench
-PORT=55460
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+export PGBIN  # scripts/cluster.sh starts the cluster with the same binaries
+DIR=${LEASE_BENCH_DIR:-/tmp/lease_sched_bench}
+PORT=${LEASE_BENCH_PORT:-55460}
 
 quick=0 duration=10 rounds=3 clients=8 threads=2 sync_modes="on off"
 history_sizes="1000 100000 1000000" history_duration=5 scale_duration=300
@@ -83,9 +85,10 @@ echo "bench: results in $raw"
 # ---- prerequisites -------------------------------------------------------------------
 scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+features=(--no-default-features --features "pg$("$PGBIN/pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')")
 if [ "$install" = 1 ]; then
   echo "bench: building and installing lease_sched (release build)..."
-  cargo pgrx install --release --pg-config "$PGBIN/pg_config" >"$raw/install.log" 2>&1 \
+  cargo pgrx install --release --pg-config "$PGBIN/pg_config" "${features[@]}" >"$raw/install.log" 2>&1 \
     || { tail -40 "$raw/install.log"; exit 1; }
 fi
 
@@ -116,7 +119,7 @@ for attempt in 1 2 3; do
   if [ "$install" = 0 ] || [ "$loaded" = "$inode" ]; then break; fi
   [ "$attempt" = 3 ] && { echo "bench: lease_sched.so keeps being replaced; giving up" >&2; exit 1; }
   echo "bench: lease_sched.so was replaced during start-up; installing again" >&2
-  cargo pgrx install --release --pg-config "$PGBIN/pg_config" >>"$raw/install.log" 2>&1
+  cargo pgrx install --release --pg-config "$PGBIN/pg_config" "${features[@]}" >>"$raw/install.log" 2>&1
 done
 lib_size=$(stat -L -c %s "/proc/$pm/map_files/$(awk '/lease_sched\.so/ {print $1; exit}' "/proc/$pm/maps")" 2>/dev/null || echo 0)
 cleanup() {

@@ -1,80 +1,171 @@
 #!/usr/bin/env bash
-# The whole test suite (`make test`; .ci/run calls it):
-#   1. unit tests of the pure state machine and #[pg_test] in-database tests (cargo pgrx test)
-#   2. build (release, what users get) + install the extension into the system PostgreSQL 15
-#   3. a scratch cluster preloading lease_sched and pg_cron, then
+# The whole test suite (`make test`; .ci/run calls it). For each PostgreSQL major in
+# LEASE_TEST_MAJORS (default "15 18"; 15 is Debian's, 18 the PyPI build that
+# scripts/setup.sh installs under /opt/lease_sched/pg18):
+#   1. #[pg_test] in-database tests (cargo pgrx test pgNN)
+#   2. build (release, what users get) + install the extension into that PostgreSQL
+#   3. a scratch cluster preloading lease_sched (and pg_cron where that PostgreSQL has it:
+#      15 only), then
 #      - isolation specs (pg_isolation_regress): deterministic interleavings of sessions
-#      - integration tests over real connections (tests/integration, cargo test)
-# Set LEASE_TEST_ONLY=pgtest|isolation|bench|integration to run one part.
+#      - the benchmark smoke run (bench/run.sh --quick)
+#      - integration tests over real connections (tests/integration, cargo test), with a
+#        second small cluster that does NOT preload lease_sched for tests/no_preload.rs
+# then, once: the unit tests and model check of the pure state machine (crates/lease_model),
+# and the packaging scripts scripts/upgrade_test.sh, scripts/pg_upgrade_test.sh and
+# scripts/package_test.sh where they exist (each exits 0 with a SKIP message when it cannot run).
+#
+# Environment:
+#   LEASE_TEST_MAJORS="15 18"   which majors (e.g. LEASE_TEST_MAJORS=18)
+#   LEASE_TEST_ONLY=all         or a comma list of: pgtest, model, isolation, bench,
+#                               integration, packaging (all three scripts) or one of
+#                               upgrade, pg_upgrade, package
+#   LEASE_TEST_PORT_BASE=55440  test cluster ports: 15 -> base, 18 -> base+1; the clusters
+#                               without preload: 15 -> base+6, 18 -> base+7
+#   LEASE_TEST_CARGO_ARGS       extra arguments for the integration `cargo test`
+#   LEASE_TEST_PGBIN_<N>        the bin directory of PostgreSQL N (default: see cluster.sh pgbin)
+# Arguments are passed to the integration test binaries (e.g. --nocapture).
+# Clusters live in /tmp/lease_sched_test_pgNN (port base+slot) and
+# /tmp/lease_sched_nopreload_pgNN; the in-database tests in /tmp/lease_sched_pgtest_pgNN.
 set -euo pipefail
 
 run_all() {
   cd "$(dirname "$0")/.."
   scripts/setup.sh
   export PATH="$HOME/.cargo/bin:$PATH"
-  PGBIN=/usr/lib/postgresql/15/bin
-  PG_CONFIG=$PGBIN/pg_config
+  majors=${LEASE_TEST_MAJORS:-15 18}
   only=${LEASE_TEST_ONLY:-all}
-  want() { [ "$only" = all ] || [ "$only" = "$1" ]; }
+  base=${LEASE_TEST_PORT_BASE:-55440}
+  want() {
+    [ "$only" = all ] && return 0
+    local w
+    for w in ${only//,/ }; do
+      [ "$w" = "$1" ] && return 0
+      [ "$w" = packaging ] && case "$1" in upgrade|pg_upgrade|package) return 0 ;; esac
+    done
+    return 1
+  }
+  clusters=()
+  stop_clusters() {
+    local c
+    for c in "${clusters[@]}"; do PGBIN=${c%%:*} scripts/cluster.sh stop "${c#*:}" immediate; done
+    clusters=()
+  }
+  trap stop_clusters EXIT
 
-  if want pgtest; then
-    echo "== unit and in-database tests (cargo pgrx test)"
-    pgtest_dir=/tmp/lease_sched_pgtest
-    mkdir -p "$pgtest_dir" && chown postgres "$pgtest_dir"
-    cargo pgrx test pg15 --runas postgres --pgdata "$pgtest_dir/data"
+  for major in $majors; do
+    run_major "$major" "$@"
+  done
+
+  if want model; then
     echo "== the lease state machine: unit tests and exhaustive model check (crates/lease_model)"
     cargo test --release --manifest-path crates/lease_model/Cargo.toml
   fi
 
-  echo "== building and installing lease_sched"
-  cargo pgrx install --release --pg-config "$PG_CONFIG" >/tmp/lease_sched_install.log 2>&1 \
-    || { tail -40 /tmp/lease_sched_install.log; exit 1; }
+  for name in upgrade pg_upgrade package; do
+    script=scripts/${name}_test.sh
+    if want "$name" && [ -x "$script" ]; then
+      echo "== $script"
+      out=/tmp/lease_sched_${name}_test.log
+      "$script" 2>&1 | tee "$out"
+      if grep -q 'SKIP' "$out"; then
+        echo "skipped script: $script ($(grep -m1 'SKIP' "$out"))"
+      else
+        echo "passed script: $script"
+      fi
+    fi
+  done
+}
 
-  dir=/tmp/lease_sched_test
-  port=${LEASE_TEST_PORT:-55440}
+run_major() {
+  local major=$1; shift
+  local slot
+  case "$major" in 15) slot=0 ;; 18) slot=1 ;; 16) slot=2 ;; 17) slot=3 ;; 14) slot=4 ;; 13) slot=5 ;;
+    *) echo "test: unknown PostgreSQL major $major" >&2; exit 2 ;; esac
+  local pgbin_var=LEASE_TEST_PGBIN_$major
+  export PGBIN=${!pgbin_var:-$(scripts/cluster.sh pgbin "$major")}
+  local pg_config=$PGBIN/pg_config
+  "$pg_config" --version | grep -q "^PostgreSQL $major" \
+    || { echo "test: $pg_config is not PostgreSQL $major" >&2; exit 1; }
+  local features=(--no-default-features --features "pg$major")
+  local has_cron=0
+  [ -e "$("$pg_config" --pkglibdir)/pg_cron.so" ] && has_cron=1
+  echo "==== PostgreSQL $major ($PGBIN)$([ $has_cron = 1 ] || echo '; no pg_cron: its tests are skipped')"
+
+  if want pgtest; then
+    echo "== PostgreSQL $major: in-database tests (cargo pgrx test pg$major)"
+    local pgtest_dir=/tmp/lease_sched_pgtest_pg$major
+    mkdir -p "$pgtest_dir" && chown postgres "$pgtest_dir"
+    cargo pgrx test "pg$major" --runas postgres --pgdata "$pgtest_dir/data"
+  fi
+
+  want isolation || want bench || want integration || return 0
+
+  echo "== PostgreSQL $major: building and installing lease_sched (release)"
+  local log=/tmp/lease_sched_install_pg$major.log
+  cargo pgrx install --release --pg-config "$pg_config" "${features[@]}" >"$log" 2>&1 \
+    || { tail -40 "$log"; exit 1; }
+
+  local dir=/tmp/lease_sched_test_pg$major port=$((base + slot))
   # Sweeps every second; no periodic whole-buffer flush during the run unless a test asks
   # for one (so tests that count row writes are exact); silent = 20 minutes.
+  clusters+=("$PGBIN:$dir")
   scripts/cluster.sh start "$dir" "$port" \
     "lease_sched.sweep_interval = '1s'" \
     "lease_sched.touch_flush_interval = '10min'" \
     "lease_sched.runtime_offline_after = '20min'" \
     "log_min_messages = warning"
-  trap 'scripts/cluster.sh stop "$dir" immediate' EXIT
   export LEASE_SCHED_DSN="host=127.0.0.1 port=$port dbname=lease_sched user=postgres"
   export LEASE_SCHED_PGDATA="$dir/data" LEASE_SCHED_PGBIN="$PGBIN" LEASE_SCHED_LOG="$dir/server.log"
-  $PGBIN/psql -h 127.0.0.1 -p "$port" -U postgres -d lease_sched -qc "CREATE EXTENSION lease_sched"
+  export LEASE_SCHED_PG_MAJOR=$major LEASE_SCHED_HAS_PG_CRON=$has_cron
+  "$PGBIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d lease_sched -qc "CREATE EXTENSION lease_sched"
 
   if want isolation; then
-    echo "== isolation specs (pg_isolation_regress)"
-    out=/tmp/lease_sched_isolation
+    echo "== PostgreSQL $major: isolation specs (pg_isolation_regress)"
+    local out=/tmp/lease_sched_isolation_pg$major specs
     rm -rf "$out" && mkdir -p "$out"
     specs=$(cd tests/isolation/specs && ls *.spec | sed 's/\.spec$//')
-    $PGBIN/../lib/pgxs/src/test/isolation/pg_isolation_regress \
+    "$("$pg_config" --pkglibdir)/pgxs/src/test/isolation/pg_isolation_regress" \
         --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched \
         --inputdir=tests/isolation --outputdir="$out" $specs \
-      || { cat "$out/regression.diffs" 2>/dev/null | head -80; exit 1; }
+      || { head -80 "$out/regression.diffs" 2>/dev/null; exit 1; }
   fi
 
   if want bench; then
-    echo "== benchmark smoke run (bench/run.sh --quick: every script once, no timing asserted)"
-    bench/run.sh --quick --no-install --scale-duration 5
+    echo "== PostgreSQL $major: benchmark smoke run (bench/run.sh --quick: every script once, no timing asserted)"
+    LEASE_BENCH_DIR=/tmp/lease_sched_bench_pg$major LEASE_BENCH_PORT=$((55460 + slot)) \
+      bench/run.sh --quick --no-install --scale-duration 5
   fi
 
   if want integration; then
-    echo "== integration tests (tests/integration)"
-    venv=/tmp/lease_sched_venv
+    # A second cluster that does not preload lease_sched (pg_cron only, where there is one):
+    # tests/integration/tests/no_preload.rs.
+    local np_dir=/tmp/lease_sched_nopreload_pg$major np_port=$((base + 6 + slot))
+    clusters+=("$PGBIN:$np_dir")
+    LEASE_CLUSTER_PRELOAD=$([ $has_cron = 1 ] && echo pg_cron || true) \
+      scripts/cluster.sh start "$np_dir" "$np_port" "log_min_messages = warning"
+    export LEASE_SCHED_NOPRELOAD_DSN="host=127.0.0.1 port=$np_port dbname=lease_sched user=postgres"
+
+    echo "== PostgreSQL $major: integration tests (tests/integration)"
+    local venv=/tmp/lease_sched_venv
     [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg" 2>/dev/null \
-      || { python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
+      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
     export LEASE_SCHED_PYTHON="$venv/bin/python"
     cargo build -q --manifest-path tests/integration/Cargo.toml --examples
     cargo test --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@"
   fi
+  stop_clusters
 }
 
-# One closing line for the whole run, summed over every runner above (cargo test and
-# pg_isolation_regress), printed only when everything passed.
+# One closing line for the whole run, summed over every runner above (cargo test,
+# pg_isolation_regress, the packaging scripts), printed only when everything passed. A test
+# that skipped itself (it prints "skipped test: ...") counts as skipped, not passed.
 log=/tmp/lease_sched_test.log
+start=$(date +%s)
 run_all "$@" 2>&1 | tee "$log"
-awk '/^test result:/ { passed += $4; failed += $6 }
+awk -v secs=$(( $(date +%s) - start )) \
+    '/^test result:/ { passed += $4; failed += $6 }
      /All [0-9]+ tests passed/ { passed += $2 }
-     END { printf "lease_sched: %d passed, %d failed\n", passed, failed }' "$log"
+     /skipped test: / { passed--; skipped++ }
+     /^skipped script: / { skipped++ }
+     /^passed script: / { passed++ }
+     END { printf "(%d min %d s)\nlease_sched: %d passed, %d failed, %d skipped\n", secs / 60, secs % 60, passed, failed, skipped }' "$log"

@@ -228,3 +228,37 @@ pub fn abandoned_lease(c: &mut Client) -> Claim {
     let args = ClaimArgs { stale_timeout: Duration::from_millis(200), allow_stale_reentry: false, ..Default::default() };
     claim_with(c, &unique("abandoned"), plan(), "r1", &args)
 }
+
+/// The major version of the PostgreSQL under test (scripts/test.sh exports
+/// LEASE_SCHED_PG_MAJOR; 15 when run by hand without it).
+pub fn pg_major() -> u32 {
+    std::env::var("LEASE_SCHED_PG_MAJOR").ok().and_then(|v| v.parse().ok()).unwrap_or(15)
+}
+
+/// The bin directory of the PostgreSQL under test (psql, pg_dump, pg_ctl, pg_basebackup of
+/// the same major as the server): LEASE_SCHED_PGBIN, set by scripts/test.sh per major.
+pub fn pgbin() -> String {
+    std::env::var("LEASE_SCHED_PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+}
+
+/// Whether the test cluster preloads pg_cron (scripts/test.sh exports
+/// LEASE_SCHED_HAS_PG_CRON=0 for PostgreSQL 18, which has no pg_cron here).
+pub fn has_pg_cron() -> bool {
+    std::env::var("LEASE_SCHED_HAS_PG_CRON").map(|v| v != "0").unwrap_or(true)
+}
+
+/// Say that a test skipped itself, and why. Written straight to stderr (libtest does not
+/// capture that), so it shows in the log; scripts/test.sh counts these lines as skipped.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\nskipped test: {test}: {why}");
+}
+
+/// True (after printing a skip line) when the cluster has no pg_cron.
+pub fn skip_without_pg_cron(test: &str) -> bool {
+    if has_pg_cron() {
+        return false;
+    }
+    skip(test, &format!("PostgreSQL {} here has no pg_cron", pg_major()));
+    true
+}
