@@ -55,3 +55,13 @@ AS 'MODULE_PATHNAME', 'lease_finish_wrapper';
 
 COMMENT ON FUNCTION lease_sched.lease_finish(uuid, uuid, text, jsonb, bigint, text, text, interval) IS
     'Write the terminal SUCCESS or FAILED state of a held lease; false (and nothing written) when the lease is lost.';
+
+-- The default retry delay, the one definition used by lease_finish and the sweep (their
+-- statements call it) and checked by the model (crates/lease_model, retry_backoff).
+CREATE FUNCTION lease_sched.retry_backoff(attempt int, base interval, max interval)
+RETURNS interval
+LANGUAGE c IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'retry_backoff_wrapper';
+
+COMMENT ON FUNCTION lease_sched.retry_backoff(int, interval, interval) IS
+    'base * 2^(attempt-1), saturating at max for any attempt (never overflows): the default delay before a FAILED run may be retried.';

@@ -40,4 +40,14 @@ SELECT job_name,
  GROUP BY job_name;
 COMMENT ON VIEW lease_sched.job_summary IS 'Per job: runs by status, last success and failure, p50/p95 duration of successful runs.';
 
-REVOKE ALL ON lease_sched.active_leases, lease_sched.job_summary FROM PUBLIC;
+-- The history for readers: every column of sys_cron_executions except the holder's secret
+-- lease_token (with it, anyone could heartbeat or finish the lease). Grant SELECT on this
+-- view, never on the table (docs/api.md, "Privileges").
+CREATE VIEW lease_sched.executions AS
+SELECT id, job_name, scope_kind, scope_id, plan_time, status, attempt, max_attempts, runner_id,
+       fencing_token, allow_stale_reentry, stale_timeout, heartbeat_at, stale_after, started_at,
+       finished_at, duration_ms, next_retry_at, error_code, error_msg, rows_affected, result, updated_at
+  FROM lease_sched.sys_cron_executions;
+COMMENT ON VIEW lease_sched.executions IS 'The execution history without the secret lease_token: what readers are granted.';
+
+REVOKE ALL ON lease_sched.active_leases, lease_sched.job_summary, lease_sched.executions FROM PUBLIC;

@@ -4,6 +4,36 @@
 -- SECURITY INVOKER and no SET clause on purpose: the command runs with the caller's
 -- privileges, and PostgreSQL allows COMMIT only in such procedures. Call it at top level
 -- (as pg_cron does), not inside BEGIN ... COMMIT.
+--
+-- Because it cannot pin its search_path, the body names every function with its schema
+-- and every operator as OPERATOR(pg_catalog.x): nothing a role puts on the caller's
+-- search_path (say, a pg_cron job owned by a superuser) can stand in for them.
+--
+-- What run() guarantees (docs/api.md, "run"):
+--  * the command's work commits only together with a successful lease_finish: a run
+--    whose lease was lost (stolen after it went stale) raises LS001 and rolls back;
+--  * the command runs under a statement timeout that ends before the lease goes stale
+--    (run_arm_deadline), so a slow command is cancelled before anyone may steal its plan;
+--  * every failure of the command, a cancel or timeout included, and every deferred
+--    constraint (checked before the finish, not at COMMIT) ends the plan FAILED with the
+--    real SQLSTATE, then the error is raised again for the caller (pg_cron logs it).
+
+-- Arm the statement timeout that bounds run()'s command by its lease: it fires
+-- `margin` before stale_after (a tenth of stale_timeout, at most 1 second) unless the
+-- caller's own statement_timeout fires earlier. Returns whether it armed anything.
+CREATE FUNCTION lease_sched.run_arm_deadline(stale_after timestamptz, stale_timeout interval)
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'run_arm_deadline_wrapper';
+COMMENT ON FUNCTION lease_sched.run_arm_deadline(timestamptz, interval) IS
+    'Used by run(): a statement timeout that fires just before the lease would go stale.';
+
+CREATE FUNCTION lease_sched.run_disarm_deadline(armed boolean)
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'run_disarm_deadline_wrapper';
+COMMENT ON FUNCTION lease_sched.run_disarm_deadline(boolean) IS
+    'Used by run(): cancel the timeout run_arm_deadline armed; true when it had fired (the command outlived its lease).';
 
 CREATE PROCEDURE lease_sched.run(
     job_name      text,
@@ -17,16 +47,19 @@ CREATE PROCEDURE lease_sched.run(
 LANGUAGE plpgsql
 AS $run$
 DECLARE
-    plan      timestamptz;
-    lease     record;
-    affected  bigint;
-    failed    boolean := false;
-    err_state text;
-    err_msg   text;
+    plan       timestamptz;
+    lease      record;
+    affected   bigint;
+    armed      boolean := false;
+    failed     boolean := false;
+    deadline   boolean := false;
+    finished   boolean;
+    err_state  text;
+    err_msg    text;
     err_detail text;
-    err_hint  text;
+    err_hint   text;
 BEGIN
-    IF command IS NULL OR command = '' THEN
+    IF command IS NULL OR command OPERATOR(pg_catalog.=) '' THEN
         RAISE EXCEPTION 'command must not be NULL or empty' USING ERRCODE = '22023';
     END IF;
     plan := lease_sched.lease_next_plan(job_name => run.job_name, every => run.every, scope_kind => run.scope_kind,
@@ -41,32 +74,54 @@ BEGIN
                    pg_catalog.pg_backend_pid()),
                scope_kind => run.scope_kind, scope_id => run.scope_id, stale_timeout => run.stale_timeout,
                max_attempts => run.max_attempts);
-    IF lease.outcome = 'conflicted' THEN
+    IF lease.outcome OPERATOR(pg_catalog.=) 'conflicted' THEN
         RETURN;  -- another scheduler has this plan
     END IF;
     COMMIT;
 
     BEGIN
+        armed := lease_sched.run_arm_deadline(lease.stale_after, run.stale_timeout);
         EXECUTE command;
         GET DIAGNOSTICS affected = ROW_COUNT;
-    EXCEPTION WHEN OTHERS THEN
+        -- Deferred constraints and triggers fire here, inside this block, so that their
+        -- failure is caught and recorded instead of escaping from the final COMMIT.
+        SET CONSTRAINTS ALL IMMEDIATE;
+        PERFORM lease_sched.run_disarm_deadline(armed);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
         GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
                                 err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
         failed := true;
+        -- Our own deadline (not the caller's statement_timeout) cancelled the command:
+        -- the run outlived its lease, as a silent runner would. Like a stale lease it
+        -- may be retried at once rather than after the backoff.
+        deadline := lease_sched.run_disarm_deadline(armed);
     END;
+    PERFORM lease_sched.run_disarm_deadline(armed);
 
     IF failed THEN
-        PERFORM lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
-                                         status => 'FAILED', error_code => err_state, error_msg => err_msg);
+        finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
+                        status => 'FAILED', error_code => err_state,
+                        error_msg => CASE WHEN deadline
+                                          THEN 'command cancelled at its lease deadline (stale_timeout ' OPERATOR(pg_catalog.||) run.stale_timeout::text OPERATOR(pg_catalog.||) '): ' OPERATOR(pg_catalog.||) err_msg
+                                          ELSE err_msg END,
+                        retry_in => CASE WHEN deadline THEN interval '0' END);
         COMMIT;  -- the FAILED row stays, then the caller (pg_cron) sees the error too
         RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg,
                               DETAIL = coalesce(err_detail, ''), HINT = coalesce(err_hint, '');
     END IF;
-    PERFORM lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
-                                     status => 'SUCCESS', rows_affected => affected);
+    finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
+                                         status => 'SUCCESS', rows_affected => affected);
+    IF NOT finished THEN
+        -- The lease was taken over while the command ran: another runner owns this plan
+        -- now. Raising here rolls the command's work back, so it never commits twice.
+        RAISE EXCEPTION 'lease_sched.run: the lease of job "%" plan % was lost before the command finished; its work is rolled back',
+                        run.job_name, plan
+              USING ERRCODE = 'LS001',
+                    HINT = 'The command outlived stale_timeout; raise stale_timeout or make the command faster.';
+    END IF;
     COMMIT;
 END;
 $run$;
 
 COMMENT ON PROCEDURE lease_sched.run(text, text, interval, text, text, int, interval) IS
-    'Run a SQL command once per plan of a job (for cron.schedule): claim, commit, execute, finish SUCCESS or FAILED (then re-raise).';
+    'Run a SQL command once per plan of a job (for cron.schedule): claim, commit, execute under a lease deadline, finish SUCCESS or FAILED (then re-raise); never commits the work of a lost lease.';

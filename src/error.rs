@@ -28,3 +28,28 @@ pub fn insufficient_privilege(message: &str) -> ! {
         .report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
+
+/// The library is newer than the extension's SQL objects in this database (the package
+/// was upgraded, `ALTER EXTENSION lease_sched UPDATE` has not run yet).
+pub fn schema_out_of_date() -> ! {
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!(
+            "lease_sched's library is version {} but this database's lease_sched objects are older",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "lease_sched",
+    )
+    .set_hint("Run ALTER EXTENSION lease_sched UPDATE in this database.")
+    .report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+/// An SPI call failed without raising an ERROR itself (a return code, not an ereport):
+/// report it as an internal error with the statement, never as a Rust panic.
+pub fn statement_failed(what: &str, sql: &str, error: impl std::fmt::Display) -> ! {
+    ErrorReport::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("lease_sched: {what}: {error}"), "lease_sched")
+        .set_detail(format!("statement: {}", sql.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}

@@ -14,6 +14,7 @@ mod settings;
 mod shmem;
 mod spi_plans;
 mod stats;
+mod subxact;
 mod worker;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -33,6 +34,10 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // An ERROR that passes through Rust code must reach the client as PostgreSQL's own
+    // error (SQLSTATE, message, detail), never with a Rust backtrace appended to its
+    // DETAIL: pgrx captures one whenever the environment asks for it, so say no here.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     // SAFETY: a flag PostgreSQL sets while loading shared_preload_libraries.
     let preloaded = unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress };
     settings::init(preloaded);

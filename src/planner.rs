@@ -2,7 +2,7 @@
 //! runner should claim now for a job that runs every `every`. The decision is a pure
 //! function of the latest execution row and the database clock.
 use pgrx::datum::TimestampWithTimeZone;
-use pgrx::pg_sys::TEXTOID;
+use pgrx::pg_sys::{TEXTOID, TIMESTAMPTZOID};
 use pgrx::prelude::*;
 
 use crate::lease::state::{DbTime, Status};
@@ -57,15 +57,21 @@ pub fn next_plan(latest: Option<&LatestPlan>, every: i64, now: DbTime, catch_up:
 static LATEST: Statement = Statement {
     sql: "SELECT plan_time, status, attempt, max_attempts, next_retry_at, stale_after
             FROM lease_sched.sys_cron_executions
-           WHERE job_name = $1 AND scope_kind = $2 AND scope_id = $3
+           WHERE job_name = $1 AND scope_kind = $2 AND scope_id = $3 AND plan_time <= $4
            ORDER BY plan_time DESC LIMIT 1",
-    arg_types: &[TEXTOID, TEXTOID, TEXTOID],
+    arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
 };
 
-/// The latest execution of (job, scope) by plan_time, through the unique index.
-pub fn latest_plan(job_name: &str, scope_kind: &str, scope_id: &str) -> Option<LatestPlan> {
+/// The latest execution of (job, scope) by plan_time at or before `now`, through the
+/// unique index. A row planned in the future (a claim with a plan_time ahead of the
+/// clock) is not the cursor: it neither silences the job until then nor is offered early.
+pub fn latest_plan(job_name: &str, scope_kind: &str, scope_id: &str, now: DbTime) -> Option<LatestPlan> {
     Spi::connect_mut(|client| {
-        let t = execute(client, &LATEST, &[job_name.into(), scope_kind.into(), scope_id.into()]);
+        let t = execute(
+            client,
+            &LATEST,
+            &[job_name.into(), scope_kind.into(), scope_id.into(), crate::lease::timestamptz(now).into()],
+        );
         if t.is_empty() {
             return None;
         }

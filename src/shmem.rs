@@ -19,6 +19,9 @@ const TRANCHE_NAME: &std::ffi::CStr = c"lease_sched";
 #[repr(C)]
 pub struct Shared {
     pub lock: *mut pg_sys::LWLock,
+    /// The pid of the one sweeper (0: none). A sweeper claims it at start and clears it
+    /// at exit; a second one finds it taken and leaves, so there is never more than one.
+    pub sweeper_pid: std::sync::atomic::AtomicI32,
     pub stats: Stats,
     pub touches: TouchBuffer,
     // `touches.slot_count` slots follow in the same allocation.
@@ -100,4 +103,22 @@ pub fn with_lock<R>(shared: &Shared, mode: pg_sys::LWLockMode::Type, f: impl FnO
     let r = f();
     unsafe { pg_sys::LWLockRelease(shared.lock) };
     r
+}
+
+/// Become the sweeper; false when another live sweeper already is.
+pub fn claim_sweeper(pid: i32) -> bool {
+    use std::sync::atomic::Ordering;
+    shared().is_some_and(|s| s.sweeper_pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).is_ok())
+}
+
+/// Give the sweeper role up (only by the process that holds it); true when it did.
+pub fn release_sweeper(pid: i32) -> bool {
+    use std::sync::atomic::Ordering;
+    shared().is_some_and(|s| s.sweeper_pid.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire).is_ok())
+}
+
+/// The running sweeper's pid, if any.
+pub fn sweeper_pid() -> Option<i32> {
+    use std::sync::atomic::Ordering;
+    shared().map(|s| s.sweeper_pid.load(Ordering::Acquire)).filter(|pid| *pid != 0)
 }

@@ -4,7 +4,12 @@
 //! (SPI_prepare + SPI_keepplan) and reuses the plan afterwards, so a call pays for
 //! execution only. PostgreSQL's plan cache revalidates a kept plan by itself when the
 //! tables it reads change (for example after DROP/CREATE EXTENSION).
-use std::cell::RefCell;
+//!
+//! Before the first statement of a backend runs, the installed extension version is
+//! compared with the library's: after a package upgrade and before `ALTER EXTENSION
+//! lease_sched UPDATE`, every call fails with an error that says so, instead of running
+//! new statements against old tables.
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use pgrx::datum::DatumWithOid;
@@ -20,6 +25,34 @@ thread_local! {
     // Keyed by the statement's address: every Statement is a static. The plans are
     // leaked on purpose; a backend has a handful of them and keeps them until exit.
     static PLANS: RefCell<HashMap<usize, &'static OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+    // Set once this backend has seen the installed SQL match the library.
+    static SCHEMA_CHECKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The version of the lease_sched SQL objects in this database, if installed.
+pub fn installed_version(client: &SpiClient<'_>) -> Option<String> {
+    client
+        .select("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'lease_sched'", None, &[])
+        .ok()?
+        .first()
+        .get_one::<String>()
+        .ok()
+        .flatten()
+}
+
+/// Does the installed SQL match this library?
+pub fn schema_is_current(client: &SpiClient<'_>) -> bool {
+    installed_version(client).as_deref() == Some(env!("CARGO_PKG_VERSION"))
+}
+
+fn check_schema(client: &SpiClient<'_>) {
+    if SCHEMA_CHECKED.get() {
+        return;
+    }
+    if !schema_is_current(client) {
+        crate::error::schema_out_of_date();
+    }
+    SCHEMA_CHECKED.set(true);
 }
 
 fn plan_for(client: &SpiClient<'_>, statement: &'static Statement) -> &'static OwnedPreparedStatement {
@@ -27,10 +60,11 @@ fn plan_for(client: &SpiClient<'_>, statement: &'static Statement) -> &'static O
     if let Some(plan) = PLANS.with(|plans| plans.borrow().get(&key).copied()) {
         return plan;
     }
+    check_schema(client);
     let types: Vec<PgOid> = statement.arg_types.iter().map(|oid| PgOid::from(*oid)).collect();
     let prepared = client
         .prepare_mut(statement.sql, &types)
-        .unwrap_or_else(|e| panic!("lease_sched: cannot prepare statement: {e}"));
+        .unwrap_or_else(|e| crate::error::statement_failed("cannot prepare a statement", statement.sql, e));
     let plan: &'static OwnedPreparedStatement = Box::leak(Box::new(prepared.keep()));
     PLANS.with(|plans| plans.borrow_mut().insert(key, plan));
     plan
@@ -44,6 +78,9 @@ fn plan_for(client: &SpiClient<'_>, statement: &'static Statement) -> &'static O
 /// transaction id up front, which would make every read-only call (a conflicted claim, a
 /// buffered touch) write a commit record and wait for its flush. A statement that writes
 /// gets its transaction id from PostgreSQL when it writes.
+///
+/// An ERROR raised by the statement (lock_timeout, a cancel, a constraint) reaches the
+/// caller as that PostgreSQL error, with its own SQLSTATE and message.
 pub fn execute<'conn>(
     client: &mut SpiClient<'conn>,
     statement: &'static Statement,
@@ -52,5 +89,5 @@ pub fn execute<'conn>(
     let plan = plan_for(client, statement);
     client
         .select(plan, None, args)
-        .unwrap_or_else(|e| panic!("lease_sched: statement failed: {e}"))
+        .unwrap_or_else(|e| crate::error::statement_failed("a statement failed", statement.sql, e))
 }

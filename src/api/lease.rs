@@ -1,5 +1,5 @@
 //! lease_try_claim, lease_heartbeat, lease_finish (declared in sql/lease.sql).
-use pgrx::datum::{Interval, JsonB, TimestampWithTimeZone};
+use pgrx::datum::{AnyElement, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
@@ -62,7 +62,10 @@ fn lease_finish(
     execution_id: Option<Uuid>,
     lease_token: Option<Uuid>,
     status: Option<&str>,
-    result: Option<JsonB>,
+    // Declared jsonb in SQL; taken as the datum itself (AnyElement), never converted
+    // through serde_json, so the stored value is exactly the value given (big numbers,
+    // long decimals and deep nesting included).
+    result: Option<AnyElement>,
     rows_affected: Option<i64>,
     error_code: Option<&str>,
     error_msg: Option<&str>,
@@ -75,7 +78,7 @@ fn lease_finish(
         _ => invalid_argument("status", "must be 'SUCCESS' or 'FAILED'", None),
     };
     if let Some(result) = &result {
-        let size = serde_json::to_string(&result.0).map(|s| s.len()).unwrap_or(usize::MAX);
+        let size = jsonb_text_bytes(result);
         if size > state::RESULT_MAX_BYTES {
             bad_argument(
                 PgSqlErrorCode::ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
@@ -86,6 +89,7 @@ fn lease_finish(
         }
     }
     let failed = status == state::Status::Failed;
+    let result = result.map(|r| r.datum());
     let finish = Finish {
         status,
         result,
@@ -98,4 +102,30 @@ fn lease_finish(
         retry_in: retry_in.map(|r| interval_in_range(r, "retry_in", true)),
     };
     lease::finish(execution_id, lease_token, finish)
+}
+
+/// The size of a jsonb value printed as text (what the 16 KiB limit counts), from
+/// PostgreSQL's own jsonb output function.
+fn jsonb_text_bytes(value: &AnyElement) -> usize {
+    // SAFETY: `value` is a non-null jsonb datum passed to this call; the output function
+    // returns a palloc'd C string in the current memory context, freed right after.
+    unsafe {
+        let mut output: pgrx::pg_sys::Oid = pgrx::pg_sys::InvalidOid;
+        let mut is_varlena = false;
+        pgrx::pg_sys::getTypeOutputInfo(pgrx::pg_sys::JSONBOID, &mut output, &mut is_varlena);
+        let text = pgrx::pg_sys::OidOutputFunctionCall(output, value.datum());
+        let len = std::ffi::CStr::from_ptr(text).to_bytes().len();
+        pgrx::pg_sys::pfree(text.cast());
+        len
+    }
+}
+
+/// `lease_sched.retry_backoff(attempt, base, max)`: the model's saturating backoff, the one
+/// definition the SQL of lease_finish and the sweep calls.
+#[pg_extern(sql = false)]
+fn retry_backoff(attempt: Option<i32>, base: Option<Interval>, max: Option<Interval>) -> Interval {
+    let attempt = required(attempt, "attempt");
+    let base = interval_in_range(required(base, "base"), "base", true);
+    let max = interval_in_range(required(max, "max"), "max", true);
+    Interval::from_micros(state::retry_backoff(attempt, base.as_micros() as i64, max.as_micros() as i64))
 }

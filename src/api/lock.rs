@@ -1,23 +1,38 @@
 //! lock_acquire, lock_heartbeat, lock_release, lock_info (declared in sql/locks.sql).
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
+use pgrx::Uuid;
 
 use super::args::{non_empty, positive_interval, required};
 use crate::lock;
 
 #[pg_extern(sql = false)]
-fn lock_acquire(lock_name: Option<&str>, holder: Option<&str>, ttl: Option<Interval>) -> Option<i64> {
-    lock::acquire(non_empty(lock_name, "lock_name"), non_empty(holder, "holder"), positive_interval(ttl, "ttl"))
+fn lock_acquire_row(
+    lock_name: Option<&str>,
+    holder: Option<&str>,
+    ttl: Option<Interval>,
+) -> TableIterator<
+    'static,
+    (
+        name!(acquired, bool),
+        name!(lock_token, Option<Uuid>),
+        name!(fencing_token, Option<i64>),
+        name!(holder, Option<String>),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let a = lock::acquire(non_empty(lock_name, "lock_name"), non_empty(holder, "holder"), positive_interval(ttl, "ttl"));
+    TableIterator::once((a.acquired, a.lock_token, a.fencing_token, a.holder, a.expires_at))
 }
 
 #[pg_extern(sql = false)]
-fn lock_heartbeat(lock_name: Option<&str>, fencing_token: Option<i64>) -> bool {
-    lock::heartbeat(non_empty(lock_name, "lock_name"), required(fencing_token, "fencing_token"))
+fn lock_heartbeat_by_token(lock_name: Option<&str>, lock_token: Option<Uuid>) -> bool {
+    lock::heartbeat(non_empty(lock_name, "lock_name"), required(lock_token, "lock_token"))
 }
 
 #[pg_extern(sql = false)]
-fn lock_release(lock_name: Option<&str>, fencing_token: Option<i64>) -> bool {
-    lock::release(non_empty(lock_name, "lock_name"), required(fencing_token, "fencing_token"))
+fn lock_release_by_token(lock_name: Option<&str>, lock_token: Option<Uuid>) -> bool {
+    lock::release(non_empty(lock_name, "lock_name"), required(lock_token, "lock_token"))
 }
 
 #[pg_extern(sql = false)]
@@ -36,4 +51,23 @@ fn lock_info(
 > {
     let info = lock::info(non_empty(lock_name, "lock_name"));
     TableIterator::new(info.map(|i| (i.holder, i.fencing_token, i.acquired_at, i.heartbeat_at, i.expires_at, i.expired)))
+}
+
+// The 0.1.0 entry points. Their SQL declarations (bigint fencing tokens as proof of holding)
+// are dropped by `ALTER EXTENSION lease_sched UPDATE`; until that has run, a database still
+// on 0.1.0's SQL reaches these symbols, which refuse with a clear instruction instead of
+// reading arguments of another shape.
+#[pg_extern(sql = false)]
+fn lock_acquire() -> bool {
+    crate::error::schema_out_of_date()
+}
+
+#[pg_extern(sql = false)]
+fn lock_heartbeat() -> bool {
+    crate::error::schema_out_of_date()
+}
+
+#[pg_extern(sql = false)]
+fn lock_release() -> bool {
+    crate::error::schema_out_of_date()
 }

@@ -5,6 +5,7 @@ pub mod lease;
 pub mod lock;
 pub mod observability;
 pub mod planner;
+pub mod run;
 pub mod runtime;
 
 /// Admin functions (sweep, runtime_flush) run with the caller's rights; refuse callers who

@@ -23,12 +23,13 @@ fn lease_latest_plan(
         name!(retry_eligible, bool),
     ),
 > {
+    let now = db_clock();
     let latest = planner::latest_plan(
         non_empty(job_name, "job_name"),
         non_empty(scope_kind, "scope_kind"),
         required(scope_id, "scope_id"),
+        now,
     );
-    let now = db_clock();
     TableIterator::new(latest.map(|l| {
         (
             timestamptz(l.plan_time),
@@ -58,7 +59,8 @@ fn lease_next_plan(
     if stride <= 0 {
         invalid_argument("every", "must be positive", None);
     }
-    let latest = planner::latest_plan(job_name, non_empty(scope_kind, "scope_kind"), required(scope_id, "scope_id"));
+    let now = db_clock();
+    let latest = planner::latest_plan(job_name, non_empty(scope_kind, "scope_kind"), required(scope_id, "scope_id"), now);
     let catch_up = required(catch_up, "catch_up");
-    planner::next_plan(latest.as_ref(), stride, db_clock(), catch_up).map(timestamptz)
+    planner::next_plan(latest.as_ref(), stride, now, catch_up).map(timestamptz)
 }

@@ -3,7 +3,7 @@
 pub mod state;
 pub mod store;
 
-use pgrx::datum::{DatumWithOid, Interval, JsonB, TimestampWithTimeZone};
+use pgrx::datum::{DatumWithOid, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::Uuid;
@@ -205,7 +205,8 @@ pub fn heartbeat(execution_id: Uuid, lease_token: Uuid) -> bool {
 
 pub struct Finish {
     pub status: Status,
-    pub result: Option<JsonB>,
+    /// A jsonb datum, passed through untouched.
+    pub result: Option<pgrx::pg_sys::Datum>,
     pub rows_affected: Option<i64>,
     pub error_code: Option<String>,
     pub error_msg: Option<String>,
@@ -222,7 +223,11 @@ pub fn finish(execution_id: Uuid, lease_token: Uuid, f: Finish) -> bool {
         lease_token.into(),
         f.status.as_sql().into(),
         timestamptz(now).into(),
-        opt(f.result, pgrx::pg_sys::JSONBOID),
+        match f.result {
+            // SAFETY: a jsonb datum the caller received as this call's argument.
+            Some(datum) => unsafe { DatumWithOid::new(datum, pgrx::pg_sys::JSONBOID) },
+            None => DatumWithOid::null_oid(pgrx::pg_sys::JSONBOID),
+        },
         opt(f.rows_affected, pgrx::pg_sys::INT8OID),
         opt(f.error_code, pgrx::pg_sys::TEXTOID),
         opt(f.error_msg, pgrx::pg_sys::TEXTOID),

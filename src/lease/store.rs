@@ -57,14 +57,15 @@ pub static HEARTBEAT: Statement = Statement {
 };
 
 /// The terminal write. A FAILED run with attempts left gets `next_retry_at`: `retry_in`
-/// ($9) when given, else base * 2^(attempt-1) capped at max (`state::retry_backoff`).
+/// ($9) when given, else `lease_sched.retry_backoff` (the model's `retry_backoff`, which
+/// saturates at max for any attempt: it never overflows).
 pub static FINISH: Statement = Statement {
     sql: "UPDATE lease_sched.sys_cron_executions
              SET status = $3, finished_at = $4,
                  duration_ms = greatest(0, (extract(epoch FROM $4 - started_at) * 1000)::bigint),
                  result = $5, rows_affected = $6, error_code = $7, error_msg = $8,
                  next_retry_at = CASE WHEN $3 = 'FAILED' AND attempt < max_attempts
-                     THEN $4 + coalesce($9, least($10 * power(2, least(attempt - 1, 30))::float8, $11))
+                     THEN $4 + coalesce($9, lease_sched.retry_backoff(attempt, $10, $11))
                  END,
                  updated_at = $4
            WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING'",
@@ -85,7 +86,7 @@ pub static FAIL_ABANDONED: Statement = Statement {
                  duration_ms = greatest(0, (extract(epoch FROM $1 - started_at) * 1000)::bigint),
                  error_code = 'stale_timeout', error_msg = 'lease expired without heartbeat',
                  next_retry_at = CASE WHEN attempt < max_attempts
-                     THEN $1 + least($2 * power(2, least(attempt - 1, 30))::float8, $3)
+                     THEN $1 + lease_sched.retry_backoff(attempt, $2, $3)
                  END,
                  updated_at = $1
            WHERE id IN (SELECT id FROM lease_sched.sys_cron_executions
@@ -96,11 +97,19 @@ pub static FAIL_ABANDONED: Statement = Statement {
 };
 
 /// Retention: one bounded batch of the oldest finished rows, through the finished index.
+/// Never a row that may still run (a FAILED run with attempts left waits for its retry),
+/// and never the latest plan (at or before now, $3) of its (job, scope): the planner's cursor lives there, and
+/// deleting it would let lease_next_plan hand out that plan again.
 pub static PRUNE_BATCH: Statement = Statement {
     sql: "DELETE FROM lease_sched.sys_cron_executions
-           WHERE id IN (SELECT id FROM lease_sched.sys_cron_executions
-                         WHERE status <> 'RUNNING' AND finished_at < $1
-                         ORDER BY finished_at LIMIT $2
-                         FOR UPDATE SKIP LOCKED)",
-    arg_types: &[TIMESTAMPTZOID, INT4OID],
+           WHERE id IN (SELECT e.id FROM lease_sched.sys_cron_executions e
+                         WHERE e.status <> 'RUNNING' AND e.finished_at < $1
+                           AND (e.status = 'SUCCESS' OR e.attempt >= e.max_attempts)
+                           AND EXISTS (SELECT 1 FROM lease_sched.sys_cron_executions later
+                                        WHERE later.job_name = e.job_name AND later.scope_kind = e.scope_kind
+                                          AND later.scope_id = e.scope_id AND later.plan_time > e.plan_time
+                                          AND later.plan_time <= $3)
+                         ORDER BY e.finished_at LIMIT $2
+                         FOR UPDATE OF e SKIP LOCKED)",
+    arg_types: &[TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID],
 };

@@ -150,6 +150,17 @@ impl<'a> Table<'a> {
         }
     }
 
+    /// The pending time of one id.
+    pub fn get(&self, id: &RuntimeId) -> Option<SeenAt> {
+        self.find(id).ok().map(|i| self.slots[i].seen_at)
+    }
+
+    /// Copy every entry out, leaving the table as it is.
+    pub fn copy_into(&self, out: &mut Vec<(RuntimeId, SeenAt)>) {
+        out.reserve(self.header.len as usize);
+        out.extend(self.slots.iter().filter(|s| !s.is_empty()).map(|s| (s.id, s.seen_at)));
+    }
+
     /// Move every entry out, leaving the table empty.
     pub fn drain(&mut self, out: &mut Vec<(RuntimeId, SeenAt)>) {
         if self.header.len == 0 {
@@ -191,13 +202,14 @@ pub fn pending() -> usize {
     shared().map_or(0, |s| with_table(s, LW_SHARED, |t| if t.header.is_mine() { t.len() } else { 0 }))
 }
 
-/// Take every entry of this database out, and note the flush time.
-pub fn drain_all(now: SeenAt) -> Vec<(RuntimeId, SeenAt)> {
+/// Copy every entry of this database (they stay buffered until their write commits, see
+/// `forget_written`), and note the flush time.
+pub fn copy_all(now: SeenAt) -> Vec<(RuntimeId, SeenAt)> {
     let mut out = Vec::new();
     if let Some(shared) = shared() {
         with_table(shared, LW_EXCLUSIVE, |t| {
             if t.header.is_mine() {
-                t.drain(&mut out);
+                t.copy_into(&mut out);
                 t.header.last_flush_at = now;
             }
         });
@@ -205,27 +217,29 @@ pub fn drain_all(now: SeenAt) -> Vec<(RuntimeId, SeenAt)> {
     out
 }
 
-/// Take the entries of just these ids out.
-pub fn take_some(ids: &[RuntimeId]) -> Vec<(RuntimeId, SeenAt)> {
+/// Copy the entries of just these ids (they stay buffered).
+pub fn copy_some(ids: &[RuntimeId]) -> Vec<(RuntimeId, SeenAt)> {
     match shared() {
         None => vec![],
-        Some(shared) => with_table(shared, LW_EXCLUSIVE, |t| {
+        Some(shared) => with_table(shared, LW_SHARED, |t| {
             if !t.header.is_mine() {
                 return vec![];
             }
-            ids.iter().filter_map(|id| t.take(id).map(|seen| (*id, seen))).collect()
+            ids.iter().filter_map(|id| t.get(id).map(|seen| (*id, seen))).collect()
         }),
     }
 }
 
-/// Put entries back after the transaction that took them aborted. What no longer fits,
-/// or finds the buffer closed, is dropped: the runtime's next beat writes directly.
-pub fn put_back(entries: &[(RuntimeId, SeenAt)]) {
+/// A write of these entries committed: drop each one unless a later touch of the same id
+/// arrived meanwhile (that one still waits for its own write).
+pub fn forget_written(entries: &[(RuntimeId, SeenAt)]) {
     if let Some(shared) = shared() {
         with_table(shared, LW_EXCLUSIVE, |t| {
-            if t.header.accepting && t.header.is_mine() {
+            if t.header.is_mine() {
                 for (id, seen) in entries {
-                    t.record(*id, *seen);
+                    if t.get(id).is_some_and(|buffered| buffered <= *seen) {
+                        t.take(id);
+                    }
                 }
             }
         });
@@ -248,23 +262,9 @@ pub fn open() {
     }
 }
 
-/// The sweeper detaches: stop buffering and hand back everything pending, in one step,
-/// so that no touch can slip in after the last drain.
-pub fn close_and_drain() -> Vec<(RuntimeId, SeenAt)> {
-    let mut out = Vec::new();
-    if let Some(shared) = shared() {
-        with_table(shared, LW_EXCLUSIVE, |t| {
-            t.header.accepting = false;
-            if t.header.is_mine() {
-                t.drain(&mut out);
-            }
-        });
-    }
-    out
-}
-
-/// Stop buffering without draining (the sweeper is exiting abnormally; what is pending
-/// stays for the next sweeper of this database).
+/// Stop buffering: from now on touches are written directly. What is still pending stays
+/// for the sweeper's last flush, and what that flush cannot write (a row locked by
+/// someone) for the next sweeper of this database.
 pub fn close() {
     if let Some(shared) = shared() {
         with_table(shared, LW_EXCLUSIVE, |t| t.header.accepting = false);

@@ -6,7 +6,8 @@ pub mod store;
 use pgrx::datum::{DatumWithOid, JsonB, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{PgXactCallbackEvent, Uuid};
+use pgrx::{pg_sys, Uuid};
+use std::cell::{Cell, RefCell};
 
 use crate::lease::{db_clock, state::DbTime, timestamptz};
 use crate::spi_plans::execute;
@@ -58,8 +59,10 @@ pub fn touch_batch(ids: Vec<Uuid>) -> Vec<Uuid> {
     })
 }
 
-/// Write these pending touches in one statement. If the surrounding transaction aborts,
-/// they go back into the buffer, so a failed flush loses nothing.
+/// Write these buffered touches in one statement; returns rows written. The entries stay
+/// in the buffer until the write commits (`written_on_commit`): a flush that fails, is
+/// cancelled, or is rolled back (whole or to a savepoint) loses no touch. Rows locked by
+/// someone are skipped, not waited for, and their touches wait for the next flush.
 fn write_pending(client: &mut SpiClient<'_>, entries: Vec<(RuntimeId, SeenAt)>) -> i64 {
     if entries.is_empty() {
         return 0;
@@ -67,25 +70,85 @@ fn write_pending(client: &mut SpiClient<'_>, entries: Vec<(RuntimeId, SeenAt)>) 
     let ids: Vec<Uuid> = entries.iter().map(|(id, _)| Uuid::from_bytes(*id)).collect();
     let seen: Vec<TimestampWithTimeZone> = entries.iter().map(|(_, t)| timestamptz(*t)).collect();
     let args: [DatumWithOid; 2] = [ids.into(), seen.into()];
-    let written = execute(client, &store::FLUSH, &args).len() as i64;
+    let t = execute(client, &store::FLUSH, &args);
+    let row = t.first();
+    let written: i64 = row.get(1).unwrap().unwrap_or(0);
+    let skipped: std::collections::HashSet<RuntimeId> =
+        row.get::<Vec<Uuid>>(2).unwrap().unwrap_or_default().iter().map(id_bytes).collect();
     stats::add(|s| &s.flushes, 1);
-    pgrx::register_xact_callback(PgXactCallbackEvent::Abort, move || {
-        // No SPI here (the transaction is aborting): back into the buffer they go.
-        buffer::put_back(&entries);
-    });
+    written_on_commit(entries.into_iter().filter(|(id, _)| !skipped.contains(id)).collect());
     written
 }
 
 /// Write every pending touch now; returns rows written.
 pub fn flush_all() -> i64 {
-    let entries = buffer::drain_all(db_clock());
+    let entries = buffer::copy_all(db_clock());
     Spi::connect_mut(|client| write_pending(client, entries))
 }
 
-/// The sweeper's last act: stop buffering and write what is pending.
-pub fn close_and_flush() -> i64 {
-    let entries = buffer::close_and_drain();
-    Spi::connect_mut(|client| write_pending(client, entries))
+/// The sweeper's last act: stop buffering (touches from now on are written directly) and
+/// write what is pending. Returns (rows written, touches left buffered for a lock).
+pub fn close_and_flush() -> (i64, usize) {
+    buffer::close();
+    let written = flush_all();
+    (written, buffer::pending())
+}
+
+// Entries written by this backend's open transaction, tagged with the subtransaction that
+// wrote them; forgotten from the buffer when the top-level transaction commits, kept when
+// it (or that subtransaction) aborts. PREPARE TRANSACTION keeps them too: the prepared
+// write may yet roll back, and a second write of the same touch changes nothing.
+thread_local! {
+    static WRITTEN: RefCell<Vec<(pg_sys::SubTransactionId, Vec<(RuntimeId, SeenAt)>)>> = const { RefCell::new(Vec::new()) };
+    static CALLBACKS: Cell<bool> = const { Cell::new(false) };
+}
+
+fn written_on_commit(entries: Vec<(RuntimeId, SeenAt)>) {
+    if entries.is_empty() {
+        return;
+    }
+    if !CALLBACKS.get() {
+        // SAFETY: registers two plain callbacks for this backend's life; they touch only
+        // backend-local state and the shared buffer under its lock (no SPI, no ERROR).
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(on_xact_end), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(on_subxact_end), std::ptr::null_mut());
+        }
+        CALLBACKS.set(true);
+    }
+    // SAFETY: reads the current subtransaction's id.
+    let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    WRITTEN.with(|w| w.borrow_mut().push((subid, entries)));
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+            for (_, entries) in WRITTEN.with(|w| std::mem::take(&mut *w.borrow_mut())) {
+                buffer::forget_written(&entries);
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
+            WRITTEN.with(|w| w.borrow_mut().clear());
+        }
+        _ => {}
+    }
+}
+
+/// A subtransaction rolled back: what it (and its children, whose ids are all higher)
+/// wrote is undone, so those entries must stay buffered.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact_end(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        WRITTEN.with(|w| w.borrow_mut().retain(|(subid, _)| *subid < my_subid));
+    }
 }
 
 /// Is the periodic whole-buffer flush due?
@@ -113,7 +176,7 @@ pub fn sweep_offline(client: &mut SpiClient<'_>, now: DbTime) -> OfflinePass {
     if candidates.is_empty() {
         return OfflinePass { offline: 0, touches_written: 0 };
     }
-    let rescued = buffer::take_some(&candidates);
+    let rescued = buffer::copy_some(&candidates);
     let rescued_ids: std::collections::HashSet<RuntimeId> = rescued.iter().map(|(id, _)| *id).collect();
     let still_silent: Vec<Uuid> = candidates
         .iter()

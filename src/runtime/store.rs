@@ -36,10 +36,25 @@ pub static TOUCH_BATCH: Statement = Statement {
 /// Write buffered touches: each row gets its own latest touch time, online rows only (a
 /// row raced to offline stays offline until its next live touch). Skips rows already
 /// newer, so a flush never moves last_seen_at back and never writes for nothing.
+/// SKIP LOCKED: a row someone holds locked (a runner's open transaction, a prepared
+/// transaction) is left alone and never waited for; the statement returns how many rows it
+/// wrote and the ids it skipped for a lock, whose touches stay buffered for the next flush.
 pub static FLUSH: Statement = Statement {
-    sql: "UPDATE lease_sched.runtimes r SET last_seen_at = u.seen
-            FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, seen)
-           WHERE r.id = u.id AND r.status = 'online' AND r.last_seen_at < u.seen",
+    sql: "WITH pending AS (
+              SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS p(id, seen)),
+          ready AS (
+              SELECT r.id, p.seen FROM lease_sched.runtimes r JOIN pending p ON p.id = r.id
+               WHERE r.status = 'online' AND r.last_seen_at < p.seen
+                 FOR UPDATE OF r SKIP LOCKED),
+          written AS (
+              UPDATE lease_sched.runtimes r SET last_seen_at = ready.seen
+                FROM ready WHERE r.id = ready.id
+              RETURNING r.id)
+          SELECT (SELECT count(*) FROM written),
+                 ARRAY(SELECT p.id FROM pending p
+                        WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = p.id)
+                          AND EXISTS (SELECT 1 FROM lease_sched.runtimes r
+                                       WHERE r.id = p.id AND r.status = 'online' AND r.last_seen_at < p.seen))",
     arg_types: &[UUIDARRAYOID, pgrx::pg_sys::TIMESTAMPTZARRAYOID],
 };
 

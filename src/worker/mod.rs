@@ -5,9 +5,18 @@
 //!   it stops (database dropped and recreated, an exit after an error, a crash).
 //! - The *sweeper* (dynamic, connected to that database) waits quietly until
 //!   `CREATE EXTENSION lease_sched` has run, then sweeps every `lease_sched.sweep_interval`
-//!   in its own transaction. An error in a sweep is logged and rolled back, and the next
-//!   sweep runs as usual. While it runs, runtime touches in its database are buffered; on
-//!   SIGTERM it stops buffering and writes the buffer out before it exits.
+//!   in its own transaction, each pass of it in its own subtransaction: an error in one pass
+//!   is logged and rolled back and the other passes still run. While it runs, runtime
+//!   touches in its database are buffered; on SIGTERM it stops buffering and writes the
+//!   buffer out (skipping rows someone holds locked: the exit never waits) before it exits.
+//!
+//! There is exactly one sweeper: it claims `shmem::Shared::sweeper_pid` at start (a second
+//! one leaves at once) and gives it up at exit. The launcher comes back after
+//! `pg_terminate_backend` (it exits with code 1, so the postmaster restarts it) and ignores
+//! `pg_cancel_backend`; the sweeper ignores cancels too (terminate it instead: the launcher
+//! starts a new one). The sweeper runs every statement with `search_path = pg_catalog,
+//! pg_temp`, whatever the database or any role sets, so no object a role creates can
+//! stand in for one its SQL calls (it runs as the bootstrap superuser).
 pub mod sweep;
 
 use std::panic::AssertUnwindSafe;
@@ -21,7 +30,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::runtime::{self, buffer};
-use crate::{settings, stats};
+use crate::{settings, shmem, spi_plans, stats};
 
 /// The launcher is restarted this soon after a crash.
 const LAUNCHER_RESTART_AFTER: Duration = Duration::from_secs(1);
@@ -46,6 +55,7 @@ pub fn register() {
 #[no_mangle]
 pub extern "C-unwind" fn lease_sched_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    ignore_cancel();
     // No database: only shared catalogs (pg_database) are needed here.
     BackgroundWorker::connect_worker_to_spi(None, None);
     let database = settings::database();
@@ -56,7 +66,10 @@ pub extern "C-unwind" fn lease_sched_launcher_main(_arg: pg_sys::Datum) {
             // SAFETY: the documented way for a worker to re-read postgresql.conf.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        let running = sweeper.as_ref().is_some_and(|w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
+        // A sweeper left by an earlier launcher (this one was terminated and restarted)
+        // counts as running: it holds the sweeper slot in shared memory.
+        let running = shmem::sweeper_pid().is_some()
+            || sweeper.as_ref().is_some_and(|w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
         if running || last_start.is_some_and(|t| t.elapsed() < SWEEPER_RESTART_AFTER) {
             continue;
         }
@@ -76,7 +89,18 @@ pub extern "C-unwind" fn lease_sched_launcher_main(_arg: pg_sys::Datum) {
             warning!("lease_sched: could not start the sweeper (max_worker_processes too low?)");
         }
     }
-    // SIGTERM: the postmaster stops the sweeper by itself.
+    // SIGTERM. At shutdown the postmaster stops the sweeper by itself and restarts nobody.
+    // Otherwise (pg_terminate_backend) exit code 1 makes the postmaster start the launcher
+    // again after LAUNCHER_RESTART_AFTER; a return (code 0) would unregister it for good.
+    // SAFETY: ends this process the way PostgreSQL expects.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+/// pg_cancel_backend must not make a worker raise an ERROR outside any transaction (that
+/// would end it and, for the launcher, lose track of its sweeper).
+fn ignore_cancel() {
+    // SAFETY: replaces this process's SIGINT handler; called once at worker start.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
 }
 
 /// The database's oid, or None while it does not exist. A plain heap scan of the shared
@@ -112,19 +136,28 @@ fn database_oid(name: &str) -> Option<pg_sys::Oid> {
 #[no_mangle]
 pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    ignore_cancel();
+    // SAFETY: MyProcPid is this process's pid.
+    let pid = unsafe { pg_sys::MyProcPid };
+    if !shmem::claim_sweeper(pid) {
+        // Another sweeper runs already (started by a launcher before a restart of it).
+        return;
+    }
     let oid = pg_sys::Oid::from(arg.value() as u32);
-    // If anything below ends this process abnormally, stop buffering first: touches must
+    // However this process ends, stop buffering and free the sweeper slot: touches must
     // never wait in a buffer that nobody will drain.
     // SAFETY: registers a plain callback; it only takes the buffer lock briefly.
     unsafe { pg_sys::before_shmem_exit(Some(stop_buffering), pg_sys::Datum::from(0)) };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid), None);
-    // Buffer from the first moment: runtime_touch can only be called once the extension
-    // exists, and this process drains whatever is buffered before it exits.
+    pin_search_path();
+    // Buffer from the first moment: runtime_touch can only buffer once the extension's
+    // SQL is current, and this process drains whatever is buffered before it exits.
     buffer::open();
     log!("lease_sched sweeper started on database \"{}\"", settings::database());
     warn_about_settings();
 
     let mut installed = false;
+    let mut warned_out_of_date = false;
     let mut last_sweep: Option<Instant> = None;
     loop {
         // Recomputed every turn, so a reloaded sweep_interval takes effect at once.
@@ -148,9 +181,18 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
         }
         last_sweep = Some(Instant::now());
         in_transaction("sweep", || {
-            installed = extension_installed();
+            let state = schema_state();
+            installed = state == SchemaState::Current;
+            if state == SchemaState::OutOfDate && !warned_out_of_date {
+                warning!(
+                    "lease_sched sweeper: this database's lease_sched objects are older than the library ({}); \
+                     sweeps wait for ALTER EXTENSION lease_sched UPDATE",
+                    env!("CARGO_PKG_VERSION")
+                );
+            }
+            warned_out_of_date = state == SchemaState::OutOfDate;
             if installed {
-                set_local_lock_timeout();
+                set_local_timeout("lock_timeout", settings::SWEEP_INTERVAL_MS.get().max(1000));
                 let report = sweep::sweep();
                 if report.leases_failed + report.runtimes_offline > 0 {
                     debug1!("lease_sched sweep: {report:?}");
@@ -164,18 +206,43 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
         unsafe { pg_sys::pgstat_report_stat(true) };
     }
     // SIGTERM (fast or smart shutdown, or pg_terminate_backend): drain, then leave. The
-    // launcher starts a new sweeper if the server is not shutting down.
+    // drain skips rows someone holds locked (a prepared transaction, say) instead of
+    // waiting, and is bounded by a statement timeout: a shutdown never hangs on it. What
+    // it could not write stays in shared memory for the next sweeper of this database.
+    buffer::close();
     in_transaction("drain", || {
-        if extension_installed() {
-            let n = runtime::close_and_flush();
-            log!("lease_sched sweeper wrote the touch buffer ({n} rows) before exit");
+        if schema_state() == SchemaState::Current {
+            set_local_timeout("statement_timeout", DRAIN_TIMEOUT_MS);
+            let (written, left) = runtime::close_and_flush();
+            log!("lease_sched sweeper wrote the touch buffer ({written} rows) before exit; {left} left for a locked row");
         }
     });
 }
 
+/// The longest the exit drain may take.
+const DRAIN_TIMEOUT_MS: i32 = 5_000;
+
+/// Every statement of this worker resolves names in pg_catalog first and nowhere a role
+/// could create objects (lease_sched's own objects are always schema-qualified). Set for
+/// the session with the highest priority, above ALTER DATABASE / ALTER ROLE settings.
+fn pin_search_path() {
+    // SAFETY: sets a GUC in this process; both strings are static C strings.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn stop_buffering(_code: i32, _arg: pg_sys::Datum) {
-    buffer::close();
+    // SAFETY: MyProcPid is this process's pid.
+    if shmem::release_sweeper(unsafe { pg_sys::MyProcPid }) {
+        buffer::close();
+    }
 }
 
 fn warn_about_settings() {
@@ -184,22 +251,24 @@ fn warn_about_settings() {
     }
 }
 
-fn extension_installed() -> bool {
-    // A read-only query through `select`: no transaction id, so an idle sweep writes no WAL.
-    Spi::connect(|c| {
-        c.select("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'lease_sched')", None, &[])?
-            .first()
-            .get_one::<bool>()
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SchemaState {
+    Missing,
+    OutOfDate,
+    Current,
 }
 
-/// A sweep blocked on a row lock gives up after about one interval; the next one catches up.
-fn set_local_lock_timeout() {
-    let ms = settings::SWEEP_INTERVAL_MS.get().max(1000);
-    Spi::run(&format!("SET LOCAL lock_timeout = {ms}")).ok();
+fn schema_state() -> SchemaState {
+    // A read-only query through `select`: no transaction id, so an idle sweep writes no WAL.
+    Spi::connect(|c| match spi_plans::installed_version(&c) {
+        None => SchemaState::Missing,
+        Some(v) if v == env!("CARGO_PKG_VERSION") => SchemaState::Current,
+        Some(_) => SchemaState::OutOfDate,
+    })
+}
+
+fn set_local_timeout(setting: &str, ms: i32) {
+    Spi::run(&format!("SET LOCAL {setting} = {ms}")).ok();
 }
 
 /// Run `f` in its own transaction. An ERROR inside is caught, logged and rolled back, so
@@ -225,14 +294,6 @@ fn in_transaction(what: &str, f: impl FnOnce()) {
         stats::add(|s| &s.sweep_errors, 1);
         // SAFETY: the error has been copied and flushed by the catch; abort what is left.
         unsafe { pg_sys::AbortCurrentTransaction() };
-        warning!("lease_sched {what} failed and was rolled back; the next sweep retries: {}", describe(&e));
-    }
-}
-
-fn describe(e: &pg_sys::panic::CaughtError) -> String {
-    match e {
-        pg_sys::panic::CaughtError::PostgresError(r)
-        | pg_sys::panic::CaughtError::ErrorReport(r)
-        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
+        warning!("lease_sched {what} failed and was rolled back; the next sweep retries: {}", crate::subxact::describe(&e));
     }
 }

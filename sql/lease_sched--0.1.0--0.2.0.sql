@@ -1,0 +1,171 @@
+-- lease_sched 0.1.0 -> 0.2.0 (ALTER EXTENSION lease_sched UPDATE). See CHANGELOG.md.
+-- Every object below must end exactly as a fresh CREATE EXTENSION of 0.2.0 makes it
+-- (scripts/upgrade_test.sh compares pg_dump --schema-only of both).
+
+-- Locks: a holder proves itself with a secret lock_token, no longer with its public
+-- fencing token. Locks held across the upgrade get a token nobody knows: their holder
+-- cannot heartbeat or release them with the new API, so they expire after their ttl and
+-- are taken over as usual (their fencing tokens stay, so fencing keeps increasing).
+ALTER TABLE lease_sched.locks ADD COLUMN lock_token uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid();
+ALTER TABLE lease_sched.locks ALTER COLUMN lock_token DROP DEFAULT;
+
+DROP FUNCTION lease_sched.lock_acquire(text, text, interval);
+DROP FUNCTION lease_sched.lock_heartbeat(text, bigint);
+DROP FUNCTION lease_sched.lock_release(text, bigint);
+
+CREATE FUNCTION lease_sched.lock_acquire(lock_name text, holder text, ttl interval DEFAULT '60 seconds')
+RETURNS TABLE (acquired boolean, lock_token uuid, fencing_token bigint, holder text, expires_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1
+AS 'MODULE_PATHNAME', 'lock_acquire_row_wrapper';
+COMMENT ON FUNCTION lease_sched.lock_acquire(text, text, interval) IS
+    'Take the lock if free, released or expired. Always one row: acquired with the secret lock_token and a new fencing token, or not acquired with the current holder and its expiry.';
+
+CREATE FUNCTION lease_sched.lock_heartbeat(lock_name text, lock_token uuid)
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'lock_heartbeat_by_token_wrapper';
+COMMENT ON FUNCTION lease_sched.lock_heartbeat(text, uuid) IS 'Extend the lock by its ttl; false unless that lock_token holds it.';
+
+CREATE FUNCTION lease_sched.lock_release(lock_name text, lock_token uuid)
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'lock_release_by_token_wrapper';
+COMMENT ON FUNCTION lease_sched.lock_release(text, uuid) IS 'Release the lock; false (no error) unless that lock_token holds it.';
+
+COMMENT ON FUNCTION lease_sched.lock_info(text) IS 'Who holds the lock and until when (never the secret lock_token); no row when nobody holds it.';
+COMMENT ON TABLE lease_sched.locks IS 'Held (or expired, not yet taken over) named locks; a released lock has no row.';
+
+-- The default retry delay, the one definition used by lease_finish and the sweep (their
+-- statements call it) and checked by the model (crates/lease_model, retry_backoff).
+CREATE FUNCTION lease_sched.retry_backoff(attempt int, base interval, max interval)
+RETURNS interval
+LANGUAGE c IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'retry_backoff_wrapper';
+
+COMMENT ON FUNCTION lease_sched.retry_backoff(int, interval, interval) IS
+    'base * 2^(attempt-1), saturating at max for any attempt (never overflows): the default delay before a FAILED run may be retried.';
+
+-- The history for readers: every column of sys_cron_executions except the holder's secret
+-- lease_token (with it, anyone could heartbeat or finish the lease). Grant SELECT on this
+-- view, never on the table (docs/api.md, "Privileges").
+CREATE VIEW lease_sched.executions AS
+SELECT id, job_name, scope_kind, scope_id, plan_time, status, attempt, max_attempts, runner_id,
+       fencing_token, allow_stale_reentry, stale_timeout, heartbeat_at, stale_after, started_at,
+       finished_at, duration_ms, next_retry_at, error_code, error_msg, rows_affected, result, updated_at
+  FROM lease_sched.sys_cron_executions;
+COMMENT ON VIEW lease_sched.executions IS 'The execution history without the secret lease_token: what readers are granted.';
+
+REVOKE ALL ON lease_sched.executions FROM PUBLIC;
+
+-- Arm the statement timeout that bounds run()'s command by its lease: it fires
+-- `margin` before stale_after (a tenth of stale_timeout, at most 1 second) unless the
+-- caller's own statement_timeout fires earlier. Returns whether it armed anything.
+CREATE FUNCTION lease_sched.run_arm_deadline(stale_after timestamptz, stale_timeout interval)
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'run_arm_deadline_wrapper';
+COMMENT ON FUNCTION lease_sched.run_arm_deadline(timestamptz, interval) IS
+    'Used by run(): a statement timeout that fires just before the lease would go stale.';
+
+CREATE FUNCTION lease_sched.run_disarm_deadline(armed boolean)
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'run_disarm_deadline_wrapper';
+COMMENT ON FUNCTION lease_sched.run_disarm_deadline(boolean) IS
+    'Used by run(): cancel the timeout run_arm_deadline armed; true when it had fired (the command outlived its lease).';
+
+CREATE OR REPLACE PROCEDURE lease_sched.run(
+    job_name      text,
+    command       text,
+    every         interval DEFAULT '1 minute',
+    scope_kind    text     DEFAULT 'global',
+    scope_id      text     DEFAULT '',
+    max_attempts  int      DEFAULT 3,
+    stale_timeout interval DEFAULT '1 hour'
+)
+LANGUAGE plpgsql
+AS $run$
+DECLARE
+    plan       timestamptz;
+    lease      record;
+    affected   bigint;
+    armed      boolean := false;
+    failed     boolean := false;
+    deadline   boolean := false;
+    finished   boolean;
+    err_state  text;
+    err_msg    text;
+    err_detail text;
+    err_hint   text;
+BEGIN
+    IF command IS NULL OR command OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'command must not be NULL or empty' USING ERRCODE = '22023';
+    END IF;
+    plan := lease_sched.lease_next_plan(job_name => run.job_name, every => run.every, scope_kind => run.scope_kind,
+                                        scope_id => run.scope_id, catch_up => false);
+    IF plan IS NULL THEN
+        RETURN;  -- nothing due: this plan ran, runs now, or waits for its retry backoff
+    END IF;
+    SELECT * INTO lease
+      FROM lease_sched.lease_try_claim(job_name => run.job_name, plan_time => plan,
+               runner_id => pg_catalog.format('%s pid %s',
+                   coalesce(nullif(pg_catalog.current_setting('application_name'), ''), 'session'),
+                   pg_catalog.pg_backend_pid()),
+               scope_kind => run.scope_kind, scope_id => run.scope_id, stale_timeout => run.stale_timeout,
+               max_attempts => run.max_attempts);
+    IF lease.outcome OPERATOR(pg_catalog.=) 'conflicted' THEN
+        RETURN;  -- another scheduler has this plan
+    END IF;
+    COMMIT;
+
+    BEGIN
+        armed := lease_sched.run_arm_deadline(lease.stale_after, run.stale_timeout);
+        EXECUTE command;
+        GET DIAGNOSTICS affected = ROW_COUNT;
+        -- Deferred constraints and triggers fire here, inside this block, so that their
+        -- failure is caught and recorded instead of escaping from the final COMMIT.
+        SET CONSTRAINTS ALL IMMEDIATE;
+        PERFORM lease_sched.run_disarm_deadline(armed);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
+                                err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
+        failed := true;
+        -- Our own deadline (not the caller's statement_timeout) cancelled the command:
+        -- the run outlived its lease, as a silent runner would. Like a stale lease it
+        -- may be retried at once rather than after the backoff.
+        deadline := lease_sched.run_disarm_deadline(armed);
+    END;
+    PERFORM lease_sched.run_disarm_deadline(armed);
+
+    IF failed THEN
+        finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
+                        status => 'FAILED', error_code => err_state,
+                        error_msg => CASE WHEN deadline
+                                          THEN 'command cancelled at its lease deadline (stale_timeout ' OPERATOR(pg_catalog.||) run.stale_timeout::text OPERATOR(pg_catalog.||) '): ' OPERATOR(pg_catalog.||) err_msg
+                                          ELSE err_msg END,
+                        retry_in => CASE WHEN deadline THEN interval '0' END);
+        COMMIT;  -- the FAILED row stays, then the caller (pg_cron) sees the error too
+        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg,
+                              DETAIL = coalesce(err_detail, ''), HINT = coalesce(err_hint, '');
+    END IF;
+    finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
+                                         status => 'SUCCESS', rows_affected => affected);
+    IF NOT finished THEN
+        -- The lease was taken over while the command ran: another runner owns this plan
+        -- now. Raising here rolls the command's work back, so it never commits twice.
+        RAISE EXCEPTION 'lease_sched.run: the lease of job "%" plan % was lost before the command finished; its work is rolled back',
+                        run.job_name, plan
+              USING ERRCODE = 'LS001',
+                    HINT = 'The command outlived stale_timeout; raise stale_timeout or make the command faster.';
+    END IF;
+    COMMIT;
+END;
+$run$;
+
+COMMENT ON PROCEDURE lease_sched.run(text, text, interval, text, text, int, interval) IS
+    'Run a SQL command once per plan of a job (for cron.schedule): claim, commit, execute under a lease deadline, finish SUCCESS or FAILED (then re-raise); never commits the work of a lost lease.';
+
+-- As finalize.sql does for a fresh install: nothing is executable without a grant.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA lease_sched FROM PUBLIC;
+REVOKE EXECUTE ON ALL PROCEDURES IN SCHEMA lease_sched FROM PUBLIC;

@@ -1,0 +1,45 @@
+//! Run a piece of work in its own subtransaction, as PL/pgSQL's BEGIN ... EXCEPTION does:
+//! an ERROR inside rolls back only that piece and comes back as a message; everything the
+//! transaction did before it stays.
+use std::panic::AssertUnwindSafe;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+pub fn attempt<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    // SAFETY: the subtransaction protocol of PostgreSQL's PL handlers (pl_exec.c,
+    // exec_stmt_block): remember the memory context and resource owner, begin, run, then
+    // release or roll back, and restore both. Errors are copied and flushed by PgTryBuilder.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let outcome = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f()))).catch_others(Err).execute();
+        match outcome {
+            Ok(r) => {
+                pg_sys::ReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::CurrentResourceOwner = owner;
+                Ok(r)
+            }
+            Err(e) => {
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::CurrentResourceOwner = owner;
+                Err(describe(&e))
+            }
+        }
+    }
+}
+
+pub fn describe(e: &pg_sys::panic::CaughtError) -> String {
+    match e {
+        pg_sys::panic::CaughtError::PostgresError(r)
+        | pg_sys::panic::CaughtError::ErrorReport(r)
+        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+            format!("{} (SQLSTATE {:?})", r.message(), r.sql_error_code())
+        }
+    }
+}
