@@ -19,7 +19,6 @@ type TimeoutId = std::ffi::c_int;
 const STATEMENT_TIMEOUT: TimeoutId = 3;
 extern "C-unwind" {
     fn get_timeout_active(id: TimeoutId) -> bool;
-    fn get_timeout_indicator(id: TimeoutId, reset_indicator: bool) -> bool;
     fn get_timeout_finish_time(id: TimeoutId) -> pg_sys::TimestampTz;
     fn enable_timeout_at(id: TimeoutId, fin_time: pg_sys::TimestampTz);
     fn disable_timeout(id: TimeoutId, keep_indicator: bool);
@@ -48,10 +47,18 @@ fn run_arm_deadline(stale_after: Option<TimestampWithTimeZone>, stale_timeout: O
         }
         enable_timeout_at(id, deadline);
     }
+    ARMED_DEADLINE.set(Some(deadline));
     true
 }
 
-/// Stop the timer `run_arm_deadline` armed (when it did); true when it already fired.
+thread_local! {
+    // The deadline this backend armed last. (Whether the timer fired cannot be asked of
+    // timeout.c: reporting the cancel resets its indicator.)
+    static ARMED_DEADLINE: std::cell::Cell<Option<pg_sys::TimestampTz>> = const { std::cell::Cell::new(None) };
+}
+
+/// Stop the timer `run_arm_deadline` armed (when it did); true when its deadline has
+/// passed (the command was cancelled by it, or would have been).
 #[pg_extern(sql = false)]
 fn run_disarm_deadline(armed: Option<bool>) -> bool {
     if !armed.unwrap_or(false) {
@@ -60,10 +67,9 @@ fn run_disarm_deadline(armed: Option<bool>) -> bool {
     let id = STATEMENT_TIMEOUT;
     // SAFETY: as above.
     unsafe {
-        let fired = get_timeout_indicator(id, false);
         if get_timeout_active(id) {
             disable_timeout(id, false);
         }
-        fired
     }
+    ARMED_DEADLINE.get().is_some_and(|deadline| crate::lease::db_clock() >= deadline)
 }
