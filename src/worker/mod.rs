@@ -39,6 +39,10 @@ const LAUNCHER_RESTART_AFTER: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(100);
 /// The least time between two starts of the sweeper, so a failing one cannot spin.
 const SWEEPER_RESTART_AFTER: Duration = Duration::from_secs(1);
+/// How long the database is left without a sweeper after one stopped. Longer than the 5 s
+/// CREATE DATABASE ... TEMPLATE, ALTER DATABASE ... RENAME and DROP DATABASE wait for other
+/// sessions to leave: terminating the sweeper lets such a command through (operations.md).
+const SWEEPER_STEP_ASIDE: Duration = Duration::from_secs(6);
 
 pub fn register() {
     BackgroundWorkerBuilder::new("lease_sched launcher")
@@ -61,6 +65,7 @@ pub extern "C-unwind" fn lease_sched_launcher_main(_arg: pg_sys::Datum) {
     let database = settings::database();
     let mut sweeper: Option<DynamicBackgroundWorker> = None;
     let mut last_start: Option<Instant> = None;
+    let mut last_seen_running: Option<Instant> = None;
     while BackgroundWorker::wait_latch(Some(POLL)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a worker to re-read postgresql.conf.
@@ -70,7 +75,13 @@ pub extern "C-unwind" fn lease_sched_launcher_main(_arg: pg_sys::Datum) {
         // counts as running: it holds the sweeper slot in shared memory.
         let running = shmem::sweeper_pid().is_some()
             || sweeper.as_ref().is_some_and(|w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
-        if running || last_start.is_some_and(|t| t.elapsed() < SWEEPER_RESTART_AFTER) {
+        if running {
+            last_seen_running = Some(Instant::now());
+        }
+        if running
+            || last_start.is_some_and(|t| t.elapsed() < SWEEPER_RESTART_AFTER)
+            || last_seen_running.is_some_and(|t| t.elapsed() < SWEEPER_STEP_ASIDE)
+        {
             continue;
         }
         let Some(oid) = database_oid(&database) else { continue };
