@@ -6,20 +6,53 @@ use std::time::Duration;
 
 use lease_sched_integration::*;
 
-fn acquire(c: &mut postgres::Client, name: &str, holder: &str, ttl_ms: u64) -> Option<i64> {
-    c.query_one(
-        "SELECT lease_sched.lock_acquire($1, $2, make_interval(secs => $3))",
-        &[&name, &holder, &(ttl_ms as f64 / 1000.0)],
-    )
-    .unwrap()
-    .get(0)
+/// A granted lock: the holder's secret and its public fencing token.
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    lock_token: uuid::Uuid,
+    fencing_token: i64,
+}
+
+/// lock_acquire: Some(grant) when acquired, None (with the current holder checked) when not.
+fn acquire(c: &mut postgres::Client, name: &str, holder: &str, ttl_ms: u64) -> Option<Grant> {
+    let rows = c
+        .query(
+            "SELECT acquired, lock_token, fencing_token, holder, expires_at
+               FROM lease_sched.lock_acquire($1, $2, make_interval(secs => $3))",
+            &[&name, &holder, &(ttl_ms as f64 / 1000.0)],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 1, "lock_acquire always returns one row");
+    let r = &rows[0];
+    let acquired: bool = r.get("acquired");
+    let lock_token: Option<uuid::Uuid> = r.get("lock_token");
+    let fencing_token: Option<i64> = r.get("fencing_token");
+    let current: Option<String> = r.get("holder");
+    let expires_at: Option<chrono::DateTime<chrono::Utc>> = r.get("expires_at");
+    assert!(expires_at.is_some(), "expires_at describes the holder either way");
+    if acquired {
+        assert_eq!(current.as_deref(), Some(holder), "a grant names the caller as holder");
+        Some(Grant { lock_token: lock_token.expect("a grant has a lock_token"), fencing_token: fencing_token.expect("and a fencing token") })
+    } else {
+        assert!(lock_token.is_none() && fencing_token.is_none(), "no token without a grant");
+        assert!(current.is_some(), "a refusal names the current holder");
+        None
+    }
+}
+
+fn heartbeat_lock(c: &mut postgres::Client, name: &str, token: uuid::Uuid) -> bool {
+    c.query_one("SELECT lease_sched.lock_heartbeat($1, $2)", &[&name, &token]).unwrap().get(0)
+}
+
+fn release_lock(c: &mut postgres::Client, name: &str, token: uuid::Uuid) -> bool {
+    c.query_one("SELECT lease_sched.lock_release($1, $2)", &[&name, &token]).unwrap().get(0)
 }
 
 #[test]
 fn one_holder_among_24_and_takeover_after_expiry_gets_a_higher_token() {
     let name = unique("lock");
     let barrier = Arc::new(Barrier::new(24));
-    let got: Vec<Option<i64>> = (0..24)
+    let got: Vec<Option<Grant>> = (0..24)
         .map(|i| {
             let (name, barrier) = (name.clone(), barrier.clone());
             std::thread::spawn(move || {
@@ -32,15 +65,18 @@ fn one_holder_among_24_and_takeover_after_expiry_gets_a_higher_token() {
         .into_iter()
         .map(|h| h.join().unwrap())
         .collect();
-    let winners: Vec<i64> = got.into_iter().flatten().collect();
+    let winners: Vec<Grant> = got.into_iter().flatten().collect();
     assert_eq!(winners.len(), 1);
     let mut c = connect();
-    assert_eq!(acquire(&mut c, &name, "late", 400), None);
+    assert!(acquire(&mut c, &name, "late", 400).is_none());
     std::thread::sleep(Duration::from_millis(500));
     let next = acquire(&mut c, &name, "late", 60_000).expect("expired lock is taken over");
-    assert!(next > winners[0]);
-    let old_still_works: bool = c.query_one("SELECT lease_sched.lock_heartbeat($1, $2)", &[&name, &winners[0]]).unwrap().get(0);
-    assert!(!old_still_works);
+    assert!(next.fencing_token > winners[0].fencing_token);
+    assert_ne!(next.lock_token, winners[0].lock_token);
+    assert!(!heartbeat_lock(&mut c, &name, winners[0].lock_token), "the deposed holder's secret no longer works");
+    assert!(!release_lock(&mut c, &name, winners[0].lock_token));
+    assert!(heartbeat_lock(&mut c, &name, next.lock_token));
+    assert!(release_lock(&mut c, &name, next.lock_token));
 }
 
 #[test]
@@ -52,8 +88,8 @@ fn bad_lock_arguments_are_class_22_errors() {
         ("holder", "SELECT lease_sched.lock_acquire('x', NULL)"),
         ("ttl", "SELECT lease_sched.lock_acquire('x', 'h', '0')"),
         ("ttl", "SELECT lease_sched.lock_acquire('x', 'h', '-1 s')"),
-        ("fencing_token", "SELECT lease_sched.lock_heartbeat('x', NULL)"),
-        ("fencing_token", "SELECT lease_sched.lock_release('x', NULL)"),
+        ("lock_token", "SELECT lease_sched.lock_heartbeat('x', NULL)"),
+        ("lock_token", "SELECT lease_sched.lock_release('x', NULL)"),
         ("lock_name", "SELECT * FROM lease_sched.lock_info(NULL)"),
     ] {
         assert_rejects(&mut c, sql, arg);
@@ -111,27 +147,97 @@ fn simple_value(c: &mut postgres::Client, sql: &str) -> Option<String> {
         .flatten()
 }
 
+/// Every column of the first row, through the simple protocol.
+fn simple_row(c: &mut postgres::Client, sql: &str) -> Vec<Option<String>> {
+    c.simple_query(sql)
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+            _ => None,
+        })
+        .expect("one row")
+}
+
 #[test]
 fn a_lock_survives_reconnects_through_transaction_pooling() {
     let port = 56441;
     let _bouncer = start_pgbouncer(port);
     let name = unique("leader");
     let mut a = via_bouncer(port);
-    let token = simple_value(&mut a, &format!("SELECT lease_sched.lock_acquire('{name}', 'node-a', '60 s')"))
-        .expect("node-a acquires");
+    let grant = |c: &mut postgres::Client, holder: &str| {
+        simple_row(c, &format!("SELECT acquired, lock_token, fencing_token, holder FROM lease_sched.lock_acquire('{name}', '{holder}', '60 s')"))
+    };
+    let got = grant(&mut a, "node-a");
+    assert_eq!(got[0].as_deref(), Some("t"), "node-a acquires: {got:?}");
+    let (token, fencing) = (got[1].clone().unwrap(), got[2].clone().unwrap());
     drop(a); // node-a's client connection is gone; the lock is a row, not a session
     let mut b = via_bouncer(port);
-    assert_eq!(simple_value(&mut b, &format!("SELECT lease_sched.lock_acquire('{name}', 'node-b', '60 s')")), None);
+    let refused = grant(&mut b, "node-b");
+    assert_eq!(refused, vec![Some("f".into()), None, None, Some("node-a".into())], "node-b is told who holds it");
     let mut a = via_bouncer(port);
-    assert_eq!(simple_value(&mut a, &format!("SELECT lease_sched.lock_heartbeat('{name}', {token})")).as_deref(), Some("t"));
+    assert_eq!(simple_value(&mut a, &format!("SELECT lease_sched.lock_heartbeat('{name}', '{token}')")).as_deref(), Some("t"));
     assert_eq!(
         simple_value(&mut b, &format!("SELECT holder FROM lease_sched.lock_info('{name}')")).as_deref(),
         Some("node-a")
     );
-    assert_eq!(simple_value(&mut a, &format!("SELECT lease_sched.lock_release('{name}', {token})")).as_deref(), Some("t"));
-    let b_token = simple_value(&mut b, &format!("SELECT lease_sched.lock_acquire('{name}', 'node-b', '60 s')"))
-        .expect("free after release");
-    assert!(b_token.parse::<i64>().unwrap() > token.parse::<i64>().unwrap());
+    assert_eq!(simple_value(&mut a, &format!("SELECT lease_sched.lock_release('{name}', '{token}')")).as_deref(), Some("t"));
+    let got = grant(&mut b, "node-b");
+    assert_eq!(got[0].as_deref(), Some("t"), "free after release: {got:?}");
+    assert!(got[2].as_ref().unwrap().parse::<i64>().unwrap() > fencing.parse::<i64>().unwrap());
     // Session advisory locks, by contrast, belong to whichever server connection the pooler
     // lent: after a reconnect through the pooler, node-a cannot tell whether it still holds one.
+}
+
+/// Issue 9, item 5: per lock, every granted fencing token is higher than every token granted
+/// before it in real time, also when an acquirer waited on a holder's open transaction that
+/// released and re-acquired the lock meanwhile (0.1.0 drew the waiter's token before the wait).
+#[test]
+fn fencing_tokens_of_a_lock_rise_in_the_order_the_grants_return() {
+    const THREADS: usize = 12;
+    let names: Vec<String> = (0..3).map(|_| unique("order")).collect();
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (names, barrier) = (names.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut c = connect();
+                let mut grants: Vec<(usize, std::time::Instant, i64)> = Vec::new();
+                barrier.wait();
+                let end = std::time::Instant::now() + Duration::from_secs(4);
+                let mut round = 0usize;
+                while std::time::Instant::now() < end {
+                    round += 1;
+                    let l = (t + round) % names.len();
+                    let name = &names[l];
+                    if t % 2 == 0 {
+                        // The issue's reproduction: grant, release, grant again, release, in
+                        // one transaction, while others wait on its row.
+                        c.batch_execute("BEGIN").unwrap();
+                        for holder in ["c", "c2"] {
+                            if let Some(g) = acquire(&mut c, name, &format!("{holder}-{t}"), 60_000) {
+                                grants.push((l, std::time::Instant::now(), g.fencing_token));
+                                assert!(release_lock(&mut c, name, g.lock_token));
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                        c.batch_execute("COMMIT").unwrap();
+                    } else if let Some(g) = acquire(&mut c, name, &format!("a-{t}"), 60_000) {
+                        grants.push((l, std::time::Instant::now(), g.fencing_token));
+                        assert!(release_lock(&mut c, name, g.lock_token));
+                    }
+                }
+                grants
+            })
+        })
+        .collect();
+    let mut all: Vec<(usize, std::time::Instant, i64)> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    all.sort_by_key(|(_, at, _)| *at);
+    for l in 0..names.len() {
+        let tokens: Vec<i64> = all.iter().filter(|(x, _, _)| *x == l).map(|(_, _, t)| *t).collect();
+        assert!(tokens.len() >= 20, "lock {l} was granted only {} times", tokens.len());
+        for w in tokens.windows(2) {
+            assert!(w[1] > w[0], "lock {l}: a grant returned later carries a lower token: {} after {} ({tokens:?})", w[1], w[0]);
+        }
+    }
 }
