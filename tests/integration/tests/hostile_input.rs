@@ -68,6 +68,14 @@ fn uuid_lit() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A lock's secret (0.2.0: a uuid; the 0.1 bigint forms are gone), real or not.
+fn lock_token() -> impl Strategy<Value = String> {
+    prop_oneof![
+        uuid_lit(),
+        Just("(SELECT lock_token FROM lease_sched.locks ORDER BY random() LIMIT 1)".to_string()),
+    ]
+}
+
 fn boolean() -> impl Strategy<Value = String> {
     prop_oneof![Just("NULL"), Just("true"), Just("false")].prop_map(str::to_string)
 }
@@ -98,9 +106,9 @@ fn call() -> impl Strategy<Value = String> {
         text().prop_map(|n| format!("SELECT lease_sched.runtime_register({n})")),
         uuid_lit().prop_map(|i| format!("SELECT lease_sched.runtime_touch({i})")),
         uuid_array().prop_map(|a| format!("SELECT cardinality(lease_sched.runtime_touch_batch({a}))")),
-        (text(), text(), interval()).prop_map(|(n, h, t)| format!("SELECT lease_sched.lock_acquire({n}, {h}, {t})")),
-        (text(), int()).prop_map(|(n, t)| format!("SELECT lease_sched.lock_heartbeat({n}, {t})")),
-        (text(), int()).prop_map(|(n, t)| format!("SELECT lease_sched.lock_release({n}, {t})")),
+        (text(), text(), interval()).prop_map(|(n, h, t)| format!("SELECT * FROM lease_sched.lock_acquire({n}, {h}, {t})")),
+        (text(), lock_token()).prop_map(|(n, t)| format!("SELECT lease_sched.lock_heartbeat({n}, {t})")),
+        (text(), lock_token()).prop_map(|(n, t)| format!("SELECT lease_sched.lock_release({n}, {t})")),
         text().prop_map(|n| format!("SELECT * FROM lease_sched.lock_info({n})")),
         (text(), interval(), boolean()).prop_map(|(j, e, c)| format!("SELECT lease_sched.lease_next_plan({j}, {e}, catch_up => {c})")),
         (text(), text(), text()).prop_map(|(j, k, i)| format!("SELECT * FROM lease_sched.lease_latest_plan({j}, {k}, {i})")),
