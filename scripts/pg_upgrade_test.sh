@@ -50,7 +50,7 @@ done
 cleanup() { cluster_stop "$old" "$bin15" immediate; cluster_stop "$new" "$bin18" immediate; }
 trap cleanup EXIT
 conf=("shared_preload_libraries = 'lease_sched'" "lease_sched.database = 'app'"
-      "lease_sched.sweep_interval = '1s'" "lease_sched.touch_flush_interval = '10min'"
+      "lease_sched.sweep_interval = '1s'" "lease_sched.touch_flush_interval = '10min'" "lease_sched.runtime_offline_after = '20min'"
       "log_line_prefix = '%m [%p] %b '")
 cluster_init "$old" "$bin15" "$port_old" "${conf[@]}"
 cluster_start "$old" "$bin15"
