@@ -91,11 +91,23 @@ pub fn is_abandoned(row: &LeaseRow, now: DbTime) -> bool {
         && (!row.allow_stale_reentry || row.attempt >= row.max_attempts)
 }
 
-/// Default retry delay in microseconds: base * 2^(attempt-1), capped at `max`.
-/// The same formula is written in SQL in `store::FINISH`.
+/// Default retry delay in microseconds: base * 2^(attempt-1), capped at `max`; never
+/// overflows (the product saturates), whatever the attempt. The extension's SQL function
+/// `lease_sched.retry_backoff` is this function.
+///
+/// The doubling is not cut off at a fixed count: with a base of 1 ms and a max of
+/// `i32::MAX` ms (the GUC range) the delay keeps doubling until it reaches the max, at
+/// attempt 32. (A cut-off at 2^30 left such a backoff at base * 2^30, below max, forever.)
 pub fn retry_backoff(attempt: i32, base: i64, max: i64) -> i64 {
-    let doublings = (attempt.max(1) - 1).min(30) as u32;
-    base.saturating_mul(1i64 << doublings).min(max)
+    let doublings = (attempt.max(1) - 1) as u32;
+    let delay = if base == 0 {
+        0
+    } else if doublings >= 63 {
+        if base > 0 { i64::MAX } else { i64::MIN }
+    } else {
+        base.saturating_mul(1i64 << doublings)
+    };
+    delay.min(max)
 }
 
 /// The longest error message stored, in characters.
@@ -111,6 +123,76 @@ pub fn truncate_chars(s: &str, max_chars: usize) -> &str {
     }
 }
 
+
+/// Named locks with a TTL (the extension's `lock_acquire` / `lock_heartbeat` /
+/// `lock_release`, src/lock/mod.rs): one row per held (or expired, not yet taken over)
+/// lock, none once released. The holder proves itself with `lock_token`, a secret drawn
+/// for each grant; `fencing_token` is public and drawn from the same sequence as leases.
+/// Checked exhaustively in tests/lock_model_check.rs.
+pub mod lock {
+    use super::DbTime;
+
+    /// A lock row. Secrets and holders are opaque numbers here (a uuid and a text in SQL).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct LockRow {
+        pub holder: u32,
+        pub lock_token: u64,
+        pub fencing_token: i64,
+        pub expires_at: DbTime,
+        pub ttl: DbTime,
+    }
+
+    /// What `lock_acquire` returns (always one row).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum Acquire {
+        /// acquired = true: the new secret, the new fencing token and the expiry.
+        Acquired { lock_token: u64, fencing_token: i64, expires_at: DbTime },
+        /// acquired = false: who holds it and until when.
+        Held { holder: u32, expires_at: DbTime },
+    }
+
+    /// A lock is expired once the clock reaches `expires_at` (`expires_at <= now`).
+    pub fn is_expired(row: &LockRow, now: DbTime) -> bool {
+        row.expires_at <= now
+    }
+
+    /// `lock_acquire`: take the lock when there is no row (never held, or released) or it
+    /// has expired (a takeover: new secret, new fencing token, the caller's ttl); else
+    /// report the live holder and leave the row alone.
+    pub fn acquire(row: &mut Option<LockRow>, now: DbTime, holder: u32, ttl: DbTime, new_secret: u64, new_fencing: i64) -> Acquire {
+        match row {
+            Some(r) if !is_expired(r, now) => Acquire::Held { holder: r.holder, expires_at: r.expires_at },
+            _ => {
+                let expires_at = now + ttl;
+                *row = Some(LockRow { holder, lock_token: new_secret, fencing_token: new_fencing, expires_at, ttl });
+                Acquire::Acquired { lock_token: new_secret, fencing_token: new_fencing, expires_at }
+            }
+        }
+    }
+
+    /// `lock_heartbeat`: extend by the lock's ttl from now when `secret` holds it. Like the
+    /// SQL (and a lease's heartbeat) this revives an expired lock nobody has taken over yet:
+    /// a secret is lost only to a takeover or a release.
+    pub fn heartbeat(row: &mut Option<LockRow>, secret: u64, now: DbTime) -> bool {
+        match row {
+            Some(r) if r.lock_token == secret => {
+                r.expires_at = now + r.ttl;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `lock_release`: delete the row when `secret` holds it.
+    pub fn release(row: &mut Option<LockRow>, secret: u64) -> bool {
+        if row.as_ref().is_some_and(|r| r.lock_token == secret) {
+            *row = None;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// One execution row, as far as the state machine is concerned. Tokens are opaque.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -289,6 +371,33 @@ mod tests {
         assert_eq!(retry_backoff(4, 10, 1000), 80);
         assert_eq!(retry_backoff(50, 10, 1000), 1000);
         assert_eq!(retry_backoff(i32::MAX, i64::MAX / 2, i64::MAX), i64::MAX);
+        // base 1 ms, max i32::MAX ms: doubles past 2^30 until it saturates at the max.
+        let max = i32::MAX as i64 * 1000;
+        assert_eq!(retry_backoff(31, 1000, max), 1000 << 30);
+        assert_eq!(retry_backoff(32, 1000, max), max);
+        assert_eq!(retry_backoff(i32::MAX, 1000, max), max);
+        assert_eq!(retry_backoff(i32::MIN, 1000, max), 1000);
+        assert_eq!(retry_backoff(i32::MAX, 0, max), 0);
+    }
+
+    #[test]
+    fn locks_are_taken_when_free_or_expired_and_guarded_by_their_secret() {
+        use lock::*;
+        let mut row = None;
+        assert_eq!(acquire(&mut row, 0, 1, 10, 100, 1), Acquire::Acquired { lock_token: 100, fencing_token: 1, expires_at: 10 });
+        assert_eq!(acquire(&mut row, 9, 2, 10, 101, 2), Acquire::Held { holder: 1, expires_at: 10 });
+        assert!(!heartbeat(&mut row, 101, 9));
+        assert!(heartbeat(&mut row, 100, 9));
+        assert_eq!(row.unwrap().expires_at, 19);
+        // expired, not taken over: the heartbeat revives it
+        assert!(heartbeat(&mut row, 100, 25));
+        assert_eq!(row.unwrap().expires_at, 35);
+        assert!(matches!(acquire(&mut row, 35, 2, 5, 102, 3), Acquire::Acquired { fencing_token: 3, expires_at: 40, .. }));
+        assert!(!heartbeat(&mut row, 100, 36));
+        assert!(!release(&mut row, 100));
+        assert!(release(&mut row, 102));
+        assert_eq!(row, None);
+        assert!(matches!(acquire(&mut row, 36, 1, 5, 103, 4), Acquire::Acquired { .. }));
     }
 
     #[test]
