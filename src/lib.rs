@@ -15,6 +15,8 @@ mod shmem;
 mod spi_plans;
 mod stats;
 mod subxact;
+mod xact;
+mod fencing;
 mod worker;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -30,6 +32,7 @@ extension_sql_file!("../sql/observability.sql", name = "observability", requires
 extension_sql_file!("../sql/locks.sql", name = "locks_api", requires = ["observability"]);
 extension_sql_file!("../sql/planner.sql", name = "planner_api", requires = ["locks_api"]);
 extension_sql_file!("../sql/run.sql", name = "run_procedure", requires = ["planner_api"]);
+extension_sql_file!("../sql/fencing.sql", name = "fencing", requires = ["run_procedure"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -59,6 +59,8 @@ pub struct Claim {
     pub attempt: Option<i32>,
     pub fencing_token: Option<i64>,
     pub stale_after: Option<TimestampWithTimeZone>,
+    /// A steal took a RUNNING lease from a live (if silent) holder.
+    pub deposed: bool,
 }
 
 struct ExistingRow {
@@ -104,6 +106,8 @@ fn granted(table: SpiTupleTable<'_>, outcome: Outcome) -> Option<Claim> {
         attempt: row.get(3).unwrap(),
         fencing_token: row.get(4).unwrap(),
         stale_after: row.get(5).unwrap(),
+        // STEAL returns a sixth column; INSERT does not.
+        deposed: row.get::<bool>(6).ok().flatten().unwrap_or(false),
     })
 }
 
@@ -118,6 +122,7 @@ fn conflicted(existing: Option<&ExistingRow>) -> Claim {
             .filter(|e| e.lease.status == Status::Running)
             .and_then(|e| e.lease.stale_after)
             .map(timestamptz),
+        deposed: false,
     }
 }
 
@@ -143,6 +148,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
         for _ in 0..3 {
             match state::decide_claim(existing.as_ref().map(|e| &e.lease), now, req.allow_stale_reentry) {
                 ClaimDecision::Insert => {
+                    crate::fencing::ensure_token_floor(client);
                     let inserted = execute(
                         client,
                         &store::INSERT,
@@ -165,6 +171,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                 }
                 ClaimDecision::Steal => {
                     let id = existing.as_ref().expect("steal needs a row").id;
+                    crate::fencing::ensure_token_floor(client);
                     let stolen = execute(
                         client,
                         &store::STEAL,
@@ -177,6 +184,9 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                         ],
                     );
                     if let Some(stole) = granted(stolen, Outcome::Stole) {
+                        if stole.deposed {
+                            execute(client, &store::NOTIFY_LOST, &[id.to_string().into()]);
+                        }
                         return stole;
                     }
                     // Someone changed the row first (stole, heartbeat, finished, swept):

@@ -31,21 +31,38 @@ pub static INSERT: Statement = Statement {
     arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, BOOLOID, INTERVALOID, TIMESTAMPTZOID],
 };
 
-/// Outcome `stole`: the same row, a new holder, token and attempt.
+/// Outcome `stole`: the same row, a new holder, token and attempt. The row is first locked
+/// FOR UPDATE (re-checking `state::may_steal` on its newest version), which waits for every
+/// transaction that passed `lease_fence` on it (they hold it FOR KEY SHARE) to end: a steal
+/// never completes between a holder's fence and its commit. The new token is drawn after
+/// that wait. `was_running` says whether a live holder was deposed (NOTIFY lease_sched_lost).
 pub static STEAL: Statement = Statement {
-    sql: "UPDATE lease_sched.sys_cron_executions
-             SET status = 'RUNNING', attempt = attempt + 1, runner_id = $2,
+    sql: "WITH held AS (
+              SELECT id, status = 'RUNNING' AS was_running FROM lease_sched.sys_cron_executions
+               WHERE id = $1
+                 AND attempt < max_attempts
+                 AND ((status = 'FAILED' AND coalesce(next_retry_at, $5) <= $5)
+                   OR (status = 'RUNNING' AND stale_after < $5 AND $3 AND allow_stale_reentry))
+                 FOR UPDATE)
+          UPDATE lease_sched.sys_cron_executions e
+             SET status = 'RUNNING', attempt = e.attempt + 1, runner_id = $2,
                  lease_token = gen_random_uuid(), fencing_token = nextval('lease_sched.fencing_token_seq'),
                  allow_stale_reentry = $3, stale_timeout = $4,
                  heartbeat_at = $5, stale_after = $5 + $4, started_at = $5,
                  finished_at = NULL, duration_ms = NULL, next_retry_at = NULL, error_code = NULL,
                  error_msg = NULL, rows_affected = NULL, result = NULL, updated_at = $5
-           WHERE id = $1
-             AND attempt < max_attempts
-             AND ((status = 'FAILED' AND coalesce(next_retry_at, $5) <= $5)
-               OR (status = 'RUNNING' AND stale_after < $5 AND $3 AND allow_stale_reentry))
-          RETURNING id, lease_token, attempt, fencing_token, stale_after",
+            FROM held
+           WHERE e.id = held.id
+          RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after, held.was_running",
     arg_types: &[UUIDOID, TEXTOID, BOOLOID, INTERVALOID, TIMESTAMPTZOID],
+};
+
+/// Tell a deposed holder at once: delivered at the commit of the steal (or the sweep that
+/// failed its lease), never when that transaction rolls back. Payload: the execution_id,
+/// or `lock:<name>` for a lock taken over.
+pub static NOTIFY_LOST: Statement = Statement {
+    sql: "SELECT pg_notify('lease_sched_lost', $1)",
+    arg_types: &[TEXTOID],
 };
 
 /// Only the columns no index covers change, so this is a HOT update.
@@ -78,10 +95,12 @@ pub static FINISH: Statement = Statement {
 /// The sweep's lease pass: RUNNING leases past `stale_after` that nobody may steal
 /// (`state::is_abandoned`) become FAILED, so no row stays RUNNING forever. With attempts
 /// left they get the default backoff, like any failure, and a later claim retries them.
-/// SKIP LOCKED: a row someone holds locked waits for the next sweep instead of stalling
-/// this one (the sweep never waits on a runner).
+/// SKIP LOCKED: a row someone holds locked (a fenced transaction, say) waits for the next
+/// sweep instead of stalling this one (the sweep never waits on a runner). Each failed
+/// lease's holder is told on channel lease_sched_lost (one row per lease).
 pub static FAIL_ABANDONED: Statement = Statement {
-    sql: "UPDATE lease_sched.sys_cron_executions
+    sql: "WITH failed AS (
+          UPDATE lease_sched.sys_cron_executions
              SET status = 'FAILED', finished_at = $1,
                  duration_ms = greatest(0, (extract(epoch FROM $1 - started_at) * 1000)::bigint),
                  error_code = 'stale_timeout', error_msg = 'lease expired without heartbeat',
@@ -92,7 +111,9 @@ pub static FAIL_ABANDONED: Statement = Statement {
            WHERE id IN (SELECT id FROM lease_sched.sys_cron_executions
                          WHERE status = 'RUNNING' AND stale_after < $1
                            AND (NOT allow_stale_reentry OR attempt >= max_attempts)
-                           FOR UPDATE SKIP LOCKED)",
+                           FOR UPDATE SKIP LOCKED)
+          RETURNING id)
+          SELECT pg_notify('lease_sched_lost', id::text) FROM failed",
     arg_types: &[TIMESTAMPTZOID, INTERVALOID, INTERVALOID],
 };
 

@@ -19,13 +19,20 @@ use pgrx::pg_sys::{INTERVALOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
 /// draws a fresh token) on the newest version, and if the row is gone (released) nothing
 /// is updated. A token drawn before a wait is used only when nobody changed the row, so
 /// no newer grant of this lock can exist.
+///
+/// The row is locked FOR UPDATE first: that waits for every transaction that passed
+/// `lock_fence` on it (FOR KEY SHARE), so a takeover never completes between the deposed
+/// holder's fence and its commit.
 static TAKE_OVER: Statement = Statement {
-    sql: "UPDATE lease_sched.locks
+    sql: "WITH held AS (
+              SELECT name FROM lease_sched.locks WHERE name = $1 AND expires_at <= $3 FOR UPDATE)
+          UPDATE lease_sched.locks l
              SET holder = $2, fencing_token = nextval('lease_sched.fencing_token_seq'),
                  lock_token = gen_random_uuid(), acquired_at = $3, heartbeat_at = $3,
                  expires_at = $3 + $4, ttl = $4
-           WHERE name = $1 AND expires_at <= $3
-          RETURNING lock_token, fencing_token, holder, expires_at",
+            FROM held
+           WHERE l.name = held.name
+          RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at",
     arg_types: &[TEXTOID, TEXTOID, TIMESTAMPTZOID, INTERVALOID],
 };
 
@@ -99,9 +106,12 @@ fn granted(client: &mut SpiClient<'_>, statement: &'static Statement, args: &[pg
 pub fn acquire(name: &str, holder: &str, ttl: Interval) -> Acquired {
     let now = timestamptz(db_clock());
     Spi::connect_mut(|client| {
+        crate::fencing::ensure_token_floor(client);
         for _ in 0..2 {
             let args = [name.into(), holder.into(), now.into(), ttl.into()];
             if let Some(got) = granted(client, &TAKE_OVER, &args) {
+                // The expired holder never released: tell it (delivered at commit).
+                execute(client, &crate::lease::store::NOTIFY_LOST, &[format!("lock:{name}").into()]);
                 return got;
             }
             if !execute(client, &INSERT_FREE, &args).is_empty() {

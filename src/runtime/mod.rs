@@ -6,8 +6,7 @@ pub mod store;
 use pgrx::datum::{DatumWithOid, JsonB, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{pg_sys, Uuid};
-use std::cell::{Cell, RefCell};
+use pgrx::Uuid;
 
 use crate::lease::{db_clock, state::DbTime, timestamptz};
 use crate::spi_plans::execute;
@@ -60,7 +59,7 @@ pub fn touch_batch(ids: Vec<Uuid>) -> Vec<Uuid> {
 }
 
 /// Write these buffered touches in one statement; returns rows written. The entries stay
-/// in the buffer until the write commits (`written_on_commit`): a flush that fails, is
+/// in the buffer until the write commits (`xact::touches_written`): a flush that fails, is
 /// cancelled, or is rolled back (whole or to a savepoint) loses no touch. Rows locked by
 /// someone are skipped, not waited for, and their touches wait for the next flush.
 fn write_pending(client: &mut SpiClient<'_>, entries: Vec<(RuntimeId, SeenAt)>) -> i64 {
@@ -76,7 +75,7 @@ fn write_pending(client: &mut SpiClient<'_>, entries: Vec<(RuntimeId, SeenAt)>) 
     let skipped: std::collections::HashSet<RuntimeId> =
         row.get::<Vec<Uuid>>(2).unwrap().unwrap_or_default().iter().map(id_bytes).collect();
     stats::add(|s| &s.flushes, 1);
-    written_on_commit(entries.into_iter().filter(|(id, _)| !skipped.contains(id)).collect());
+    crate::xact::touches_written(entries.into_iter().filter(|(id, _)| !skipped.contains(id)).collect());
     written
 }
 
@@ -92,63 +91,6 @@ pub fn close_and_flush() -> (i64, usize) {
     buffer::close();
     let written = flush_all();
     (written, buffer::pending())
-}
-
-// Entries written by this backend's open transaction, tagged with the subtransaction that
-// wrote them; forgotten from the buffer when the top-level transaction commits, kept when
-// it (or that subtransaction) aborts. PREPARE TRANSACTION keeps them too: the prepared
-// write may yet roll back, and a second write of the same touch changes nothing.
-thread_local! {
-    static WRITTEN: RefCell<Vec<(pg_sys::SubTransactionId, Vec<(RuntimeId, SeenAt)>)>> = const { RefCell::new(Vec::new()) };
-    static CALLBACKS: Cell<bool> = const { Cell::new(false) };
-}
-
-fn written_on_commit(entries: Vec<(RuntimeId, SeenAt)>) {
-    if entries.is_empty() {
-        return;
-    }
-    if !CALLBACKS.get() {
-        // SAFETY: registers two plain callbacks for this backend's life; they touch only
-        // backend-local state and the shared buffer under its lock (no SPI, no ERROR).
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(on_xact_end), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(on_subxact_end), std::ptr::null_mut());
-        }
-        CALLBACKS.set(true);
-    }
-    // SAFETY: reads the current subtransaction's id.
-    let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    WRITTEN.with(|w| w.borrow_mut().push((subid, entries)));
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_xact_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    use pg_sys::XactEvent::*;
-    match event {
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
-            for (_, entries) in WRITTEN.with(|w| std::mem::take(&mut *w.borrow_mut())) {
-                buffer::forget_written(&entries);
-            }
-        }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
-            WRITTEN.with(|w| w.borrow_mut().clear());
-        }
-        _ => {}
-    }
-}
-
-/// A subtransaction rolled back: what it (and its children, whose ids are all higher)
-/// wrote is undone, so those entries must stay buffered.
-#[pg_guard]
-unsafe extern "C-unwind" fn on_subxact_end(
-    event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        WRITTEN.with(|w| w.borrow_mut().retain(|(subid, _)| *subid < my_subid));
-    }
 }
 
 /// Is the periodic whole-buffer flush due?

@@ -1,0 +1,135 @@
+-- Fencing that protects data (src/fencing.rs, src/api/fence.rs; docs/api.md, "Fences").
+--
+-- lease_fence / lock_fence check a fencing token inside the writer's own transaction and
+-- keep the lease or lock row locked FOR KEY SHARE until it ends: a steal or takeover waits
+-- for that transaction, a heartbeat does not. The require_lock / require_lease triggers make
+-- a table writable only by transactions that passed such a fence. A refusal is SQLSTATE
+-- LS001 ("lease lost"), the same for leases and locks, raised here in PL/pgSQL because a
+-- custom SQLSTATE cannot travel through the Rust side.
+
+-- Tokens that never repeat: the fencing sequence is floored at the database clock (in
+-- microseconds) before the first grant on each timeline. `timeline` 0 means "not floored
+-- yet": the state after CREATE EXTENSION (also after DROP EXTENSION, and in a restored
+-- copy, since this table is not dumped), so the next grant floors. Promotion starts a new
+-- timeline, so the first grant on the promoted server floors too.
+CREATE TABLE lease_sched.token_floor (
+    timeline   bigint      NOT NULL,
+    floored_at timestamptz
+);
+CREATE UNIQUE INDEX token_floor_one_row ON lease_sched.token_floor ((true));
+INSERT INTO lease_sched.token_floor (timeline) VALUES (0);
+COMMENT ON TABLE lease_sched.token_floor IS
+    'The timeline on which the fencing sequence was last floored at the database clock (0: not yet). One row; not dumped on purpose.';
+REVOKE ALL ON lease_sched.token_floor FROM PUBLIC;
+
+CREATE FUNCTION lease_sched.lease_fence_check(execution_id uuid, fencing_token bigint)
+RETURNS text
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'lease_fence_check_wrapper';
+COMMENT ON FUNCTION lease_sched.lease_fence_check(uuid, bigint) IS
+    'Used by lease_fence: NULL when the token holds the RUNNING lease (row locked FOR KEY SHARE until the transaction ends), else why not.';
+
+CREATE FUNCTION lease_sched.lock_fence_check(lock_name text, fencing_token bigint)
+RETURNS text
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'lock_fence_check_wrapper';
+COMMENT ON FUNCTION lease_sched.lock_fence_check(text, bigint) IS
+    'Used by lock_fence: NULL when the token holds the lock (row locked FOR KEY SHARE until the transaction ends), else why not.';
+
+CREATE FUNCTION lease_sched.lock_fence_passed(lock_name text)
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'lock_fence_passed_wrapper';
+COMMENT ON FUNCTION lease_sched.lock_fence_passed(text) IS 'Has this transaction passed lock_fence for this lock?';
+
+CREATE FUNCTION lease_sched.lease_fence_passed(job_name text)
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'lease_fence_passed_wrapper';
+COMMENT ON FUNCTION lease_sched.lease_fence_passed(text) IS 'Has this transaction passed lease_fence for a lease of this job?';
+
+CREATE FUNCTION lease_sched.lease_fence(execution_id uuid, fencing_token bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fence$
+DECLARE
+    refusal text := lease_sched.lease_fence_check(execution_id, fencing_token);
+BEGIN
+    IF refusal IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'LS001', MESSAGE = refusal,
+              HINT = 'A newer holder owns this plan, or the run has ended: stop, and write nothing on its behalf.';
+    END IF;
+END;
+$fence$;
+COMMENT ON FUNCTION lease_sched.lease_fence(uuid, bigint) IS
+    'Pass only while fencing_token holds the RUNNING lease, and keep it so until this transaction ends (no steal completes meanwhile); else SQLSTATE LS001.';
+
+CREATE FUNCTION lease_sched.lock_fence(lock_name text, fencing_token bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fence$
+DECLARE
+    refusal text := lease_sched.lock_fence_check(lock_name, fencing_token);
+BEGIN
+    IF refusal IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'LS001', MESSAGE = refusal,
+              HINT = 'Another holder has the lock (or nobody does): stop acting as its holder.';
+    END IF;
+END;
+$fence$;
+COMMENT ON FUNCTION lease_sched.lock_fence(text, bigint) IS
+    'Pass only while fencing_token holds the lock, and keep it so until this transaction ends (no takeover completes meanwhile); else SQLSTATE LS001.';
+
+-- Trigger functions for leader-only tables, e.g.
+--   CREATE TRIGGER reports_leader_only BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON reports
+--       FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.require_lock('reports-leader');
+-- Work as row triggers too (they return the row unchanged).
+CREATE FUNCTION lease_sched.require_lock()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $require$
+BEGIN
+    IF TG_NARGS <> 1 THEN
+        RAISE EXCEPTION 'lease_sched.require_lock needs one argument, the lock name: EXECUTE FUNCTION lease_sched.require_lock(''<lock>'')'
+              USING ERRCODE = '22023';
+    END IF;
+    IF NOT lease_sched.lock_fence_passed(TG_ARGV[0]) THEN
+        RAISE EXCEPTION 'lease_sched: writes to %.% need the lock "%", and this transaction has not passed its fence',
+                        TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
+              USING ERRCODE = 'LS001',
+                    HINT = format('Call lease_sched.lock_fence(%L, <fencing_token>) in the same transaction, before the write.', TG_ARGV[0]);
+    END IF;
+    IF TG_LEVEL = 'ROW' THEN
+        IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+        RETURN NEW;
+    END IF;
+    RETURN NULL;
+END;
+$require$;
+COMMENT ON FUNCTION lease_sched.require_lock() IS
+    'Trigger: refuse writes (LS001) in a transaction that has not passed lock_fence(<lock name argument>, <current token>).';
+
+CREATE FUNCTION lease_sched.require_lease()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $require$
+BEGIN
+    IF TG_NARGS <> 1 THEN
+        RAISE EXCEPTION 'lease_sched.require_lease needs one argument, the job name: EXECUTE FUNCTION lease_sched.require_lease(''<job>'')'
+              USING ERRCODE = '22023';
+    END IF;
+    IF NOT lease_sched.lease_fence_passed(TG_ARGV[0]) THEN
+        RAISE EXCEPTION 'lease_sched: writes to %.% need a lease of job "%", and this transaction has not passed its fence',
+                        TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
+              USING ERRCODE = 'LS001',
+                    HINT = 'Call lease_sched.lease_fence(<execution_id>, <fencing_token>) in the same transaction, before the write.';
+    END IF;
+    IF TG_LEVEL = 'ROW' THEN
+        IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+        RETURN NEW;
+    END IF;
+    RETURN NULL;
+END;
+$require$;
+COMMENT ON FUNCTION lease_sched.require_lease() IS
+    'Trigger: refuse writes (LS001) in a transaction that has not passed lease_fence for a lease of the job named by its argument.';

@@ -1,0 +1,31 @@
+//! The checks behind lease_fence, lock_fence, require_lease and require_lock (declared in
+//! sql/fencing.sql, whose PL/pgSQL raises the SQLSTATE LS001 with the message returned here).
+use pgrx::prelude::*;
+use pgrx::Uuid;
+
+use super::args::{non_empty, required};
+use crate::fencing;
+use crate::xact::{self, Fence};
+
+/// NULL when the fence is passed (and held until the transaction ends), else the refusal.
+#[pg_extern(sql = false)]
+fn lease_fence_check(execution_id: Option<Uuid>, fencing_token: Option<i64>) -> Option<String> {
+    fencing::lease_fence(required(execution_id, "execution_id"), required(fencing_token, "fencing_token"))
+}
+
+#[pg_extern(sql = false)]
+fn lock_fence_check(lock_name: Option<&str>, fencing_token: Option<i64>) -> Option<String> {
+    fencing::lock_fence(non_empty(lock_name, "lock_name"), required(fencing_token, "fencing_token"))
+}
+
+/// Has this transaction passed `lock_fence(lock_name, ...)`?
+#[pg_extern(sql = false)]
+fn lock_fence_passed(lock_name: Option<&str>) -> bool {
+    xact::has_fence(&Fence::Lock { name: non_empty(lock_name, "lock_name").to_string() })
+}
+
+/// Has this transaction passed `lease_fence` for a lease of `job_name`?
+#[pg_extern(sql = false)]
+fn lease_fence_passed(job_name: Option<&str>) -> bool {
+    xact::has_fence(&Fence::Lease { job_name: non_empty(job_name, "job_name").to_string() })
+}

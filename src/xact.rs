@@ -1,0 +1,96 @@
+//! State that belongs to this backend's open transaction, kept until it ends:
+//!
+//! - touches a flush wrote: forgotten from the shared buffer when the transaction commits,
+//!   kept buffered when it (or the subtransaction that wrote them) aborts;
+//! - fences the transaction passed (`lock_fence`, `lease_fence`): what `require_lock` /
+//!   `require_lease` triggers check; gone when the transaction ends, and when the
+//!   subtransaction that took them rolls back (that also releases the fence's row lock).
+//!
+//! Each entry carries the subtransaction that made it. Aborting a subtransaction undoes it
+//! and its children, which are exactly the entries with an id at least as high (ids grow,
+//! and every subtransaction begun while it was open is its descendant).
+//! PREPARE TRANSACTION counts as an end: the prepared writes may yet roll back, and a
+//! second write of the same touch changes nothing.
+use std::cell::{Cell, RefCell};
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::runtime::buffer::{self, RuntimeId, SeenAt};
+
+/// A fence this transaction passed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fence {
+    Lock { name: String },
+    Lease { job_name: String },
+}
+
+thread_local! {
+    static WRITTEN_TOUCHES: RefCell<Vec<(pg_sys::SubTransactionId, Vec<(RuntimeId, SeenAt)>)>> = const { RefCell::new(Vec::new()) };
+    static FENCES: RefCell<Vec<(pg_sys::SubTransactionId, Fence)>> = const { RefCell::new(Vec::new()) };
+    static CALLBACKS: Cell<bool> = const { Cell::new(false) };
+}
+
+fn current_subxact() -> pg_sys::SubTransactionId {
+    if !CALLBACKS.get() {
+        // SAFETY: registers two plain callbacks for this backend's life; they touch only
+        // backend-local state and the shared buffer under its lock (no SPI, no ERROR).
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(on_xact_end), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(on_subxact_end), std::ptr::null_mut());
+        }
+        CALLBACKS.set(true);
+    }
+    // SAFETY: reads the current subtransaction's id.
+    unsafe { pg_sys::GetCurrentSubTransactionId() }
+}
+
+/// These buffered touches were written by the open transaction.
+pub fn touches_written(entries: Vec<(RuntimeId, SeenAt)>) {
+    if !entries.is_empty() {
+        let subid = current_subxact();
+        WRITTEN_TOUCHES.with(|w| w.borrow_mut().push((subid, entries)));
+    }
+}
+
+/// The open transaction passed this fence.
+pub fn fence_passed(fence: Fence) {
+    let subid = current_subxact();
+    FENCES.with(|f| f.borrow_mut().push((subid, fence)));
+}
+
+/// Has the open transaction passed this fence (and not rolled it back)?
+pub fn has_fence(fence: &Fence) -> bool {
+    FENCES.with(|f| f.borrow().iter().any(|(_, passed)| passed == fence))
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+            for (_, entries) in WRITTEN_TOUCHES.with(|w| std::mem::take(&mut *w.borrow_mut())) {
+                buffer::forget_written(&entries);
+            }
+            FENCES.with(|f| f.borrow_mut().clear());
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
+            WRITTEN_TOUCHES.with(|w| w.borrow_mut().clear());
+            FENCES.with(|f| f.borrow_mut().clear());
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact_end(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        WRITTEN_TOUCHES.with(|w| w.borrow_mut().retain(|(subid, _)| *subid < my_subid));
+        FENCES.with(|f| f.borrow_mut().retain(|(subid, _)| *subid < my_subid));
+    }
+}
