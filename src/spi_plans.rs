@@ -45,7 +45,9 @@ pub fn schema_is_current(client: &SpiClient<'_>) -> bool {
     installed_version(client).as_deref() == Some(env!("CARGO_PKG_VERSION"))
 }
 
-fn check_schema(client: &SpiClient<'_>) {
+/// Fail with a clear error (55000, "run ALTER EXTENSION lease_sched UPDATE") unless the
+/// installed SQL matches this library. Cached once it passed.
+pub fn check_schema(client: &SpiClient<'_>) {
     if SCHEMA_CHECKED.get() {
         return;
     }
