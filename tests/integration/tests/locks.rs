@@ -96,26 +96,42 @@ fn bad_lock_arguments_are_class_22_errors() {
     }
 }
 
-struct Bouncer(Child);
+/// A pgbouncer of this test alone: its own directory and a free port. pgbouncer runs under
+/// runuser (it refuses root), so Drop stops it by the pid in its pidfile, not through the
+/// runuser child (killing runuser would leave pgbouncer behind, still holding the port).
+struct Bouncer {
+    child: Child,
+    dir: std::path::PathBuf,
+}
 
 impl Drop for Bouncer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn start_pgbouncer(port: u16) -> Bouncer {
     let db_port = dsn().split_whitespace().find_map(|kv| kv.strip_prefix("port=").map(str::to_string)).unwrap();
-    let dir = std::path::PathBuf::from("/tmp/lease_sched_pgbouncer");
-    let _ = std::fs::create_dir_all(&dir);
+    let dir = std::path::PathBuf::from(format!("/tmp/lease_sched_pgbouncer_{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
     let ini = dir.join("pgbouncer.ini");
     std::fs::write(
         &ini,
         format!(
             "[databases]\nlease_sched = host=127.0.0.1 port={db_port} dbname=lease_sched user=postgres\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = any\npool_mode = transaction\n\
-             default_pool_size = 2\nmax_client_conn = 50\nunix_socket_dir =\nlogfile = {}/pgbouncer.log\n",
+             default_pool_size = 2\nmax_client_conn = 50\nunix_socket_dir =\nlogfile = {0}/pgbouncer.log\n\
+             pidfile = {0}/pgbouncer.pid\n",
             dir.display()
         ),
     )
@@ -128,7 +144,14 @@ fn start_pgbouncer(port: u16) -> Bouncer {
         .stderr(Stdio::null())
         .spawn()
         .expect("pgbouncer (installed by scripts/setup.sh)");
-    Bouncer(child)
+    let bouncer = Bouncer { child, dir: dir.clone() };
+    // Ours, listening (not some other run's pgbouncer on the same port).
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(dir.join("pgbouncer.log"))
+            .is_ok_and(|l| l.contains(&format!("listening on 127.0.0.1:{port}")))),
+        "pgbouncer listens on {port}"
+    );
+    bouncer
 }
 
 fn via_bouncer(port: u16) -> postgres::Client {
@@ -161,7 +184,7 @@ fn simple_row(c: &mut postgres::Client, sql: &str) -> Vec<Option<String>> {
 
 #[test]
 fn a_lock_survives_reconnects_through_transaction_pooling() {
-    let port = 56441;
+    let port = free_port();
     let _bouncer = start_pgbouncer(port);
     let name = unique("leader");
     let mut a = via_bouncer(port);
