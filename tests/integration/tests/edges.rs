@@ -4,7 +4,8 @@
 //! plan in the future does not silence the planner.
 //!
 //! The touch-buffer tests share the one shared-memory buffer (runtime_pending counts all of
-//! it), so they run one at a time (BUFFER); nothing else in this file touches runtimes.
+//! it), so they run one at a time (BUFFER), and so do the tests that call sweep() (which may
+//! flush the buffer); nothing else in this file touches runtimes.
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -199,6 +200,7 @@ fn retry_backoff_saturates_at_its_maximum_for_any_attempt() {
 /// leases still fail (0.1.0: every sweep failed with "interval out of range").
 #[test]
 fn a_lease_at_a_huge_attempt_does_not_poison_the_sweep() {
+    let _g = buffer_lock(); // sweep() may flush the touch buffer
     let mut c = connect();
     let poison = lease_at_attempt(&mut c, 35, Duration::from_secs(3600));
     let other = claim_with(
@@ -368,6 +370,7 @@ fn exists(c: &mut Client, id: Uuid) -> bool {
 
 #[test]
 fn retention_keeps_pending_retries_and_each_jobs_latest_row() {
+    let _g = buffer_lock(); // sweep() may flush the touch buffer
     let mut c = connect();
     let retention: String = c.query_one("SHOW lease_sched.retention", &[]).unwrap().get(0);
     let long_ago = "400 days";
@@ -453,10 +456,23 @@ fn a_claim_in_the_future_does_not_silence_the_planner() {
 fn lease_next_plan_never_returns_a_plan_after_now() {
     let mut c = connect();
     for (every, catch_up) in [("1 minute", true), ("1 hour", false), ("1 day", true), ("7 days", false), ("1 second", true)] {
+        // Future plans in every state: done, failed with a retry due now, and a stale lease
+        // that may be stolen (0.1.0 offered the last two as due, in 2099).
         let job = unique("never_future");
-        for plan_time in ["2099-01-01T00:00:00Z", "2030-06-01T12:00:00Z"] {
-            let l = claim(&mut c, &job, plan_time.parse().unwrap(), "r1");
-            assert!(finish_ok(&mut c, l.id(), l.token()));
+        let l = claim(&mut c, &job, "2030-06-01T12:00:00Z".parse().unwrap(), "r1");
+        assert!(finish_ok(&mut c, l.id(), l.token()));
+        let l = claim(&mut c, &job, "2099-01-01T00:00:00Z".parse().unwrap(), "r1");
+        assert!(finish_failed(&mut c, l.id(), l.token(), Duration::ZERO));
+        let stale = unique("never_future_stale");
+        claim_with(&mut c, &stale, "2099-01-01T00:00:00Z".parse().unwrap(), "r1",
+                   &ClaimArgs { stale_timeout: Duration::from_millis(1), ..Default::default() });
+        std::thread::sleep(Duration::from_millis(5));
+        for j in [&stale] {
+            let p: Option<DateTime<Utc>> = c
+                .query_one("SELECT lease_sched.lease_next_plan($1, $2::text::interval, catch_up => $3)", &[j, &every, &catch_up])
+                .unwrap()
+                .get(0);
+            assert!(p.is_none_or(|p| p <= Utc::now()), "every {every}: a stale future lease offered: {p:?}");
         }
         for _ in 0..3 {
             let r = c

@@ -242,6 +242,34 @@ fn nothing_planted_on_a_search_path_runs_as_the_superuser() {
     )
     .unwrap();
 
+    // Several sweeps by the restarted sweeper, which did the work planted for it.
+    let sweeps = stat(&mut c, "sweeps");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            status_of(&mut c, abandoned.id()) == "FAILED" && stat(&mut c, "sweeps") >= sweeps + 4
+        }),
+        "the restarted sweeper failed the abandoned lease"
+    );
+    assert_eq!(runtime_state(&mut c, silent).0, "offline", "the silent runtime went offline");
+    let (status, ago) = runtime_state(&mut c, rescued);
+    assert_eq!(status, "online", "the buffered touch rescued its runtime");
+    assert!(ago < 600.0, "the rescue wrote the touch ({ago}s)");
+    let pruned: bool = c
+        .query_one("SELECT NOT EXISTS (SELECT 1 FROM lease_sched.sys_cron_executions WHERE id = $1)", &[&first.id()])
+        .unwrap()
+        .get(0);
+    assert!(pruned, "retention pruned the old row");
+    assert!(sweeper_pid(&mut c).is_some());
+
+    // First the worker alone: nothing but the sweeper has run since the objects were planted.
+    let by_worker: Vec<(String, String, Option<String>)> = c
+        .query("SELECT who, what, backend FROM public.pwn_log WHERE who <> $1", &[&role])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(by_worker.is_empty(), "the sweeper ran planted objects: {by_worker:?}");
+
     // Every API function, as the planting role, on its own hostile search_path.
     let job = unique("pwnjob");
     attacker.batch_execute("SET search_path = public, pg_catalog").unwrap();
@@ -294,25 +322,6 @@ fn nothing_planted_on_a_search_path_runs_as_the_superuser() {
     .unwrap();
     su.batch_execute(&format!("CALL lease_sched.run('{job}-su', 'SELECT 1', every => '1 hour')")).unwrap();
     drop(su);
-
-    // Several sweeps by the restarted sweeper, which did the work planted for it.
-    let sweeps = stat(&mut c, "sweeps");
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            status_of(&mut c, abandoned.id()) == "FAILED" && stat(&mut c, "sweeps") >= sweeps + 4
-        }),
-        "the restarted sweeper failed the abandoned lease"
-    );
-    assert_eq!(runtime_state(&mut c, silent).0, "offline", "the silent runtime went offline");
-    let (status, ago) = runtime_state(&mut c, rescued);
-    assert_eq!(status, "online", "the buffered touch rescued its runtime");
-    assert!(ago < 600.0, "the rescue wrote the touch ({ago}s)");
-    let pruned: bool = c
-        .query_one("SELECT NOT EXISTS (SELECT 1 FROM lease_sched.sys_cron_executions WHERE id = $1)", &[&first.id()])
-        .unwrap()
-        .get(0);
-    assert!(pruned, "retention pruned the old row");
-    assert!(sweeper_pid(&mut c).is_some());
 
     let calls: Vec<(String, String, Option<String>, Option<String>)> = c
         .query("SELECT who, what, backend, query FROM public.pwn_log WHERE who <> $1 ORDER BY at", &[&role])
