@@ -623,6 +623,26 @@ fn a_session_from_before_drop_and_create_extension_grants_first_above_the_old_to
     assert_grants_above(&mut old, highest, "first grant after the re-create, from a session that granted before it");
 }
 
+/// The floor after an event (here CREATE EXTENSION) is taken by the first grant, inside its
+/// caller's transaction. Another session's grant, of another lease or lock, must not wait
+/// for that transaction to end.
+#[test]
+fn the_first_grant_after_create_extension_does_not_hold_up_other_sessions_grants() {
+    let db = ScratchDb::new("fence_floor_wait");
+    let mut a = db.connect();
+    a.batch_execute("CREATE EXTENSION lease_sched").unwrap();
+    let mut b = db.connect();
+    a.batch_execute("BEGIN").unwrap();
+    assert_eq!(claim(&mut a, "long_job", plan(), "a").outcome, "won"); // floors, stays open
+    b.batch_execute("SET lock_timeout = '2s'").unwrap();
+    let got = b.query("SELECT acquired FROM lease_sched.lock_acquire('other-lock', 'b')", &[]);
+    let waited = got.as_ref().err().map(db_error);
+    a.batch_execute("COMMIT").unwrap();
+    assert!(waited.is_none(), "an unrelated lock_acquire waited for the open transaction that floored the sequence: {waited:?}");
+    let r = try_claim_with(&mut b, "other_job", plan(), "b", &ClaimArgs::default());
+    assert!(r.is_ok());
+}
+
 fn host_port() -> (String, String) {
     let get = |k: &str| dsn().split_whitespace().find_map(|kv| kv.strip_prefix(k).map(str::to_string)).unwrap();
     (get("host="), get("port="))
