@@ -110,7 +110,9 @@ BEGIN
     SELECT * INTO lease
       FROM lease_sched.lease_try_claim(job_name => run.job_name, plan_time => plan,
                runner_id => pg_catalog.format('%s pid %s',
-                   coalesce(nullif(pg_catalog.current_setting('application_name'), ''), 'session'),
+                   -- (no NULLIF: it would use the caller's `=`, which a role may have planted)
+                   CASE WHEN pg_catalog.current_setting('application_name') OPERATOR(pg_catalog.=) ''
+                        THEN 'session' ELSE pg_catalog.current_setting('application_name') END,
                    pg_catalog.pg_backend_pid()),
                scope_kind => run.scope_kind, scope_id => run.scope_id, stale_timeout => run.stale_timeout,
                max_attempts => run.max_attempts);
