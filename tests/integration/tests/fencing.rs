@@ -13,7 +13,7 @@
 //! (no steal, takeover or sweep completes between a fence and its commit).
 //!
 //! Destructive steps run in scratch databases of their own (dropped afterwards) or in the
-//! test's own pair of clusters (ports 55476/55477); pgbouncer listens on 56475.
+//! test's own pair of clusters (ports 55476/55477); pgbouncer on a free port of its own.
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -314,28 +314,40 @@ fn a_repeatable_read_fence_never_passes_after_a_steal() {
 // ---------------------------------------------------------------------------------------
 // pgbouncer, transaction pooling
 
-struct Bouncer(Child);
+/// A pgbouncer of this test alone: its own directory and a free port. pgbouncer runs under
+/// runuser (it refuses root), so Drop stops it by the pid in its pidfile (killing runuser
+/// would leave pgbouncer behind, holding the port).
+struct Bouncer {
+    child: Child,
+    dir: std::path::PathBuf,
+}
 
 impl Drop for Bouncer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 /// pgbouncer in transaction mode with ONE server connection: every client's transactions
 /// run on the same backend, one after another.
-fn start_pgbouncer(port: u16) -> Bouncer {
+fn start_pgbouncer() -> (Bouncer, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let db_port = dsn().split_whitespace().find_map(|kv| kv.strip_prefix("port=").map(str::to_string)).unwrap();
-    let dir = std::path::PathBuf::from("/tmp/lease_sched_pgbouncer_fencing");
-    let _ = std::fs::create_dir_all(&dir);
+    let dir = std::path::PathBuf::from(format!("/tmp/lease_sched_pgbouncer_fencing_{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
     let ini = dir.join("pgbouncer.ini");
     std::fs::write(
         &ini,
         format!(
             "[databases]\nlease_sched = host=127.0.0.1 port={db_port} dbname=lease_sched user=postgres\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = any\npool_mode = transaction\n\
-             default_pool_size = 1\nmax_client_conn = 20\nunix_socket_dir =\nlogfile = {}/pgbouncer.log\n",
+             default_pool_size = 1\nmax_client_conn = 20\nunix_socket_dir =\nlogfile = {0}/pgbouncer.log\n\
+             pidfile = {0}/pgbouncer.pid\n",
             dir.display()
         ),
     )
@@ -347,7 +359,13 @@ fn start_pgbouncer(port: u16) -> Bouncer {
         .stderr(Stdio::null())
         .spawn()
         .expect("pgbouncer (installed by scripts/setup.sh)");
-    Bouncer(child)
+    let bouncer = Bouncer { child, dir: dir.clone() };
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(dir.join("pgbouncer.log"))
+            .is_ok_and(|l| l.contains(&format!("listening on 127.0.0.1:{port}")))),
+        "pgbouncer listens on {port}"
+    );
+    (bouncer, port)
 }
 
 /// The first column of the first row, through the simple protocol (transaction pooling
@@ -362,8 +380,7 @@ fn simple(c: &mut Client, sql: &str) -> Result<Option<String>, postgres::Error> 
 
 #[test]
 fn fence_and_writes_in_one_transaction_work_through_transaction_pooling() {
-    let port = 56475;
-    let _bouncer = start_pgbouncer(port);
+    let (_bouncer, port) = start_pgbouncer();
     let bounced = || connect_retrying(&format!("host=127.0.0.1 port={port} dbname=lease_sched user=postgres"));
     let mut setup = connect();
     let lock = unique("pooled-leader");
