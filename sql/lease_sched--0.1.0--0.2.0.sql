@@ -178,19 +178,19 @@ COMMENT ON PROCEDURE lease_sched.run(text, text, interval, text, text, int, inte
 -- custom SQLSTATE cannot travel through the Rust side.
 
 -- Tokens that never repeat: the fencing sequence is floored at the database clock (in
--- microseconds) before the first grant on each timeline. `timeline` 0 means "not floored
--- yet": the state after CREATE EXTENSION (also after DROP EXTENSION, and in a restored
--- copy, since this table is not dumped), so the next grant floors. Promotion starts a new
--- timeline, so the first grant on the promoted server floors too.
-CREATE TABLE lease_sched.token_floor (
-    timeline   bigint      NOT NULL,
-    floored_at timestamptz
-);
-CREATE UNIQUE INDEX token_floor_one_row ON lease_sched.token_floor ((true));
-INSERT INTO lease_sched.token_floor (timeline) VALUES (0);
-COMMENT ON TABLE lease_sched.token_floor IS
-    'The timeline on which the fencing sequence was last floored at the database clock (0: not yet). One row; not dumped on purpose.';
-REVOKE ALL ON lease_sched.token_floor FROM PUBLIC;
+-- microseconds) before the first grant on each timeline (src/fencing.rs). This sequence
+-- holds the timeline of the last floor; 0 means "not floored yet": the state after CREATE
+-- EXTENSION (also after DROP EXTENSION, and in a restored copy, since it is not dumped), so
+-- the next grant floors. Promotion starts a new timeline, so the first grant on the
+-- promoted server floors too. A sequence and not a table row: setval is not transactional,
+-- so recording a floor holds no row lock that other sessions would wait on.
+CREATE SEQUENCE lease_sched.token_floor_timeline AS bigint MINVALUE 0 START 0 CACHE 1 NO CYCLE;
+COMMENT ON SEQUENCE lease_sched.token_floor_timeline IS
+    'The WAL timeline on which fencing_token_seq was last floored at the database clock (0: not yet). Not dumped on purpose.';
+CREATE VIEW lease_sched.token_floor AS
+SELECT last_value AS timeline FROM lease_sched.token_floor_timeline;
+COMMENT ON VIEW lease_sched.token_floor IS 'The WAL timeline on which fencing tokens were last floored at the database clock (0: not yet).';
+REVOKE ALL ON lease_sched.token_floor_timeline, lease_sched.token_floor FROM PUBLIC;
 
 CREATE FUNCTION lease_sched.lease_fence_check(execution_id uuid, fencing_token bigint)
 RETURNS text

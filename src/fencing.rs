@@ -10,44 +10,52 @@
 //!
 //! **Tokens that never repeat.** Tokens come from one sequence. Before a backend draws its
 //! first token on a timeline, it makes sure the sequence was *floored* on that timeline:
-//! moved up to at least the database clock in microseconds (`token_floor`). Tokens grow by
+//! moved up to at least the database clock in microseconds (`token_floor_timeline`). Tokens grow by
 //! one per grant from there, so as long as grants average under one per microsecond a token
 //! is never above the clock at its grant. Every event that could otherwise repeat tokens
 //! starts with a floor: `CREATE EXTENSION` (also after a DROP, and in a restore whose
-//! sequence was not carried) leaves `token_floor` at timeline 0, and promoting a replica
+//! sequence was not carried) leaves `token_floor_timeline` at 0, and promoting a replica
 //! starts a new timeline; either way the next grant floors the sequence above the clock,
 //! hence above every token granted before the event, provided the clock did not go back
 //! across it (docs/reliability.md states the assumption).
 use std::cell::Cell;
 
-use pgrx::pg_sys::{self, INT8OID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
+use pgrx::pg_sys::{self, INT8OID, TEXTOID, UUIDOID};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
 
-use crate::lease::{db_clock, timestamptz};
+use crate::lease::db_clock;
 use crate::spi_plans::{execute, Statement};
 use crate::xact::{self, Fence};
 
+/// The timeline the token sequence was last floored on (0: never, the state after CREATE
+/// EXTENSION). A sequence, not a table row, on purpose: setval is not transactional, so
+/// recording a floor takes no row lock that other sessions' first grants would wait on
+/// until the flooring transaction ends.
 static FLOORED_ON: Statement = Statement {
-    sql: "SELECT timeline FROM lease_sched.token_floor",
+    sql: "SELECT last_value FROM lease_sched.token_floor_timeline",
     arg_types: &[],
 };
 
-/// Floor the sequence once per timeline. The setval is in RETURNING, evaluated only by the
-/// one session whose UPDATE wins the row (others wait, then find the timeline already
-/// recorded); `greatest` with the sequence's own value means it never moves back.
+/// `greatest` with the sequence's own value: a floor never moves the sequence back. Run
+/// only under `FLOOR_LOCK`, so two floors never interleave their read and their setval.
 static FLOOR: Statement = Statement {
-    sql: "UPDATE lease_sched.token_floor SET timeline = $1, floored_at = $2
-           WHERE timeline IS DISTINCT FROM $1
-          RETURNING pg_catalog.setval('lease_sched.fencing_token_seq',
-                        greatest((SELECT last_value FROM lease_sched.fencing_token_seq), $3))",
-    arg_types: &[INT8OID, TIMESTAMPTZOID, INT8OID],
+    sql: "SELECT pg_catalog.setval('lease_sched.fencing_token_seq',
+                     greatest((SELECT last_value FROM lease_sched.fencing_token_seq), $2)),
+                 pg_catalog.setval('lease_sched.token_floor_timeline', $1)",
+    arg_types: &[INT8OID, INT8OID],
 };
 
+/// The advisory lock (pg_locks: locktype advisory, classid 0x4c53 'LS', objid 1, objsubid 2)
+/// that serialises floors in one database. Held only around the floor's one statement.
+const FLOOR_LOCK_KEY: (u32, u32) = (0x4c53, 1);
+
 thread_local! {
-    // The timeline this backend has seen floored (0: none yet).
-    static FLOORED_TIMELINE: Cell<i64> = const { Cell::new(0) };
+    // (timeline, oid of token_floor_timeline) this backend has seen floored. The oid
+    // changes with DROP + CREATE EXTENSION, so a session that outlives a re-create floors
+    // the new sequence before its first grant.
+    static FLOORED: Cell<(i64, u32)> = const { Cell::new((0, 0)) };
 }
 
 fn current_timeline() -> Option<i64> {
@@ -61,20 +69,57 @@ fn current_timeline() -> Option<i64> {
     }
 }
 
-/// Call before drawing a fencing token. Costs a comparison, except for the first grant of
-/// a backend on a timeline (one SELECT) and the first grant anywhere after an event (the
-/// floor itself).
+/// The oid of lease_sched.token_floor_timeline (two syscache lookups, no I/O).
+fn floor_sequence_oid() -> u32 {
+    // SAFETY: syscache lookups by name; missing_ok so a missing schema yields InvalidOid.
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"lease_sched".as_ptr(), true);
+        pg_sys::get_relname_relid(c"token_floor_timeline".as_ptr(), schema).to_u32()
+    }
+}
+
+/// Run `f` holding the floor lock (a session-level advisory lock, released on every path).
+fn with_floor_lock<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: SET_LOCKTAG_ADVISORY for an (int4, int4) key in this database, the tag
+    // pg_advisory_lock(int4, int4) uses; acquired and released as a session lock, so the
+    // release below is the only one, on success and on error alike.
+    unsafe {
+        let tag = pg_sys::LOCKTAG {
+            locktag_field1: pg_sys::MyDatabaseId.to_u32(),
+            locktag_field2: FLOOR_LOCK_KEY.0,
+            locktag_field3: FLOOR_LOCK_KEY.1,
+            locktag_field4: 2,
+            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+        };
+        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, true, false);
+        PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+            .finally(|| {
+                pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as i32, true);
+            })
+            .execute()
+    }
+}
+
+/// Call before drawing a fencing token. Costs a comparison and two syscache lookups,
+/// except for a backend's first grant on a timeline (one SELECT) and the first grant
+/// anywhere after an event (the floor itself, one statement under the floor lock).
 pub fn ensure_token_floor(client: &mut SpiClient<'_>) {
     let Some(timeline) = current_timeline() else { return };
-    if FLOORED_TIMELINE.get() == timeline {
+    let key = (timeline, floor_sequence_oid());
+    if FLOORED.get() == key {
         return;
     }
-    let recorded: Option<i64> = execute(client, &FLOORED_ON, &[]).first().get(1).ok().flatten();
-    if recorded != Some(timeline) {
-        let now = db_clock();
-        execute(client, &FLOOR, &[timeline.into(), timestamptz(now).into(), now.into()]);
+    let floored_on = |client: &mut SpiClient<'_>| -> Option<i64> { execute(client, &FLOORED_ON, &[]).first().get(1).ok().flatten() };
+    if floored_on(client) != Some(timeline) {
+        with_floor_lock(|| {
+            // Re-read under the lock: another session may have floored meanwhile.
+            if floored_on(client) != Some(timeline) {
+                execute(client, &FLOOR, &[timeline.into(), db_clock().into()]);
+            }
+        });
     }
-    FLOORED_TIMELINE.set(timeline);
+    FLOORED.set(key);
 }
 
 static LEASE_ROW: Statement = Statement {
