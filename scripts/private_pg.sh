@@ -85,9 +85,14 @@ cluster_stop() {
   runuser -u postgres -- "$2/pg_ctl" -D "$1/data" -m "${3:-fast}" -w -t 60 stop >/dev/null 2>&1 || true
 }
 
-# Lines of a server log that mean a process died (a backend or a background worker). The
-# logical replication launcher's exit code 1 at every shutdown is normal.
+# Lines of a server log that mean a process died (a backend or a background worker). A
+# worker's exit code 1 while the server shuts down is normal (the logical replication
+# launcher's always; lease_sched's launcher exits with 1 so that pg_terminate_backend gets it
+# restarted).
 crash_lines() {
-  grep -E "terminated by signal|exited with exit code|PANIC|was terminated|terminating any other active server processes|all server processes terminated" "$1" \
-    | grep -v '"logical replication launcher" (PID [0-9]*) exited with exit code 1' || true
+  awk '/received (fast|smart|immediate) shutdown request/ { down = 1 }
+       /database system is ready to accept connections/ { down = 0 }
+       /terminated by signal|exited with exit code|PANIC|was terminated|terminating any other active server processes|all server processes terminated/ {
+         if (!(down && /exited with exit code 1$/)) print
+       }' "$1"
 }
