@@ -28,6 +28,9 @@
 # /tmp/lease_sched_nopreload_pgNN; the in-database tests in /tmp/lease_sched_pgtest_pgNN.
 set -euo pipefail
 
+# A section header, with the time since the start of the run.
+section() { echo "== [$((SECONDS / 60))m$(printf %02d $((SECONDS % 60)))s] $*"; }
+
 run_all() {
   cd "$(dirname "$0")/.."
   scripts/setup.sh
@@ -57,14 +60,14 @@ run_all() {
   done
 
   if want model; then
-    echo "== the lease state machine: unit tests and exhaustive model check (crates/lease_model)"
+    section "the lease state machine: unit tests and exhaustive model check (crates/lease_model)"
     cargo test --release --manifest-path crates/lease_model/Cargo.toml
   fi
 
   for name in upgrade pg_upgrade package; do
     script=scripts/${name}_test.sh
     if want "$name" && [ -x "$script" ]; then
-      echo "== $script"
+      section "$script"
       out=/tmp/lease_sched_${name}_test.log
       "$script" 2>&1 | tee "$out"
       if grep -q 'SKIP' "$out"; then
@@ -92,7 +95,7 @@ run_major() {
   echo "==== PostgreSQL $major ($PGBIN)$([ $has_cron = 1 ] || echo '; no pg_cron: its tests are skipped')"
 
   if want pgtest; then
-    echo "== PostgreSQL $major: in-database tests (cargo pgrx test pg$major)"
+    section "PostgreSQL $major: in-database tests (cargo pgrx test pg$major)"
     local pgtest_dir=/tmp/lease_sched_pgtest_pg$major
     mkdir -p "$pgtest_dir" && chown postgres "$pgtest_dir"
     cargo pgrx test "pg$major" --runas postgres --pgdata "$pgtest_dir/data"
@@ -100,7 +103,7 @@ run_major() {
 
   want isolation || want bench || want integration || return 0
 
-  echo "== PostgreSQL $major: building and installing lease_sched (release)"
+  section "PostgreSQL $major: building and installing lease_sched (release)"
   local log=/tmp/lease_sched_install_pg$major.log
   cargo pgrx install --release --pg-config "$pg_config" "${features[@]}" >"$log" 2>&1 \
     || { tail -40 "$log"; exit 1; }
@@ -120,7 +123,7 @@ run_major() {
   "$PGBIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d lease_sched -qc "CREATE EXTENSION lease_sched"
 
   if want isolation; then
-    echo "== PostgreSQL $major: isolation specs (pg_isolation_regress)"
+    section "PostgreSQL $major: isolation specs (pg_isolation_regress)"
     local out=/tmp/lease_sched_isolation_pg$major specs
     rm -rf "$out" && mkdir -p "$out"
     specs=$(cd tests/isolation/specs && ls *.spec | sed 's/\.spec$//')
@@ -131,7 +134,7 @@ run_major() {
   fi
 
   if want bench; then
-    echo "== PostgreSQL $major: benchmark smoke run (bench/run.sh --quick: every script once, no timing asserted)"
+    section "PostgreSQL $major: benchmark smoke run (bench/run.sh --quick: every script once, no timing asserted)"
     LEASE_BENCH_DIR=/tmp/lease_sched_bench_pg$major LEASE_BENCH_PORT=$((55460 + slot)) \
       bench/run.sh --quick --no-install --scale-duration 5
   fi
@@ -145,13 +148,13 @@ run_major() {
       scripts/cluster.sh start "$np_dir" "$np_port" "log_min_messages = warning"
     export LEASE_SCHED_NOPRELOAD_DSN="host=127.0.0.1 port=$np_port dbname=lease_sched user=postgres"
 
-    echo "== PostgreSQL $major: integration tests (tests/integration)"
+    section "PostgreSQL $major: integration tests (tests/integration)"
     local venv=/tmp/lease_sched_venv
     [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg" 2>/dev/null \
       || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
     export LEASE_SCHED_PYTHON="$venv/bin/python"
     cargo build -q --manifest-path tests/integration/Cargo.toml --examples
-    cargo test --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@"
+    cargo test --no-fail-fast --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@"
   fi
   stop_clusters
 }
@@ -160,9 +163,8 @@ run_major() {
 # pg_isolation_regress, the packaging scripts), printed only when everything passed. A test
 # that skipped itself (it prints "skipped test: ...") counts as skipped, not passed.
 log=/tmp/lease_sched_test.log
-start=$(date +%s)
 run_all "$@" 2>&1 | tee "$log"
-awk -v secs=$(( $(date +%s) - start )) \
+awk -v secs=$SECONDS \
     '/^test result:/ { passed += $4; failed += $6 }
      /All [0-9]+ tests passed/ { passed += $2 }
      /skipped test: / { passed--; skipped++ }
