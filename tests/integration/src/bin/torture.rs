@@ -3,6 +3,8 @@
 //! log; then a checker verifies the invariants from the logs and the table.
 //!
 //!     torture [--seconds 10] [--claims N] [--clients 32] [--processes 4] [--dsn DSN] [--logs DIR]
+//!             [--lock-seconds 0] [--lock-clients 8] [--locks 3]
+//!             [--run-seconds 0] [--run-schedulers 6] [--run-jobs 4]
 //!
 //! It stops after --seconds, or once the clients have made --claims claim calls in all.
 //!
@@ -16,10 +18,38 @@
 //!    followed by a legitimate steal/retry (FAILED); a SUCCESS row's last holder logged it;
 //! 4. attempts never exceed max_attempts;
 //! 5. no lease that may not be stolen stays RUNNING past stale_after + the sweep interval.
+//!
+//! Alongside (same processes, same time), for --lock-seconds and --run-seconds:
+//!
+//! Locks: --lock-clients clients acquire, heartbeat and release --locks shared locks with
+//! TTLs of 100-400 ms; some stall past their TTL and then try their secret again (a late
+//! heartbeat revives a lock nobody took over), some walk away, and some have their backend
+//! terminated by another connection while they hold (then reconnect and try the old
+//! secret). Each logs its grants (fencing token, the grant's start and expiry on the
+//! database clock) and every heartbeat (with the expiry it set) and release. Checked per lock:
+//! 6. fencing tokens strictly increase in real-time grant order (no grant returned a lower
+//!    token than one already handed out) and are never handed out twice (leases included);
+//! 7. each grant's last accepted heartbeat/release was sent before the next grant returned
+//!    (a replaced secret never works: one live holder at any instant);
+//! 8. validity intervals [granted, last accepted heartbeat's expires_at) of successive
+//!    grants never overlap on the database clock, unless the earlier one was released;
+//! 9. the lock row ends with the last logged grant (or none after its release).
+//!
+//! run(): --run-schedulers connections repeatedly CALL lease_sched.run() on --run-jobs jobs
+//! (every 1 s, stale_timeout 600 ms) with a command that records (job, plan, fencing token,
+//! backend pid) in public.lease_sched_torture_effects and sleeps: mostly briefly, sometimes
+//! past its lease deadline (cancelled), sometimes swallowing that cancel so that it outlives
+//! its lease (stolen meanwhile: LS001). Another connection terminates random schedulers'
+//! backends mid-CALL. Checked:
+//! 10. each (job, plan) has at most one committed effect row (no double execution), and it
+//!     has one exactly when the plan ended SUCCESS, written under the final fencing token;
+//! 11. while schedulers run, no plan stays RUNNING 5 s past its stale_after (a thief or the
+//!     sweeper takes it), and attempts never exceed max_attempts.
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use postgres::{Client, NoTls};
@@ -38,6 +68,12 @@ struct Args {
     logs: String,
     worker: Option<usize>,
     run: String,
+    lock_seconds: u64,
+    lock_clients: usize,
+    locks: usize,
+    run_seconds: u64,
+    run_schedulers: usize,
+    run_jobs: usize,
 }
 
 fn parse() -> Args {
@@ -50,6 +86,12 @@ fn parse() -> Args {
         logs: "/tmp/lease_sched_torture".into(),
         worker: None,
         run: Uuid::new_v4().simple().to_string()[..8].to_string(),
+        lock_seconds: 0,
+        lock_clients: 8,
+        locks: 3,
+        run_seconds: 0,
+        run_schedulers: 6,
+        run_jobs: 4,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -63,6 +105,12 @@ fn parse() -> Args {
             "--logs" => a.logs = v(),
             "--worker" => a.worker = Some(v().parse().unwrap()),
             "--run" => a.run = v(),
+            "--lock-seconds" => a.lock_seconds = v().parse().unwrap(),
+            "--lock-clients" => a.lock_clients = v().parse().unwrap(),
+            "--locks" => a.locks = v().parse().unwrap(),
+            "--run-seconds" => a.run_seconds = v().parse().unwrap(),
+            "--run-schedulers" => a.run_schedulers = v().parse().unwrap(),
+            "--run-jobs" => a.run_jobs = v().parse().unwrap(),
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -148,8 +196,196 @@ fn client_loop(dsn: &str, run: &str, seconds: u64, max_calls: u64, id: usize, ou
     }
 }
 
+/// A connection whose backend we can find again by application_name (and terminate).
+fn connect_named(dsn: &str, name: &str) -> Client {
+    let mut cfg: postgres::Config = dsn.parse().expect("dsn");
+    cfg.application_name(name);
+    cfg.connect(NoTls).expect("connect")
+}
+
+fn micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+const LOCK_ACQUIRE: &str = "SELECT acquired, lock_token, fencing_token, expires_at
+                              FROM lease_sched.lock_acquire($1, $2, $3 * interval '1 microsecond')";
+/// The heartbeat and, when it was accepted, the expiry it set: lock_info runs after it in
+/// the same statement (OFFSET 0 keeps the order) and, being a volatile function, reads the
+/// row this statement just updated, which nobody else can change before we commit.
+const LOCK_HEARTBEAT: &str = "SELECT ok, CASE WHEN ok THEN (SELECT expires_at FROM lease_sched.lock_info($1)) END
+                                FROM (SELECT lease_sched.lock_heartbeat($1, $2) AS ok OFFSET 0) s";
+
+struct LockClient<'a> {
+    c: Client,
+    pid: i32,
+    dsn: &'a str,
+    name: String,
+    reconnects: u32,
+}
+
+impl LockClient<'_> {
+    fn reconnect(&mut self) {
+        self.reconnects += 1;
+        self.c = connect_named(self.dsn, &format!("{}_{}", self.name, self.reconnects));
+        self.pid = self.c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    }
+    fn heartbeat(&mut self, lock: &str, token: Uuid, fencing: i64, out: &mut impl Write) -> bool {
+        let sent = now_ns();
+        let row = self.c.query_one(LOCK_HEARTBEAT, &[&lock, &token]).expect("lock_heartbeat");
+        let (ok, expires): (bool, Option<chrono::DateTime<chrono::Utc>>) = (row.get(0), row.get(1));
+        writeln!(out, "lhb {lock} {fencing} {} {} {sent}", ok as u8, expires.map_or(0, micros)).unwrap();
+        ok
+    }
+    fn release(&mut self, lock: &str, token: Uuid, fencing: i64, out: &mut impl Write) -> bool {
+        let sent = now_ns();
+        let ok: bool = self.c.query_one("SELECT lease_sched.lock_release($1, $2)", &[&lock, &token]).expect("lock_release").get(0);
+        writeln!(out, "lrel {lock} {fencing} {} {sent}", ok as u8).unwrap();
+        ok
+    }
+}
+
+/// Lock clients: acquire one of a few shared locks with a short TTL, then heartbeat and
+/// release it, or walk away, or stall past the TTL and try the secret again, or have the
+/// backend terminated by another connection while holding (then try the secret from a
+/// new connection).
+fn lock_client_loop(dsn: &str, run: &str, seconds: u64, locks: usize, id: usize, killer: &Mutex<Client>, out: &mut impl Write) {
+    let name = format!("tl_{run}_{id}");
+    let mut lc = LockClient { c: connect_named(dsn, &name), pid: 0, dsn, name, reconnects: 0 };
+    lc.pid = lc.c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (id as u64 + 7) * 0x2545_F491_4F6C_DD1D);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let sleep_us = |us: u64| std::thread::sleep(Duration::from_micros(us));
+    while Instant::now() < deadline {
+        let lock = format!("torture_{run}_lock_{}", rng.below(locks as u64));
+        let ttl_us = 100_000 + rng.below(300_000) as i64;
+        let sent = now_ns();
+        let row = lc.c.query_one(LOCK_ACQUIRE, &[&lock, &format!("c{id}"), &(ttl_us as f64)]).expect("lock_acquire");
+        let recv = now_ns();
+        if !row.get::<_, bool>(0) {
+            writeln!(out, "lbusy {lock}").unwrap();
+            sleep_us(rng.below(ttl_us as u64 / 4));
+            continue;
+        }
+        let (token, fencing, expires): (Uuid, i64, chrono::DateTime<chrono::Utc>) = (row.get(1), row.get(2), row.get(3));
+        let expires = micros(expires);
+        writeln!(out, "lgrant {lock} {fencing} {} {expires} {sent} {recv}", expires - ttl_us).unwrap();
+        let ttl = ttl_us as u64;
+        match rng.below(20) {
+            // a well-behaved holder: a few heartbeats well inside the TTL, then release
+            // (or walk away and let the lock expire)
+            0..=12 => {
+                let mut held = true;
+                for _ in 0..rng.below(4) {
+                    sleep_us(rng.below(ttl * 2 / 5));
+                    held = lc.heartbeat(&lock, token, fencing, out);
+                    if !held {
+                        break;
+                    }
+                }
+                if held && rng.below(7) != 0 {
+                    lc.release(&lock, token, fencing, out);
+                }
+            }
+            // stalls past its TTL (a GC pause, a swapped-out host), then carries on: the
+            // heartbeat revives the lock unless somebody took it over meanwhile
+            13..=16 => {
+                sleep_us(ttl + rng.below(ttl * 2));
+                if lc.heartbeat(&lock, token, fencing, out) {
+                    sleep_us(rng.below(ttl / 3));
+                    lc.release(&lock, token, fencing, out);
+                } else {
+                    lc.release(&lock, token, fencing, out); // a deposed holder: refused
+                }
+            }
+            // terminated mid-hold by another connection; reconnects, sometimes tries the old
+            // secret (accepted only while nobody has taken the lock over)
+            _ => {
+                if rng.below(2) == 0 {
+                    sleep_us(rng.below(ttl / 3));
+                    lc.heartbeat(&lock, token, fencing, out);
+                }
+                sleep_us(rng.below(ttl / 3));
+                // Our last call's commit is certainly done once a later one on the same
+                // connection has returned.
+                lc.c.query_one("SELECT 1", &[]).unwrap();
+                let killed: bool = killer.lock().unwrap().query_one("SELECT pg_terminate_backend($1, 5000)", &[&lc.pid]).unwrap().get(0);
+                writeln!(out, "lkill {lock} {fencing} {}", killed as u8).unwrap();
+                lc.reconnect();
+                if rng.below(2) == 0 {
+                    sleep_us(rng.below(ttl * 2));
+                    if lc.heartbeat(&lock, token, fencing, out) {
+                        lc.release(&lock, token, fencing, out);
+                    }
+                }
+            }
+        }
+        sleep_us(rng.below(20_000));
+    }
+}
+
+/// run() schedulers: CALL lease_sched.run() again and again on a few jobs. The command
+/// records its execution, then sleeps: briefly (70%), past its lease deadline (15%: the
+/// deadline cancels it), or past its lease swallowing that cancel (15%: it outlives its
+/// lease; when somebody stole the plan meanwhile, run() must raise LS001 and roll back).
+fn run_scheduler_loop(dsn: &str, run: &str, seconds: u64, jobs: usize, id: usize, out: &mut impl Write) {
+    let name = |n: u32| format!("tr_{run}_{id}_{n}");
+    let mut conns = 0;
+    let mut c = connect_named(dsn, &name(conns));
+    let mut rng = Rng(0xA076_1D64_78BD_642F ^ (id as u64 + 3) * 0xE703_7ED1_A0B4_28DB);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        let job = format!("torture_{run}_run_{}", rng.below(jobs as u64));
+        let (kind, sleep_ms, stubborn) = match rng.below(20) {
+            0..=13 => ("quick", rng.below(80), false),
+            14..=16 => ("slow", 650 + rng.below(300), false),
+            _ => ("stubborn", 600 + rng.below(300), true),
+        };
+        let command = format!("SELECT public.lease_sched_torture_cmd('{run}', '{job}', {sleep_ms}, '{kind}', {stubborn})");
+        let sent = now_ns();
+        let r = c.batch_execute(&format!(
+            "CALL lease_sched.run('{job}', $cmd${command}$cmd$, every => '1 second', stale_timeout => '600 milliseconds', max_attempts => 4)"
+        ));
+        let outcome = match &r {
+            Ok(()) => "ok".to_string(),
+            Err(e) if c.is_closed() || e.code() == Some(&postgres::error::SqlState::ADMIN_SHUTDOWN) => "killed".to_string(),
+            Err(e) => e.code().map_or_else(|| "error".to_string(), |s| s.code().to_string()),
+        };
+        writeln!(out, "run {job} {kind} {outcome} {sent} {}", now_ns()).unwrap();
+        if outcome == "killed" || c.is_closed() {
+            conns += 1;
+            c = connect_named(dsn, &name(conns));
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(50_000)));
+    }
+}
+
 fn worker(a: &Args, w: usize) {
-    let per = a.clients / a.processes + usize::from(w < a.clients % a.processes);
+    let share = |n: usize| n / a.processes + usize::from(w < n % a.processes);
+    let killer = Arc::new(Mutex::new(Client::connect(&a.dsn, NoTls).expect("connect")));
+    let mut extra: Vec<std::thread::JoinHandle<()>> = vec![];
+    if a.lock_seconds > 0 {
+        for t in 0..share(a.lock_clients) {
+            let (dsn, run, logs, seconds, locks, killer) = (a.dsn.clone(), a.run.clone(), a.logs.clone(), a.lock_seconds, a.locks, killer.clone());
+            let id = w * 1000 + 500 + t;
+            extra.push(std::thread::spawn(move || {
+                let mut out = BufWriter::new(File::create(format!("{logs}/lock-{id}.log")).unwrap());
+                lock_client_loop(&dsn, &run, seconds, locks, id, &killer, &mut out);
+                out.flush().unwrap();
+            }));
+        }
+    }
+    if a.run_seconds > 0 {
+        for t in 0..share(a.run_schedulers) {
+            let (dsn, run, logs, seconds, jobs) = (a.dsn.clone(), a.run.clone(), a.logs.clone(), a.run_seconds, a.run_jobs);
+            let id = w * 1000 + 800 + t;
+            extra.push(std::thread::spawn(move || {
+                let mut out = BufWriter::new(File::create(format!("{logs}/run-{id}.log")).unwrap());
+                run_scheduler_loop(&dsn, &run, seconds, jobs, id, &mut out);
+                out.flush().unwrap();
+            }));
+        }
+    }
+    let per = share(a.clients);
     let threads: Vec<_> = (0..per)
         .map(|t| {
             let (dsn, run, logs, seconds) = (a.dsn.clone(), a.run.clone(), a.logs.clone(), a.seconds);
@@ -163,6 +399,7 @@ fn worker(a: &Args, w: usize) {
         })
         .collect();
     threads.into_iter().for_each(|h| h.join().expect("client thread"));
+    extra.into_iter().for_each(|h| h.join().expect("lock client or run() scheduler thread"));
 }
 
 #[derive(Default)]
@@ -213,6 +450,12 @@ fn analyze_logs(dir: &str) -> Analysis {
                         },
                     );
                 }
+                "lgrant" => {
+                    let fencing = p[2].parse::<i64>().unwrap();
+                    if !all_tokens.insert(fencing) {
+                        violations.push(format!("fencing token {fencing} handed out twice (lock {})", p[1]));
+                    }
+                }
                 "hb" | "fin" => {
                     let (eid, fencing): (Uuid, i64) = (p[1].parse().unwrap(), p[2].parse().unwrap());
                     let (ok, sent) = if p[0] == "hb" { (p[3], p[4]) } else { (p[4], p[5]) };
@@ -247,6 +490,291 @@ fn analyze_logs(dir: &str) -> Analysis {
         }
     }
     Analysis { claims, granted, holders, violations }
+}
+
+#[derive(Default, Debug)]
+struct Grant {
+    fencing: i64,
+    /// Database clock (µs since 2000): the grant's start, and the latest expiry it was given.
+    start: i64,
+    end: i64,
+    /// Client clock (ns): acquire sent and returned; the last accepted heartbeat/release sent.
+    sent: u128,
+    recv: u128,
+    last_ok_send: u128,
+    released: bool,
+    revived: bool,
+}
+
+#[derive(Default)]
+struct LockAnalysis {
+    attempts: u64,
+    grants: u64,
+    takeovers: u64,
+    releases: u64,
+    revivals: u64,
+    kills: u64,
+    refused: u64,
+    /// Per lock, its grants by fencing token.
+    locks: BTreeMap<String, BTreeMap<i64, Grant>>,
+    violations: Vec<String>,
+}
+
+/// Invariants 6-8 from the lock clients' logs.
+fn analyze_lock_logs(dir: &str) -> LockAnalysis {
+    let mut a = LockAnalysis::default();
+    let mut ops: Vec<(String, i64, &'static str, bool, i64, u128)> = vec![];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let f = BufReader::new(File::open(entry.unwrap().path()).unwrap());
+        for line in f.lines() {
+            let line = line.unwrap();
+            let p: Vec<&str> = line.split(' ').collect();
+            let num = |i: usize| p[i].parse::<i64>().unwrap();
+            let ns = |i: usize| p[i].parse::<u128>().unwrap();
+            match p[0] {
+                "lbusy" => a.attempts += 1,
+                "lgrant" => {
+                    a.attempts += 1;
+                    a.grants += 1;
+                    let g = Grant { fencing: num(2), start: num(3), end: num(4), sent: ns(5), recv: ns(6), last_ok_send: ns(5), ..Grant::default() };
+                    a.locks.entry(p[1].to_string()).or_default().insert(g.fencing, g);
+                }
+                "lhb" => ops.push((p[1].to_string(), num(2), "hb", p[3] == "1", num(4), ns(5))),
+                "lrel" => ops.push((p[1].to_string(), num(2), "rel", p[3] == "1", 0, ns(4))),
+                "lkill" => a.kills += u64::from(p[3] == "1"),
+                _ => {}
+            }
+        }
+    }
+    for (lock, fencing, op, ok, expires, sent) in ops {
+        let Some(g) = a.locks.get_mut(&lock).and_then(|m| m.get_mut(&fencing)) else {
+            a.violations.push(format!("lock {lock}: {op} for token {fencing}, which no client was granted"));
+            continue;
+        };
+        if !ok {
+            a.refused += 1;
+            continue;
+        }
+        if g.released {
+            a.violations.push(format!("lock {lock}: token {fencing} accepted a {op} after its release"));
+        }
+        g.last_ok_send = g.last_ok_send.max(sent);
+        if op == "hb" {
+            if expires <= g.start {
+                a.violations.push(format!("lock {lock}: token {fencing} heartbeat set expires_at {expires} before its grant {}", g.start));
+            }
+            // a heartbeat whose call started after the expiry it replaces revived the lock
+            g.revived |= expires - (g.end - g.start) >= g.end;
+            g.end = g.end.max(expires);
+        } else {
+            g.released = true;
+            a.releases += 1;
+        }
+    }
+    for (lock, grants) in &a.locks {
+        let gs: Vec<&Grant> = grants.values().collect();
+        a.revivals += gs.iter().filter(|g| g.revived).count() as u64;
+        // 6. real-time order: no grant returned before a grant with a lower token was asked for
+        let mut earliest_recv_above = u128::MAX;
+        for g in gs.iter().rev() {
+            if earliest_recv_above < g.sent {
+                a.violations.push(format!("lock {lock}: a grant with a token above {} returned before {} was requested", g.fencing, g.fencing));
+            }
+            earliest_recv_above = earliest_recv_above.min(g.recv);
+        }
+        for pair in gs.windows(2) {
+            let (prev, next) = (pair[0], pair[1]);
+            // 7. one live holder at any instant; a replaced secret never works
+            if prev.last_ok_send >= next.recv {
+                a.violations.push(format!("lock {lock}: holder of token {} was still accepted when {} had been granted", prev.fencing, next.fencing));
+            }
+            // 8. validity intervals on the database clock
+            if !prev.released {
+                a.takeovers += 1;
+                if next.start < prev.end {
+                    a.violations.push(format!(
+                        "lock {lock}: token {} granted at {} while token {} was valid until {} (overlap {} µs)",
+                        next.fencing, next.start, prev.fencing, prev.end, prev.end - next.start
+                    ));
+                }
+            }
+        }
+    }
+    a
+}
+
+/// 9. every lock row ends with its last logged grant, or is gone after its release.
+fn check_lock_rows(c: &mut Client, a: &LockAnalysis) -> Vec<String> {
+    let mut violations = vec![];
+    for (lock, grants) in &a.locks {
+        let last = grants.values().next_back().unwrap();
+        let row: Option<i64> = c.query_opt("SELECT fencing_token FROM lease_sched.lock_info($1)", &[lock]).unwrap().map(|r| r.get(0));
+        match (row, last.released) {
+            (None, true) => {}
+            (Some(t), false) if t == last.fencing => {}
+            (row, released) => violations.push(format!(
+                "lock {lock}: row ends with token {row:?}, the last logged grant is {} (released: {released})",
+                last.fencing
+            )),
+        }
+    }
+    violations
+}
+
+/// The table the run() command writes to, and the command.
+const RUN_SETUP: &str = "
+    CREATE TABLE IF NOT EXISTS public.lease_sched_torture_effects (
+        run text NOT NULL, job text NOT NULL, plan timestamptz, fencing bigint, pid int, kind text,
+        at timestamptz NOT NULL DEFAULT clock_timestamp());
+    CREATE OR REPLACE FUNCTION public.lease_sched_torture_cmd(run text, job text, sleep_ms int, kind text, stubborn boolean)
+    RETURNS void LANGUAGE plpgsql AS $f$
+    DECLARE
+        f bigint;
+        p timestamptz;
+    BEGIN
+        -- run() claimed this plan as '<application_name> pid <pid>' and committed the claim
+        SELECT e.fencing_token, e.plan_time INTO f, p FROM lease_sched.sys_cron_executions e
+         WHERE e.job_name = job AND e.status = 'RUNNING'
+           AND e.runner_id = format('%s pid %s', current_setting('application_name'), pg_backend_pid())
+         ORDER BY e.fencing_token DESC LIMIT 1;
+        INSERT INTO public.lease_sched_torture_effects (run, job, plan, fencing, pid, kind)
+        VALUES (run, job, p, f, pg_backend_pid(), kind);
+        IF stubborn THEN
+            BEGIN
+                PERFORM pg_sleep(sleep_ms / 1000.0);
+            EXCEPTION WHEN query_canceled THEN
+                PERFORM pg_sleep(sleep_ms / 1000.0);  -- swallow the lease deadline and go on
+            END;
+        ELSE
+            PERFORM pg_sleep(sleep_ms / 1000.0);
+        END IF;
+    END $f$;";
+
+/// Terminates a random scheduler's backend now and then while the schedulers run; counts.
+fn run_killer(dsn: &str, run: &str, seconds: u64) -> u64 {
+    let mut c = Client::connect(dsn, NoTls).unwrap();
+    let mut rng = Rng(0x5851_F42D_4C95_7F2D);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut kills = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(300 + rng.below(900)));
+        if Instant::now() >= deadline {
+            return kills;
+        }
+        let killed: Option<bool> = c
+            .query_opt(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE application_name LIKE $1 AND state = 'active' ORDER BY random() LIMIT 1",
+                &[&format!("tr_{run}_%")],
+            )
+            .unwrap()
+            .map(|r| r.get(0));
+        kills += u64::from(killed == Some(true));
+    }
+}
+
+/// 11 (while schedulers run): every second, no run() plan RUNNING 5 s past stale_after.
+fn run_monitor(dsn: &str, run: &str, seconds: u64) -> Vec<String> {
+    let mut c = Client::connect(dsn, NoTls).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut violations = vec![];
+    let mut seen = HashSet::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        for r in c
+            .query(
+                "SELECT job_name, plan_time::text, attempt, max_attempts, (now() - stale_after)::text
+                   FROM lease_sched.sys_cron_executions
+                  WHERE job_name LIKE $1 AND status = 'RUNNING' AND stale_after < now() - interval '5 seconds'",
+                &[&format!("torture_{run}_run_%")],
+            )
+            .unwrap()
+        {
+            let (job, plan): (String, String) = (r.get(0), r.get(1));
+            if seen.insert((job.clone(), plan.clone())) {
+                violations.push(format!(
+                    "run(): {job} plan {plan} RUNNING {} past stale_after (attempt {} of {}) while schedulers run",
+                    r.get::<_, String>(4), r.get::<_, i32>(2), r.get::<_, i32>(3)
+                ));
+            }
+        }
+    }
+    violations
+}
+
+#[derive(Default)]
+struct RunStats {
+    calls: u64,
+    outcomes: BTreeMap<String, u64>,
+    plans: i64,
+    successes: i64,
+}
+
+/// Invariant 10 (and the attempts of 11) against the tables, with the schedulers' logs.
+fn check_runs(c: &mut Client, a: &Args) -> (RunStats, Vec<String>) {
+    let mut st = RunStats::default();
+    for entry in std::fs::read_dir(&a.logs).unwrap() {
+        let f = BufReader::new(File::open(entry.unwrap().path()).unwrap());
+        for line in f.lines() {
+            let line = line.unwrap();
+            let p: Vec<&str> = line.split(' ').collect();
+            if p[0] == "run" {
+                st.calls += 1;
+                *st.outcomes.entry(format!("{} {}", p[2], p[3])).or_default() += 1;
+            }
+        }
+    }
+    let mut violations = vec![];
+    let jobs = format!("torture_{}_run_%", a.run);
+    for r in c
+        .query(
+            "SELECT job, plan::text, count(*), array_agg(fencing::text ORDER BY fencing)::text, array_agg(kind)::text
+               FROM public.lease_sched_torture_effects WHERE run = $1
+              GROUP BY job, plan HAVING count(*) > 1 OR plan IS NULL",
+            &[&a.run],
+        )
+        .unwrap()
+    {
+        let plan: Option<String> = r.get(1);
+        violations.push(match plan {
+            None => format!("run(): {} committed work of a run that held no lease ({} rows)", r.get::<_, String>(0), r.get::<_, i64>(2)),
+            Some(plan) => format!(
+                "run(): {} plan {plan} executed {} times (fencing tokens {}, kinds {})",
+                r.get::<_, String>(0), r.get::<_, i64>(2), r.get::<_, String>(3), r.get::<_, String>(4)
+            ),
+        });
+    }
+    for r in c
+        .query(
+            "SELECT e.job_name, e.plan_time::text, e.status, e.fencing_token, x.fencing, x.kind
+               FROM (SELECT * FROM lease_sched.sys_cron_executions WHERE job_name LIKE $2) e
+               FULL JOIN (SELECT * FROM public.lease_sched_torture_effects WHERE run = $1 AND plan IS NOT NULL) x
+                 ON x.job = e.job_name AND x.plan = e.plan_time
+              WHERE NOT coalesce((e.status = 'SUCCESS' AND x.fencing = e.fencing_token)
+                                 OR (e.status IS DISTINCT FROM 'SUCCESS' AND x.job IS NULL), false)",
+            &[&a.run, &jobs],
+        )
+        .unwrap()
+    {
+        let (job, plan, status): (Option<String>, Option<String>, Option<String>) = (r.get(0), r.get(1), r.get(2));
+        let (row_token, work_token, kind): (Option<i64>, Option<i64>, Option<String>) = (r.get(3), r.get(4), r.get(5));
+        violations.push(format!(
+            "run(): {job:?} plan {plan:?} ended {status:?} (token {row_token:?}) but its committed work is {} (token {work_token:?})",
+            kind.map_or("missing".to_string(), |k| format!("a {k} run"))
+        ));
+    }
+    let r = c
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'SUCCESS'), count(*) FILTER (WHERE attempt > max_attempts)
+               FROM lease_sched.sys_cron_executions WHERE job_name LIKE $1",
+            &[&jobs],
+        )
+        .unwrap();
+    (st.plans, st.successes) = (r.get(0), r.get(1));
+    if r.get::<_, i64>(2) > 0 {
+        violations.push(format!("run(): {} plans with attempt > max_attempts", r.get::<_, i64>(2)));
+    }
+    (st, violations)
 }
 
 /// Invariants 3-5 against the table, after the logs.
@@ -297,6 +825,9 @@ fn main() {
     let _ = std::fs::remove_dir_all(&a.logs);
     std::fs::create_dir_all(&a.logs).unwrap();
     let me = std::env::current_exe().unwrap();
+    if a.run_seconds > 0 {
+        Client::connect(&a.dsn, NoTls).unwrap().batch_execute(RUN_SETUP).expect("run() torture table and command");
+    }
     let started = Instant::now();
     let children: Vec<_> = (0..a.processes)
         .map(|w| {
@@ -304,21 +835,59 @@ fn main() {
                 .args(["--worker", &w.to_string(), "--seconds", &a.seconds.to_string(), "--clients", &a.clients.to_string()])
                 .args(["--claims", &a.claims.to_string()])
                 .args(["--processes", &a.processes.to_string(), "--dsn", &a.dsn, "--logs", &a.logs, "--run", &a.run])
+                .args(["--lock-seconds", &a.lock_seconds.to_string(), "--lock-clients", &a.lock_clients.to_string()])
+                .args(["--locks", &a.locks.to_string(), "--run-seconds", &a.run_seconds.to_string()])
+                .args(["--run-schedulers", &a.run_schedulers.to_string(), "--run-jobs", &a.run_jobs.to_string()])
                 .spawn()
                 .expect("spawn worker process")
         })
         .collect();
+    let run_threads = (a.run_seconds > 0).then(|| {
+        let (dsn, run, seconds) = (a.dsn.clone(), a.run.clone(), a.run_seconds);
+        let killer = std::thread::spawn(move || run_killer(&dsn, &run, seconds));
+        let (dsn, run) = (a.dsn.clone(), a.run.clone());
+        let monitor = std::thread::spawn(move || run_monitor(&dsn, &run, seconds));
+        (killer, monitor)
+    });
     for mut child in children {
         assert!(child.wait().unwrap().success(), "a worker process failed");
     }
-    let (claims, granted, violations) = check(&a);
-    for v in violations.iter().take(20) {
+    let (run_kills, mut run_violations) = run_threads.map_or((0, vec![]), |(k, m)| (k.join().unwrap(), m.join().unwrap()));
+    let (claims, granted, mut violations) = check(&a);
+    let mut c = Client::connect(&a.dsn, NoTls).unwrap();
+    let mut lock_line = None;
+    if a.lock_seconds > 0 {
+        let mut la = analyze_lock_logs(&a.logs);
+        la.violations.extend(check_lock_rows(&mut c, &la));
+        lock_line = Some(format!(
+            "torture locks: {} lock clients on {} locks for {} s: {} acquire calls, {} lock grants ({} takeovers of expired locks, \
+             {} releases, {} revived by a late heartbeat), {} backends terminated mid-hold, {} calls with a replaced or released secret refused, {} violations",
+            a.lock_clients, a.locks, a.lock_seconds, la.attempts, la.grants, la.takeovers, la.releases, la.revivals, la.kills, la.refused,
+            la.violations.len()
+        ));
+        violations.append(&mut la.violations);
+    }
+    let mut run_line = None;
+    if a.run_seconds > 0 {
+        let (st, mut v) = check_runs(&mut c, &a);
+        run_violations.append(&mut v);
+        let outcomes: Vec<String> = st.outcomes.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        run_line = Some(format!(
+            "torture run(): {} schedulers on {} jobs for {} s: {} run() calls ({}), {} backends terminated mid-CALL; \
+             {} plans, {} SUCCESS each with exactly one committed execution, {} violations",
+            a.run_schedulers, a.run_jobs, a.run_seconds, st.calls, outcomes.join(", "), run_kills, st.plans, st.successes,
+            run_violations.len()
+        ));
+        violations.append(&mut run_violations);
+    }
+    for v in violations.iter().take(30) {
         eprintln!("VIOLATION: {v}");
     }
     println!(
         "torture: {} clients in {} processes for {:.1} s: {claims} claims checked ({granted} leases granted), {} violations",
         a.clients, a.processes, started.elapsed().as_secs_f64(), violations.len()
     );
+    lock_line.into_iter().chain(run_line).for_each(|l| println!("{l}"));
     std::process::exit(i32::from(!violations.is_empty()));
 }
 
@@ -366,5 +935,51 @@ mod tests {
             &format!("claim 5c0c1f0e-0000-4000-8000-000000000002 12 1 300 310"),
         ]));
         assert_eq!(a.violations.len(), 3, "{:?}", a.violations);
+    }
+
+    // lgrant <lock> <fencing> <start> <end> <sent> <recv>; lhb <lock> <fencing> <ok> <expires> <sent>;
+    // lrel <lock> <fencing> <ok> <sent>
+
+    #[test]
+    fn clean_lock_handovers_pass() {
+        let a = analyze_lock_logs(&logs(&[
+            "lgrant L 10 0 100 1 2",
+            "lhb L 10 1 150 3",
+            "lrel L 10 1 4",
+            "lgrant L 11 120 220 5 6", // after a release: may start before the old expiry
+            "lhb L 11 1 330 7",        // a late heartbeat (at 230) revives it: nobody took it over
+            "lkill L 11 1",
+            "lgrant L 12 330 430 8 9", // a takeover exactly at the expiry
+            "lhb L 11 0 0 10",         // the replaced secret is refused
+            "lbusy L",
+        ]));
+        assert!(a.violations.is_empty(), "{:?}", a.violations);
+        assert_eq!((a.attempts, a.grants, a.takeovers, a.releases, a.revivals, a.kills, a.refused), (4, 3, 1, 1, 1, 1, 1));
+    }
+
+    #[test]
+    fn overlapping_lock_grants_are_caught() {
+        let a = analyze_lock_logs(&logs(&["lgrant L 10 0 100 1 2", "lhb L 10 1 150 3", "lgrant L 11 140 240 4 5"]));
+        assert_eq!(a.violations.len(), 1, "{:?}", a.violations);
+        assert!(a.violations[0].contains("overlap 10 µs"), "{:?}", a.violations);
+    }
+
+    #[test]
+    fn a_replaced_lock_secret_that_works_is_caught() {
+        let a = analyze_lock_logs(&logs(&["lgrant L 10 0 100 1 2", "lgrant L 11 100 200 3 4", "lrel L 10 1 5"]));
+        assert_eq!(a.violations.len(), 1, "{:?}", a.violations);
+        assert!(a.violations[0].contains("still accepted"), "{:?}", a.violations);
+        let a = analyze_lock_logs(&logs(&["lgrant L 10 0 100 1 2", "lrel L 10 1 3", "lhb L 10 1 150 4"]));
+        assert!(a.violations.iter().any(|v| v.contains("after its release")), "{:?}", a.violations);
+    }
+
+    #[test]
+    fn lock_tokens_going_backwards_are_caught() {
+        // token 12 returned before 11 was even requested (issue 9, item 5)
+        let a = analyze_lock_logs(&logs(&["lgrant L 12 0 100 1 2", "lrel L 12 1 3", "lgrant L 11 200 300 4 5"]));
+        assert!(a.violations.iter().any(|v| v.contains("returned before")), "{:?}", a.violations);
+        // and a token shared by a lease and a lock
+        let l = analyze_logs(&logs(&[&format!("claim {E} 10 1 100 110"), "lgrant L 10 0 100 1 2"]));
+        assert_eq!(l.violations.len(), 1, "{:?}", l.violations);
     }
 }
