@@ -1,0 +1,253 @@
+//! The client libraries (clients/) and their examples, against the test cluster:
+//! - the Python package's pytest suite (sync and asyncio) and `mypy --strict`, in a venv this
+//!   file creates under /tmp (psycopg[binary], psycopg_pool, pytest, mypy from PyPI);
+//! - the Rust crate's own tests (`cargo test --manifest-path clients/rust/Cargo.toml`);
+//! - examples/runner_client.py, examples/runner_client.rs and examples/runner.go (the Go one is
+//!   skipped, saying so, when `go` or Debian's pgx v4 is not installed).
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lease_sched_integration::*;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+const VENV: &str = "/tmp/lease_sched_clients_venv";
+
+/// A venv with the Python client's test dependencies and the client itself installed the way
+/// users install it (`pip install ./clients/python`), once per test process.
+fn python() -> &'static str {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        let py = format!("{VENV}/bin/python");
+        let ok = |c: &mut Command| c.output().map(|o| if o.status.success() { Ok(()) } else { Err(text(&o)) });
+        let have = Command::new(&py)
+            .args(["-c", "import psycopg, psycopg_pool, pytest, mypy"])
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !have {
+            let _ = std::fs::remove_dir_all(VENV);
+            ok(Command::new("/usr/bin/python3").args(["-m", "venv", VENV])).map_err(|e| e.to_string())??;
+            ok(Command::new(format!("{VENV}/bin/pip")).args([
+                "install",
+                "-q",
+                "psycopg[binary]>=3.2",
+                "psycopg_pool>=3.2",
+                "pytest>=7",
+                "mypy>=1.5",
+            ]))
+            .map_err(|e| e.to_string())??;
+        }
+        // Build from a copy so the source tree gets no build/ or egg-info.
+        let src = std::env::temp_dir().join(format!("lease_sched_client_src_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&src);
+        ok(Command::new("cp").arg("-r").arg(repo("clients/python")).arg(&src)).map_err(|e| e.to_string())??;
+        ok(Command::new(format!("{VENV}/bin/pip"))
+            .args(["install", "-q", "--no-deps", "--force-reinstall"])
+            .arg(&src))
+        .map_err(|e| e.to_string())??;
+        let _ = std::fs::remove_dir_all(&src);
+        Ok(())
+    });
+    if let Err(e) = ready {
+        panic!("could not set up {VENV} (pip from PyPI): {e}");
+    }
+    "/tmp/lease_sched_clients_venv/bin/python"
+}
+
+fn succeeded_once(job: &str) -> bool {
+    let n: i64 = connect()
+        .query_one(
+            "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'",
+            &[&job],
+        )
+        .unwrap()
+        .get(0);
+    n == 1
+}
+
+#[test]
+fn the_python_client_test_suite_passes() {
+    let out = Command::new(python())
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+        .current_dir(repo("clients/python"))
+        .env("LEASE_SCHED_DSN", dsn())
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    println!("{}", all.lines().filter(|l| l.contains("passed")).last().unwrap_or(""));
+}
+
+#[test]
+fn the_python_client_passes_mypy_strict() {
+    let py = python();
+    let out = Command::new(py)
+        .args(["-m", "mypy", "--strict", "--no-incremental", "--cache-dir=/dev/null", "src/lease_sched"])
+        .current_dir(repo("clients/python"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn the_rust_client_test_suite_passes() {
+    let out = Command::new(env!("CARGO"))
+        .args(["test", "-q", "-j2", "--manifest-path"])
+        .arg(repo("clients/rust/Cargo.toml"))
+        .env("LEASE_SCHED_DSN", dsn())
+        .env("CARGO_TARGET_DIR", "/tmp/lease_sched_clients_target")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("test result: ok. 8 passed"), "{all}");
+}
+
+#[test]
+fn the_python_client_runner_example_claims_heartbeats_and_finishes() {
+    let job = unique("ex_pyc");
+    let out = Command::new(python()).arg(repo("examples/runner_client.py")).arg(dsn()).arg(&job).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "won success");
+    assert!(succeeded_once(&job));
+}
+
+#[test]
+fn the_rust_client_runner_example_claims_heartbeats_and_finishes() {
+    let job = unique("ex_rsc");
+    let out = Command::new(env!("CARGO"))
+        .args(["run", "-q", "-j2", "--manifest-path"])
+        .arg(repo("clients/rust/Cargo.toml"))
+        .args(["--example", "runner_client", "--"])
+        .arg(dsn())
+        .arg(&job)
+        .env("CARGO_TARGET_DIR", "/tmp/lease_sched_clients_target")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "won success");
+    assert!(succeeded_once(&job));
+}
+
+/// The Go runner built once with Debian's go and pgx v4 (GOPATH=/usr/share/gocode, no
+/// modules); None (and a "skipped test:" line) when they are not installed.
+fn go_runner(test: &str) -> Option<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let go = Command::new("go").arg("version").output();
+        if !go.map(|o| o.status.success()).unwrap_or(false) {
+            return Err("go is not installed (apt-get install golang-go golang-github-jackc-pgx-v4-dev)".into());
+        }
+        if !Path::new("/usr/share/gocode/src/github.com/jackc/pgx/v4").exists() {
+            return Err("pgx v4 is not installed (apt-get install golang-github-jackc-pgx-v4-dev)".into());
+        }
+        let bin = std::env::temp_dir().join(format!("lease_sched_runner_go_{}", std::process::id()));
+        let out = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(repo("examples/runner.go"))
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GO111MODULE", "off")
+            .env("GOFLAGS", "")
+            .env("GOCACHE", "/tmp/lease_sched_gocache")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "go build examples/runner.go: {}", text(&out));
+        Ok(bin)
+    });
+    match built {
+        Ok(bin) => Some(bin.clone()),
+        Err(why) => {
+            println!("skipped test: {test}: {why}");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_go_runner_claims_heartbeats_and_finishes() {
+    let Some(bin) = go_runner("the_go_runner_claims_heartbeats_and_finishes") else { return };
+    let job = unique("ex_go");
+    // stale_timeout 1 s, 3 s of work: only its heartbeats keep the lease.
+    let out = Command::new(&bin)
+        .arg(dsn())
+        .arg(&job)
+        .env("LEASE_EXAMPLE_STALE_TIMEOUT", "1s")
+        .env("LEASE_EXAMPLE_WORK", "3s")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "won success");
+    assert!(succeeded_once(&job));
+}
+
+#[test]
+fn the_go_runner_stops_on_a_stolen_lease_and_never_finishes_it() {
+    let Some(bin) = go_runner("the_go_runner_stops_on_a_stolen_lease_and_never_finishes_it") else { return };
+    let job = unique("ex_go_steal");
+    let child = Command::new(&bin)
+        .arg(dsn())
+        .arg(&job)
+        .env("LEASE_EXAMPLE_STALE_TIMEOUT", "3s")
+        .env("LEASE_EXAMPLE_WORK", "60s")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut c = connect();
+    let mut found = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        found = c
+            .query_opt(
+                "SELECT a.pid, e.id, e.plan_time FROM lease_sched.sys_cron_executions e
+                   JOIN pg_stat_activity a ON a.application_name = 'lease_sched lease ' || e.id
+                  WHERE e.job_name = $1",
+                &[&job],
+            )
+            .unwrap()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, uuid::Uuid>(1), r.get::<_, chrono::DateTime<chrono::Utc>>(2)));
+        found.is_some()
+    }));
+    let (pid, id, plan) = found.unwrap();
+    c.execute("SELECT pg_terminate_backend($1)", &[&pid]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut tx = c.transaction().unwrap();
+    tx.execute(
+        "UPDATE lease_sched.sys_cron_executions SET stale_after = clock_timestamp() - interval '1 second' WHERE id = $1",
+        &[&id],
+    )
+    .unwrap();
+    let outcome: String = tx
+        .query_one(
+            "SELECT outcome FROM lease_sched.lease_try_claim(job_name => $1, plan_time => $2, runner_id => 'thief')",
+            &[&job, &plan],
+        )
+        .unwrap()
+        .get(0);
+    tx.commit().unwrap();
+    assert_eq!(outcome, "stole");
+    let stolen = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stolen.elapsed() < Duration::from_secs(3), "stopped within one heartbeat interval: {:?}", stolen.elapsed());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("lost: "), "{stdout}");
+    let row = c
+        .query_one("SELECT status, runner_id, attempt FROM lease_sched.sys_cron_executions WHERE id = $1", &[&id])
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, i32>(2)),
+        ("RUNNING".to_string(), "thief".to_string(), 2),
+        "the Go runner finished nothing after the steal"
+    );
+}
