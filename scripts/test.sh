@@ -116,6 +116,7 @@ run_major() {
     "lease_sched.sweep_interval = '1s'" \
     "lease_sched.touch_flush_interval = '10min'" \
     "lease_sched.runtime_offline_after = '20min'" \
+    "max_prepared_transactions = 10" \
     "log_min_messages = warning"
   export LEASE_SCHED_DSN="host=127.0.0.1 port=$port dbname=lease_sched user=postgres"
   export LEASE_SCHED_PGDATA="$dir/data" LEASE_SCHED_PGBIN="$PGBIN" LEASE_SCHED_LOG="$dir/server.log"
