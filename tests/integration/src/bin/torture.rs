@@ -4,7 +4,7 @@
 //!
 //!     torture [--seconds 10] [--claims N] [--clients 32] [--processes 4] [--dsn DSN] [--logs DIR]
 //!             [--lock-seconds 0] [--lock-clients 8] [--locks 3]
-//!             [--run-seconds 0] [--run-schedulers 6] [--run-jobs 4]
+//!             [--run-seconds 0] [--run-schedulers 6] [--run-jobs 4] [--run-every-ms 1000]
 //!
 //! It stops after --seconds, or once the clients have made --claims claim calls in all.
 //!
@@ -36,7 +36,7 @@
 //! 9. the lock row ends with the last logged grant (or none after its release).
 //!
 //! run(): --run-schedulers connections repeatedly CALL lease_sched.run() on --run-jobs jobs
-//! (every 1 s, stale_timeout 600 ms) with a command that records (job, plan, fencing token,
+//! (every --run-every-ms, 1 s by default; stale_timeout 600 ms) with a command that records (job, plan, fencing token,
 //! backend pid) in public.lease_sched_torture_effects and sleeps: mostly briefly, sometimes
 //! past its lease deadline (cancelled), sometimes swallowing that cancel so that it outlives
 //! its lease (stolen meanwhile: LS001). Another connection terminates random schedulers'
@@ -74,6 +74,7 @@ struct Args {
     run_seconds: u64,
     run_schedulers: usize,
     run_jobs: usize,
+    run_every_ms: u64,
 }
 
 fn parse() -> Args {
@@ -92,6 +93,7 @@ fn parse() -> Args {
         run_seconds: 0,
         run_schedulers: 6,
         run_jobs: 4,
+        run_every_ms: 1000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -111,6 +113,7 @@ fn parse() -> Args {
             "--run-seconds" => a.run_seconds = v().parse().unwrap(),
             "--run-schedulers" => a.run_schedulers = v().parse().unwrap(),
             "--run-jobs" => a.run_jobs = v().parse().unwrap(),
+            "--run-every-ms" => a.run_every_ms = v().parse().unwrap(),
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -327,7 +330,7 @@ fn lock_client_loop(dsn: &str, run: &str, seconds: u64, locks: usize, id: usize,
 /// records its execution, then sleeps: briefly (70%), past its lease deadline (15%: the
 /// deadline cancels it), or past its lease swallowing that cancel (15%: it outlives its
 /// lease; when somebody stole the plan meanwhile, run() must raise LS001 and roll back).
-fn run_scheduler_loop(dsn: &str, run: &str, seconds: u64, jobs: usize, id: usize, out: &mut impl Write) {
+fn run_scheduler_loop(dsn: &str, run: &str, seconds: u64, jobs: usize, every_ms: u64, id: usize, out: &mut impl Write) {
     let name = |n: u32| format!("tr_{run}_{id}_{n}");
     let mut conns = 0;
     let mut c = connect_named(dsn, &name(conns));
@@ -343,7 +346,7 @@ fn run_scheduler_loop(dsn: &str, run: &str, seconds: u64, jobs: usize, id: usize
         let command = format!("SELECT public.lease_sched_torture_cmd('{run}', '{job}', {sleep_ms}, '{kind}', {stubborn})");
         let sent = now_ns();
         let r = c.batch_execute(&format!(
-            "CALL lease_sched.run('{job}', $cmd${command}$cmd$, every => '1 second', stale_timeout => '600 milliseconds', max_attempts => 4)"
+            "CALL lease_sched.run('{job}', $cmd${command}$cmd$, every => '{every_ms} milliseconds', stale_timeout => '600 milliseconds', max_attempts => 4)"
         ));
         let outcome = match &r {
             Ok(()) => "ok".to_string(),
@@ -376,11 +379,11 @@ fn worker(a: &Args, w: usize) {
     }
     if a.run_seconds > 0 {
         for t in 0..share(a.run_schedulers) {
-            let (dsn, run, logs, seconds, jobs) = (a.dsn.clone(), a.run.clone(), a.logs.clone(), a.run_seconds, a.run_jobs);
+            let (dsn, run, logs, seconds, jobs, every) = (a.dsn.clone(), a.run.clone(), a.logs.clone(), a.run_seconds, a.run_jobs, a.run_every_ms);
             let id = w * 1000 + 800 + t;
             extra.push(std::thread::spawn(move || {
                 let mut out = BufWriter::new(File::create(format!("{logs}/run-{id}.log")).unwrap());
-                run_scheduler_loop(&dsn, &run, seconds, jobs, id, &mut out);
+                run_scheduler_loop(&dsn, &run, seconds, jobs, every, id, &mut out);
                 out.flush().unwrap();
             }));
         }
@@ -838,6 +841,7 @@ fn main() {
                 .args(["--lock-seconds", &a.lock_seconds.to_string(), "--lock-clients", &a.lock_clients.to_string()])
                 .args(["--locks", &a.locks.to_string(), "--run-seconds", &a.run_seconds.to_string()])
                 .args(["--run-schedulers", &a.run_schedulers.to_string(), "--run-jobs", &a.run_jobs.to_string()])
+                .args(["--run-every-ms", &a.run_every_ms.to_string()])
                 .spawn()
                 .expect("spawn worker process")
         })
