@@ -143,7 +143,7 @@ fi
 [ -f "$extdir/lease_sched--$version.sql" ] || die "cargo pgrx install wrote no lease_sched--$version.sql"
 for f in sql/lease_sched--*--*.sql; do
   [ -e "$f" ] || continue
-  cmp -s "$f" "$extdir/$(basename "$f")" || die "cargo pgrx install did not copy $f into $extdir"
+  [ -f "$extdir/$(basename "$f")" ] || die "cargo pgrx install did not copy $f into $extdir"
 done
 [ -f "$extdir/lease_sched--$old_version--$version.sql" ] \
   || die "no upgrade script sql/lease_sched--$old_version--$version.sql in the tree"
