@@ -93,7 +93,11 @@ pub static FINISH: Statement = Statement {
 };
 
 /// The sweep's lease pass: RUNNING leases past `stale_after` that nobody may steal
-/// (`state::is_abandoned`) become FAILED, so no row stays RUNNING forever. With attempts
+/// (`state::is_abandoned`) become FAILED, so no row stays RUNNING forever. So does a stale
+/// lease that a later plan of its job has superseded: the planner offers only the latest
+/// plan, so no scheduler would ever come back to steal it (two schedulers on either side
+/// of a bucket boundary can leave one behind). FAILED with attempts left, it can still be
+/// claimed explicitly. With attempts
 /// left they get the default backoff, like any failure, and a later claim retries them.
 /// SKIP LOCKED: a row someone holds locked (a fenced transaction, say) waits for the next
 /// sweep instead of stalling this one (the sweep never waits on a runner). Each failed
@@ -108,9 +112,12 @@ pub static FAIL_ABANDONED: Statement = Statement {
                      THEN $1 + lease_sched.retry_backoff(attempt, $2, $3)
                  END,
                  updated_at = $1
-           WHERE id IN (SELECT id FROM lease_sched.sys_cron_executions
+           WHERE id IN (SELECT id FROM lease_sched.sys_cron_executions e
                          WHERE status = 'RUNNING' AND stale_after < $1
-                           AND (NOT allow_stale_reentry OR attempt >= max_attempts)
+                           AND (NOT allow_stale_reentry OR attempt >= max_attempts
+                                OR EXISTS (SELECT 1 FROM lease_sched.sys_cron_executions later
+                                            WHERE later.job_name = e.job_name AND later.scope_kind = e.scope_kind
+                                              AND later.scope_id = e.scope_id AND later.plan_time > e.plan_time))
                            FOR UPDATE SKIP LOCKED)
           RETURNING id)
           SELECT pg_notify('lease_sched_lost', id::text) FROM failed",
