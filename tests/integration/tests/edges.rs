@@ -489,3 +489,36 @@ fn lease_next_plan_never_returns_a_plan_after_now() {
         }
     }
 }
+
+/// A stale lease that a later plan of its job superseded is failed by the sweep, even
+/// though it may be stolen: the planner only offers the latest plan, so no scheduler would
+/// come back for it. (0.1.0 left it RUNNING forever: two schedulers on either side of a
+/// bucket boundary, the first one dying, was enough.)
+#[test]
+fn a_stale_lease_superseded_by_a_later_plan_is_failed_by_the_sweep() {
+    let mut c = connect();
+    let job = unique("superseded");
+    let short = ClaimArgs { stale_timeout: Duration::from_millis(300), ..Default::default() };
+    let orphan = claim_with(&mut c, &job, plan(), "dies", &short);
+    assert_eq!(orphan.outcome, "won");
+    let later = claim_with(&mut c, &job, plan() + chrono::Duration::minutes(1), "lives", &short);
+    assert!(finish_ok(&mut c, later.id(), later.token()));
+    assert!(
+        wait_until(Duration::from_secs(10), || status_of(&mut c, orphan.id()) == "FAILED"),
+        "the superseded stale lease is failed by the sweeper"
+    );
+    let code: Option<String> = c
+        .query_one("SELECT error_code FROM lease_sched.sys_cron_executions WHERE id = $1", &[&orphan.id()])
+        .unwrap()
+        .get(0);
+    assert_eq!(code.as_deref(), Some("stale_timeout"));
+    // Its holder is fenced out, and with attempts left the plan can still be claimed explicitly.
+    assert!(!heartbeat(&mut c, orphan.id(), orphan.token()));
+
+    // The latest plan, stale but stealable, is left for its thief.
+    let job2 = unique("latest_stale");
+    let latest = claim_with(&mut c, &job2, plan(), "dies", &short);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(status_of(&mut c, latest.id()), "RUNNING", "a stealable latest plan waits for its thief");
+    assert_eq!(claim(&mut c, &job2, plan(), "thief").outcome, "stole");
+}
