@@ -2,7 +2,7 @@
 #   make demo   build, install, start a scratch cluster and run the demo scenario
 #   make test   every test of the project (what CI runs), on PostgreSQL 15 and 18
 #               (LEASE_TEST_MAJORS=18 make test: one major only)
-.PHONY: demo test install torture faults bench clean package
+.PHONY: demo test install torture faults bench clean package scaleout demo-scaleout
 
 demo:
 	scripts/demo.sh
@@ -42,3 +42,13 @@ clean:
 package:
 	scripts/setup.sh
 	scripts/package.sh $${MAJORS:-15 18}
+
+# Beyond one primary (docs/scaling.md): a PL/Proxy proxy over 2 partitions, each a
+# pg_auto_failover pair with one monitor, all on 127.0.0.1 (ports 55500-55521); runs the
+# scale-out suite (tests/scaleout: routing, failover under load, throughput), then stops it.
+scaleout:
+	scripts/scaleout.sh
+
+# The same set-up, left running; prints how to psql into the proxy (scripts/scaleout.sh --stop).
+demo-scaleout:
+	scripts/scaleout.sh --keep
