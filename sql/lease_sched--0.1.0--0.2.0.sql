@@ -304,6 +304,239 @@ $require$;
 COMMENT ON FUNCTION lease_sched.require_lease() IS
     'Trigger: refuse writes (LS001) in a transaction that has not passed lease_fence for a lease of the job named by its argument.';
 
+-- Job definitions, misfire policies and a dead-man's switch (issue 15; sql/jobs.sql,
+-- docs/api.md "Jobs"). A skipped slot is a history row with status SKIPPED.
+ALTER TABLE lease_sched.sys_cron_executions
+    DROP CONSTRAINT valid_state,
+    ADD CONSTRAINT valid_state CHECK (status IN ('RUNNING', 'SUCCESS', 'FAILED', 'SKIPPED') AND attempt BETWEEN 1 AND max_attempts);
+
+-- One row per (job, scope). Written only through job_define / job_pause / job_resume /
+-- job_drop; read through the views below (grant those, not the table).
+CREATE TABLE lease_sched.jobs (
+    job_name      text        NOT NULL,
+    scope_kind    text        NOT NULL,
+    scope_id      text        NOT NULL,
+    every         interval    NOT NULL,
+    misfire       text        NOT NULL,
+    grace         interval,
+    max_attempts  int         NOT NULL,
+    stale_timeout interval    NOT NULL,
+    paused        boolean     NOT NULL,
+    paused_at     timestamptz,
+    resumed_at    timestamptz,
+    created_at    timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL,
+    CONSTRAINT jobs_pkey PRIMARY KEY (job_name, scope_kind, scope_id),
+    CONSTRAINT valid_misfire CHECK (misfire IN ('all', 'latest', 'skip'))
+);
+COMMENT ON TABLE lease_sched.jobs IS
+    'Job definitions: one row per (job_name, scope_kind, scope_id), written by job_define/job_pause/job_resume/job_drop.';
+
+-- pg_dump keeps the definitions.
+SELECT pg_catalog.pg_extension_config_dump('lease_sched.jobs', '');
+
+CREATE FUNCTION lease_sched.job_define(job_name text, every interval, misfire text DEFAULT 'latest',
+                                       grace interval DEFAULT NULL, max_attempts int DEFAULT 3,
+                                       stale_timeout interval DEFAULT '5 minutes',
+                                       scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'job_define_wrapper';
+COMMENT ON FUNCTION lease_sched.job_define(text, interval, text, interval, int, interval, text, text) IS
+    'Create or replace the definition of a job (and scope); true when it is new. Keeps its paused state.';
+
+CREATE FUNCTION lease_sched.job_pause(job_name text, scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'job_pause_wrapper';
+COMMENT ON FUNCTION lease_sched.job_pause(text, text, text) IS
+    'Pause a defined job: lease_next_plan and run() offer it nothing until job_resume; false when it has no definition.';
+
+CREATE FUNCTION lease_sched.job_resume(job_name text, scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'job_resume_wrapper';
+COMMENT ON FUNCTION lease_sched.job_resume(text, text, text) IS
+    'Resume a paused job: slots due before now that never ran are recorded SKIPPED (paused); false when it has no definition.';
+
+CREATE FUNCTION lease_sched.job_drop(job_name text, scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'job_drop_wrapper';
+COMMENT ON FUNCTION lease_sched.job_drop(text, text, text) IS
+    'Drop the definition of a job (its history stays); false when it had none.';
+
+CREATE FUNCTION lease_sched.job_definition(job_name text, scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
+RETURNS TABLE (every interval, misfire text, grace interval, max_attempts int, stale_timeout interval, paused boolean)
+LANGUAGE c STABLE CALLED ON NULL INPUT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1
+AS 'MODULE_PATHNAME', 'job_definition_wrapper';
+COMMENT ON FUNCTION lease_sched.job_definition(text, text, text) IS
+    'The definition of a job (no row when it has none): what run() and runners read instead of the table.';
+
+CREATE VIEW lease_sched.job_definitions AS
+SELECT job_name, scope_kind, scope_id, every, misfire, grace, max_attempts, stale_timeout, paused, paused_at,
+       resumed_at, created_at, updated_at
+  FROM lease_sched.jobs;
+COMMENT ON VIEW lease_sched.job_definitions IS 'Job definitions (lease_sched.jobs), for readers.';
+
+-- The dead-man's switch: one row per defined job and scope. `success_due_by` is when the
+-- next SUCCESS is due: the first slot after the last successful plan (or after the
+-- definition was created, or the job resumed, when later), plus every + grace +
+-- stale_timeout. `overdue`: not paused and the database clock is past it.
+CREATE VIEW lease_sched.job_health AS
+SELECT j.job_name, j.scope_kind, j.scope_id, j.every, j.misfire, j.paused,
+       s.plan_time AS last_success_plan, s.finished_at AS last_success_at,
+       l.plan_time AS last_plan, l.status AS last_status, l.error_code AS last_error_code,
+       f.consecutive_failures, k.skipped_24h,
+       d.success_due_by,
+       NOT j.paused AND clock_timestamp() > d.success_due_by AS overdue
+  FROM lease_sched.jobs j
+  LEFT JOIN LATERAL (
+       SELECT e.plan_time, e.finished_at FROM lease_sched.sys_cron_executions e
+        WHERE e.job_name = j.job_name AND e.scope_kind = j.scope_kind AND e.scope_id = j.scope_id
+          AND e.status = 'SUCCESS'
+        ORDER BY e.plan_time DESC LIMIT 1) s ON true
+  LEFT JOIN LATERAL (
+       SELECT e.plan_time, e.status, e.error_code FROM lease_sched.sys_cron_executions e
+        WHERE e.job_name = j.job_name AND e.scope_kind = j.scope_kind AND e.scope_id = j.scope_id
+          AND e.plan_time <= clock_timestamp()
+        ORDER BY e.plan_time DESC LIMIT 1) l ON true
+  CROSS JOIN LATERAL (
+       SELECT count(*) AS consecutive_failures FROM lease_sched.sys_cron_executions e
+        WHERE e.job_name = j.job_name AND e.scope_kind = j.scope_kind AND e.scope_id = j.scope_id
+          AND e.status = 'FAILED' AND (s.plan_time IS NULL OR e.plan_time > s.plan_time)) f
+  CROSS JOIN LATERAL (
+       SELECT count(*) AS skipped_24h FROM lease_sched.sys_cron_executions e
+        WHERE e.job_name = j.job_name AND e.scope_kind = j.scope_kind AND e.scope_id = j.scope_id
+          AND e.status = 'SKIPPED' AND e.plan_time > clock_timestamp() - interval '24 hours'
+          AND e.plan_time <= clock_timestamp()) k
+  CROSS JOIN LATERAL (
+       SELECT date_bin(j.every, greatest(s.plan_time, j.created_at, j.resumed_at), timestamptz 'epoch')
+              + j.every + j.every + coalesce(j.grace, interval '0') + j.stale_timeout AS success_due_by) d;
+COMMENT ON VIEW lease_sched.job_health IS
+    'Per defined job and scope: last success, last status, consecutive failures, skipped slots in 24 h, and overdue (no SUCCESS within every + grace + stale_timeout of a due slot).';
+
+REVOKE ALL ON lease_sched.jobs, lease_sched.job_definitions, lease_sched.job_health FROM PUBLIC;
+
+-- lease_next_plan: every is optional (DEFAULT NULL = the job's definition) and the call may
+-- write SKIPPED rows (PARALLEL UNSAFE). Same argument types, so CREATE OR REPLACE: grants
+-- and dependent objects of the 0.1 function are kept.
+CREATE OR REPLACE FUNCTION lease_sched.lease_next_plan(job_name text, every interval DEFAULT NULL, scope_kind text DEFAULT 'global',
+                                            scope_id text DEFAULT '', catch_up boolean DEFAULT true)
+RETURNS timestamptz
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'lease_next_plan_wrapper';
+COMMENT ON FUNCTION lease_sched.lease_next_plan(text, interval, text, text, boolean) IS
+    'The plan_time to claim now (buckets of date_bin(every, t, ''epoch'')), or NULL when nothing is due. A job with a definition (job_define) follows it: every by default, its misfire policy and grace (skipped slots are recorded SKIPPED), nothing while paused.';
+
+-- run(): every, max_attempts and stale_timeout default to NULL = the job's definition
+-- (0.1's defaults without one). Same argument types: CREATE OR REPLACE keeps its grants.
+CREATE OR REPLACE PROCEDURE lease_sched.run(
+    job_name      text,
+    command       text,
+    every         interval DEFAULT NULL,
+    scope_kind    text     DEFAULT 'global',
+    scope_id      text     DEFAULT '',
+    max_attempts  int      DEFAULT NULL,
+    stale_timeout interval DEFAULT NULL
+)
+LANGUAGE plpgsql
+AS $run$
+DECLARE
+    job_every         interval;
+    job_max_attempts  int;
+    job_stale_timeout interval;
+    plan       timestamptz;
+    lease      record;
+    affected   bigint;
+    armed      boolean := false;
+    failed     boolean := false;
+    deadline   boolean := false;
+    finished   boolean;
+    err_state  text;
+    err_msg    text;
+    err_detail text;
+    err_hint   text;
+BEGIN
+    IF command IS NULL OR command OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'command must not be NULL or empty' USING ERRCODE = '22023';
+    END IF;
+    -- The job's definition (job_define), when it has one, fills in every argument left
+    -- NULL; an argument given explicitly wins. Without a definition: '1 minute', 3 and
+    -- '1 hour', as in 0.1. A paused job gets no plan from lease_next_plan.
+    SELECT d.every, d.max_attempts, d.stale_timeout INTO job_every, job_max_attempts, job_stale_timeout
+      FROM lease_sched.job_definition(job_name => run.job_name, scope_kind => run.scope_kind,
+                                      scope_id => run.scope_id) AS d;
+    job_every := coalesce(run.every, job_every, interval '1 minute');
+    job_max_attempts := coalesce(run.max_attempts, job_max_attempts, 3);
+    job_stale_timeout := coalesce(run.stale_timeout, job_stale_timeout, interval '1 hour');
+    plan := lease_sched.lease_next_plan(job_name => run.job_name, every => job_every, scope_kind => run.scope_kind,
+                                        scope_id => run.scope_id, catch_up => false);
+    IF plan IS NULL THEN
+        RETURN;  -- nothing due: this plan ran, runs now, or waits for its retry backoff
+    END IF;
+    SELECT * INTO lease
+      FROM lease_sched.lease_try_claim(job_name => run.job_name, plan_time => plan,
+               runner_id => pg_catalog.format('%s pid %s',
+                   -- (no NULLIF: it would use the caller's `=`, which a role may have planted)
+                   CASE WHEN pg_catalog.current_setting('application_name') OPERATOR(pg_catalog.=) ''
+                        THEN 'session' ELSE pg_catalog.current_setting('application_name') END,
+                   pg_catalog.pg_backend_pid()),
+               scope_kind => run.scope_kind, scope_id => run.scope_id, stale_timeout => job_stale_timeout,
+               max_attempts => job_max_attempts);
+    IF lease.outcome OPERATOR(pg_catalog.=) 'conflicted' THEN
+        RETURN;  -- another scheduler has this plan
+    END IF;
+    COMMIT;
+
+    BEGIN
+        armed := lease_sched.run_arm_deadline(lease.stale_after, job_stale_timeout);
+        EXECUTE command;
+        GET DIAGNOSTICS affected = ROW_COUNT;
+        -- Deferred constraints and triggers fire here, inside this block, so that their
+        -- failure is caught and recorded instead of escaping from the final COMMIT.
+        SET CONSTRAINTS ALL IMMEDIATE;
+        PERFORM lease_sched.run_disarm_deadline(armed);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
+                                err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
+        failed := true;
+        -- Our own deadline (not the caller's statement_timeout) cancelled the command:
+        -- the run outlived its lease, as a silent runner would. Like a stale lease it
+        -- may be retried at once rather than after the backoff.
+        deadline := lease_sched.run_disarm_deadline(armed);
+    END;
+    PERFORM lease_sched.run_disarm_deadline(armed);
+
+    IF failed THEN
+        finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
+                        status => 'FAILED', error_code => err_state,
+                        error_msg => CASE WHEN deadline
+                                          THEN 'command cancelled at its lease deadline (stale_timeout ' OPERATOR(pg_catalog.||) job_stale_timeout::text OPERATOR(pg_catalog.||) '): ' OPERATOR(pg_catalog.||) err_msg
+                                          ELSE err_msg END,
+                        retry_in => CASE WHEN deadline THEN interval '0' END);
+        COMMIT;  -- the FAILED row stays, then the caller (pg_cron) sees the error too
+        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg,
+                              DETAIL = coalesce(err_detail, ''), HINT = coalesce(err_hint, '');
+    END IF;
+    finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
+                                         status => 'SUCCESS', rows_affected => affected);
+    IF NOT finished THEN
+        -- The lease was taken over while the command ran: another runner owns this plan
+        -- now. Raising here rolls the command's work back, so it never commits twice.
+        RAISE EXCEPTION 'lease_sched.run: the lease of job "%" plan % was lost before the command finished; its work is rolled back',
+                        run.job_name, plan
+              USING ERRCODE = 'LS001',
+                    HINT = 'The command outlived stale_timeout; raise stale_timeout or make the command faster.';
+    END IF;
+    COMMIT;
+END;
+$run$;
+
+COMMENT ON PROCEDURE lease_sched.run(text, text, interval, text, text, int, interval) IS
+    'Run a SQL command once per plan of a job (for cron.schedule): claim, commit, execute under a lease deadline, finish SUCCESS or FAILED (then re-raise); never commits the work of a lost lease.';
+
 -- As finalize.sql does for a fresh install: nothing is executable without a grant.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA lease_sched FROM PUBLIC;
 REVOKE EXECUTE ON ALL PROCEDURES IN SCHEMA lease_sched FROM PUBLIC;

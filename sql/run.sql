@@ -9,6 +9,10 @@
 -- and every operator as OPERATOR(pg_catalog.x): nothing a role puts on the caller's
 -- search_path (say, a pg_cron job owned by a superuser) can stand in for them.
 --
+-- A job with a definition (lease_sched.job_define) needs only its name and the command:
+-- every, max_attempts and stale_timeout default to NULL = the definition's, and the plan
+-- follows its misfire policy, grace and pause (lease_next_plan).
+--
 -- What run() guarantees (docs/api.md, "run"):
 --  * the command's work commits only together with a successful lease_finish: a run
 --    whose lease was lost (stolen after it went stale) raises LS001 and rolls back;
@@ -38,15 +42,18 @@ COMMENT ON FUNCTION lease_sched.run_disarm_deadline(boolean) IS
 CREATE PROCEDURE lease_sched.run(
     job_name      text,
     command       text,
-    every         interval DEFAULT '1 minute',
+    every         interval DEFAULT NULL,
     scope_kind    text     DEFAULT 'global',
     scope_id      text     DEFAULT '',
-    max_attempts  int      DEFAULT 3,
-    stale_timeout interval DEFAULT '1 hour'
+    max_attempts  int      DEFAULT NULL,
+    stale_timeout interval DEFAULT NULL
 )
 LANGUAGE plpgsql
 AS $run$
 DECLARE
+    job_every         interval;
+    job_max_attempts  int;
+    job_stale_timeout interval;
     plan       timestamptz;
     lease      record;
     affected   bigint;
@@ -62,7 +69,16 @@ BEGIN
     IF command IS NULL OR command OPERATOR(pg_catalog.=) '' THEN
         RAISE EXCEPTION 'command must not be NULL or empty' USING ERRCODE = '22023';
     END IF;
-    plan := lease_sched.lease_next_plan(job_name => run.job_name, every => run.every, scope_kind => run.scope_kind,
+    -- The job's definition (job_define), when it has one, fills in every argument left
+    -- NULL; an argument given explicitly wins. Without a definition: '1 minute', 3 and
+    -- '1 hour', as in 0.1. A paused job gets no plan from lease_next_plan.
+    SELECT d.every, d.max_attempts, d.stale_timeout INTO job_every, job_max_attempts, job_stale_timeout
+      FROM lease_sched.job_definition(job_name => run.job_name, scope_kind => run.scope_kind,
+                                      scope_id => run.scope_id) AS d;
+    job_every := coalesce(run.every, job_every, interval '1 minute');
+    job_max_attempts := coalesce(run.max_attempts, job_max_attempts, 3);
+    job_stale_timeout := coalesce(run.stale_timeout, job_stale_timeout, interval '1 hour');
+    plan := lease_sched.lease_next_plan(job_name => run.job_name, every => job_every, scope_kind => run.scope_kind,
                                         scope_id => run.scope_id, catch_up => false);
     IF plan IS NULL THEN
         RETURN;  -- nothing due: this plan ran, runs now, or waits for its retry backoff
@@ -74,15 +90,15 @@ BEGIN
                    CASE WHEN pg_catalog.current_setting('application_name') OPERATOR(pg_catalog.=) ''
                         THEN 'session' ELSE pg_catalog.current_setting('application_name') END,
                    pg_catalog.pg_backend_pid()),
-               scope_kind => run.scope_kind, scope_id => run.scope_id, stale_timeout => run.stale_timeout,
-               max_attempts => run.max_attempts);
+               scope_kind => run.scope_kind, scope_id => run.scope_id, stale_timeout => job_stale_timeout,
+               max_attempts => job_max_attempts);
     IF lease.outcome OPERATOR(pg_catalog.=) 'conflicted' THEN
         RETURN;  -- another scheduler has this plan
     END IF;
     COMMIT;
 
     BEGIN
-        armed := lease_sched.run_arm_deadline(lease.stale_after, run.stale_timeout);
+        armed := lease_sched.run_arm_deadline(lease.stale_after, job_stale_timeout);
         EXECUTE command;
         GET DIAGNOSTICS affected = ROW_COUNT;
         -- Deferred constraints and triggers fire here, inside this block, so that their
@@ -104,7 +120,7 @@ BEGIN
         finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
                         status => 'FAILED', error_code => err_state,
                         error_msg => CASE WHEN deadline
-                                          THEN 'command cancelled at its lease deadline (stale_timeout ' OPERATOR(pg_catalog.||) run.stale_timeout::text OPERATOR(pg_catalog.||) '): ' OPERATOR(pg_catalog.||) err_msg
+                                          THEN 'command cancelled at its lease deadline (stale_timeout ' OPERATOR(pg_catalog.||) job_stale_timeout::text OPERATOR(pg_catalog.||) '): ' OPERATOR(pg_catalog.||) err_msg
                                           ELSE err_msg END,
                         retry_in => CASE WHEN deadline THEN interval '0' END);
         COMMIT;  -- the FAILED row stays, then the caller (pg_cron) sees the error too

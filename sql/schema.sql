@@ -35,7 +35,7 @@ CREATE TABLE lease_sched.sys_cron_executions (
     -- The API validates every argument before it writes; the table keeps only the two
     -- invariants a hand-made UPDATE could break. (Each CHECK is re-read and compiled for
     -- every INSERT: eight of them cost a claim about a tenth of its time.)
-    CONSTRAINT valid_state CHECK (status IN ('RUNNING', 'SUCCESS', 'FAILED') AND attempt BETWEEN 1 AND max_attempts)
+    CONSTRAINT valid_state CHECK (status IN ('RUNNING', 'SUCCESS', 'FAILED', 'SKIPPED') AND attempt BETWEEN 1 AND max_attempts)
 )
 -- Room on each page so a heartbeat's new row version fits beside the old one (HOT).
 WITH (fillfactor = 70);

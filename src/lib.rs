@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod error;
+mod jobs;
 mod lease;
 mod lock;
 mod planner;
@@ -33,6 +34,7 @@ extension_sql_file!("../sql/locks.sql", name = "locks_api", requires = ["observa
 extension_sql_file!("../sql/planner.sql", name = "planner_api", requires = ["locks_api"]);
 extension_sql_file!("../sql/run.sql", name = "run_procedure", requires = ["planner_api"]);
 extension_sql_file!("../sql/fencing.sql", name = "fencing", requires = ["run_procedure"]);
+extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["fencing"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -2,6 +2,7 @@
 //! subsystem, and shape the result. The matching CREATE FUNCTION statements are in `sql/`.
 mod args;
 pub mod fence;
+pub mod jobs;
 pub mod lease;
 pub mod lock;
 pub mod observability;

@@ -4,6 +4,7 @@ use pgrx::prelude::*;
 
 use super::args::{non_empty, positive_interval, required};
 use crate::error::invalid_argument;
+use crate::jobs::{self, JobKey};
 use crate::lease::{db_clock, timestamptz};
 use crate::planner;
 
@@ -42,6 +43,19 @@ fn lease_latest_plan(
     }))
 }
 
+/// An interval as a stride in microseconds: positive (checked by the caller) and without
+/// months or years, whose length depends on the calendar.
+pub fn stride(every: Interval, name: &str) -> i64 {
+    if every.months() != 0 {
+        invalid_argument(name, "must not contain months or years", Some("Use days instead, e.g. '30 days'."));
+    }
+    let stride = every.days() as i64 * 86_400_000_000 + every.micros();
+    if stride <= 0 {
+        invalid_argument(name, "must be positive", None);
+    }
+    stride
+}
+
 #[pg_extern(sql = false)]
 fn lease_next_plan(
     job_name: Option<&str>,
@@ -51,16 +65,34 @@ fn lease_next_plan(
     catch_up: Option<bool>,
 ) -> Option<TimestampWithTimeZone> {
     let job_name = non_empty(job_name, "job_name");
-    let every = positive_interval(every, "every");
-    if every.months() != 0 {
-        invalid_argument("every", "must not contain months or years", Some("Use days instead, e.g. '30 days'."));
-    }
-    let stride = every.days() as i64 * 86_400_000_000 + every.micros();
-    if stride <= 0 {
-        invalid_argument("every", "must be positive", None);
-    }
-    let now = db_clock();
-    let latest = planner::latest_plan(job_name, non_empty(scope_kind, "scope_kind"), required(scope_id, "scope_id"), now);
+    let every = every.map(|e| stride(positive_interval(Some(e), "every"), "every"));
+    let scope_kind = non_empty(scope_kind, "scope_kind");
+    let scope_id = required(scope_id, "scope_id");
     let catch_up = required(catch_up, "catch_up");
-    planner::next_plan(latest.as_ref(), stride, now, catch_up).map(timestamptz)
+    let definition = jobs::definition(&JobKey { job_name, scope_kind, scope_id });
+    let now = db_clock();
+    let latest = planner::latest_plan(job_name, scope_kind, scope_id, now);
+    let Some(d) = definition else {
+        // No definition: exactly the 0.1 planner.
+        let every = every.unwrap_or_else(|| {
+            invalid_argument(
+                "every",
+                "must be given for a job without a definition",
+                Some("Pass every => '...', or define the job once with lease_sched.job_define."),
+            )
+        });
+        return planner::next_plan(latest.as_ref(), every, now, catch_up).map(timestamptz);
+    };
+    // A definition: its misfire policy (catch_up does not apply), its every unless one
+    // is given here.
+    let policy = planner::Policy {
+        every: every.unwrap_or_else(|| stride(d.every, "every")),
+        misfire: d.misfire,
+        grace: d.grace.map(|g| stride(g, "grace")),
+        paused: d.paused,
+        resumed_at: d.resumed_at.map(|t| t.into_inner()),
+    };
+    let decision = planner::decide(latest.as_ref(), now, &policy);
+    planner::record_skips(job_name, scope_kind, scope_id, &decision, &policy, d.stale_timeout, now);
+    decision.run.map(timestamptz)
 }

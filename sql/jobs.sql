@@ -1,0 +1,112 @@
+-- Job definitions, misfire policies and a dead-man's switch (issue 15; docs/api.md, "Jobs").
+-- The planner (lease_next_plan, src/api/planner.rs) and run() read a job's definition when
+-- it has one; lease_sched.job_health says when a defined job silently stopped succeeding.
+
+-- One row per (job, scope). Written only through job_define / job_pause / job_resume /
+-- job_drop; read through the views below (grant those, not the table).
+CREATE TABLE lease_sched.jobs (
+    job_name      text        NOT NULL,
+    scope_kind    text        NOT NULL,
+    scope_id      text        NOT NULL,
+    every         interval    NOT NULL,
+    misfire       text        NOT NULL,
+    grace         interval,
+    max_attempts  int         NOT NULL,
+    stale_timeout interval    NOT NULL,
+    paused        boolean     NOT NULL,
+    paused_at     timestamptz,
+    resumed_at    timestamptz,
+    created_at    timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL,
+    CONSTRAINT jobs_pkey PRIMARY KEY (job_name, scope_kind, scope_id),
+    CONSTRAINT valid_misfire CHECK (misfire IN ('all', 'latest', 'skip'))
+);
+COMMENT ON TABLE lease_sched.jobs IS
+    'Job definitions: one row per (job_name, scope_kind, scope_id), written by job_define/job_pause/job_resume/job_drop.';
+
+-- pg_dump keeps the definitions.
+SELECT pg_catalog.pg_extension_config_dump('lease_sched.jobs', '');
+
+CREATE FUNCTION lease_sched.job_define(job_name text, every interval, misfire text DEFAULT 'latest',
+                                       grace interval DEFAULT NULL, max_attempts int DEFAULT 3,
+                                       stale_timeout interval DEFAULT '5 minutes',
+                                       scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'job_define_wrapper';
+COMMENT ON FUNCTION lease_sched.job_define(text, interval, text, interval, int, interval, text, text) IS
+    'Create or replace the definition of a job (and scope); true when it is new. Keeps its paused state.';
+
+CREATE FUNCTION lease_sched.job_pause(job_name text, scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'job_pause_wrapper';
+COMMENT ON FUNCTION lease_sched.job_pause(text, text, text) IS
+    'Pause a defined job: lease_next_plan and run() offer it nothing until job_resume; false when it has no definition.';
+
+CREATE FUNCTION lease_sched.job_resume(job_name text, scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'job_resume_wrapper';
+COMMENT ON FUNCTION lease_sched.job_resume(text, text, text) IS
+    'Resume a paused job: slots due before now that never ran are recorded SKIPPED (paused); false when it has no definition.';
+
+CREATE FUNCTION lease_sched.job_drop(job_name text, scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
+RETURNS boolean
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'job_drop_wrapper';
+COMMENT ON FUNCTION lease_sched.job_drop(text, text, text) IS
+    'Drop the definition of a job (its history stays); false when it had none.';
+
+CREATE FUNCTION lease_sched.job_definition(job_name text, scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
+RETURNS TABLE (every interval, misfire text, grace interval, max_attempts int, stale_timeout interval, paused boolean)
+LANGUAGE c STABLE CALLED ON NULL INPUT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1
+AS 'MODULE_PATHNAME', 'job_definition_wrapper';
+COMMENT ON FUNCTION lease_sched.job_definition(text, text, text) IS
+    'The definition of a job (no row when it has none): what run() and runners read instead of the table.';
+
+CREATE VIEW lease_sched.job_definitions AS
+SELECT job_name, scope_kind, scope_id, every, misfire, grace, max_attempts, stale_timeout, paused, paused_at,
+       resumed_at, created_at, updated_at
+  FROM lease_sched.jobs;
+COMMENT ON VIEW lease_sched.job_definitions IS 'Job definitions (lease_sched.jobs), for readers.';
+
+-- The dead-man's switch: one row per defined job and scope. `success_due_by` is when the
+-- next SUCCESS is due: the first slot after the last successful plan (or after the
+-- definition was created, or the job resumed, when later), plus every + grace +
+-- stale_timeout. `overdue`: not paused and the database clock is past it.
+CREATE VIEW lease_sched.job_health AS
+SELECT j.job_name, j.scope_kind, j.scope_id, j.every, j.misfire, j.paused,
+       s.plan_time AS last_success_plan, s.finished_at AS last_success_at,
+       l.plan_time AS last_plan, l.status AS last_status, l.error_code AS last_error_code,
+       f.consecutive_failures, k.skipped_24h,
+       d.success_due_by,
+       NOT j.paused AND clock_timestamp() > d.success_due_by AS overdue
+  FROM lease_sched.jobs j
+  LEFT JOIN LATERAL (
+       SELECT e.plan_time, e.finished_at FROM lease_sched.sys_cron_executions e
+        WHERE e.job_name = j.job_name AND e.scope_kind = j.scope_kind AND e.scope_id = j.scope_id
+          AND e.status = 'SUCCESS'
+        ORDER BY e.plan_time DESC LIMIT 1) s ON true
+  LEFT JOIN LATERAL (
+       SELECT e.plan_time, e.status, e.error_code FROM lease_sched.sys_cron_executions e
+        WHERE e.job_name = j.job_name AND e.scope_kind = j.scope_kind AND e.scope_id = j.scope_id
+          AND e.plan_time <= clock_timestamp()
+        ORDER BY e.plan_time DESC LIMIT 1) l ON true
+  CROSS JOIN LATERAL (
+       SELECT count(*) AS consecutive_failures FROM lease_sched.sys_cron_executions e
+        WHERE e.job_name = j.job_name AND e.scope_kind = j.scope_kind AND e.scope_id = j.scope_id
+          AND e.status = 'FAILED' AND (s.plan_time IS NULL OR e.plan_time > s.plan_time)) f
+  CROSS JOIN LATERAL (
+       SELECT count(*) AS skipped_24h FROM lease_sched.sys_cron_executions e
+        WHERE e.job_name = j.job_name AND e.scope_kind = j.scope_kind AND e.scope_id = j.scope_id
+          AND e.status = 'SKIPPED' AND e.plan_time > clock_timestamp() - interval '24 hours'
+          AND e.plan_time <= clock_timestamp()) k
+  CROSS JOIN LATERAL (
+       SELECT date_bin(j.every, greatest(s.plan_time, j.created_at, j.resumed_at), timestamptz 'epoch')
+              + j.every + j.every + coalesce(j.grace, interval '0') + j.stale_timeout AS success_due_by) d;
+COMMENT ON VIEW lease_sched.job_health IS
+    'Per defined job and scope: last success, last status, consecutive failures, skipped slots in 24 h, and overdue (no SUCCESS within every + grace + stale_timeout of a due slot).';
+
+REVOKE ALL ON lease_sched.jobs, lease_sched.job_definitions, lease_sched.job_health FROM PUBLIC;

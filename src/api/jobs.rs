@@ -1,0 +1,84 @@
+//! job_define, job_pause, job_resume, job_drop and job_definition (declared in sql/jobs.sql).
+use pgrx::datum::Interval;
+use pgrx::prelude::*;
+
+use super::args::{at_least_one, interval_in_range, non_empty, positive_interval, required};
+use super::planner::stride;
+use crate::error::invalid_argument;
+use crate::jobs::{self, JobKey, Settings};
+use crate::lease::state::planner::Misfire;
+
+fn key<'a>(job_name: Option<&'a str>, scope_kind: Option<&'a str>, scope_id: Option<&'a str>) -> JobKey<'a> {
+    JobKey {
+        job_name: non_empty(job_name, "job_name"),
+        scope_kind: non_empty(scope_kind, "scope_kind"),
+        scope_id: required(scope_id, "scope_id"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn job_define(
+    job_name: Option<&str>,
+    every: Option<Interval>,
+    misfire: Option<&str>,
+    grace: Option<Interval>,
+    max_attempts: Option<i32>,
+    stale_timeout: Option<Interval>,
+    scope_kind: Option<&str>,
+    scope_id: Option<&str>,
+) -> bool {
+    let job_name = non_empty(job_name, "job_name");
+    let every = positive_interval(every, "every");
+    stride(every, "every");
+    let misfire = Misfire::from_sql(required(misfire, "misfire")).unwrap_or_else(|| {
+        invalid_argument("misfire", "must be 'all', 'latest' or 'skip'", Some("See docs/api.md, \"Jobs\"."))
+    });
+    let grace = grace.map(|g| {
+        interval_in_range(g, "grace", false);
+        stride(g, "grace");
+        g
+    });
+    let max_attempts = at_least_one(max_attempts, "max_attempts");
+    let stale_timeout = positive_interval(stale_timeout, "stale_timeout");
+    let key = key(Some(job_name), scope_kind, scope_id);
+    jobs::define(&Settings { every, misfire, grace, max_attempts, stale_timeout, key })
+}
+
+#[pg_extern(sql = false)]
+fn job_pause(job_name: Option<&str>, scope_kind: Option<&str>, scope_id: Option<&str>) -> bool {
+    jobs::pause(&key(job_name, scope_kind, scope_id))
+}
+
+#[pg_extern(sql = false)]
+fn job_resume(job_name: Option<&str>, scope_kind: Option<&str>, scope_id: Option<&str>) -> bool {
+    jobs::resume(&key(job_name, scope_kind, scope_id))
+}
+
+#[pg_extern(sql = false)]
+fn job_drop(job_name: Option<&str>, scope_kind: Option<&str>, scope_id: Option<&str>) -> bool {
+    jobs::drop(&key(job_name, scope_kind, scope_id))
+}
+
+/// The definition of one job, for runners (and run()) that may not read the table.
+#[pg_extern(sql = false)]
+fn job_definition(
+    job_name: Option<&str>,
+    scope_kind: Option<&str>,
+    scope_id: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(every, Interval),
+        name!(misfire, String),
+        name!(grace, Option<Interval>),
+        name!(max_attempts, i32),
+        name!(stale_timeout, Interval),
+        name!(paused, bool),
+    ),
+> {
+    let d = jobs::definition(&key(job_name, scope_kind, scope_id));
+    TableIterator::new(
+        d.map(|d| (d.every, d.misfire.as_sql().to_string(), d.grace, d.max_attempts, d.stale_timeout, d.paused)),
+    )
+}

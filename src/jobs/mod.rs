@@ -1,0 +1,144 @@
+//! Job definitions (`lease_sched.jobs`, issue 15): what a job is, said once, read by the
+//! planner (`lease_next_plan`) and by `run()`. Arguments arrive validated (`api::jobs`).
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::pg_sys::{INT4OID, INTERVALOID, TEXTOID, TIMESTAMPTZOID};
+use pgrx::prelude::*;
+
+use crate::lease::state::planner::Misfire;
+use crate::lease::{db_clock, timestamptz};
+use crate::spi_plans::{execute, Statement};
+
+pub struct Definition {
+    pub every: Interval,
+    pub misfire: Misfire,
+    pub grace: Option<Interval>,
+    pub max_attempts: i32,
+    pub stale_timeout: Interval,
+    pub paused: bool,
+    pub resumed_at: Option<TimestampWithTimeZone>,
+}
+
+pub struct JobKey<'a> {
+    pub job_name: &'a str,
+    pub scope_kind: &'a str,
+    pub scope_id: &'a str,
+}
+
+/// Create or replace: every setting is the caller's (defaults included); the paused state,
+/// `paused_at`, `resumed_at` and `created_at` are kept. Returns whether the row is new.
+static DEFINE: Statement = Statement {
+    sql: "INSERT INTO lease_sched.jobs AS j (job_name, scope_kind, scope_id, every, misfire, grace, max_attempts,
+                                             stale_timeout, paused, created_at, updated_at)
+          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $9)
+          ON CONFLICT (job_name, scope_kind, scope_id) DO UPDATE
+             SET every = excluded.every, misfire = excluded.misfire, grace = excluded.grace,
+                 max_attempts = excluded.max_attempts, stale_timeout = excluded.stale_timeout,
+                 updated_at = excluded.updated_at
+          RETURNING j.xmax = 0",
+    arg_types: &[TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TEXTOID, INTERVALOID, INT4OID, INTERVALOID, TIMESTAMPTZOID],
+};
+
+/// Pausing a paused job changes nothing (its `paused_at` stays).
+static PAUSE: Statement = Statement {
+    sql: "UPDATE lease_sched.jobs
+             SET paused = true, paused_at = CASE WHEN paused THEN paused_at ELSE $4 END,
+                 updated_at = CASE WHEN paused THEN updated_at ELSE $4 END
+           WHERE job_name = $1 AND scope_kind = $2 AND scope_id = $3
+          RETURNING true",
+    arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
+};
+
+/// Resuming a job that is not paused changes nothing: `resumed_at` moves only on a real
+/// resume (the planner skips, as `paused`, the slots due before it).
+static RESUME: Statement = Statement {
+    sql: "UPDATE lease_sched.jobs
+             SET paused = false, resumed_at = CASE WHEN paused THEN $4 ELSE resumed_at END,
+                 updated_at = CASE WHEN paused THEN $4 ELSE updated_at END
+           WHERE job_name = $1 AND scope_kind = $2 AND scope_id = $3
+          RETURNING true",
+    arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
+};
+
+/// The history stays.
+static DROP: Statement = Statement {
+    sql: "DELETE FROM lease_sched.jobs WHERE job_name = $1 AND scope_kind = $2 AND scope_id = $3 RETURNING true",
+    arg_types: &[TEXTOID, TEXTOID, TEXTOID],
+};
+
+static GET: Statement = Statement {
+    sql: "SELECT every, misfire, grace, max_attempts, stale_timeout, paused, resumed_at
+            FROM lease_sched.jobs
+           WHERE job_name = $1 AND scope_kind = $2 AND scope_id = $3",
+    arg_types: &[TEXTOID, TEXTOID, TEXTOID],
+};
+
+pub struct Settings<'a> {
+    pub every: Interval,
+    pub misfire: Misfire,
+    pub grace: Option<Interval>,
+    pub max_attempts: i32,
+    pub stale_timeout: Interval,
+    pub key: JobKey<'a>,
+}
+
+fn key_args(k: &JobKey<'_>) -> Vec<pgrx::datum::DatumWithOid<'static>> {
+    vec![k.job_name.to_string().into(), k.scope_kind.to_string().into(), k.scope_id.to_string().into()]
+}
+
+/// Returns true when the definition is new, false when an existing one was replaced.
+pub fn define(s: &Settings<'_>) -> bool {
+    let now = timestamptz(db_clock());
+    let mut args = key_args(&s.key);
+    args.push(s.every.into());
+    args.push(s.misfire.as_sql().into());
+    args.push(match s.grace {
+        Some(g) => g.into(),
+        None => pgrx::datum::DatumWithOid::null_oid(INTERVALOID),
+    });
+    args.push(s.max_attempts.into());
+    args.push(s.stale_timeout.into());
+    args.push(now.into());
+    Spi::connect_mut(|client| {
+        let t = execute(client, &DEFINE, &args);
+        t.first().get::<bool>(1).ok().flatten().unwrap_or(false)
+    })
+}
+
+fn by_key(statement: &'static Statement, k: &JobKey<'_>, with_clock: bool) -> bool {
+    let mut args = key_args(k);
+    if with_clock {
+        args.push(timestamptz(db_clock()).into());
+    }
+    Spi::connect_mut(|client| !execute(client, statement, &args).is_empty())
+}
+
+pub fn pause(k: &JobKey<'_>) -> bool {
+    by_key(&PAUSE, k, true)
+}
+
+pub fn resume(k: &JobKey<'_>) -> bool {
+    by_key(&RESUME, k, true)
+}
+
+pub fn drop(k: &JobKey<'_>) -> bool {
+    by_key(&DROP, k, false)
+}
+
+pub fn definition(k: &JobKey<'_>) -> Option<Definition> {
+    Spi::connect_mut(|client| {
+        let t = execute(client, &GET, &key_args(k));
+        if t.is_empty() {
+            return None;
+        }
+        let r = t.first();
+        Some(Definition {
+            every: r.get(1).unwrap()?,
+            misfire: Misfire::from_sql(r.get::<&str>(2).unwrap()?)?,
+            grace: r.get(3).unwrap(),
+            max_attempts: r.get(4).unwrap()?,
+            stale_timeout: r.get(5).unwrap()?,
+            paused: r.get(6).unwrap()?,
+            resumed_at: r.get(7).unwrap(),
+        })
+    })
+}
