@@ -45,8 +45,10 @@ pub fn latest_plan(job_name: &str, scope_kind: &str, scope_id: &str, now: DbTime
     })
 }
 
-/// Skipped slots: final rows nobody holds (fencing_token 0, attempt 1 of max_attempts 1,
-/// so retention treats them as finished), `error_code` = the reason. ON CONFLICT DO
+/// Skipped slots: final rows nobody holds (attempt 1 of max_attempts 1, so retention
+/// treats them as finished), `error_code` = the reason. Each gets a fencing token from the
+/// sequence like every row (so tokens stay unique across the table), never granted to
+/// anyone. ON CONFLICT DO
 /// NOTHING: a slot someone claimed meanwhile keeps its row. At most
 /// `MAX_SKIPS_PER_CALL` slots per call; the row locks last until the caller's
 /// transaction ends (the statement, in autocommit).
@@ -56,7 +58,7 @@ static SKIP: Statement = Statement {
               lease_token, fencing_token, allow_stale_reentry, stale_timeout, started_at, finished_at,
               duration_ms, error_code, error_msg, updated_at)
           SELECT $1, $2, $3, t.plan_time, 'SKIPPED', 1, 1, 'lease_sched planner',
-                 gen_random_uuid(), 0, false, $5, $6, $6, 0, $7, $8, $6
+                 gen_random_uuid(), nextval('lease_sched.fencing_token_seq'), false, $5, $6, $6, 0, $7, $8, $6
             FROM unnest($4::timestamptz[]) AS t(plan_time)
           ON CONFLICT (job_name, scope_kind, scope_id, plan_time) DO NOTHING",
     arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZARRAYOID, INTERVALOID, TIMESTAMPTZOID, TEXTOID, TEXTOID],
@@ -84,6 +86,7 @@ pub fn record_skips(
         return;
     }
     Spi::connect_mut(|client| {
+        crate::fencing::ensure_token_floor(client);
         for range in &decision.skip {
             let slots: Vec<TimestampWithTimeZone> =
                 range.slots(policy.every).map(crate::lease::timestamptz).collect();
