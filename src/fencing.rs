@@ -25,7 +25,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
 
-use crate::lease::db_clock;
+use crate::clock::db_clock;
 use crate::spi_plans::{execute, Statement};
 use crate::xact::{self, Fence};
 

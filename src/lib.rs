@@ -5,6 +5,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod clock;
 mod error;
 mod jobs;
 mod lease;
@@ -48,7 +49,11 @@ pub extern "C-unwind" fn _PG_init() {
     settings::init(preloaded);
     if preloaded {
         shmem::init();
-        worker::register();
+        // Not inside pg_upgrade's servers: nothing must write to the databases there.
+        // SAFETY: a flag PostgreSQL sets at postmaster start in binary-upgrade mode.
+        if !unsafe { pgrx::pg_sys::IsBinaryUpgrade } {
+            worker::register();
+        }
     }
 }
 

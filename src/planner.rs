@@ -7,8 +7,8 @@ use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::pg_sys::{INTERVALOID, TEXTOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZOID};
 use pgrx::prelude::*;
 
-pub use crate::lease::state::planner::{decide, next_plan, Decision, LatestPlan, Policy, SkipReason};
-use crate::lease::state::{DbTime, Status};
+pub use lease_model::planner::{decide, next_plan, Decision, LatestPlan, Policy, SkipReason};
+use lease_model::{DbTime, Status};
 use crate::spi_plans::{execute, Statement};
 
 static LATEST: Statement = Statement {
@@ -27,7 +27,7 @@ pub fn latest_plan(job_name: &str, scope_kind: &str, scope_id: &str, now: DbTime
         let t = execute(
             client,
             &LATEST,
-            &[job_name.into(), scope_kind.into(), scope_id.into(), crate::lease::timestamptz(now).into()],
+            &[job_name.into(), scope_kind.into(), scope_id.into(), crate::clock::timestamptz(now).into()],
         );
         if t.is_empty() {
             return None;
@@ -89,7 +89,7 @@ pub fn record_skips(
         crate::fencing::ensure_token_floor(client);
         for range in &decision.skip {
             let slots: Vec<TimestampWithTimeZone> =
-                range.slots(policy.every).map(crate::lease::timestamptz).collect();
+                range.slots(policy.every).map(crate::clock::timestamptz).collect();
             execute(
                 client,
                 &SKIP,
@@ -99,7 +99,7 @@ pub fn record_skips(
                     scope_id.into(),
                     slots.into(),
                     stale_timeout.into(),
-                    crate::lease::timestamptz(now).into(),
+                    crate::clock::timestamptz(now).into(),
                     range.reason.as_sql().into(),
                     skip_message(range.reason, policy).into(),
                 ],

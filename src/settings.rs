@@ -115,12 +115,18 @@ pub fn database() -> String {
     DATABASE.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".into())
 }
 
-pub fn micros_from_ms(ms: i32) -> i64 {
-    ms as i64 * 1000
+/// The default retry backoff's base and cap, as `lease_sched.retry_backoff` takes them
+/// (lease_finish and the sweep both pass these).
+pub fn retry_backoff_bounds() -> (pgrx::datum::Interval, pgrx::datum::Interval) {
+    (
+        crate::clock::interval_from_ms(RETRY_BACKOFF_BASE_MS.get()),
+        crate::clock::interval_from_ms(RETRY_BACKOFF_MAX_MS.get()),
+    )
 }
 
-/// The flush interval in force: the seed's invariant says a flush must land inside the
-/// offline window, so a larger setting is clamped to half of runtime_offline_after.
+/// The flush interval in force: a flush must land inside the offline window (else a live
+/// runtime whose touches wait in the buffer could be judged silent), so a setting at or
+/// above runtime_offline_after is clamped to half of it.
 pub fn effective_touch_flush_interval_ms() -> i32 {
     let flush = TOUCH_FLUSH_INTERVAL_MS.get();
     let offline = RUNTIME_OFFLINE_AFTER_MS.get();

@@ -6,7 +6,7 @@ use super::args::{at_least_one, interval_in_range, non_empty, positive_interval,
 use super::planner::stride;
 use crate::error::invalid_argument;
 use crate::jobs::{self, JobKey, Settings};
-use crate::lease::state::planner::Misfire;
+use lease_model::planner::Misfire;
 
 fn key<'a>(job_name: Option<&'a str>, scope_kind: Option<&'a str>, scope_id: Option<&'a str>) -> JobKey<'a> {
     JobKey {

@@ -5,7 +5,7 @@ use pgrx::Uuid;
 
 use super::args::{at_least_one, finite_time, interval_in_range, non_empty, positive_interval, required};
 use crate::error::{bad_argument, invalid_argument};
-use crate::lease::{self, state, ClaimRequest, Finish};
+use crate::lease::{self, ClaimRequest, Finish};
 
 
 #[allow(clippy::too_many_arguments)]
@@ -42,7 +42,7 @@ fn lease_try_claim(
     };
     let c = lease::claim(&req);
     TableIterator::once((
-        c.outcome.as_str().to_string(),
+        c.outcome.as_sql().to_string(),
         c.execution_id,
         c.lease_token,
         c.attempt,
@@ -73,22 +73,22 @@ fn lease_finish(
 ) -> bool {
     let execution_id = required(execution_id, "execution_id");
     let lease_token = required(lease_token, "lease_token");
-    let status = match state::Status::from_sql(required(status, "status")) {
-        Some(s @ (state::Status::Success | state::Status::Failed)) => s,
+    let status = match lease_model::Status::from_sql(required(status, "status")) {
+        Some(s @ (lease_model::Status::Success | lease_model::Status::Failed)) => s,
         _ => invalid_argument("status", "must be 'SUCCESS' or 'FAILED'", None),
     };
     if let Some(result) = &result {
         let size = jsonb_text_bytes(result);
-        if size > state::RESULT_MAX_BYTES {
+        if size > lease_model::RESULT_MAX_BYTES {
             bad_argument(
                 PgSqlErrorCode::ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
                 "result",
-                &format!("is {size} bytes of JSON, more than the limit of {} bytes", state::RESULT_MAX_BYTES),
+                &format!("is {size} bytes of JSON, more than the limit of {} bytes", lease_model::RESULT_MAX_BYTES),
                 Some("Keep results small; put large output in your own table or logs."),
             );
         }
     }
-    let failed = status == state::Status::Failed;
+    let failed = status == lease_model::Status::Failed;
     let result = result.map(|r| r.datum());
     let finish = Finish {
         status,
@@ -98,7 +98,7 @@ fn lease_finish(
         error_code: failed.then(|| error_code.filter(|c| !c.is_empty()).unwrap_or("handler_error").to_string()),
         error_msg: error_msg
             .filter(|_| failed)
-            .map(|m| state::truncate_chars(m, state::ERROR_MSG_MAX_CHARS).to_string()),
+            .map(|m| lease_model::truncate_chars(m, lease_model::ERROR_MSG_MAX_CHARS).to_string()),
         retry_in: retry_in.map(|r| interval_in_range(r, "retry_in", true)),
     };
     lease::finish(execution_id, lease_token, finish)
@@ -127,5 +127,5 @@ fn retry_backoff(attempt: Option<i32>, base: Option<Interval>, max: Option<Inter
     let attempt = required(attempt, "attempt");
     let base = interval_in_range(required(base, "base"), "base", true);
     let max = interval_in_range(required(max, "max"), "max", true);
-    Interval::from_micros(state::retry_backoff(attempt, base.as_micros() as i64, max.as_micros() as i64))
+    Interval::from_micros(lease_model::retry_backoff(attempt, base.as_micros() as i64, max.as_micros() as i64))
 }

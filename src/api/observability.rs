@@ -19,9 +19,6 @@ fn sweep() -> TableIterator<
     TableIterator::once((r.leases_failed, r.runtimes_offline, r.touches_flushed, r.executions_pruned))
 }
 
-/// Seconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const POSTGRES_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
-
 #[pg_extern(sql = false)]
 fn stats() -> TableIterator<'static, (name!(name, String), name!(value, i64))> {
     let snapshot = stats::snapshot();
@@ -31,7 +28,7 @@ fn stats() -> TableIterator<'static, (name!(name, String), name!(value, i64))> {
         .into_iter()
         .map(|(name, value)| match name {
             // Exported as Unix seconds, which monitoring systems expect.
-            "last_sweep_at" if value != 0 => ("last_sweep_unix_seconds".into(), value / 1_000_000 + POSTGRES_EPOCH_UNIX_SECONDS),
+            "last_sweep_at" if value != 0 => ("last_sweep_unix_seconds".into(), crate::clock::unix_seconds(value)),
             "last_sweep_at" => ("last_sweep_unix_seconds".into(), 0),
             _ => (name.to_string(), value),
         })

@@ -5,7 +5,7 @@ use pgrx::prelude::*;
 use super::args::{non_empty, positive_interval, required};
 use crate::error::invalid_argument;
 use crate::jobs::{self, JobKey};
-use crate::lease::{db_clock, timestamptz};
+use crate::clock::{db_clock, timestamptz};
 use crate::planner;
 
 #[pg_extern(sql = false)]

@@ -71,5 +71,5 @@ fn run_disarm_deadline(armed: Option<bool>) -> bool {
             disable_timeout(id, false);
         }
     }
-    ARMED_DEADLINE.get().is_some_and(|deadline| crate::lease::db_clock() >= deadline)
+    ARMED_DEADLINE.get().is_some_and(|deadline| crate::clock::db_clock() >= deadline)
 }

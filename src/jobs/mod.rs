@@ -4,8 +4,8 @@ use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::pg_sys::{INT4OID, INTERVALOID, TEXTOID, TIMESTAMPTZOID};
 use pgrx::prelude::*;
 
-use crate::lease::state::planner::Misfire;
-use crate::lease::{db_clock, timestamptz};
+use lease_model::planner::Misfire;
+use crate::clock::{db_clock, timestamptz};
 use crate::spi_plans::{execute, Statement};
 
 pub struct Definition {

@@ -1,6 +1,5 @@
 //! Lease operations on `sys_cron_executions`: claim, heartbeat, finish.
 //! Arguments arrive validated (see `api::lease`); this module decides and writes.
-pub mod state;
 pub mod store;
 
 use pgrx::datum::{DatumWithOid, Interval, TimestampWithTimeZone};
@@ -8,21 +7,10 @@ use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiTupleTable};
 use pgrx::Uuid;
 
+use crate::clock::{db_clock, timestamptz};
 use crate::{settings, stats};
 use crate::spi_plans::execute;
-use state::{ClaimDecision, DbTime, LeaseRow, Status};
-
-/// The database clock now (`clock_timestamp()`), not the transaction start (`now()`): a
-/// claim or heartbeat inside a long transaction must not hand out a lease that is
-/// already partly expired. Read once per call so the whole call decides on one instant.
-pub fn db_clock() -> DbTime {
-    // SAFETY: reads the system clock; no shared state.
-    unsafe { pgrx::pg_sys::GetCurrentTimestamp() }
-}
-
-pub fn timestamptz(t: DbTime) -> TimestampWithTimeZone {
-    TimestampWithTimeZone::try_from(t).expect("database clock is a finite timestamp")
-}
+use lease_model::{decide_claim, ClaimDecision, ClaimOutcome, LeaseRow, Status};
 
 pub struct ClaimRequest<'a> {
     pub job_name: &'a str,
@@ -35,25 +23,8 @@ pub struct ClaimRequest<'a> {
     pub allow_stale_reentry: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Won,
-    Stole,
-    Conflicted,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Won => "won",
-            Outcome::Stole => "stole",
-            Outcome::Conflicted => "conflicted",
-        }
-    }
-}
-
 pub struct Claim {
-    pub outcome: Outcome,
+    pub outcome: ClaimOutcome,
     pub execution_id: Option<Uuid>,
     pub lease_token: Option<Uuid>,
     pub attempt: Option<i32>,
@@ -94,7 +65,7 @@ fn probe(client: &mut SpiClient<'_>, req: &ClaimRequest<'_>) -> Option<ExistingR
 }
 
 /// Read the RETURNING row of INSERT or STEAL as a granted lease.
-fn granted(table: SpiTupleTable<'_>, outcome: Outcome) -> Option<Claim> {
+fn granted(table: SpiTupleTable<'_>, outcome: ClaimOutcome) -> Option<Claim> {
     if table.is_empty() {
         return None;
     }
@@ -113,7 +84,7 @@ fn granted(table: SpiTupleTable<'_>, outcome: Outcome) -> Option<Claim> {
 
 fn conflicted(existing: Option<&ExistingRow>) -> Claim {
     Claim {
-        outcome: Outcome::Conflicted,
+        outcome: ClaimOutcome::Conflicted,
         execution_id: existing.map(|e| e.id),
         lease_token: None,
         attempt: existing.map(|e| e.lease.attempt),
@@ -132,9 +103,9 @@ fn conflicted(existing: Option<&ExistingRow>) -> Claim {
 pub fn claim(req: &ClaimRequest<'_>) -> Claim {
     let claim = decide_and_write(req);
     match claim.outcome {
-        Outcome::Won => stats::add(|s| &s.claims_won, 1),
-        Outcome::Stole => stats::add(|s| &s.claims_stole, 1),
-        Outcome::Conflicted => stats::add(|s| &s.claims_conflicted, 1),
+        ClaimOutcome::Won => stats::add(|s| &s.claims_won, 1),
+        ClaimOutcome::Stole => stats::add(|s| &s.claims_stole, 1),
+        ClaimOutcome::Conflicted => stats::add(|s| &s.claims_conflicted, 1),
     }
     claim
 }
@@ -146,7 +117,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
         // Two rounds suffice: after a lost insert race the row exists. A third round only
         // happens if that row was deleted meanwhile, which we report as a conflict.
         for _ in 0..3 {
-            match state::decide_claim(existing.as_ref().map(|e| &e.lease), now, req.allow_stale_reentry) {
+            match decide_claim(existing.as_ref().map(|e| &e.lease), now, req.allow_stale_reentry) {
                 ClaimDecision::Insert => {
                     crate::fencing::ensure_token_floor(client);
                     let inserted = execute(
@@ -164,7 +135,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                             timestamptz(now).into(),
                         ],
                     );
-                    if let Some(won) = granted(inserted, Outcome::Won) {
+                    if let Some(won) = granted(inserted, ClaimOutcome::Won) {
                         return won;
                     }
                     existing = probe(client, req);
@@ -183,7 +154,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                             timestamptz(now).into(),
                         ],
                     );
-                    if let Some(stole) = granted(stolen, Outcome::Stole) {
+                    if let Some(stole) = granted(stolen, ClaimOutcome::Stole) {
                         if stole.deposed {
                             execute(client, &store::NOTIFY_LOST, &[id.to_string().into()]);
                         }
@@ -226,8 +197,7 @@ pub struct Finish {
 /// Write the terminal state of a held lease; false (nothing written) when lost.
 pub fn finish(execution_id: Uuid, lease_token: Uuid, f: Finish) -> bool {
     let now = db_clock();
-    let backoff_base = Interval::from_micros(settings::RETRY_BACKOFF_BASE_MS.get() as i64 * 1000);
-    let backoff_max = Interval::from_micros(settings::RETRY_BACKOFF_MAX_MS.get() as i64 * 1000);
+    let (backoff_base, backoff_max) = settings::retry_backoff_bounds();
     let args: Vec<DatumWithOid> = vec![
         execution_id.into(),
         lease_token.into(),

@@ -1,7 +1,7 @@
 //! Every SQL statement on `lease_sched.sys_cron_executions`, in one place.
 //!
 //! Times come in as parameters read once per call from the database clock, so one call
-//! decides on one instant. The WHERE clause of `STEAL` is `state::may_steal` in SQL:
+//! decides on one instant. The WHERE clause of `STEAL` is `lease_model::may_steal` in SQL:
 //! the UPDATE re-checks it on the newest row version under the row lock, which is what
 //! makes concurrent steals of one row produce exactly one winner.
 use pgrx::pg_sys::{BOOLOID, INT4OID, INT8OID, INTERVALOID, JSONBOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
@@ -32,7 +32,7 @@ pub static INSERT: Statement = Statement {
 };
 
 /// Outcome `stole`: the same row, a new holder, token and attempt. The row is first locked
-/// FOR UPDATE (re-checking `state::may_steal` on its newest version), which waits for every
+/// FOR UPDATE (re-checking `lease_model::may_steal` on its newest version), which waits for every
 /// transaction that passed `lease_fence` on it (they hold it FOR KEY SHARE) to end: a steal
 /// never completes between a holder's fence and its commit. The new token is drawn after
 /// that wait. `was_running` says whether a live holder was deposed (NOTIFY lease_sched_lost).
@@ -93,7 +93,7 @@ pub static FINISH: Statement = Statement {
 };
 
 /// The sweep's lease pass: RUNNING leases past `stale_after` that nobody may steal
-/// (`state::is_abandoned`) become FAILED, so no row stays RUNNING forever. So does a stale
+/// (`lease_model::is_abandoned`) become FAILED, so no row stays RUNNING forever. So does a stale
 /// lease that a later plan of its job has superseded: the planner offers only the latest
 /// plan, so no scheduler would ever come back to steal it (two schedulers on either side
 /// of a bucket boundary can leave one behind). FAILED with attempts left, it can still be

@@ -10,7 +10,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
 
-use crate::lease::{db_clock, timestamptz};
+use crate::clock::{db_clock, timestamptz};
 use crate::spi_plans::{execute, Statement};
 use pgrx::pg_sys::{INTERVALOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
 

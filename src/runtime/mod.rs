@@ -1,4 +1,4 @@
-//! Runtimes and their heartbeats (seed 000): register, touch (buffered in shared memory
+//! Runtimes (the processes that run jobs) and their heartbeats: register, touch (buffered in shared memory
 //! when preloaded), touch_batch, flush, and the sweep's offline pass.
 pub mod buffer;
 pub mod store;
@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
 
-use crate::lease::{db_clock, state::DbTime, timestamptz};
+use crate::clock::{db_clock, timestamptz, DbTime};
 use crate::spi_plans::execute;
 use crate::stats;
 use buffer::{Recorded, RuntimeId, SeenAt};
@@ -95,7 +95,7 @@ pub fn close_and_flush() -> (i64, usize) {
 
 /// Is the periodic whole-buffer flush due?
 pub fn flush_due(now: DbTime) -> bool {
-    let interval = crate::settings::micros_from_ms(crate::settings::effective_touch_flush_interval_ms());
+    let interval = crate::clock::micros_from_ms(crate::settings::effective_touch_flush_interval_ms());
     buffer::flush_clock(now).is_some_and(|last| now - last >= interval)
 }
 
@@ -107,7 +107,7 @@ pub struct OfflinePass {
 /// Mark silent online runtimes offline — except those with a touch still in the buffer:
 /// their pending touch is written instead (they are alive; the row is just behind).
 pub fn sweep_offline(client: &mut SpiClient<'_>, now: DbTime) -> OfflinePass {
-    let cutoff = timestamptz(now - crate::settings::micros_from_ms(crate::settings::RUNTIME_OFFLINE_AFTER_MS.get()));
+    let cutoff = timestamptz(now - crate::clock::micros_from_ms(crate::settings::RUNTIME_OFFLINE_AFTER_MS.get()));
     let silent = execute(client, &store::SILENT, &[cutoff.into()]);
     let mut candidates: Vec<RuntimeId> = Vec::with_capacity(silent.len());
     for row in silent {

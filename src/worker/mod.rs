@@ -107,8 +107,30 @@ pub extern "C-unwind" fn lease_sched_launcher_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// pg_cancel_backend must not make a worker raise an ERROR outside any transaction (that
-/// would end it and, for the launcher, lose track of its sweeper).
+/// Sleep on the latch up to `timeout`; false once SIGTERM arrived. A cancel
+/// (pg_cancel_backend) that arrives while the sweeper is idle has nothing to cancel: it is
+/// forgotten here, instead of raising an ERROR outside any transaction (which would end
+/// the process).
+fn idle_wait(timeout: Duration) -> bool {
+    // SAFETY: the standard latch wait of a background worker; QueryCancelPending is this
+    // process's own flag, cleared between transactions.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout.as_millis().min(i64::MAX as u128) as i64,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        pg_sys::QueryCancelPending = 0;
+    }
+    pgrx::check_for_interrupts!();
+    !BackgroundWorker::sigterm_received()
+}
+
+/// The launcher never waits on a lock or runs a statement that a timeout must interrupt,
+/// so it ignores SIGINT altogether: pg_cancel_backend must not make it raise an ERROR
+/// outside any transaction (which would end it).
 fn ignore_cancel() {
     // SAFETY: replaces this process's SIGINT handler; called once at worker start.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
@@ -147,7 +169,9 @@ fn database_oid(name: &str) -> Option<pg_sys::Oid> {
 #[no_mangle]
 pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    ignore_cancel();
+    // SIGINT keeps PostgreSQL's handler: lock_timeout and statement_timeout work by
+    // signalling SIGINT to this very process. A cancel that arrives while idle is
+    // discarded by `idle_wait`; one during a sweep cancels that sweep, which is rolled back.
     // SAFETY: MyProcPid is this process's pid.
     let pid = unsafe { pg_sys::MyProcPid };
     if !shmem::claim_sweeper(pid) {
@@ -178,7 +202,7 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
             Some(t) => t + POLL.min(interval),
             None => Instant::now(),
         };
-        if !BackgroundWorker::wait_latch(Some(due.saturating_duration_since(Instant::now()))) {
+        if !idle_wait(due.saturating_duration_since(Instant::now())) {
             break;
         }
         if BackgroundWorker::sighup_received() {

@@ -6,11 +6,11 @@
 //! Each pass runs in its own subtransaction and never waits for a row lock (every write
 //! is SKIP LOCKED): one poisoned row or one failing pass is logged and rolled back alone,
 //! and the other passes of the sweep still do their work.
-use pgrx::datum::Interval;
 use pgrx::prelude::*;
 
-use crate::lease::{db_clock, store, timestamptz};
-use crate::settings::{self, micros_from_ms};
+use crate::clock::{db_clock, micros_from_s, timestamptz};
+use crate::lease::store;
+use crate::settings;
 use crate::spi_plans::execute;
 use crate::{runtime, stats, subxact};
 
@@ -49,8 +49,7 @@ pub fn sweep() -> SweepReport {
 
     // 2. Abandoned leases fail (and get their retry time when attempts are left).
     pass("abandoned leases", || {
-        let base = Interval::from_micros(micros_from_ms(settings::RETRY_BACKOFF_BASE_MS.get()));
-        let max = Interval::from_micros(micros_from_ms(settings::RETRY_BACKOFF_MAX_MS.get()));
+        let (base, max) = settings::retry_backoff_bounds();
         report.leases_failed = Spi::connect_mut(|client| {
             execute(client, &store::FAIL_ABANDONED, &[timestamptz(now).into(), base.into(), max.into()]).len() as i64
         });
@@ -68,7 +67,7 @@ pub fn sweep() -> SweepReport {
     let retention_s = settings::RETENTION_S.get();
     if retention_s > 0 {
         pass("retention", || {
-            let cutoff = timestamptz(now - retention_s as i64 * 1_000_000);
+            let cutoff = timestamptz(now - micros_from_s(retention_s));
             Spi::connect_mut(|client| {
                 for _ in 0..PRUNE_BATCHES_PER_SWEEP {
                     let n = execute(

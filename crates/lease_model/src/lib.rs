@@ -607,6 +607,17 @@ pub enum ClaimOutcome {
     Conflicted,
 }
 
+impl ClaimOutcome {
+    /// The `outcome` column of lease_try_claim.
+    pub fn as_sql(self) -> &'static str {
+        match self {
+            ClaimOutcome::Won => "won",
+            ClaimOutcome::Stole => "stole",
+            ClaimOutcome::Conflicted => "conflicted",
+        }
+    }
+}
+
 /// `lease_try_claim`: insert (won), take over (stole: attempt + 1, new tokens, the
 /// claimer's stale settings, finish fields cleared) or leave the row alone (conflicted).
 /// `new_token` and `new_fencing` are what the database would draw for a grant.
