@@ -13,8 +13,9 @@
 //! There is exactly one sweeper: it claims `shmem::Shared::sweeper_pid` at start (a second
 //! one leaves at once) and gives it up at exit. The launcher comes back after
 //! `pg_terminate_backend` (it exits with code 1, so the postmaster restarts it) and ignores
-//! `pg_cancel_backend`; the sweeper ignores cancels too (terminate it instead: the launcher
-//! starts a new one). The sweeper runs every statement with `search_path = pg_catalog,
+//! `pg_cancel_backend`; a cancel of the sweeper cancels the sweep in progress (rolled back,
+//! the next one runs) and is forgotten when it arrives while the sweeper is idle. The
+//! sweeper runs every statement with `search_path = pg_catalog,
 //! pg_temp`, whatever the database or any role sets, so no object a role creates can
 //! stand in for one its SQL calls (it runs as the bootstrap superuser).
 pub mod sweep;
