@@ -51,3 +51,35 @@ fn review_a_job_with_a_tiny_every_never_runs_again_after_a_gap() {
          never runs again"
     );
 }
+
+/// job_define accepts a name whose definition fits lease_sched.jobs' key but whose runs do
+/// not fit sys_cron_executions' unique key (8 bytes more: plan_time): the job is defined and
+/// every run of it fails with an index-size error that names no argument.
+#[test]
+fn review_job_define_accepts_a_job_that_can_never_be_claimed() {
+    let mut c = connect();
+    // ~2684 bytes of incompressible text.
+    let name: String = c
+        .query_one(
+            "SELECT left(string_agg(md5(random()::text || g), ''), 2684) FROM generate_series(1, 90) g",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let defined = c.execute("SELECT lease_sched.job_define($1, '1 hour')", &[&name]);
+    if let Err(e) = &defined {
+        let code = sqlstate(e);
+        assert!(code == "22023" || code == "54000", "refused with {code}: {e}");
+        return;
+    }
+    let plan: chrono::DateTime<chrono::Utc> = c.query_one("SELECT lease_sched.lease_next_plan($1)", &[&name]).unwrap().get(0);
+    let claimed = c.query_one("SELECT outcome FROM lease_sched.lease_try_claim($1, $2, 'runner')", &[&name, &plan]);
+    let _ = c.execute("SELECT lease_sched.job_drop($1)", &[&name]);
+    let _ = c.execute("DELETE FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&name]);
+    assert!(
+        claimed.is_ok(),
+        "job_define accepted a {}-byte job name, but no run of the job can ever be claimed: {:?}",
+        name.len(),
+        claimed.err().map(|e| e.to_string())
+    );
+}
