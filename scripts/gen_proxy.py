@@ -4,6 +4,7 @@
     scripts/gen_proxy.py            write sql/proxy/lease_sched_proxy.sql
     scripts/gen_proxy.py --check    exit 1 when the committed file is not what this generates
     scripts/gen_proxy.py --stdout   print it
+    scripts/gen_proxy.py --out FILE write FILE instead
 
 The function list is read from the extension's own DDL (sql/*.sql, in the extension's load
 order, upgrade scripts excluded): every CREATE FUNCTION / CREATE PROCEDURE of schema
@@ -42,6 +43,11 @@ ROUTES = {
     "lease_next_plan": ("job", "job_name"),
     "lease_heartbeat": ("owner", "executions"),
     "lease_finish": ("owner", "executions"),
+    "job_define": ("job", "job_name"),
+    "job_pause": ("job", "job_name"),
+    "job_resume": ("job", "job_name"),
+    "job_drop": ("job", "job_name"),
+    "job_definition": ("job", "job_name"),
     "lock_acquire": ("lock", "lock_name"),
     "lock_heartbeat": ("lock", "lock_name"),
     "lock_release": ("lock", "lock_name"),
@@ -118,10 +124,9 @@ def split_top(s):
 def functions():
     """(kind, name, [arg], returns) for every routine of the extension, in load order."""
     found = []
-    for stem in LOAD_ORDER:
+    stems = [p.stem for p in sorted((ROOT / "sql").glob("*.sql")) if not p.stem.startswith("lease_sched--")]
+    for stem in [s for s in LOAD_ORDER if s in stems] + [s for s in stems if s not in LOAD_ORDER]:
         path = ROOT / "sql" / f"{stem}.sql"
-        if not path.exists():
-            continue
         sql = re.sub(r"--[^\n]*", "", path.read_text())
         for m in re.finditer(r"CREATE\s+(?:OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE)\s+lease_sched\.(\w+)\s*\(", sql):
             open_at = m.end() - 1
@@ -442,7 +447,8 @@ def generate():
         out.append("\n")
     missing = set(ROUTES) - seen
     if missing:
-        sys.exit(f"gen_proxy: ROUTES names functions the extension no longer has: {sorted(missing)}")
+        print(f"gen_proxy: note: ROUTES classifies functions sql/*.sql does not have (yet): {sorted(missing)}",
+              file=sys.stderr)
     out.append("-- Not proxied (call them on each partition): " + ", ".join(local) + ".\n\n")
     out.append("RESET client_min_messages;\n")
     return "".join(out)
@@ -456,6 +462,8 @@ def main():
         if not OUT.exists() or OUT.read_text() != text:
             sys.exit(f"gen_proxy: {OUT.relative_to(ROOT)} is not current: run scripts/gen_proxy.py")
         print(f"gen_proxy: {OUT.relative_to(ROOT)} is current")
+    elif "--out" in sys.argv:
+        Path(sys.argv[sys.argv.index("--out") + 1]).write_text(text)
     else:
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(text)

@@ -34,27 +34,33 @@ for a in "$@"; do
   esac
 done
 section() { echo "== [scaleout $((SECONDS / 60))m$(printf %02d $((SECONDS % 60)))s] $*"; }
-as_pg() { runuser -u postgres -- env LC_ALL=C.UTF-8 LANG=C.UTF-8 "$@"; }
+as_pg() {
+  runuser -u postgres -- env LC_ALL=C.UTF-8 LANG=C.UTF-8 ${XDG_CONFIG_HOME:+XDG_CONFIG_HOME=$XDG_CONFIG_HOME} \
+    ${XDG_DATA_HOME:+XDG_DATA_HOME=$XDG_DATA_HOME} ${XDG_RUNTIME_DIR:+XDG_RUNTIME_DIR=$XDG_RUNTIME_DIR} "$@"
+}
 psql_at() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -p "$@"; }
 
 if [ $mode = quick ]; then
   DIR=/tmp/lease_sched_scaleout_q; PROXY_PORT=55525
 else
   DIR=/tmp/lease_sched_scaleout; PROXY_PORT=55500; MONITOR_PORT=55501
+  # pg_autoctl keeps its state (config, FSM state, pid files) under the XDG directories:
+  # keep it inside $DIR, so that removing $DIR forgets an earlier run entirely.
+  export XDG_CONFIG_HOME=$DIR/xdg/config XDG_DATA_HOME=$DIR/xdg/data XDG_RUNTIME_DIR=$DIR/xdg/run
 fi
 NODE_PORTS=(55510 55511 55520 55521)   # p0a p0b p1a p1b (full)
 
+# The pg_autoctl service of node directory $1, if it runs.
+keeper_pid() { pgrep -u postgres -f "^pg_autoctl run --pgdata $1/data\$" || true; }
 stop_full() {
-  # pg_autoctl keepers first (they would restart their postgres), then every server.
-  local d
+  # pg_autoctl services first (they would restart their postgres), then every server.
+  local d pid
   for d in "$DIR"/p0a "$DIR"/p0b "$DIR"/p1a "$DIR"/p1b "$DIR"/monitor; do
-    [ -d "$d" ] || continue
-    if [ -f "$d/autoctl.pid" ]; then
-      kill "$(cat "$d/autoctl.pid")" 2>/dev/null || true
-    fi
+    for pid in $(keeper_pid "$d"); do kill "$pid" 2>/dev/null || true; done
   done
-  sleep 1
+  sleep 2
   for d in "$DIR"/p0a "$DIR"/p0b "$DIR"/p1a "$DIR"/p1b "$DIR"/monitor; do
+    for pid in $(keeper_pid "$d"); do kill -9 "$pid" 2>/dev/null || true; done
     [ -d "$d/data" ] && as_pg "$PGBIN/pg_ctl" -D "$d/data" -m immediate -w stop >/dev/null 2>&1 || true
   done
   scripts/cluster.sh stop "$DIR/proxy" immediate
@@ -88,7 +94,14 @@ if [ ! -e "$("$PGBIN/pg_config" --pkglibdir)/lease_sched.so" ]; then
     --no-default-features --features pg15 >/tmp/lease_sched_scaleout_install.log 2>&1 \
     || { tail -40 /tmp/lease_sched_scaleout_install.log; exit 1; }
 fi
-python3 scripts/gen_proxy.py --check
+# The proxy SQL loaded here is generated from the sql/*.sql of this tree; the quick run
+# (part of `make test`) also insists that the committed sql/proxy file is that same text.
+PROXY_SQL=/tmp/lease_sched_scaleout_proxy.sql
+python3 scripts/gen_proxy.py --out "$PROXY_SQL"
+if ! python3 scripts/gen_proxy.py --check; then
+  [ $mode = quick ] && exit 1
+  echo "scaleout: WARNING: loading the proxy generated from this tree's sql/*.sql instead" >&2
+fi
 VENV=/tmp/lease_sched_scaleout_venv
 if ! "$VENV/bin/python" -c "import psycopg, pytest" 2>/dev/null; then
   /usr/bin/python3 -m venv "$VENV"
@@ -111,7 +124,7 @@ setup_proxy() {
       i=$((i + 1))
       [ $db = lease_sched_1p ] && break
     done
-    psql_at "$PROXY_PORT" -d "$db" -f sql/proxy/lease_sched_proxy.sql
+    psql_at "$PROXY_PORT" -d "$db" -f "$PROXY_SQL"
     psql_at "$PROXY_PORT" -d "$db" -c "CREATE SERVER lease_sched FOREIGN DATA WRAPPER plproxy OPTIONS ($opts)" \
       -c "CREATE USER MAPPING FOR PUBLIC SERVER lease_sched OPTIONS (user 'postgres')"
   done
@@ -138,13 +151,14 @@ fi
 # ---- full: pg_auto_failover ------------------------------------------------------------
 section "full: monitor :$MONITOR_PORT, p0 :55510/:55511, p1 :55520/:55521, proxy :$PROXY_PORT"
 stop_full
-rm -rf "$DIR" && mkdir -p "$DIR" && chown postgres "$DIR"
+rm -rf "$DIR" && mkdir -p "$DIR" "$XDG_CONFIG_HOME" "$XDG_DATA_HOME" "$XDG_RUNTIME_DIR" && chown -R postgres "$DIR"
+chmod 700 "$XDG_RUNTIME_DIR"
 MONITOR_URI="postgres://autoctl_node@127.0.0.1:$MONITOR_PORT/pg_auto_failover?sslmode=disable"
 
-# Run a pg_autoctl service in the background for node directory $1 (pid in $1/autoctl.pid).
+# Run the pg_autoctl service of node directory $1 in the background (log: $1/autoctl.log).
 run_keeper() {
   local d=$1
-  as_pg bash -c "cd '$d' && nohup pg_autoctl run --pgdata '$d/data' >>'$d/autoctl.log' 2>&1 & echo \$! > '$d/autoctl.pid'"
+  (cd "$d" && as_pg setsid pg_autoctl run --pgdata "$d/data" >>"$d/autoctl.log" 2>&1 </dev/null &)
 }
 # State of node $1 as the monitor sees it: "reported assigned".
 node_state() {
@@ -184,7 +198,6 @@ log_min_messages = warning
 CONF
 run_keeper "$DIR/monitor"
 for i in $(seq 60); do psql_at "$MONITOR_PORT" -d pg_auto_failover -c "SELECT 1" >/dev/null 2>&1 && break; sleep 1; done
-psql_at "$MONITOR_PORT" -d pg_auto_failover -Atc "SHOW pgautofailover.node_considered_unhealthy_timeout"
 for f in p0 p1; do
   as_pg pg_autoctl create formation --pgdata "$DIR/monitor/data" --formation "$f" --kind pgsql \
     --dbname lease_sched >/dev/null
@@ -206,7 +219,7 @@ create_node() {  # name port formation
   local name=$1 port=$2 formation=$3 d=$DIR/$1
   mkdir -p "$d" && chown postgres "$d"
   as_pg bash -c "cd '$d' && pg_autoctl create postgres --pgdata '$d/data' --pgport $port --hostname 127.0.0.1 \
-      --pgctl '$PGBIN/pg_ctl' --name $name --formation $formation --monitor '$MONITOR_URI' \
+      --pgctl '$PGBIN/pg_ctl' --listen 127.0.0.1 --name $name --formation $formation --monitor '$MONITOR_URI' \
       --dbname lease_sched --auth trust --no-ssl" >"$d/create.log" 2>&1 \
     || { tail -30 "$d/create.log"; exit 1; }
   as_pg pg_autoctl config set --pgdata "$d/data" timeout.network_partition_timeout 5 >/dev/null
@@ -219,8 +232,14 @@ for f in p0 p1; do
   run_keeper "$DIR/${f}a"
 done
 for f in p0 p1; do wait_state "${f}a" single 90; done
+wait_pg() {  # port
+  local t
+  for t in $(seq 60); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$1" && return 0; sleep 1; done
+  echo "scaleout: nothing accepts connections on port $1" >&2; return 1
+}
 for f in p0 p1; do
   port=$([ $f = p0 ] && echo 55510 || echo 55520)
+  wait_pg "$port"
   psql_at "$port" -d lease_sched -c "CREATE EXTENSION IF NOT EXISTS lease_sched"
 done
 for f in p0 p1; do
@@ -234,7 +253,7 @@ as_pg pg_autoctl show state --pgdata "$DIR/monitor/data"
 parts=("host=127.0.0.1,127.0.0.1 port=55510,55511 dbname=lease_sched user=postgres connect_timeout=2 target_session_attrs=read-write"
        "host=127.0.0.1,127.0.0.1 port=55520,55521 dbname=lease_sched user=postgres connect_timeout=2 target_session_attrs=read-write")
 setup_proxy "${parts[@]}"
-export SCALEOUT_MODE=full SCALEOUT_DIR=$DIR SCALEOUT_MONITOR_PORT=$MONITOR_PORT SCALEOUT_PGBIN=$PGBIN
+export SCALEOUT_MODE=full SCALEOUT_DIR=$DIR XDG_CONFIG_HOME XDG_DATA_HOME XDG_RUNTIME_DIR SCALEOUT_MONITOR_PORT=$MONITOR_PORT SCALEOUT_PGBIN=$PGBIN
 export SCALEOUT_PROXY_DSN="host=127.0.0.1 port=$PROXY_PORT dbname=lease_sched user=postgres"
 export SCALEOUT_PROXY_1P_DSN="host=127.0.0.1 port=$PROXY_PORT dbname=lease_sched_1p user=postgres"
 export SCALEOUT_PARTITIONS="${parts[0]};${parts[1]}"
@@ -247,7 +266,8 @@ lease_sched scale-out is running: 1 proxy, 2 partitions (pg_auto_failover pairs)
     SELECT * FROM lease_sched.lease_try_claim('nightly-report', now(), 'me');
     SELECT lease_sched_proxy.partition_of('nightly-report');
     $PGBIN/psql "${parts[0]}"     # partition 0
-    pg_autoctl show state --pgdata $DIR/monitor/data                     # as postgres
+    runuser -u postgres -- env XDG_CONFIG_HOME=$XDG_CONFIG_HOME XDG_DATA_HOME=$XDG_DATA_HOME \\
+        pg_autoctl show state --pgdata $DIR/monitor/data
 Stop everything with: scripts/scaleout.sh --stop
 MSG
   exit 0
