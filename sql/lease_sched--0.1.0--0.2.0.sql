@@ -446,6 +446,50 @@ $run$;
 COMMENT ON PROCEDURE lease_sched.run(text, text, interval, text, text, int, interval) IS
     'Run a SQL command once per plan of a job (for cron.schedule): claim, commit, execute under a lease deadline, finish SUCCESS or FAILED (then re-raise); never commits the work of a lost lease.';
 
--- As finalize.sql does for a fresh install: nothing is executable without a grant.
-REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA lease_sched FROM PUBLIC;
-REVOKE EXECUTE ON ALL PROCEDURES IN SCHEMA lease_sched FROM PUBLIC;
+-- As finalize.sql does for a fresh install: nothing new is executable without a grant.
+-- By name, only the routines this script created: a REVOKE ... ON ALL FUNCTIONS here would
+-- record every function's current access list, runner grants included, as the
+-- extension's initial privileges, and pg_dump would then leave those grants out.
+REVOKE EXECUTE ON FUNCTION
+    lease_sched.lock_acquire(text, text, interval),
+    lease_sched.lock_heartbeat(text, uuid),
+    lease_sched.lock_release(text, uuid),
+    lease_sched.retry_backoff(int, interval, interval),
+    lease_sched.run_arm_deadline(timestamptz, interval),
+    lease_sched.run_disarm_deadline(boolean),
+    lease_sched.lease_fence_check(uuid, bigint),
+    lease_sched.lock_fence_check(text, bigint),
+    lease_sched.lock_fence_passed(text),
+    lease_sched.lease_fence_passed(text),
+    lease_sched.lease_fence(uuid, bigint),
+    lease_sched.lock_fence(text, bigint),
+    lease_sched.require_lock(),
+    lease_sched.require_lease(),
+    lease_sched.job_define(text, interval, text, interval, int, interval, text, text),
+    lease_sched.job_pause(text, text, text),
+    lease_sched.job_resume(text, text, text),
+    lease_sched.job_drop(text, text, text),
+    lease_sched.job_definition(text, text, text)
+FROM PUBLIC;
+
+-- Grants made here would be recorded as the extension's initial privileges (and so left
+-- out of pg_dump), so the script grants nothing: it names the roles that need their
+-- grants re-run for the new and re-created functions (docs/install.md, "Upgrading").
+DO $grants$
+DECLARE
+    roles text;
+BEGIN
+    SELECT pg_catalog.string_agg(DISTINCT pg_catalog.quote_ident(a.rolname), ', ')
+      INTO roles
+      FROM pg_catalog.pg_proc p,
+           LATERAL pg_catalog.aclexplode(p.proacl) AS x
+      JOIN pg_catalog.pg_authid a ON a.oid OPERATOR(pg_catalog.=) x.grantee
+     WHERE p.pronamespace OPERATOR(pg_catalog.=) 'lease_sched'::regnamespace
+       AND p.proname OPERATOR(pg_catalog.=) 'lease_try_claim'
+       AND x.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+       AND x.grantee OPERATOR(pg_catalog.<>) p.proowner;
+    IF roles IS NOT NULL THEN
+        RAISE NOTICE 'lease_sched 0.2.0: re-run your grants for the new and re-created functions (lock_*, fences, jobs, run helpers): GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA lease_sched TO %;', roles;
+    END IF;
+END;
+$grants$;
