@@ -167,7 +167,7 @@ log=/tmp/lease_sched_test.log
 run_all "$@" 2>&1 | tee "$log"
 awk -v secs=$SECONDS \
     '/^test result:/ { passed += $4; failed += $6 }
-     /All [0-9]+ tests passed/ { passed += $2 }
+     match($0, /All [0-9]+ tests passed/) { split(substr($0, RSTART, RLENGTH), w, " "); passed += w[2] }
      /skipped test: / { passed--; skipped++ }
      /^skipped script: / { skipped++ }
      /^passed script: / { passed++ }
