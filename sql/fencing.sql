@@ -22,38 +22,38 @@ SELECT last_value AS timeline FROM lease_sched.token_floor_timeline;
 COMMENT ON VIEW lease_sched.token_floor IS 'The WAL timeline on which fencing tokens were last floored at the database clock (0: not yet).';
 REVOKE ALL ON lease_sched.token_floor_timeline, lease_sched.token_floor FROM PUBLIC;
 
-CREATE FUNCTION lease_sched.lease_fence_check(execution_id uuid, fencing_token bigint)
+CREATE FUNCTION lease_sched.lease_fence_check(execution_id uuid, fencing_token bigint, lease_token uuid)
 RETURNS text
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'lease_fence_check_wrapper';
-COMMENT ON FUNCTION lease_sched.lease_fence_check(uuid, bigint) IS
+COMMENT ON FUNCTION lease_sched.lease_fence_check(uuid, bigint, uuid) IS
     'Used by lease_fence: NULL when the token holds the RUNNING lease (row locked FOR KEY SHARE until the transaction ends), else why not.';
 
-CREATE FUNCTION lease_sched.lock_fence_check(lock_name text, fencing_token bigint)
+CREATE FUNCTION lease_sched.lock_fence_check(lock_name text, fencing_token bigint, lock_token uuid)
 RETURNS text
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'lock_fence_check_wrapper';
-COMMENT ON FUNCTION lease_sched.lock_fence_check(text, bigint) IS
+COMMENT ON FUNCTION lease_sched.lock_fence_check(text, bigint, uuid) IS
     'Used by lock_fence: NULL when the token holds the lock (row locked FOR KEY SHARE until the transaction ends), else why not.';
 
-CREATE FUNCTION lease_sched.lock_fence_passed(lock_name text)
+CREATE FUNCTION lease_sched.lock_fence_passed(lock_name text, proven_only boolean)
 RETURNS boolean
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'lock_fence_passed_wrapper';
-COMMENT ON FUNCTION lease_sched.lock_fence_passed(text) IS 'Has this transaction passed lock_fence for this lock?';
+COMMENT ON FUNCTION lease_sched.lock_fence_passed(text, boolean) IS 'Has this transaction passed lock_fence for this lock (with its lock_token when proven_only)?';
 
-CREATE FUNCTION lease_sched.lease_fence_passed(job_name text)
+CREATE FUNCTION lease_sched.lease_fence_passed(job_name text, proven_only boolean)
 RETURNS boolean
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'lease_fence_passed_wrapper';
-COMMENT ON FUNCTION lease_sched.lease_fence_passed(text) IS 'Has this transaction passed lease_fence for a lease of this job?';
+COMMENT ON FUNCTION lease_sched.lease_fence_passed(text, boolean) IS 'Has this transaction passed lease_fence for a lease of this job (with its lease_token when proven_only)?';
 
-CREATE FUNCTION lease_sched.lease_fence(execution_id uuid, fencing_token bigint)
+CREATE FUNCTION lease_sched.lease_fence(execution_id uuid, fencing_token bigint, lease_token uuid DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fence$
 DECLARE
-    refusal text := lease_sched.lease_fence_check(execution_id, fencing_token);
+    refusal text := lease_sched.lease_fence_check(execution_id, fencing_token, lease_token);
 BEGIN
     IF refusal IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'LS001', MESSAGE = refusal,
@@ -61,15 +61,15 @@ BEGIN
     END IF;
 END;
 $fence$;
-COMMENT ON FUNCTION lease_sched.lease_fence(uuid, bigint) IS
-    'Pass only while fencing_token holds the RUNNING lease, and keep it so until this transaction ends (no steal completes meanwhile); else SQLSTATE LS001.';
+COMMENT ON FUNCTION lease_sched.lease_fence(uuid, bigint, uuid) IS
+    'Pass only while fencing_token (and lease_token, when given) holds the RUNNING lease, and keep it so until this transaction ends (no steal completes meanwhile); else SQLSTATE LS001.';
 
-CREATE FUNCTION lease_sched.lock_fence(lock_name text, fencing_token bigint)
+CREATE FUNCTION lease_sched.lock_fence(lock_name text, fencing_token bigint, lock_token uuid DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $fence$
 DECLARE
-    refusal text := lease_sched.lock_fence_check(lock_name, fencing_token);
+    refusal text := lease_sched.lock_fence_check(lock_name, fencing_token, lock_token);
 BEGIN
     IF refusal IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'LS001', MESSAGE = refusal,
@@ -77,23 +77,25 @@ BEGIN
     END IF;
 END;
 $fence$;
-COMMENT ON FUNCTION lease_sched.lock_fence(text, bigint) IS
-    'Pass only while fencing_token holds the lock, and keep it so until this transaction ends (no takeover completes meanwhile); else SQLSTATE LS001.';
+COMMENT ON FUNCTION lease_sched.lock_fence(text, bigint, uuid) IS
+    'Pass only while fencing_token (and lock_token, when given) holds the lock, and keep it so until this transaction ends (no takeover completes meanwhile); else SQLSTATE LS001.';
 
 -- Trigger functions for leader-only tables, e.g.
 --   CREATE TRIGGER reports_leader_only BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON reports
 --       FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.require_lock('reports-leader');
--- Work as row triggers too (they return the row unchanged).
+-- Work as row triggers too (they return the row unchanged). A second argument 'secret'
+-- accepts only fences passed with the holder's secret token (lock_fence(name, token,
+-- lock_token)): then knowing the public fencing token is not enough to write.
 CREATE FUNCTION lease_sched.require_lock()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $require$
 BEGIN
-    IF TG_NARGS <> 1 THEN
-        RAISE EXCEPTION 'lease_sched.require_lock needs one argument, the lock name: EXECUTE FUNCTION lease_sched.require_lock(''<lock>'')'
+    IF TG_NARGS NOT IN (1, 2) OR (TG_NARGS = 2 AND TG_ARGV[1] <> 'secret') THEN
+        RAISE EXCEPTION 'lease_sched.require_lock takes the lock name, and optionally ''secret'': EXECUTE FUNCTION lease_sched.require_lock(''<lock>'' [, ''secret''])'
               USING ERRCODE = '22023';
     END IF;
-    IF NOT lease_sched.lock_fence_passed(TG_ARGV[0]) THEN
+    IF NOT lease_sched.lock_fence_passed(TG_ARGV[0], TG_NARGS = 2) THEN
         RAISE EXCEPTION 'lease_sched: writes to %.% need the lock "%", and this transaction has not passed its fence',
                         TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
               USING ERRCODE = 'LS001',
@@ -114,11 +116,11 @@ RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $require$
 BEGIN
-    IF TG_NARGS <> 1 THEN
-        RAISE EXCEPTION 'lease_sched.require_lease needs one argument, the job name: EXECUTE FUNCTION lease_sched.require_lease(''<job>'')'
+    IF TG_NARGS NOT IN (1, 2) OR (TG_NARGS = 2 AND TG_ARGV[1] <> 'secret') THEN
+        RAISE EXCEPTION 'lease_sched.require_lease takes the job name, and optionally ''secret'': EXECUTE FUNCTION lease_sched.require_lease(''<job>'' [, ''secret''])'
               USING ERRCODE = '22023';
     END IF;
-    IF NOT lease_sched.lease_fence_passed(TG_ARGV[0]) THEN
+    IF NOT lease_sched.lease_fence_passed(TG_ARGV[0], TG_NARGS = 2) THEN
         RAISE EXCEPTION 'lease_sched: writes to %.% need a lease of job "%", and this transaction has not passed its fence',
                         TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
               USING ERRCODE = 'LS001',

@@ -123,61 +123,77 @@ pub fn ensure_token_floor(client: &mut SpiClient<'_>) {
 }
 
 static LEASE_ROW: Statement = Statement {
-    sql: "SELECT job_name, status, fencing_token FROM lease_sched.sys_cron_executions WHERE id = $1 FOR KEY SHARE",
+    sql: "SELECT job_name, status, fencing_token, lease_token FROM lease_sched.sys_cron_executions WHERE id = $1 FOR KEY SHARE",
     arg_types: &[UUIDOID],
 };
 
 static LOCK_ROW: Statement = Statement {
-    sql: "SELECT fencing_token FROM lease_sched.locks WHERE name = $1 FOR KEY SHARE",
+    sql: "SELECT fencing_token, lock_token FROM lease_sched.locks WHERE name = $1 FOR KEY SHARE",
     arg_types: &[TEXTOID],
 };
 
 /// `lease_fence`'s check: None when `fencing_token` holds the RUNNING lease (the row stays
-/// locked until this transaction ends), else why not. The SQL wrapper raises LS001 with it:
-/// a custom SQLSTATE cannot travel through Rust's error type, so PL/pgSQL raises it.
-pub fn lease_fence(execution_id: Uuid, fencing_token: i64) -> Option<String> {
+/// locked until this transaction ends), else why not. With `lease_token` (the holder's
+/// secret) the fence also proves the caller is the holder; without it, it only proves the
+/// token is current, which anyone who can see the token can claim (docs/api.md, "Fences").
+/// The SQL wrapper raises LS001 with the refusal: a custom SQLSTATE cannot travel through
+/// Rust's error type, so PL/pgSQL raises it.
+pub fn lease_fence(execution_id: Uuid, fencing_token: i64, lease_token: Option<Uuid>) -> Option<String> {
     let row = Spi::connect_mut(|client| {
         let t = execute(client, &LEASE_ROW, &[execution_id.into()]);
         if t.is_empty() {
             return None;
         }
         let r = t.first();
-        Some((r.get::<String>(1).unwrap()?, r.get::<String>(2).unwrap()?, r.get::<i64>(3).unwrap()?))
+        Some((
+            r.get::<String>(1).unwrap()?,
+            r.get::<String>(2).unwrap()?,
+            r.get::<i64>(3).unwrap()?,
+            r.get::<Uuid>(4).unwrap()?,
+        ))
     });
     match row {
-        Some((job_name, status, token)) if status == "RUNNING" && token == fencing_token => {
-            xact::fence_passed(Fence::Lease { job_name });
-            None
-        }
-        Some((job_name, status, token)) if token != fencing_token => Some(format!(
+        Some((job_name, status, token, _)) if token != fencing_token => Some(format!(
             "lease_sched: fenced out: the lease {execution_id} of job \"{job_name}\" is now held with fencing token {token}, not {fencing_token} (status {status})"
         )),
-        Some((job_name, status, _)) => {
+        Some((job_name, status, _, _)) if status != "RUNNING" => {
             Some(format!("lease_sched: fenced out: the lease {execution_id} of job \"{job_name}\" has ended ({status})"))
+        }
+        Some((job_name, _, _, secret)) if lease_token.is_some_and(|given| given != secret) => Some(format!(
+            "lease_sched: fenced out: the lease_token given does not hold the lease {execution_id} of job \"{job_name}\""
+        )),
+        Some((job_name, _, _, _)) => {
+            xact::fence_passed(Fence::Lease { job_name }, lease_token.is_some());
+            None
         }
         None => Some(format!("lease_sched: fenced out: there is no lease {execution_id}")),
     }
 }
 
 /// `lock_fence`'s check: None when `fencing_token` holds the lock (the row stays locked
-/// until this transaction ends), else why not.
-pub fn lock_fence(lock_name: &str, fencing_token: i64) -> Option<String> {
-    let token: Option<i64> = Spi::connect_mut(|client| {
+/// until this transaction ends), else why not. `lock_token` as for `lease_fence`.
+pub fn lock_fence(lock_name: &str, fencing_token: i64, lock_token: Option<Uuid>) -> Option<String> {
+    let row: Option<(i64, Uuid)> = Spi::connect_mut(|client| {
         let t = execute(client, &LOCK_ROW, &[lock_name.into()]);
         if t.is_empty() {
-            None
-        } else {
-            t.first().get(1).unwrap()
+            return None;
         }
+        let r = t.first();
+        Some((r.get::<i64>(1).unwrap()?, r.get::<Uuid>(2).unwrap()?))
     });
-    match token {
-        Some(token) if token == fencing_token => {
-            xact::fence_passed(Fence::Lock { name: lock_name.to_string() });
-            None
-        }
-        Some(token) => Some(format!(
+    match row {
+        Some((token, _)) if token != fencing_token => Some(format!(
             "lease_sched: fenced out: the lock \"{lock_name}\" is now held with fencing token {token}, not {fencing_token}"
         )),
-        None => Some(format!("lease_sched: fenced out: the lock \"{lock_name}\" is not held (fencing token {fencing_token} no longer holds it)")),
+        Some((_, secret)) if lock_token.is_some_and(|given| given != secret) => {
+            Some(format!("lease_sched: fenced out: the lock_token given does not hold the lock \"{lock_name}\""))
+        }
+        Some(_) => {
+            xact::fence_passed(Fence::Lock { name: lock_name.to_string() }, lock_token.is_some());
+            None
+        }
+        None => Some(format!(
+            "lease_sched: fenced out: the lock \"{lock_name}\" is not held (fencing token {fencing_token} no longer holds it)"
+        )),
     }
 }

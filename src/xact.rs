@@ -10,11 +10,13 @@
 //! and its children, which are exactly the entries with an id at least as high (ids grow,
 //! and every subtransaction begun while it was open is its descendant).
 //! PREPARE TRANSACTION counts as an end: the prepared writes may yet roll back, and a
-//! second write of the same touch changes nothing.
+//! second write of the same touch changes nothing. A transaction that passed a fence cannot
+//! be prepared at all (it would pin the lease or lock against takeovers).
 use std::cell::{Cell, RefCell};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use pgrx::PgLogLevel;
 
 use crate::runtime::buffer::{self, RuntimeId, SeenAt};
 
@@ -27,7 +29,8 @@ pub enum Fence {
 
 thread_local! {
     static WRITTEN_TOUCHES: RefCell<Vec<(pg_sys::SubTransactionId, Vec<(RuntimeId, SeenAt)>)>> = const { RefCell::new(Vec::new()) };
-    static FENCES: RefCell<Vec<(pg_sys::SubTransactionId, Fence)>> = const { RefCell::new(Vec::new()) };
+    // (subtransaction, fence, proven with the holder's secret token)
+    static FENCES: RefCell<Vec<(pg_sys::SubTransactionId, Fence, bool)>> = const { RefCell::new(Vec::new()) };
     static CALLBACKS: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -53,21 +56,36 @@ pub fn touches_written(entries: Vec<(RuntimeId, SeenAt)>) {
     }
 }
 
-/// The open transaction passed this fence.
-pub fn fence_passed(fence: Fence) {
+/// The open transaction passed this fence; `proven` when the caller also gave the
+/// holder's secret (lease_token / lock_token), not just the public fencing token.
+pub fn fence_passed(fence: Fence, proven: bool) {
     let subid = current_subxact();
-    FENCES.with(|f| f.borrow_mut().push((subid, fence)));
+    FENCES.with(|f| f.borrow_mut().push((subid, fence, proven)));
 }
 
-/// Has the open transaction passed this fence (and not rolled it back)?
-pub fn has_fence(fence: &Fence) -> bool {
-    FENCES.with(|f| f.borrow().iter().any(|(_, passed)| passed == fence))
+/// Has the open transaction passed this fence (and not rolled it back), with the secret
+/// when `proven_only`?
+pub fn has_fence(fence: &Fence, proven_only: bool) -> bool {
+    FENCES.with(|f| f.borrow().iter().any(|(_, passed, proven)| passed == fence && (*proven || !proven_only)))
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
     match event {
+        // A prepared transaction keeps its row locks until someone commits or rolls it back,
+        // however long that takes: a fence in it would hold off every steal or takeover of
+        // that lease or lock indefinitely. Refuse, as postgres_fdw refuses for its own
+        // state; the transaction is then rolled back.
+        XACT_EVENT_PRE_PREPARE if FENCES.with(|f| !f.borrow().is_empty()) => {
+            pgrx::pg_sys::panic::ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "lease_sched: cannot PREPARE a transaction that passed lease_fence or lock_fence",
+                "lease_sched",
+            )
+            .set_hint("A prepared transaction would hold the lease or lock against every takeover until it is resolved; COMMIT instead.")
+            .report(PgLogLevel::ERROR);
+        }
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
             for (_, entries) in WRITTEN_TOUCHES.with(|w| std::mem::take(&mut *w.borrow_mut())) {
                 buffer::forget_written(&entries);
@@ -91,6 +109,6 @@ unsafe extern "C-unwind" fn on_subxact_end(
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         WRITTEN_TOUCHES.with(|w| w.borrow_mut().retain(|(subid, _)| *subid < my_subid));
-        FENCES.with(|f| f.borrow_mut().retain(|(subid, _)| *subid < my_subid));
+        FENCES.with(|f| f.borrow_mut().retain(|(subid, _, _)| *subid < my_subid));
     }
 }

@@ -8,12 +8,30 @@ pub fn required<T>(value: Option<T>, name: &str) -> T {
     value.unwrap_or_else(|| null_argument(name))
 }
 
+/// The longest name accepted (job, scope, lock, runner, holder, runtime names), in bytes.
+/// Keys of three such names and a plan time must fit one btree index entry (at most about
+/// 2.7 kB); anything longer would fail deep inside an INSERT with a message naming no
+/// argument, or, worse, be accepted by job_define and then never be claimable.
+pub const NAME_MAX_BYTES: usize = 512;
+
+fn short_enough<'a>(value: &'a str, name: &str) -> &'a str {
+    if value.len() > NAME_MAX_BYTES {
+        invalid_argument(name, &format!("must be at most {NAME_MAX_BYTES} bytes (it is {})", value.len()), None);
+    }
+    value
+}
+
 pub fn non_empty<'a>(value: Option<&'a str>, name: &str) -> &'a str {
     let value = required(value, name);
     if value.is_empty() {
         invalid_argument(name, "must not be empty", None);
     }
-    value
+    short_enough(value, name)
+}
+
+/// A name that may be empty (scope_id), with the same length limit.
+pub fn short_name<'a>(value: Option<&'a str>, name: &str) -> &'a str {
+    short_enough(required(value, name), name)
 }
 
 pub fn finite_time(value: Option<TimestampWithTimeZone>, name: &str) -> TimestampWithTimeZone {
@@ -37,7 +55,7 @@ pub fn interval_in_range(value: Interval, name: &str, allow_zero: bool) -> Inter
         invalid_argument(name, bound, Some("Pass an interval such as '30 seconds'."));
     }
     if micros > MAX_INTERVAL_MICROS {
-        invalid_argument(name, "must be at most 1 year", None);
+        invalid_argument(name, "must be at most 366 days", None);
     }
     value
 }

@@ -2,7 +2,7 @@
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
 
-use super::args::{at_least_one, interval_in_range, non_empty, positive_interval, required};
+use super::args::{short_name, at_least_one, interval_in_range, non_empty, positive_interval, required};
 use super::planner::stride;
 use crate::error::invalid_argument;
 use crate::jobs::{self, JobKey, Settings};
@@ -12,7 +12,7 @@ fn key<'a>(job_name: Option<&'a str>, scope_kind: Option<&'a str>, scope_id: Opt
     JobKey {
         job_name: non_empty(job_name, "job_name"),
         scope_kind: non_empty(scope_kind, "scope_kind"),
-        scope_id: required(scope_id, "scope_id"),
+        scope_id: short_name(scope_id, "scope_id"),
     }
 }
 
@@ -30,7 +30,12 @@ fn job_define(
 ) -> bool {
     let job_name = non_empty(job_name, "job_name");
     let every = positive_interval(every, "every");
-    stride(every, "every");
+    // A slot shorter than a second cannot be run in time by any scheduler, and its missed
+    // slots (one SKIPPED row each, at most 1000 per call) would pile up faster than calls
+    // can record them: the job would never run again after a gap.
+    if stride(every, "every") < crate::clock::MICROS_PER_SECOND {
+        invalid_argument("every", "must be at least 1 second for a job definition", None);
+    }
     let misfire = Misfire::from_sql(required(misfire, "misfire")).unwrap_or_else(|| {
         invalid_argument("misfire", "must be 'all', 'latest' or 'skip'", Some("See docs/api.md, \"Jobs\"."))
     });

@@ -3,7 +3,7 @@ use pgrx::datum::{AnyElement, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-use super::args::{at_least_one, finite_time, interval_in_range, non_empty, positive_interval, required};
+use super::args::{short_name, at_least_one, finite_time, interval_in_range, non_empty, positive_interval, required};
 use crate::error::{bad_argument, invalid_argument};
 use crate::lease::{self, ClaimRequest, Finish};
 
@@ -35,7 +35,7 @@ fn lease_try_claim(
         plan_time: finite_time(plan_time, "plan_time"),
         runner_id: non_empty(runner_id, "runner_id"),
         scope_kind: non_empty(scope_kind, "scope_kind"),
-        scope_id: required(scope_id, "scope_id"),
+        scope_id: short_name(scope_id, "scope_id"),
         stale_timeout: positive_interval(stale_timeout, "stale_timeout"),
         max_attempts: at_least_one(max_attempts, "max_attempts"),
         allow_stale_reentry: required(allow_stale_reentry, "allow_stale_reentry"),
@@ -125,6 +125,9 @@ fn jsonb_text_bytes(value: &AnyElement) -> usize {
 #[pg_extern(sql = false)]
 fn retry_backoff(attempt: Option<i32>, base: Option<Interval>, max: Option<Interval>) -> Interval {
     let attempt = required(attempt, "attempt");
+    if attempt < 1 {
+        invalid_argument("attempt", "must be at least 1", None);
+    }
     let base = interval_in_range(required(base, "base"), "base", true);
     let max = interval_in_range(required(max, "max"), "max", true);
     Interval::from_micros(lease_model::retry_backoff(attempt, base.as_micros() as i64, max.as_micros() as i64))

@@ -2,7 +2,7 @@
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
-use super::args::{non_empty, positive_interval, required};
+use super::args::{short_name, non_empty, positive_interval, required};
 use crate::error::invalid_argument;
 use crate::jobs::{self, JobKey};
 use crate::clock::{db_clock, timestamptz};
@@ -28,7 +28,7 @@ fn lease_latest_plan(
     let latest = planner::latest_plan(
         non_empty(job_name, "job_name"),
         non_empty(scope_kind, "scope_kind"),
-        required(scope_id, "scope_id"),
+        short_name(scope_id, "scope_id"),
         now,
     );
     TableIterator::new(latest.map(|l| {
@@ -67,7 +67,7 @@ fn lease_next_plan(
     let job_name = non_empty(job_name, "job_name");
     let every = every.map(|e| stride(positive_interval(Some(e), "every"), "every"));
     let scope_kind = non_empty(scope_kind, "scope_kind");
-    let scope_id = required(scope_id, "scope_id");
+    let scope_id = short_name(scope_id, "scope_id");
     let catch_up = required(catch_up, "catch_up");
     let definition = jobs::definition(&JobKey { job_name, scope_kind, scope_id });
     let now = db_clock();

@@ -35,7 +35,11 @@ pub static INSERT: Statement = Statement {
 /// FOR UPDATE (re-checking `lease_model::may_steal` on its newest version), which waits for every
 /// transaction that passed `lease_fence` on it (they hold it FOR KEY SHARE) to end: a steal
 /// never completes between a holder's fence and its commit. The new token is drawn after
-/// that wait. `was_running` says whether a live holder was deposed (NOTIFY lease_sched_lost).
+/// that wait, and so is the new lease's clock: the decision is taken at the call's instant
+/// ($5), but a lease granted after waiting for a fenced transaction must not start already
+/// stale. `(SELECT clock_timestamp())` is an init-plan, read once, at its first use in the
+/// SET list, which PostgreSQL evaluates only for the row it has locked. `was_running` says
+/// whether a live holder was deposed (NOTIFY lease_sched_lost).
 pub static STEAL: Statement = Statement {
     sql: "WITH held AS (
               SELECT id, status = 'RUNNING' AS was_running FROM lease_sched.sys_cron_executions
@@ -48,9 +52,10 @@ pub static STEAL: Statement = Statement {
              SET status = 'RUNNING', attempt = e.attempt + 1, runner_id = $2,
                  lease_token = gen_random_uuid(), fencing_token = nextval('lease_sched.fencing_token_seq'),
                  allow_stale_reentry = $3, stale_timeout = $4,
-                 heartbeat_at = $5, stale_after = $5 + $4, started_at = $5,
+                 heartbeat_at = (SELECT clock_timestamp()), stale_after = (SELECT clock_timestamp()) + $4,
+                 started_at = (SELECT clock_timestamp()),
                  finished_at = NULL, duration_ms = NULL, next_retry_at = NULL, error_code = NULL,
-                 error_msg = NULL, rows_affected = NULL, result = NULL, updated_at = $5
+                 error_msg = NULL, rows_affected = NULL, result = NULL, updated_at = (SELECT clock_timestamp())
             FROM held
            WHERE e.id = held.id
           RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after, held.was_running",

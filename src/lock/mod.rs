@@ -22,14 +22,15 @@ use pgrx::pg_sys::{INTERVALOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
 ///
 /// The row is locked FOR UPDATE first: that waits for every transaction that passed
 /// `lock_fence` on it (FOR KEY SHARE), so a takeover never completes between the deposed
-/// holder's fence and its commit.
+/// holder's fence and its commit. The new holder's times are read after that wait (an
+/// init-plan evaluated for the locked row), so a takeover that waited is not born expired.
 static TAKE_OVER: Statement = Statement {
     sql: "WITH held AS (
               SELECT name FROM lease_sched.locks WHERE name = $1 AND expires_at <= $3 FOR UPDATE)
           UPDATE lease_sched.locks l
              SET holder = $2, fencing_token = nextval('lease_sched.fencing_token_seq'),
-                 lock_token = gen_random_uuid(), acquired_at = $3, heartbeat_at = $3,
-                 expires_at = $3 + $4, ttl = $4
+                 lock_token = gen_random_uuid(), acquired_at = (SELECT clock_timestamp()),
+                 heartbeat_at = (SELECT clock_timestamp()), expires_at = (SELECT clock_timestamp()) + $4, ttl = $4
             FROM held
            WHERE l.name = held.name
           RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at",
@@ -47,9 +48,12 @@ static INSERT_FREE: Statement = Statement {
     arg_types: &[TEXTOID, TEXTOID, TIMESTAMPTZOID, INTERVALOID],
 };
 
-/// The row was inserted by this transaction just now: no wait is possible here.
+/// The row was inserted by this transaction just now: no wait is possible here. The times
+/// are read again too: the INSERT may have waited for a concurrent inserter.
 static GRANT_TOKEN: Statement = Statement {
-    sql: "UPDATE lease_sched.locks SET fencing_token = nextval('lease_sched.fencing_token_seq')
+    sql: "UPDATE lease_sched.locks SET fencing_token = nextval('lease_sched.fencing_token_seq'),
+                 acquired_at = (SELECT clock_timestamp()), heartbeat_at = (SELECT clock_timestamp()),
+                 expires_at = (SELECT clock_timestamp()) + ttl
            WHERE name = $1
           RETURNING lock_token, fencing_token, holder, expires_at",
     arg_types: &[TEXTOID],

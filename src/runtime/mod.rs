@@ -86,11 +86,10 @@ pub fn flush_all() -> i64 {
 }
 
 /// The sweeper's last act: stop buffering (touches from now on are written directly) and
-/// write what is pending. Returns (rows written, touches left buffered for a lock).
-pub fn close_and_flush() -> (i64, usize) {
+/// write what is pending. Returns the rows written.
+pub fn close_and_flush() -> i64 {
     buffer::close();
-    let written = flush_all();
-    (written, buffer::pending())
+    flush_all()
 }
 
 /// Is the periodic whole-buffer flush due?

@@ -246,13 +246,18 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     // waiting, and is bounded by a statement timeout: a shutdown never hangs on it. What
     // it could not write stays in shared memory for the next sweeper of this database.
     buffer::close();
+    let mut written = None;
     in_transaction("drain", || {
         if schema_state() == SchemaState::Current {
             set_local_timeout("statement_timeout", DRAIN_TIMEOUT_MS);
-            let (written, left) = runtime::close_and_flush();
-            log!("lease_sched sweeper wrote the touch buffer ({written} rows) before exit; {left} left for a locked row");
+            written = Some(runtime::close_and_flush());
         }
     });
+    if let Some(written) = written {
+        // Counted after the commit, which is when written touches leave the buffer.
+        let left = buffer::pending();
+        log!("lease_sched sweeper wrote the touch buffer ({written} rows) before exit; {left} left for a locked row");
+    }
 }
 
 /// The longest the exit drain may take.

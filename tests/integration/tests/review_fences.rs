@@ -1,11 +1,10 @@
 //! Hostile review of 0.2.0's fences (docs/api.md, "Fences"). Each test is a hole found by
-//! review: it fails on the build under review and should pass once the hole is closed.
+//! review, kept as a regression test of how it was closed:
 //!
 //! - a fence is passed with the *fencing* token, which is public (lock_info shows it, and
-//!   a lease_fence / lock_fence refusal prints the current one), so a role that does not
-//!   hold the lock or lease passes the fence and writes to a "leader-only" table;
-//! - the same public token lets any runner role pin a lock row FOR KEY SHARE in a prepared
-//!   transaction: no takeover can ever complete;
+//!   a refusal names the current one): `require_lock(name, 'secret')` /
+//!   `require_lease(job, 'secret')` accept only fences passed with the holder's secret;
+//! - a fenced transaction pinned a lock row in a prepared transaction: PREPARE is refused;
 //! - a steal or takeover that waited for a fenced transaction is granted with the clock it
 //!   read before waiting: it is born stale / expired, and the next caller takes it at once.
 use std::time::{Duration, Instant};
@@ -69,16 +68,38 @@ fn leader_only_table(c: &mut Client, lock: &str, role: &str) -> String {
     table
 }
 
+/// A table only the holder of `lock` may write, checked with the holder's secret
+/// (`require_lock(lock, 'secret')`), writable by `role`.
+fn secret_leader_only_table(c: &mut Client, lock: &str, role: &str) -> String {
+    let table = unique("review_reports");
+    c.batch_execute(&format!(
+        "CREATE TABLE public.{table} (id int PRIMARY KEY, v text);
+         GRANT ALL ON public.{table} TO {role};
+         CREATE TRIGGER leader_only BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.{table}
+             FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.require_lock('{lock}', 'secret');"
+    ))
+    .unwrap();
+    table
+}
+
+/// The fencing token is public (lock_info shows it): a fence passed with it alone proves
+/// the token is current, not that the caller holds the lock (docs/api.md, "Fences"). A
+/// table that must refuse every non-holder uses `require_lock(name, 'secret')`, which only
+/// a fence passed with the holder's lock_token opens.
 #[test]
 fn review_a_non_holder_passes_lock_fence_with_the_public_fencing_token() {
     let mut owner = connect();
     let lock = unique("review_leader");
     let mallory = Role::runner("review_mallory");
-    let table = leader_only_table(&mut owner, &lock, &mallory.0);
-    let r = owner.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'the-leader', '1 hour')", &[&lock]).unwrap();
+    let table = secret_leader_only_table(&mut owner, &lock, &mallory.0);
+    let r = owner
+        .query_one("SELECT acquired, lock_token, fencing_token FROM lease_sched.lock_acquire($1, 'the-leader', '1 hour')", &[&lock])
+        .unwrap();
     assert!(r.get::<_, bool>(0));
+    let (secret, token): (uuid::Uuid, i64) = (r.get(1), r.get(2));
 
-    // mallory holds nothing; lock_info shows her the fencing token, which is all the fence asks for.
+    // mallory holds nothing; lock_info shows her the fencing token, which passes the fence
+    // but not the secret-checking trigger.
     let mut m = mallory.connect();
     let mut tx = m.transaction().unwrap();
     let fenced = tx.batch_execute(&format!(
@@ -87,45 +108,72 @@ fn review_a_non_holder_passes_lock_fence_with_the_public_fencing_token() {
     let wrote = fenced.is_ok() && tx.batch_execute(&format!("INSERT INTO public.{table} VALUES (1, 'not the leader')")).is_ok();
     if wrote {
         tx.commit().unwrap();
+    } else {
+        drop(tx);
     }
-    let _ = owner.batch_execute(&format!("DROP TABLE public.{table}"));
-    assert!(
-        !wrote,
-        "a role that does not hold lock {lock} passed lock_fence with the fencing token lock_info shows, and wrote to a \
-         require_lock table: the fence accepts the public token as proof of holding (docs/api.md says it never is)"
-    );
+    // A guessed secret is refused by the fence itself.
+    let mut tx = m.transaction().unwrap();
+    let guessed = tx.batch_execute(&format!("SELECT lease_sched.lock_fence('{lock}', {token}, gen_random_uuid())"));
+    drop(tx);
+
+    // The holder, with its secret, writes.
+    let mut tx = owner.transaction().unwrap();
+    tx.execute("SELECT lease_sched.lock_fence($1, $2, $3)", &[&lock, &token, &secret]).unwrap();
+    let holder_wrote = tx.batch_execute(&format!("INSERT INTO public.{table} VALUES (2, 'the leader')")).is_ok();
+    if holder_wrote {
+        tx.commit().unwrap();
+    } else {
+        drop(tx);
+    }
+    let _ = connect().batch_execute(&format!("DROP TABLE public.{table}"));
+    assert!(!wrote, "a role that does not hold lock {lock} wrote to a require_lock(.., 'secret') table with the public token");
+    assert_eq!(guessed.as_ref().err().map(sqlstate).as_deref(), Some("LS001"), "a wrong lock_token fails the fence");
+    assert!(holder_wrote, "the holder, fenced with its lock_token, writes");
 }
 
+/// The refusal names the newer token (the issue asks for it), and the token passes a plain
+/// fence; a `require_lease(job, 'secret')` table still refuses anyone without the
+/// lease_token, which only the holder has.
 #[test]
 fn review_a_lease_fence_refusal_tells_a_non_holder_the_token_that_passes_it() {
     let mut owner = connect();
     let job = unique("review_job");
     let c = claim(&mut owner, &job, plan(), "the-holder");
     assert_eq!(c.outcome, "won");
-
-    // A runner role with no SELECT on anything: a conflicted claim names the execution, and
-    // a refused fence names the current fencing token.
     let mallory = Role::runner("review_mallory");
+    let table = unique("review_lease_only");
+    owner
+        .batch_execute(&format!(
+            "CREATE TABLE public.{table} (id int);
+             GRANT ALL ON public.{table} TO {0};
+             CREATE TRIGGER lease_only BEFORE INSERT OR UPDATE OR DELETE ON public.{table}
+                 FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.require_lease('{job}', 'secret');",
+            mallory.0
+        ))
+        .unwrap();
+
     let mut m = mallory.connect();
     let conflicted = m
         .query_one("SELECT outcome, execution_id FROM lease_sched.lease_try_claim($1, $2, 'mallory')", &[&job, &plan()])
         .unwrap();
     assert_eq!(conflicted.get::<_, String>(0), "conflicted");
     let id: uuid::Uuid = conflicted.get(1);
-    let refusal = m.batch_execute(&format!("SELECT lease_sched.lease_fence('{id}', 0)")).unwrap_err();
-    let message = refusal.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
-    let leaked = message.contains(&c.fencing_token.unwrap().to_string());
-
     let mut tx = m.transaction().unwrap();
-    let passed = tx.batch_execute(&format!("SELECT lease_sched.lease_fence('{id}', {})", c.fencing_token.unwrap())).is_ok();
+    tx.batch_execute(&format!("SELECT lease_sched.lease_fence('{id}', {})", c.fencing_token.unwrap())).unwrap();
+    let mallory_wrote = tx.batch_execute(&format!("INSERT INTO public.{table} VALUES (1)")).is_ok();
     drop(tx);
-    assert!(
-        !leaked && !passed,
-        "a runner that holds nothing learned the live fencing token from the refusal ({message:?}) and passed \
-         lease_fence with it (passed = {passed}): require_lease('{job}') tables are writable by anyone with EXECUTE"
-    );
+
+    let mut tx = owner.transaction().unwrap();
+    tx.execute("SELECT lease_sched.lease_fence($1, $2, $3)", &[&c.id(), &c.fencing_token.unwrap(), &c.token()]).unwrap();
+    let holder_wrote = tx.batch_execute(&format!("INSERT INTO public.{table} VALUES (2)")).is_ok();
+    drop(tx);
+    let _ = connect().batch_execute(&format!("DROP TABLE public.{table}"));
+    assert!(!mallory_wrote, "a runner without the lease_token wrote to a require_lease(.., 'secret') table");
+    assert!(holder_wrote, "the holder, fenced with its lease_token, writes");
 }
 
+/// A prepared transaction keeps its row locks until someone resolves it: a fence in one
+/// would hold off every takeover indefinitely, so a fenced transaction cannot be prepared.
 #[test]
 fn review_a_non_holder_pins_a_lock_in_a_prepared_transaction_and_no_takeover_ever_completes() {
     let mut owner = connect();
@@ -143,12 +191,12 @@ fn review_a_non_holder_pins_a_lock_in_a_prepared_transaction_and_no_takeover_eve
     let gid = unique("review_pin");
     let _guard = Prepared(gid.clone());
     m.batch_execute(&format!(
-        "BEGIN;
-         SELECT lease_sched.lock_fence('{lock}', (SELECT fencing_token FROM lease_sched.lock_info('{lock}')));
-         PREPARE TRANSACTION '{gid}';"
+        "BEGIN; SELECT lease_sched.lock_fence('{lock}', (SELECT fencing_token FROM lease_sched.lock_info('{lock}')));"
     ))
     .unwrap();
-    drop(m); // mallory is gone; her prepared transaction is not
+    let prepared = m.batch_execute(&format!("PREPARE TRANSACTION '{gid}'"));
+    assert_eq!(prepared.as_ref().err().map(sqlstate).as_deref(), Some("0A000"), "a fenced transaction cannot be prepared");
+    drop(m);
 
     std::thread::sleep(Duration::from_millis(1500)); // the victim's ttl has run out
     let mut next = connect();
@@ -158,11 +206,7 @@ fn review_a_non_holder_pins_a_lock_in_a_prepared_transaction_and_no_takeover_eve
         Ok(r) => format!("acquired = {}", r.get::<_, bool>(0)),
         Err(e) => format!("error {} {}", sqlstate(e), e),
     };
-    assert!(
-        matches!(&taken, Ok(r) if r.get::<_, bool>(0)),
-        "an expired lock could not be taken over because a role that never held it fenced it in a prepared \
-         transaction ({outcome}); without lock_timeout the takeover waits forever"
-    );
+    assert!(matches!(&taken, Ok(r) if r.get::<_, bool>(0)), "the expired lock is taken over ({outcome})");
 }
 
 #[test]
