@@ -30,6 +30,13 @@ set -euo pipefail
 
 # A section header, with the time since the start of the run.
 section() { echo "== [$((SECONDS / 60))m$(printf %02d $((SECONDS % 60)))s] $*"; }
+# A step that failed: noted, and the run goes on with the next step (the other major, the
+# packaging scripts); the run fails at the end. Steps whose runner prints no per-test count
+# (a build, pg_isolation_regress, bench, a packaging script) say "failed step:" and count
+# as one failure in the closing line; cargo test failures are counted by their own lines.
+failures=()
+failed_step() { echo "failed step: $*"; failures+=("$*"); }
+failed_cargo() { echo "failed cargo run: $*"; failures+=("$*"); }
 
 run_all() {
   cd "$(dirname "$0")/.."
@@ -61,7 +68,7 @@ run_all() {
 
   if want model; then
     section "the lease state machine: unit tests and exhaustive model check (crates/lease_model)"
-    cargo test --release --manifest-path crates/lease_model/Cargo.toml
+    cargo test --release --manifest-path crates/lease_model/Cargo.toml || failed_cargo "crates/lease_model"
   fi
 
   for name in upgrade pg_upgrade package; do
@@ -69,14 +76,19 @@ run_all() {
     if want "$name" && [ -x "$script" ]; then
       section "$script"
       out=/tmp/lease_sched_${name}_test.log
-      "$script" 2>&1 | tee "$out"
-      if grep -q 'SKIP' "$out"; then
+      if ! "$script" 2>&1 | tee "$out"; then
+        failed_step "$script"
+      elif grep -q 'SKIP' "$out"; then
         echo "skipped script: $script ($(grep -m1 'SKIP' "$out"))"
       else
         echo "passed script: $script"
       fi
     fi
   done
+  if [ ${#failures[@]} -gt 0 ]; then
+    echo "FAILED:"; printf '  %s\n' "${failures[@]}"
+    exit 1
+  fi
 }
 
 run_major() {
@@ -98,7 +110,7 @@ run_major() {
     section "PostgreSQL $major: in-database tests (cargo pgrx test pg$major)"
     local pgtest_dir=/tmp/lease_sched_pgtest_pg$major
     mkdir -p "$pgtest_dir" && chown postgres "$pgtest_dir"
-    cargo pgrx test "pg$major" --runas postgres --pgdata "$pgtest_dir/data"
+    cargo pgrx test "pg$major" --runas postgres --pgdata "$pgtest_dir/data" || failed_cargo "PostgreSQL $major: cargo pgrx test"
   fi
 
   want isolation || want bench || want integration || return 0
@@ -106,7 +118,7 @@ run_major() {
   section "PostgreSQL $major: building and installing lease_sched (release)"
   local log=/tmp/lease_sched_install_pg$major.log
   cargo pgrx install --release --pg-config "$pg_config" "${features[@]}" >"$log" 2>&1 \
-    || { tail -40 "$log"; exit 1; }
+    || { tail -40 "$log"; failed_step "PostgreSQL $major: build and install (the rest of $major is not run)"; return 0; }
 
   local dir=/tmp/lease_sched_test_pg$major port=$((base + slot))
   # Sweeps every second; no periodic whole-buffer flush during the run unless a test asks
@@ -117,7 +129,8 @@ run_major() {
     "lease_sched.touch_flush_interval = '10min'" \
     "lease_sched.runtime_offline_after = '20min'" \
     "max_prepared_transactions = 10" \
-    "log_min_messages = warning"
+    "log_min_messages = warning" \
+    || { failed_step "PostgreSQL $major: test cluster on port $port (the rest of $major is not run)"; stop_clusters; return 0; }
   export LEASE_SCHED_DSN="host=127.0.0.1 port=$port dbname=lease_sched user=postgres"
   export LEASE_SCHED_PGDATA="$dir/data" LEASE_SCHED_PGBIN="$PGBIN" LEASE_SCHED_LOG="$dir/server.log"
   export LEASE_SCHED_PG_MAJOR=$major LEASE_SCHED_HAS_PG_CRON=$has_cron
@@ -131,13 +144,13 @@ run_major() {
     "$("$pg_config" --pkglibdir)/pgxs/src/test/isolation/pg_isolation_regress" \
         --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched \
         --inputdir=tests/isolation --outputdir="$out" $specs \
-      || { head -80 "$out/regression.diffs" 2>/dev/null; exit 1; }
+      || { head -80 "$out/regression.diffs" 2>/dev/null; failed_step "PostgreSQL $major: isolation specs"; }
   fi
 
   if want bench; then
     section "PostgreSQL $major: benchmark smoke run (bench/run.sh --quick: every script once, no timing asserted)"
     LEASE_BENCH_DIR=/tmp/lease_sched_bench_pg$major LEASE_BENCH_PORT=$((55460 + slot)) \
-      bench/run.sh --quick --no-install --scale-duration 5
+      bench/run.sh --quick --no-install --scale-duration 5 || failed_step "PostgreSQL $major: bench smoke run"
   fi
 
   if want integration; then
@@ -146,7 +159,8 @@ run_major() {
     local np_dir=/tmp/lease_sched_nopreload_pg$major np_port=$((base + 6 + slot))
     clusters+=("$PGBIN:$np_dir")
     LEASE_CLUSTER_PRELOAD=$([ $has_cron = 1 ] && echo pg_cron || true) \
-      scripts/cluster.sh start "$np_dir" "$np_port" "log_min_messages = warning"
+      scripts/cluster.sh start "$np_dir" "$np_port" "log_min_messages = warning" \
+      || failed_step "PostgreSQL $major: cluster without preload on port $np_port"
     export LEASE_SCHED_NOPRELOAD_DSN="host=127.0.0.1 port=$np_port dbname=lease_sched user=postgres"
 
     section "PostgreSQL $major: integration tests (tests/integration)"
@@ -155,20 +169,26 @@ run_major() {
       || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
     export LEASE_SCHED_PYTHON="$venv/bin/python"
     cargo build -q --manifest-path tests/integration/Cargo.toml --examples
-    cargo test --no-fail-fast --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@"
+    cargo test --no-fail-fast --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@" \
+      || failed_cargo "PostgreSQL $major: integration tests"
   fi
   stop_clusters
 }
 
 # One closing line for the whole run, summed over every runner above (cargo test,
-# pg_isolation_regress, the packaging scripts), printed only when everything passed. A test
-# that skipped itself (it prints "skipped test: ...") counts as skipped, not passed.
+# pg_isolation_regress, the packaging scripts). A test that skipped itself (it prints
+# "skipped test: ...") counts as skipped, not passed. The exit status is run_all's.
 log=/tmp/lease_sched_test.log
+set +e
 run_all "$@" 2>&1 | tee "$log"
-awk -v secs=$SECONDS \
+status=${PIPESTATUS[0]}
+awk -v secs=$SECONDS -v status="$status" \
     '/^test result:/ { passed += $4; failed += $6 }
+     /^failed step: / { failed++ }
      match($0, /All [0-9]+ tests passed/) { split(substr($0, RSTART, RLENGTH), w, " "); passed += w[2] }
      /skipped test: / { passed--; skipped++ }
      /^skipped script: / { skipped++ }
      /^passed script: / { passed++ }
-     END { printf "(%d min %d s)\nlease_sched: %d passed, %d failed, %d skipped\n", secs / 60, secs % 60, passed, failed, skipped }' "$log"
+     END { if (status != 0 && failed == 0) failed = 1
+           printf "(%d min %d s)\nlease_sched: %d passed, %d failed, %d skipped\n", secs / 60, secs % 60, passed, failed, skipped }' "$log"
+exit "$status"
