@@ -248,7 +248,7 @@ for f in p0 p1; do
   run_keeper "$DIR/${f}b"
 done
 for f in p0 p1; do wait_state "${f}a" primary 180; wait_state "${f}b" secondary 180; done
-as_pg pg_autoctl show state --pgdata "$DIR/monitor/data"
+for f in p0 p1; do as_pg pg_autoctl show state --pgdata "$DIR/monitor/data" --formation "$f"; done
 
 parts=("host=127.0.0.1,127.0.0.1 port=55510,55511 dbname=lease_sched user=postgres connect_timeout=2 target_session_attrs=read-write"
        "host=127.0.0.1,127.0.0.1 port=55520,55521 dbname=lease_sched user=postgres connect_timeout=2 target_session_attrs=read-write")
