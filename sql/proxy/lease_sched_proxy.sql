@@ -421,7 +421,7 @@ COMMENT ON FUNCTION lease_sched.lease_latest_plan(text, text, text) IS
 -- lease_sched.lease_next_plan: job (job_name)
 CREATE FUNCTION lease_sched.lease_next_plan(
     job_name text,
-    every interval,
+    every interval DEFAULT NULL,
     scope_kind text DEFAULT 'global',
     scope_id text DEFAULT '',
     catch_up boolean DEFAULT true
@@ -437,7 +437,8 @@ COMMENT ON FUNCTION lease_sched.lease_next_plan(text, interval, text, text, bool
 -- lease_sched.lease_fence: stub
 CREATE FUNCTION lease_sched.lease_fence(
     execution_id uuid,
-    fencing_token bigint
+    fencing_token bigint,
+    lease_token uuid DEFAULT NULL
 )
 RETURNS void
 LANGUAGE plpgsql VOLATILE AS $stub$
@@ -452,7 +453,8 @@ $stub$;
 -- lease_sched.lock_fence: stub
 CREATE FUNCTION lease_sched.lock_fence(
     lock_name text,
-    fencing_token bigint
+    fencing_token bigint,
+    lock_token uuid DEFAULT NULL
 )
 RETURNS void
 LANGUAGE plpgsql VOLATILE AS $stub$
@@ -463,6 +465,81 @@ BEGIN
         HINT = 'Call lease_sched.lock_fence on the partition itself (lease_sched_proxy.partition_of(job or lock name)), in the transaction that writes the protected data.';
 END;
 $stub$;
+
+-- lease_sched.job_define: job (job_name)
+CREATE FUNCTION lease_sched.job_define(
+    job_name text,
+    every interval,
+    misfire text DEFAULT 'latest',
+    grace interval DEFAULT NULL,
+    max_attempts int DEFAULT 3,
+    stale_timeout interval DEFAULT '5 minutes',
+    scope_kind text DEFAULT 'global',
+    scope_id text DEFAULT ''
+)
+RETURNS boolean
+LANGUAGE plproxy VOLATILE AS $proxy$
+    CLUSTER 'lease_sched';
+    RUN ON lease_sched_proxy.hash32(job_name);
+$proxy$;
+COMMENT ON FUNCTION lease_sched.job_define(text, interval, text, interval, int, interval, text, text) IS
+    'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
+
+-- lease_sched.job_pause: job (job_name)
+CREATE FUNCTION lease_sched.job_pause(
+    job_name text,
+    scope_kind text DEFAULT 'global',
+    scope_id text DEFAULT ''
+)
+RETURNS boolean
+LANGUAGE plproxy VOLATILE AS $proxy$
+    CLUSTER 'lease_sched';
+    RUN ON lease_sched_proxy.hash32(job_name);
+$proxy$;
+COMMENT ON FUNCTION lease_sched.job_pause(text, text, text) IS
+    'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
+
+-- lease_sched.job_resume: job (job_name)
+CREATE FUNCTION lease_sched.job_resume(
+    job_name text,
+    scope_kind text DEFAULT 'global',
+    scope_id text DEFAULT ''
+)
+RETURNS boolean
+LANGUAGE plproxy VOLATILE AS $proxy$
+    CLUSTER 'lease_sched';
+    RUN ON lease_sched_proxy.hash32(job_name);
+$proxy$;
+COMMENT ON FUNCTION lease_sched.job_resume(text, text, text) IS
+    'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
+
+-- lease_sched.job_drop: job (job_name)
+CREATE FUNCTION lease_sched.job_drop(
+    job_name text,
+    scope_kind text DEFAULT 'global',
+    scope_id text DEFAULT ''
+)
+RETURNS boolean
+LANGUAGE plproxy VOLATILE AS $proxy$
+    CLUSTER 'lease_sched';
+    RUN ON lease_sched_proxy.hash32(job_name);
+$proxy$;
+COMMENT ON FUNCTION lease_sched.job_drop(text, text, text) IS
+    'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
+
+-- lease_sched.job_definition: job (job_name)
+CREATE FUNCTION lease_sched.job_definition(
+    job_name text,
+    scope_kind text DEFAULT 'global',
+    scope_id text DEFAULT ''
+)
+RETURNS TABLE (every interval, misfire text, grace interval, max_attempts int, stale_timeout interval, paused boolean)
+LANGUAGE plproxy VOLATILE AS $proxy$
+    CLUSTER 'lease_sched';
+    RUN ON lease_sched_proxy.hash32(job_name);
+$proxy$;
+COMMENT ON FUNCTION lease_sched.job_definition(text, text, text) IS
+    'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
 
 -- Not proxied (call them on each partition): runtime_flush, runtime_pending, sweep, stats, run_arm_deadline, run_disarm_deadline, run, lease_fence_check, lock_fence_check, lock_fence_passed, lease_fence_passed, require_lock, require_lease.
 
