@@ -1,6 +1,7 @@
 //! The bounded torture run of `make test`: 10^4 claims by 32 clients in 4 processes, and
 //! alongside them for 20 s 8 lock clients on 3 locks and 6 run() schedulers on 4 jobs
-//! with a backend killer (see src/bin/torture.rs for what is checked). `make torture` runs
+//! with a backend killer; lease and lock holders also make fenced writes under
+//! lease_fence/lock_fence (see src/bin/torture.rs for what is checked). `make torture` runs
 //! it for minutes; LEASE_TORTURE_SECONDS / _CLAIMS / _CLIENTS override the bounds, and the
 //! lock and run() parts last LEASE_TORTURE_LOCK_SECONDS / _RUN_SECONDS (default: 20, or
 //! LEASE_TORTURE_SECONDS when that is set) with a quarter / an eighth of the clients.
@@ -38,6 +39,10 @@ fn torture_finds_no_violation() {
     assert!(out.status.success(), "violations found");
     let claims = number_before(&stdout, " claims");
     assert!(claims >= target.parse::<u64>().unwrap().min(10_000), "stopped by the time limit after {claims} claims");
+    assert!(number_before(&stdout, " fenced writes committed") > 0, "no fenced write committed");
+    if claims >= 1000 {
+        assert!(number_before(&stdout, " refused with LS001") > 0, "no deposed holder's fenced write was refused");
+    }
     if lock_seconds != "0" {
         assert!(number_before(&stdout, " lock grants") > 0, "the lock clients got no grant");
         assert!(number_before(&stdout, " takeovers") > 0, "no expired lock was taken over");

@@ -45,6 +45,18 @@
 //!     has one exactly when the plan ended SUCCESS, written under the final fencing token;
 //! 11. while schedulers run, no plan stays RUNNING 5 s past its stale_after (a thief or the
 //!     sweeper takes it), and attempts never exceed max_attempts.
+//!
+//! Fenced writes: lease clients (a quarter of their claims, and a third of the holders that
+//! walk away, after their lease went stale) and lock clients (half the well-behaved holders,
+//! half of those that stall past their TTL, a third of those whose backend was terminated,
+//! from the new connection) write a row of public.lease_sched_torture_fenced in one
+//! transaction under lease_fence/lock_fence with their token (with or without the secret),
+//! holding it open a little. Checked (see `analyze_fenced`):
+//! 12. a row exists exactly for each fenced transaction that committed (a write refused with
+//!     LS001 never lands); every row's token was granted for its resource; per resource,
+//!     tokens never decrease in id (real-time) order; no row's transaction was still running
+//!     when the next grant of its resource was made (database clock), nor was sent after
+//!     that grant returned (client clock).
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -142,6 +154,7 @@ fn client_loop(dsn: &str, run: &str, seconds: u64, max_calls: u64, id: usize, ou
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let base = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&chrono::Utc);
     let mut calls = 0u64;
+    let mut wseq = 0u64;
     while Instant::now() < deadline && calls < max_calls {
         calls += 1;
         let strict = rng.below(5) == 0;
@@ -153,7 +166,7 @@ fn client_loop(dsn: &str, run: &str, seconds: u64, max_calls: u64, id: usize, ou
         let sent = now_ns();
         let row = c
             .query_one(
-                "SELECT outcome, execution_id, lease_token, fencing_token, attempt
+                "SELECT outcome, execution_id, lease_token, fencing_token, attempt, stale_after
                    FROM lease_sched.lease_try_claim($1, $2, $3, stale_timeout => make_interval(secs => $4),
                         max_attempts => $5, allow_stale_reentry => $6)",
                 &[&job, &plan, &format!("c{id}"), &(stale_ms as f64 / 1000.0), &(if strict { 3 } else { 1_000_000 }), &!strict],
@@ -168,9 +181,20 @@ fn client_loop(dsn: &str, run: &str, seconds: u64, max_calls: u64, id: usize, ou
             continue;
         }
         let (eid, token, fencing, attempt): (Uuid, Uuid, i64, i32) = (row.get(1), row.get(2), row.get(3), row.get(4));
-        writeln!(out, "claim {eid} {fencing} {attempt} {sent} {recv}").unwrap();
+        // the claim's instant on the database clock (stale_after = claim time + stale_timeout)
+        let start = micros(row.get(5)) - stale_ms * 1000;
+        writeln!(out, "claim {eid} {fencing} {attempt} {sent} {recv} {start}").unwrap();
         let action = rng.below(10);
         let beats = rng.below(4);
+        let fence = |rng: &mut Rng| {
+            let secret = if rng.below(2) == 0 { format!(", '{token}'") } else { String::new() };
+            format!("SELECT lease_sched.lease_fence('{eid}', {fencing}{secret})")
+        };
+        if rng.below(4) == 0 {
+            let f = fence(&mut rng);
+            let hold_us = rng.below(stale_ms as u64 * 500);
+            fenced_write(&mut c, run, &eid.to_string(), fencing, &f, hold_us, &mut wseq, id, out);
+        }
         for _ in 0..beats {
             std::thread::sleep(Duration::from_micros(rng.below(stale_ms as u64 * 250 + 1)));
             let sent = now_ns();
@@ -194,9 +218,58 @@ fn client_loop(dsn: &str, run: &str, seconds: u64, max_calls: u64, id: usize, ou
                 let ok: bool = c.query_one("SELECT lease_sched.lease_finish($1, $2, 'SUCCESS')", &[&eid, &token]).unwrap().get(0);
                 writeln!(out, "fin {eid} {fencing} SUCCESS {} {sent}", ok as u8).unwrap();
             }
-            _ => {} // abandon: go silent, let it go stale
+            // abandon: go silent, let it go stale; sometimes come back after the lease went
+            // stale (stolen meanwhile or not) and try a fenced write with the old token
+            _ => {
+                if rng.below(3) == 0 {
+                    std::thread::sleep(Duration::from_micros(stale_ms as u64 * 1000 + rng.below(stale_ms as u64 * 2000)));
+                    let f = fence(&mut rng);
+                    fenced_write(&mut c, run, &eid.to_string(), fencing, &f, rng.below(5_000), &mut wseq, id, out);
+                }
+            }
         }
     }
+}
+
+/// The table the fenced writes go to: one row per committed fenced transaction. `id` is
+/// taken from the sequence by the INSERT, which runs after the fence passed (see
+/// `analyze_fenced` for why id order is real-time order within a resource); `written_at`
+/// is the INSERT's instant and `done_at` the transaction's last statement's, both on the
+/// database clock.
+const FENCED_SETUP: &str = "
+    CREATE TABLE IF NOT EXISTS public.lease_sched_torture_fenced (
+        id bigserial PRIMARY KEY, run text NOT NULL, resource text NOT NULL, token bigint NOT NULL,
+        wid text NOT NULL UNIQUE, pid int NOT NULL DEFAULT pg_backend_pid(),
+        written_at timestamptz NOT NULL DEFAULT clock_timestamp(), done_at timestamptz)";
+
+/// One fenced transaction: `fence` (lease_fence or lock_fence with our token), then the
+/// write, a pause of `hold_us` (a takeover must wait for it), and a last statement stamping
+/// `done_at`, then COMMIT. Logs `fw <resource> <token> <wid> <outcome> <sent> <recv>` with
+/// outcome `ok` (committed), the SQLSTATE it failed with (LS001: deposed) or `killed`.
+#[allow(clippy::too_many_arguments)]
+fn fenced_write(c: &mut Client, run: &str, resource: &str, token: i64, fence: &str, hold_us: u64, seq: &mut u64, id: usize, out: &mut impl Write) {
+    *seq += 1;
+    let wid = format!("{run}-{id}-{seq}");
+    let sent = now_ns();
+    let r = (|| -> Result<(), postgres::Error> {
+        let mut t = c.transaction()?;
+        t.batch_execute(fence)?;
+        t.execute(
+            "INSERT INTO public.lease_sched_torture_fenced (run, resource, token, wid) VALUES ($1, $2, $3, $4)",
+            &[&run, &resource, &token, &wid],
+        )?;
+        if hold_us > 0 {
+            t.execute("SELECT pg_sleep($1)", &[&(hold_us as f64 / 1e6)])?;
+        }
+        t.execute("UPDATE public.lease_sched_torture_fenced SET done_at = clock_timestamp() WHERE wid = $1", &[&wid])?;
+        t.commit()
+    })();
+    let outcome = match &r {
+        Ok(()) => "ok".to_string(),
+        Err(_) if c.is_closed() => "killed".to_string(),
+        Err(e) => e.code().map_or_else(|| "error".to_string(), |s| s.code().to_string()),
+    };
+    writeln!(out, "fw {resource} {token} {wid} {outcome} {sent} {}", now_ns()).unwrap();
 }
 
 /// A connection whose backend we can find again by application_name (and terminate).
@@ -224,6 +297,7 @@ struct LockClient<'a> {
     dsn: &'a str,
     name: String,
     reconnects: u32,
+    wseq: u64,
 }
 
 impl LockClient<'_> {
@@ -245,6 +319,13 @@ impl LockClient<'_> {
         writeln!(out, "lrel {lock} {fencing} {} {sent}", ok as u8).unwrap();
         ok
     }
+    /// A fenced write under lock_fence(lock, fencing [, token]), held open for `hold_us`.
+    #[allow(clippy::too_many_arguments)]
+    fn fenced(&mut self, rng: &mut Rng, run: &str, id: usize, lock: &str, token: Uuid, fencing: i64, hold_us: u64, out: &mut impl Write) {
+        let secret = if rng.below(2) == 0 { format!(", '{token}'") } else { String::new() };
+        let fence = format!("SELECT lease_sched.lock_fence('{lock}', {fencing}{secret})");
+        fenced_write(&mut self.c, run, lock, fencing, &fence, hold_us, &mut self.wseq, id, out);
+    }
 }
 
 /// Lock clients: acquire one of a few shared locks with a short TTL, then heartbeat and
@@ -253,7 +334,7 @@ impl LockClient<'_> {
 /// new connection).
 fn lock_client_loop(dsn: &str, run: &str, seconds: u64, locks: usize, id: usize, killer: &Mutex<Client>, out: &mut impl Write) {
     let name = format!("tl_{run}_{id}");
-    let mut lc = LockClient { c: connect_named(dsn, &name), pid: 0, dsn, name, reconnects: 0 };
+    let mut lc = LockClient { c: connect_named(dsn, &name), pid: 0, dsn, name, reconnects: 0, wseq: 0 };
     lc.pid = lc.c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (id as u64 + 7) * 0x2545_F491_4F6C_DD1D);
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -285,6 +366,10 @@ fn lock_client_loop(dsn: &str, run: &str, seconds: u64, locks: usize, id: usize,
                         break;
                     }
                 }
+                if held && rng.below(2) == 0 {
+                    let hold = rng.below(ttl / 4);
+                    lc.fenced(&mut rng, run, id, &lock, token, fencing, hold, out);
+                }
                 if held && rng.below(7) != 0 {
                     lc.release(&lock, token, fencing, out);
                 }
@@ -293,6 +378,12 @@ fn lock_client_loop(dsn: &str, run: &str, seconds: u64, locks: usize, id: usize,
             // heartbeat revives the lock unless somebody took it over meanwhile
             13..=16 => {
                 sleep_us(ttl + rng.below(ttl * 2));
+                // a fenced write with the old token first, half the time: it must fail with
+                // LS001 when somebody took the lock over meanwhile, and then not land
+                if rng.below(2) == 0 {
+                    let hold = rng.below(ttl / 4);
+                    lc.fenced(&mut rng, run, id, &lock, token, fencing, hold, out);
+                }
                 if lc.heartbeat(&lock, token, fencing, out) {
                     sleep_us(rng.below(ttl / 3));
                     lc.release(&lock, token, fencing, out);
@@ -314,6 +405,12 @@ fn lock_client_loop(dsn: &str, run: &str, seconds: u64, locks: usize, id: usize,
                 let killed: bool = killer.lock().unwrap().query_one("SELECT pg_terminate_backend($1, 5000)", &[&lc.pid]).unwrap().get(0);
                 writeln!(out, "lkill {lock} {fencing} {}", killed as u8).unwrap();
                 lc.reconnect();
+                if rng.below(3) == 0 {
+                    // from the new connection, with the old token
+                    sleep_us(rng.below(ttl * 2));
+                    let hold = rng.below(ttl / 8);
+                    lc.fenced(&mut rng, run, id, &lock, token, fencing, hold, out);
+                }
                 if rng.below(2) == 0 {
                     sleep_us(rng.below(ttl * 2));
                     if lc.heartbeat(&lock, token, fencing, out) {
@@ -412,6 +509,8 @@ struct Holder {
     claim_recv: u128,
     last_ok_send: u128,
     finished: Option<String>,
+    /// the claim's instant on the database clock (µs since 1970; 0 when not logged)
+    start: i64,
 }
 
 struct Analysis {
@@ -450,6 +549,7 @@ fn analyze_logs(dir: &str) -> Analysis {
                             claim_recv: p[5].parse().unwrap(),
                             last_ok_send: p[4].parse().unwrap(),
                             finished: None,
+                            start: p.get(6).map_or(0, |v| v.parse().unwrap()),
                         },
                     );
                 }
@@ -781,7 +881,7 @@ fn check_runs(c: &mut Client, a: &Args) -> (RunStats, Vec<String>) {
 }
 
 /// Invariants 3-5 against the table, after the logs.
-fn check(a: &Args) -> (u64, u64, Vec<String>) {
+fn check(a: &Args) -> (u64, u64, Vec<String>, Grants) {
     let Analysis { claims, granted, holders, mut violations } = analyze_logs(&a.logs);
     let mut c = Client::connect(&a.dsn, NoTls).unwrap();
     for (eid, hs) in &holders {
@@ -816,7 +916,140 @@ fn check(a: &Args) -> (u64, u64, Vec<String>) {
     if stuck > 0 {
         violations.push(format!("{stuck} unstealable leases left RUNNING past stale_after + sweep interval"));
     }
-    (claims, granted, violations)
+    let grants = holders
+        .iter()
+        .map(|(eid, hs)| (eid.to_string(), hs.values().map(|h| (h.fencing, (h.start, h.claim_recv))).collect()))
+        .collect();
+    (claims, granted, violations, grants)
+}
+
+/// Per resource (a lock's name, a lease's execution id), its grants by fencing token: the
+/// grant's instant on the database clock (µs) and when its call returned (client clock, ns).
+type Grants = HashMap<String, BTreeMap<i64, (i64, u128)>>;
+
+/// A committed row of public.lease_sched_torture_fenced (times in µs on the database clock).
+struct FencedRow {
+    id: i64,
+    resource: String,
+    token: i64,
+    wid: String,
+    done_at: i64,
+}
+
+#[derive(Default)]
+struct FencedAnalysis {
+    writes: u64,
+    committed: u64,
+    refused: u64,
+    rows: u64,
+    violations: Vec<String>,
+}
+
+/// Invariant 12, fenced writes: lease and lock holders write in one transaction under
+/// lease_fence/lock_fence (including holders that stalled past their TTL, whose lease was
+/// stolen, or whose backend was terminated). Checked against the committed rows:
+/// a. a row exists exactly for each fenced transaction that logged a successful COMMIT
+///    (a write refused with LS001 never lands), and no transaction failed otherwise;
+/// b. every row's token was granted for its resource;
+/// c. per resource, tokens never decrease in id order;
+/// d. no row from a grant after the next grant of its resource: its transaction's last
+///    statement (`done_at`) ran no later than the next grant on the database clock, and the
+///    transaction was sent before the next grant's call returned (client clock).
+///
+/// Why id order is real-time order for (c): `id` comes from a sequence (CACHE 1, so nextval
+/// hands out values in the real-time order of the calls, across backends), called by the
+/// INSERT, which runs after the fence passed. A passed fence locks the lock/lease row FOR
+/// KEY SHARE until the transaction ends, and a takeover, steal or release locks it FOR UPDATE
+/// first. So for two committed writes with tokens t1 < t2 of one resource: INSERT(t1) <
+/// end of t1's transaction <= the takeover that granted t2 (or t1's own release) < t2's grant
+/// returned < t2's fence < INSERT(t2), i.e. id(t1) < id(t2). A fence that let an old token
+/// through after a newer grant, or did not hold until the end of its transaction, breaks the
+/// chain; (d) catches the latter also when no newer row follows.
+fn analyze_fenced(dir: &str, rows: &[FencedRow], grants: &Grants) -> FencedAnalysis {
+    let mut a = FencedAnalysis::default();
+    // wid -> (resource, token, outcome, sent)
+    let mut logged: HashMap<String, (String, i64, String, u128)> = HashMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let f = BufReader::new(File::open(entry.unwrap().path()).unwrap());
+        for line in f.lines() {
+            let line = line.unwrap();
+            let p: Vec<&str> = line.split(' ').collect();
+            if p[0] != "fw" {
+                continue;
+            }
+            a.writes += 1;
+            match p[4] {
+                "ok" => a.committed += 1,
+                "LS001" => a.refused += 1,
+                other => a.violations.push(format!("fenced write {} ({} token {}) failed with {other}", p[3], p[1], p[2])),
+            }
+            logged.insert(p[3].to_string(), (p[1].to_string(), p[2].parse().unwrap(), p[4].to_string(), p[5].parse().unwrap()));
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut last: HashMap<&str, (i64, i64)> = HashMap::new(); // resource -> (token, id) of the previous row
+    let mut sorted: Vec<&FencedRow> = rows.iter().collect();
+    sorted.sort_by_key(|r| r.id);
+    for r in sorted {
+        a.rows += 1;
+        let (res, tok) = (r.resource.as_str(), r.token);
+        // a.
+        match logged.get(&r.wid) {
+            None => a.violations.push(format!("fenced: row {} ({res} token {tok}) was written by no logged transaction", r.id)),
+            Some((_, _, outcome, _)) if outcome != "ok" => {
+                a.violations.push(format!("fenced: {res}: a write of token {tok} landed (row {}) although its transaction failed with {outcome}", r.id))
+            }
+            Some((lres, ltok, _, _)) if lres != res || *ltok != tok => {
+                a.violations.push(format!("fenced: row {} is ({res}, {tok}), its transaction wrote ({lres}, {ltok})", r.id))
+            }
+            Some(_) => {}
+        }
+        seen.insert(r.wid.as_str());
+        // b.
+        let Some(gs) = grants.get(res).filter(|gs| gs.contains_key(&tok)) else {
+            a.violations.push(format!("fenced: {res}: row {} carries token {tok}, never granted for it", r.id));
+            continue;
+        };
+        // c.
+        if let Some(&(ptok, pid)) = last.get(res) {
+            if tok < ptok {
+                a.violations.push(format!("fenced: {res}: row {} of token {tok} written after row {pid} of the newer token {ptok}", r.id));
+            }
+        }
+        last.insert(res, (tok, r.id));
+        // d.
+        if let Some((&next, &(next_start, next_recv))) = gs.range(tok + 1..).next() {
+            if next_start != 0 && r.done_at > next_start {
+                a.violations.push(format!(
+                    "fenced: {res}: row {} of token {tok} was still being written {} µs after token {next} was granted (database clock)",
+                    r.id, r.done_at - next_start
+                ));
+            }
+            if let Some((_, _, _, sent)) = logged.get(&r.wid) {
+                if *sent >= next_recv {
+                    a.violations.push(format!("fenced: {res}: token {tok} committed a write (row {}) sent after token {next} had been granted", r.id));
+                }
+            }
+        }
+    }
+    for (wid, (res, tok, outcome, _)) in &logged {
+        if outcome == "ok" && !seen.contains(wid.as_str()) {
+            a.violations.push(format!("fenced: {res}: the committed write {wid} of token {tok} has no row"));
+        }
+    }
+    a
+}
+
+/// The committed fenced rows of this run.
+fn fenced_rows(c: &mut Client, run: &str) -> Vec<FencedRow> {
+    c.query(
+        "SELECT id, resource, token, wid, coalesce(done_at, written_at) FROM public.lease_sched_torture_fenced WHERE run = $1",
+        &[&run],
+    )
+    .unwrap()
+    .into_iter()
+    .map(|r| FencedRow { id: r.get(0), resource: r.get(1), token: r.get(2), wid: r.get(3), done_at: micros(r.get(4)) })
+    .collect()
 }
 
 fn main() {
@@ -828,6 +1061,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&a.logs);
     std::fs::create_dir_all(&a.logs).unwrap();
     let me = std::env::current_exe().unwrap();
+    Client::connect(&a.dsn, NoTls).unwrap().batch_execute(FENCED_SETUP).expect("fenced writes table");
     if a.run_seconds > 0 {
         Client::connect(&a.dsn, NoTls).unwrap().batch_execute(RUN_SETUP).expect("run() torture table and command");
     }
@@ -857,11 +1091,14 @@ fn main() {
         assert!(child.wait().unwrap().success(), "a worker process failed");
     }
     let (run_kills, mut run_violations) = run_threads.map_or((0, vec![]), |(k, m)| (k.join().unwrap(), m.join().unwrap()));
-    let (claims, granted, mut violations) = check(&a);
+    let (claims, granted, mut violations, mut grants) = check(&a);
     let mut c = Client::connect(&a.dsn, NoTls).unwrap();
     let mut lock_line = None;
     if a.lock_seconds > 0 {
         let mut la = analyze_lock_logs(&a.logs);
+        for (lock, gs) in &la.locks {
+            grants.insert(lock.clone(), gs.values().map(|g| (g.fencing, (g.start, g.recv))).collect());
+        }
         la.violations.extend(check_lock_rows(&mut c, &la));
         lock_line = Some(format!(
             "torture locks: {} lock clients on {} locks for {} s: {} acquire calls, {} lock grants ({} takeovers of expired locks, \
@@ -871,6 +1108,13 @@ fn main() {
         ));
         violations.append(&mut la.violations);
     }
+    let mut fa = analyze_fenced(&a.logs, &fenced_rows(&mut c, &a.run), &grants);
+    let fenced_line = format!(
+        "torture fences: {} fenced transactions by lease and lock holders: {} fenced writes committed, {} refused with LS001 (rolled back); \
+         {} rows checked, {} violations",
+        fa.writes, fa.committed, fa.refused, fa.rows, fa.violations.len()
+    );
+    violations.append(&mut fa.violations);
     let mut run_line = None;
     if a.run_seconds > 0 {
         let (st, mut v) = check_runs(&mut c, &a);
@@ -891,7 +1135,7 @@ fn main() {
         "torture: {} clients in {} processes for {:.1} s: {claims} claims checked ({granted} leases granted), {} violations",
         a.clients, a.processes, started.elapsed().as_secs_f64(), violations.len()
     );
-    lock_line.into_iter().chain(run_line).for_each(|l| println!("{l}"));
+    lock_line.into_iter().chain(Some(fenced_line)).chain(run_line).for_each(|l| println!("{l}"));
     std::process::exit(i32::from(!violations.is_empty()));
 }
 
@@ -975,6 +1219,58 @@ mod tests {
         assert!(a.violations[0].contains("still accepted"), "{:?}", a.violations);
         let a = analyze_lock_logs(&logs(&["lgrant L 10 0 100 1 2", "lrel L 10 1 3", "lhb L 10 1 150 4"]));
         assert!(a.violations.iter().any(|v| v.contains("after its release")), "{:?}", a.violations);
+    }
+
+    // fw <resource> <token> <wid> <outcome> <sent> <recv>; grants: token -> (db start µs, recv ns)
+
+    fn grants() -> Grants {
+        HashMap::from([("L".to_string(), BTreeMap::from([(10, (0, 2)), (11, (100, 20)), (12, (300, 40))]))])
+    }
+
+    fn row(id: i64, token: i64, wid: &str, done_at: i64) -> FencedRow {
+        FencedRow { id, resource: "L".into(), token, wid: wid.into(), done_at }
+    }
+
+    #[test]
+    fn clean_fenced_writes_pass() {
+        let dir = logs(&["fw L 10 w1 ok 3 4", "fw L 10 w2 LS001 25 26", "fw L 11 w3 ok 21 22", "fw L 12 w4 ok 41 42"]);
+        let rows = [row(1, 10, "w1", 50), row(5, 11, "w3", 120), row(7, 12, "w4", 310)];
+        let a = analyze_fenced(&dir, &rows, &grants());
+        assert!(a.violations.is_empty(), "{:?}", a.violations);
+        assert_eq!((a.writes, a.committed, a.refused, a.rows), (4, 3, 1, 3));
+    }
+
+    #[test]
+    fn an_older_token_written_after_a_newer_one_is_caught() {
+        let dir = logs(&["fw L 11 w1 ok 21 22", "fw L 10 w2 ok 3 4"]);
+        let a = analyze_fenced(&dir, &[row(1, 11, "w1", 120), row(2, 10, "w2", 50)], &grants());
+        assert_eq!(a.violations.len(), 1, "{:?}", a.violations);
+        assert!(a.violations[0].contains("after row 1 of the newer token 11"), "{:?}", a.violations);
+    }
+
+    #[test]
+    fn a_refused_write_that_landed_and_a_lost_commit_are_caught() {
+        let dir = logs(&["fw L 10 w1 LS001 15 16", "fw L 11 w2 ok 21 22", "fw L 11 w3 40P01 23 24"]);
+        let a = analyze_fenced(&dir, &[row(1, 10, "w1", 50)], &grants());
+        assert_eq!(a.violations.len(), 3, "{:?}", a.violations);
+        assert!(a.violations.iter().any(|v| v.contains("landed (row 1) although its transaction failed with LS001")), "{:?}", a.violations);
+        assert!(a.violations.iter().any(|v| v.contains("w2 of token 11 has no row")), "{:?}", a.violations);
+        assert!(a.violations.iter().any(|v| v.contains("failed with 40P01")), "{:?}", a.violations);
+    }
+
+    #[test]
+    fn fenced_writes_of_a_deposed_holder_or_an_ungranted_token_are_caught() {
+        // token 10 sent its write after 11 was granted (client clock), and its transaction
+        // was still running after 11's grant (database clock): no newer row follows, so only
+        // these two checks see it
+        let dir = logs(&["fw L 10 w1 ok 21 60", "fw L 13 w2 ok 50 51", "fw M 10 w3 ok 3 4"]);
+        let rows = [row(1, 10, "w1", 150), row(2, 13, "w2", 400), FencedRow { resource: "M".into(), ..row(3, 10, "w3", 5) }];
+        let a = analyze_fenced(&dir, &rows, &grants());
+        assert_eq!(a.violations.len(), 4, "{:?}", a.violations);
+        assert!(a.violations.iter().any(|v| v.contains("row 1 of token 10 was still being written 50 µs after token 11")), "{:?}", a.violations);
+        assert!(a.violations.iter().any(|v| v.contains("token 10 committed a write (row 1) sent after token 11")), "{:?}", a.violations);
+        assert!(a.violations.iter().any(|v| v.contains("L: row 2 carries token 13, never granted")), "{:?}", a.violations);
+        assert!(a.violations.iter().any(|v| v.contains("M: row 3 carries token 10, never granted")), "{:?}", a.violations);
     }
 
     #[test]
