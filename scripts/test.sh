@@ -18,7 +18,7 @@
 #   LEASE_TEST_MAJORS="15 18"   which majors (e.g. LEASE_TEST_MAJORS=18)
 #   LEASE_TEST_ONLY=all         or a comma list of: pgtest, model, isolation, bench,
 #                               integration, packaging (all three scripts) or one of
-#                               upgrade, pg_upgrade, package
+#                               upgrade, pg_upgrade, package; scaleout (PL/Proxy routing)
 #   LEASE_TEST_PORT_BASE=55440  test cluster ports: 15 -> base, 18 -> base+1; the clusters
 #                               without preload: 15 -> base+6, 18 -> base+7
 #   LEASE_TEST_CARGO_ARGS       extra arguments for the integration `cargo test`
@@ -85,6 +85,16 @@ run_all() {
       fi
     fi
   done
+  # The shortened scale-out suite (issue 14): routing through PL/Proxy over two plain
+  # partitions of the PostgreSQL 15 install (`make scaleout` runs the failover suite).
+  if want scaleout && [ -x scripts/scaleout.sh ]; then
+    section "scale-out routing through PL/Proxy (scripts/scaleout.sh --quick)"
+    if scripts/scaleout.sh --quick; then
+      echo "passed script: scripts/scaleout.sh --quick"
+    else
+      failed_step "scripts/scaleout.sh --quick"
+    fi
+  fi
   if [ ${#failures[@]} -gt 0 ]; then
     echo "FAILED:"; printf '  %s\n' "${failures[@]}"
     exit 1
