@@ -150,7 +150,7 @@ impl Rng {
 /// not (the sweeper must fail them) and have 3 attempts.
 fn client_loop(dsn: &str, run: &str, seconds: u64, max_calls: u64, id: usize, out: &mut impl Write) {
     let mut c = Client::connect(dsn, NoTls).expect("connect");
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1) * 0x1000_0001);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0x1000_0001));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let base = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&chrono::Utc);
     let mut calls = 0u64;
@@ -336,7 +336,7 @@ fn lock_client_loop(dsn: &str, run: &str, seconds: u64, locks: usize, id: usize,
     let name = format!("tl_{run}_{id}");
     let mut lc = LockClient { c: connect_named(dsn, &name), pid: 0, dsn, name, reconnects: 0, wseq: 0 };
     lc.pid = lc.c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-    let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (id as u64 + 7) * 0x2545_F491_4F6C_DD1D);
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (id as u64 + 7).wrapping_mul(0x2545_F491_4F6C_DD1D));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let sleep_us = |us: u64| std::thread::sleep(Duration::from_micros(us));
     while Instant::now() < deadline {
@@ -431,7 +431,7 @@ fn run_scheduler_loop(dsn: &str, run: &str, seconds: u64, jobs: usize, every_ms:
     let name = |n: u32| format!("tr_{run}_{id}_{n}");
     let mut conns = 0;
     let mut c = connect_named(dsn, &name(conns));
-    let mut rng = Rng(0xA076_1D64_78BD_642F ^ (id as u64 + 3) * 0xE703_7ED1_A0B4_28DB);
+    let mut rng = Rng(0xA076_1D64_78BD_642F ^ (id as u64 + 3).wrapping_mul(0xE703_7ED1_A0B4_28DB));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
         let job = format!("torture_{run}_run_{}", rng.below(jobs as u64));
