@@ -24,7 +24,7 @@ fn succeeded(job: &str) -> bool {
 #[test]
 fn the_psql_runner_claims_heartbeats_and_finishes() {
     let job = unique("ex_psql");
-    let out = Command::new("/usr/lib/postgresql/15/bin/psql")
+    let out = Command::new(format!("{}/psql", pgbin()))
         .args(["-X", "-h", "127.0.0.1", "-p", &port(), "-U", "postgres", "-d", "lease_sched", "-v", &format!("job={job}"), "-f"])
         .arg(repo("examples/runner.sql"))
         .output()

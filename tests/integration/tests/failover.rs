@@ -12,7 +12,6 @@ use lease_sched_integration::*;
 const BASE: &str = "/tmp/lease_sched_failover";
 const PRIMARY_PORT: u16 = 55470;
 const REPLICA_PORT: u16 = 55471;
-const PGBIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn as_postgres(args: &[&str]) {
     let status = Command::new("runuser").args(["-u", "postgres", "--"]).args(args).status().unwrap();
@@ -29,7 +28,7 @@ impl Drop for Clusters {
     fn drop(&mut self) {
         for dir in ["primary", "replica"] {
             let _ = Command::new("runuser")
-                .args(["-u", "postgres", "--", &format!("{PGBIN}/pg_ctl"), "-D", &format!("{BASE}/{dir}/data"), "-m", "immediate", "stop"])
+                .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{BASE}/{dir}/data"), "-m", "immediate", "stop"])
                 .output();
         }
     }
@@ -49,13 +48,13 @@ fn promotion_keeps_committed_successes_and_raises_fencing_tokens() {
     let replica = format!("{BASE}/replica");
     // A replica left running by an interrupted earlier run would hold its port.
     let _ = Command::new("runuser")
-        .args(["-u", "postgres", "--", &format!("{PGBIN}/pg_ctl"), "-D", &format!("{replica}/data"), "-m", "immediate", "-w", "stop"])
+        .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{replica}/data"), "-m", "immediate", "-w", "stop"])
         .output();
     let _ = std::fs::remove_dir_all(&replica);
     std::fs::create_dir_all(&replica).unwrap();
     Command::new("chown").args(["postgres", &replica]).status().unwrap();
     as_postgres(&[
-        &format!("{PGBIN}/pg_basebackup"), "-h", "127.0.0.1", "-p", &PRIMARY_PORT.to_string(), "-U", "postgres",
+        &format!("{}/pg_basebackup", pgbin()), "-h", "127.0.0.1", "-p", &PRIMARY_PORT.to_string(), "-U", "postgres",
         "-D", &format!("{replica}/data"), "-R", "-X", "stream", "-c", "fast",
     ]);
     let conf = format!("{replica}/data/postgresql.auto.conf");
@@ -65,7 +64,7 @@ fn promotion_keeps_committed_successes_and_raises_fencing_tokens() {
          primary_conninfo = 'host=127.0.0.1 port={PRIMARY_PORT} user=postgres application_name=replica'\n"
     ));
     std::fs::write(&conf, auto).unwrap();
-    as_postgres(&[&format!("{PGBIN}/pg_ctl"), "-D", &format!("{replica}/data"), "-l", &format!("{replica}/server.log"), "-w", "start"]);
+    as_postgres(&[&format!("{}/pg_ctl", pgbin()), "-D", &format!("{replica}/data"), "-l", &format!("{replica}/server.log"), "-w", "start"]);
 
     let mut p = client(PRIMARY_PORT);
     p.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'replica'").unwrap();
@@ -103,12 +102,12 @@ fn promotion_keeps_committed_successes_and_raises_fencing_tokens() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(2));
-    as_postgres(&[&format!("{PGBIN}/pg_ctl"), "-D", &format!("{BASE}/primary/data"), "-m", "immediate", "stop"]);
+    as_postgres(&[&format!("{}/pg_ctl", pgbin()), "-D", &format!("{BASE}/primary/data"), "-m", "immediate", "stop"]);
     stop.store(true, Ordering::Relaxed);
     runners.into_iter().for_each(|h| {
         let _ = h.join();
     });
-    as_postgres(&[&format!("{PGBIN}/pg_ctl"), "-D", &format!("{replica}/data"), "-w", "promote"]);
+    as_postgres(&[&format!("{}/pg_ctl", pgbin()), "-D", &format!("{replica}/data"), "-w", "promote"]);
 
     let committed = committed.lock().unwrap().clone();
     assert!(committed.len() > 50, "runners got work done before the failover: {}", committed.len());

@@ -338,7 +338,7 @@ fn pg_dump_keeps_the_executions() {
     claim(&mut c, &job, plan(), "r1");
     let dsn = dsn();
     let port = dsn.split_whitespace().find_map(|kv| kv.strip_prefix("port=")).unwrap_or("55440").to_string();
-    let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_dump")
+    let out = std::process::Command::new(format!("{}/pg_dump", pgbin()))
         .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "--data-only", "lease_sched"])
         .output()
         .expect("pg_dump");

@@ -112,7 +112,7 @@ fn a_runner_killed_mid_lease_is_stolen_after_its_stale_timeout_and_fenced() {
     let job = unique("killed");
     let port = dsn().split_whitespace().find_map(|kv| kv.strip_prefix("port=").map(str::to_string)).unwrap();
     // A runner process (psql) claims with a 1 s stale_timeout, prints its lease, then works.
-    let mut runner = std::process::Command::new("/usr/lib/postgresql/15/bin/psql")
+    let mut runner = std::process::Command::new(format!("{}/psql", pgbin()))
         .args(["-X", "-qAt", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "lease_sched"])
         .args(["-c", &format!(
             "SELECT execution_id || ' ' || lease_token FROM lease_sched.lease_try_claim('{job}', '2026-01-01', 'doomed', stale_timeout => '1 second')"
