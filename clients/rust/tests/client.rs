@@ -259,7 +259,7 @@ async fn two_leaders_never_both_hold() {
         let (client, name, intervals) = (client.clone(), name.clone(), intervals.clone());
         set.spawn(async move {
             while Instant::now() < end {
-                match client.try_lead(&name, &format!("c{i}"), Duration::from_secs(1)).await.unwrap() {
+                match client.try_lead(&name, &format!("c{i}"), Duration::from_secs(5)).await.unwrap() {
                     Some(leader) => {
                         let start = Instant::now();
                         tokio::time::sleep(Duration::from_millis(50 + (start.elapsed().subsec_nanos() as u64 % 300) + i * 37)).await;
