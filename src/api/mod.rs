@@ -13,8 +13,8 @@ pub mod runtime;
 /// Admin functions (sweep, runtime_flush) run with the caller's rights; refuse callers who
 /// may not write lease_sched's tables up front, whatever there is to do right now.
 fn require_admin(function: &str) {
-    pgrx::Spi::connect(|c| crate::spi_plans::check_schema(&c));
     let allowed = pgrx::Spi::connect(|c| {
+        crate::spi_plans::check_schema(&c);
         c.select(
             "SELECT pg_catalog.has_table_privilege('lease_sched.sys_cron_executions', 'UPDATE, DELETE')
                 AND pg_catalog.has_table_privilege('lease_sched.runtimes', 'UPDATE')",

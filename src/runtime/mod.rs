@@ -85,12 +85,6 @@ pub fn flush_all() -> i64 {
     Spi::connect_mut(|client| write_pending(client, entries))
 }
 
-/// The sweeper's last act: stop buffering (touches from now on are written directly) and
-/// write what is pending. Returns the rows written.
-pub fn close_and_flush() -> i64 {
-    buffer::close();
-    flush_all()
-}
 
 /// Is the periodic whole-buffer flush due?
 pub fn flush_due(now: DbTime) -> bool {

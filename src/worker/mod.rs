@@ -245,12 +245,13 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     // drain skips rows someone holds locked (a prepared transaction, say) instead of
     // waiting, and is bounded by a statement timeout: a shutdown never hangs on it. What
     // it could not write stays in shared memory for the next sweeper of this database.
+    // Buffering stops first, so no touch can slip in after this last flush.
     buffer::close();
     let mut written = None;
     in_transaction("drain", || {
         if schema_state() == SchemaState::Current {
             set_local_timeout("statement_timeout", DRAIN_TIMEOUT_MS);
-            written = Some(runtime::close_and_flush());
+            written = Some(runtime::flush_all());
         }
     });
     if let Some(written) = written {
