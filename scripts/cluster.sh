@@ -3,6 +3,8 @@
 #   scripts/cluster.sh start DIR PORT [extra postgresql.conf lines...]
 #   scripts/cluster.sh stop DIR [mode]
 #   scripts/cluster.sh pgbin MAJOR     print where PostgreSQL MAJOR's binaries are
+#   scripts/cluster.sh freeport [N]    print N (default 1) distinct TCP ports nobody on this
+#                                      machine listens on now (the kernel picks them), one a line
 # Which PostgreSQL: the binaries in $PGBIN (default /usr/lib/postgresql/15/bin, Debian's 15;
 # scripts/test.sh sets it per major, e.g. /opt/lease_sched/pg18/bin for 18).
 # The cluster is UTF8 with the C.UTF-8 locale (without it, a root shell with no LANG gets
@@ -13,7 +15,22 @@
 # `start` creates.
 set -euo pipefail
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-cmd=${1:?start|stop|pgbin}
+cmd=${1:?start|stop|pgbin|freeport}
+if [ "$cmd" = freeport ]; then
+  # Fixed ports collide with whatever else runs on a shared machine (another checkout's
+  # suite, somebody's scratch cluster): let the kernel choose, holding every socket until
+  # all N are chosen so that they differ.
+  python3 - "${2:-1}" <<'PY'
+import socket, sys
+held = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    held.append(s)
+print("\n".join(str(s.getsockname()[1]) for s in held))
+PY
+  exit 0
+fi
 if [ "$cmd" = pgbin ]; then
   # 18 is the PyPI build scripts/setup.sh installs; every other major is Debian's layout.
   case "${2:?major}" in 18) echo /opt/lease_sched/pg18/bin ;; *) echo "/usr/lib/postgresql/$2/bin" ;; esac
@@ -53,5 +70,5 @@ start)
 stop)
   runuser -u postgres -- "$PGBIN/pg_ctl" -D "$dir/data" -m "${3:-fast}" -w stop >/dev/null 2>&1 || true
   ;;
-*) echo "usage: $0 start DIR PORT [conf...] | stop DIR [mode] | pgbin MAJOR" >&2; exit 2 ;;
+*) echo "usage: $0 start DIR PORT [conf...] | stop DIR [mode] | pgbin MAJOR | freeport [N]" >&2; exit 2 ;;
 esac

@@ -84,17 +84,19 @@ apt-get install -y -qq "./$DEB" >/tmp/apt.log 2>&1 || { tail -20 /tmp/apt.log; e
 echo "package test: apt-get install ./$DEB took $((SECONDS - t)) s (postgresql-15 and its dependencies with it)"
 dpkg -L postgresql-15-lease-sched | grep -E '\.so$|\.sql$|\.control$' | sed 's/^/  /'
 
-# Debian made cluster 15/main at install; preload lease_sched there, sockets only.
+# Debian made cluster 15/main at install; preload lease_sched there, sockets only, on a port
+# nothing else on the machine uses (a socket file in /var/run/postgresql names its port).
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat > /etc/postgresql/15/main/conf.d/lease_sched.conf <<CONF
 shared_preload_libraries = 'lease_sched'
 lease_sched.database = 'app'
 lease_sched.sweep_interval = '1s'
-port = 55470
+port = $PORT
 listen_addresses = ''
 CONF
 pg_ctlcluster 15 main start
-q() { runuser -u postgres -- psql -X -qAt -v ON_ERROR_STOP=1 -p 55470 -d app "$@"; }
-runuser -u postgres -- createdb -p 55470 app
+q() { runuser -u postgres -- psql -X -qAt -v ON_ERROR_STOP=1 -p $PORT -d app "$@"; }
+runuser -u postgres -- createdb -p $PORT app
 q -c "CREATE EXTENSION lease_sched"
 [ "$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'lease_sched'")" = "$VERSION" ] || fail "extversion is not $VERSION"
 read -r id token fencing < <(q -F ' ' -c "SELECT execution_id, lease_token, fencing_token

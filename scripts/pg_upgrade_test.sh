@@ -8,7 +8,7 @@
 #   4. on 18: every held lease heartbeats and finishes with its token, new fencing tokens
 #      are above every old one, history, lock and runtimes are intact, the sweeper runs.
 # Prints SKIP and exits 0 when there is no PostgreSQL 18 (scripts/setup.sh installs one).
-# Ports 55465-55468, files in /var/tmp/lease_sched_pg_upgrade. The current tree builds in its
+# Four ports the kernel picks as free, files in /var/tmp/lease_sched_pg_upgrade. The current tree builds in its
 # usual target directory (set CARGO_TARGET_DIR to build elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ version=$(scripts/meta.sh --version)
 work=/var/tmp/lease_sched_pg_upgrade
 mkdir -p "$work"
 old=$work/old15 new=$work/new18
-port_old=55465 port_new=55466
+read -r port_old port_new port_up_old port_up_new < <(scripts/cluster.sh freeport 4 | tr "\n" " ")
 
 # --- 1. builds
 pc15=$(private_copy /usr/lib/postgresql/15/bin/pg_config "$work/pg15")
@@ -116,7 +116,7 @@ mkdir -p "$work/run" && chown postgres "$work/run"
 say "pg_upgrade 15 -> 18"
 t=$SECONDS
 if ! runuser -u postgres -- bash -c "cd '$work/run' && '$bin18/pg_upgrade' -b '$bin15' -B '$bin18' -d '$old/data' -D '$new/data' \
-       -p 55467 -P 55468 --socketdir='$work/run' -U postgres" >"$work/pg_upgrade.log" 2>&1; then
+       -p $port_up_old -P $port_up_new --socketdir='$work/run' -U postgres" >"$work/pg_upgrade.log" 2>&1; then
   cat "$work/pg_upgrade.log"
   find "$new/data/pg_upgrade_output.d" -name '*.log' -exec tail -20 {} \; 2>/dev/null
   die "pg_upgrade failed"

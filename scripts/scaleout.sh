@@ -13,7 +13,7 @@
 #
 # Everything listens on 127.0.0.1, ports 55500-55530; directories under /tmp:
 #   full:  /tmp/lease_sched_scaleout    proxy 55500, monitor 55501, p0 55510/55511, p1 55520/55521
-#   quick: /tmp/lease_sched_scaleout_q  proxy 55525, p0 55526, p1 55527
+#   quick: /tmp/lease_sched_scaleout_q  proxy, p0, p1 on ports the kernel picks as free
 # The clusters run as the postgres user. lease_sched must be installed into PostgreSQL 15
 # (it is built and installed here only when missing: reinstalling under running servers
 # can crash them, see docs/operations.md). The proxy SQL must be what scripts/gen_proxy.py
@@ -41,7 +41,9 @@ as_pg() {
 psql_at() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -p "$@"; }
 
 if [ $mode = quick ]; then
-  DIR=/tmp/lease_sched_scaleout_q; PROXY_PORT=55525
+  DIR=/tmp/lease_sched_scaleout_q
+  read -r PROXY_PORT P0_PORT P1_PORT < <(scripts/cluster.sh freeport 3 | tr '\n' ' ')
+  QUICK_PORTS=($P0_PORT $P1_PORT)
 else
   DIR=/tmp/lease_sched_scaleout; PROXY_PORT=55500; MONITOR_PORT=55501
   # pg_autoctl keeps its state (config, FSM state, pid files) under the XDG directories:
@@ -132,13 +134,13 @@ setup_proxy() {
 
 if [ $mode = quick ]; then
   [ -n "${SCALEOUT_KEEP:-}" ] || trap stop_quick EXIT
-  section "quick: proxy :$PROXY_PORT, plain partitions p0 :55526, p1 :55527"
+  section "quick: proxy :$PROXY_PORT, plain partitions p0 :$P0_PORT, p1 :$P1_PORT"
   for i in 0 1; do
-    scripts/cluster.sh start "$DIR/p$i" $((55526 + i)) "log_min_messages = warning" "lease_sched.sweep_interval = '1s'"
-    psql_at $((55526 + i)) -d lease_sched -c "CREATE EXTENSION lease_sched"
+    scripts/cluster.sh start "$DIR/p$i" ${QUICK_PORTS[i]} "log_min_messages = warning" "lease_sched.sweep_interval = '1s'"
+    psql_at ${QUICK_PORTS[i]} -d lease_sched -c "CREATE EXTENSION lease_sched"
   done
   parts=()
-  for i in 0 1; do parts+=("host=127.0.0.1 port=$((55526 + i)) dbname=lease_sched user=postgres connect_timeout=2"); done
+  for i in 0 1; do parts+=("host=127.0.0.1 port=${QUICK_PORTS[i]} dbname=lease_sched user=postgres connect_timeout=2"); done
   setup_proxy "${parts[@]}"
   export SCALEOUT_MODE=quick
   export SCALEOUT_PROXY_DSN="host=127.0.0.1 port=$PROXY_PORT dbname=lease_sched user=postgres"

@@ -19,8 +19,11 @@
 #   LEASE_TEST_ONLY=all         or a comma list of: pgtest, model, isolation, bench,
 #                               integration, packaging (all three scripts) or one of
 #                               upgrade, pg_upgrade, package; scaleout (PL/Proxy routing)
-#   LEASE_TEST_PORT_BASE=55440  test cluster ports: 15 -> base, 18 -> base+1; the clusters
-#                               without preload: 15 -> base+6, 18 -> base+7
+#   LEASE_TEST_PORT_BASE        fixed test cluster ports: 15 -> base, 18 -> base+1; the clusters
+#                               without preload: 15 -> base+6, 18 -> base+7; the benchmark
+#                               clusters base+20+slot. Unset (the default), every cluster gets
+#                               a port the kernel picks as free (scripts/cluster.sh freeport):
+#                               a fixed port collides with whatever else runs on the machine.
 #   LEASE_TEST_CARGO_ARGS       extra arguments for the integration `cargo test`
 #   LEASE_TEST_PGBIN_<N>        the bin directory of PostgreSQL N (default: see cluster.sh pgbin)
 # Arguments are passed to the integration test binaries (e.g. --nocapture).
@@ -44,7 +47,9 @@ run_all() {
   export PATH="$HOME/.cargo/bin:$PATH"
   majors=${LEASE_TEST_MAJORS:-15 18}
   only=${LEASE_TEST_ONLY:-all}
-  base=${LEASE_TEST_PORT_BASE:-55440}
+  base=${LEASE_TEST_PORT_BASE:-}
+  # A port for the cluster at OFFSET from the fixed base, or a free one.
+  test_port() { if [ -n "$base" ]; then echo $((base + $1)); else scripts/cluster.sh freeport; fi; }
   want() {
     [ "$only" = all ] && return 0
     local w
@@ -130,7 +135,8 @@ run_major() {
   cargo pgrx install --release --pg-config "$pg_config" "${features[@]}" >"$log" 2>&1 \
     || { tail -40 "$log"; failed_step "PostgreSQL $major: build and install (the rest of $major is not run)"; return 0; }
 
-  local dir=/tmp/lease_sched_test_pg$major port=$((base + slot))
+  local dir=/tmp/lease_sched_test_pg$major port
+  port=$(test_port "$slot")
   # Sweeps every second; no periodic whole-buffer flush during the run unless a test asks
   # for one (so tests that count row writes are exact); silent = 20 minutes.
   clusters+=("$PGBIN:$dir")
@@ -159,14 +165,15 @@ run_major() {
 
   if want bench; then
     section "PostgreSQL $major: benchmark smoke run (bench/run.sh --quick: every script once, no timing asserted)"
-    LEASE_BENCH_DIR=/tmp/lease_sched_bench_pg$major LEASE_BENCH_PORT=$((55460 + slot)) \
+    LEASE_BENCH_DIR=/tmp/lease_sched_bench_pg$major LEASE_BENCH_PORT=$(test_port $((20 + slot))) \
       bench/run.sh --quick --no-install --scale-duration 5 || failed_step "PostgreSQL $major: bench smoke run"
   fi
 
   if want integration; then
     # A second cluster that does not preload lease_sched (pg_cron only, where there is one):
     # tests/integration/tests/no_preload.rs.
-    local np_dir=/tmp/lease_sched_nopreload_pg$major np_port=$((base + 6 + slot))
+    local np_dir=/tmp/lease_sched_nopreload_pg$major np_port
+    np_port=$(test_port $((6 + slot)))
     clusters+=("$PGBIN:$np_dir")
     LEASE_CLUSTER_PRELOAD=$([ $has_cron = 1 ] && echo pg_cron || true) \
       scripts/cluster.sh start "$np_dir" "$np_port" "log_min_messages = warning" \

@@ -14,7 +14,7 @@
 #   6. every held lease heartbeats and finishes by its holder, new fencing tokens are above
 #      every old one, history is intact, and the upgraded schema dumps exactly like a fresh
 #      CREATE EXTENSION in another database of the same cluster.
-# Exits non-zero on the first failure, with what failed. Port 55460, files in
+# Exits non-zero on the first failure, with what failed. A free port (or $LEASE_UPGRADE_PORT), files in
 # /var/tmp/lease_sched_upgrade (the 0.1.0 build is cached there). The current tree builds in
 # its usual target directory (set CARGO_TARGET_DIR to build elsewhere).
 set -euo pipefail
@@ -38,7 +38,7 @@ scripts/setup.sh
 old_version=0.1.0
 version=$(scripts/meta.sh --version)
 work=/var/tmp/lease_sched_upgrade
-port=${LEASE_UPGRADE_PORT:-55460}
+port=${LEASE_UPGRADE_PORT:-$(scripts/cluster.sh freeport)}
 cdir=$work/cluster
 mkdir -p "$work"
 

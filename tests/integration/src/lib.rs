@@ -20,6 +20,16 @@ pub fn connect_as(role: &str) -> Client {
     Client::connect(&dsn().replace("user=postgres", &format!("user={role}")), NoTls).expect("connect as role")
 }
 
+/// N distinct TCP ports nobody on this machine listens on now, chosen by the kernel. Tests
+/// that start clusters of their own take their ports from here: a fixed port collides with
+/// whatever else runs on a shared machine (another checkout's suite, a scratch cluster).
+/// Every socket is held until all N are chosen, so the ports differ.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> =
+        (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
 /// A name no other test uses, so tests can share one database and run in parallel.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", &Uuid::new_v4().simple().to_string()[..12])

@@ -5,28 +5,29 @@ use std::time::Duration;
 
 use lease_sched_integration::*;
 
-const DIR: &str = "/tmp/lease_sched_small_buffer";
-const PORT: u16 = 55472;
-
-struct Cluster;
+struct Cluster {
+    dir: String,
+}
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/cluster.sh");
-        let _ = Command::new(script).args(["stop", DIR, "immediate"]).status();
+        let _ = Command::new(script).args(["stop", &self.dir, "immediate"]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 #[test]
 fn touches_beyond_the_buffer_capacity_are_written_directly() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/cluster.sh");
-    let _cluster = Cluster;
+    let [port] = free_ports::<1>();
+    let cluster = Cluster { dir: format!("/tmp/lease_sched_small_buffer_{port}") };
     let ok = Command::new(script)
-        .args(["start", DIR, &PORT.to_string(), "lease_sched.touch_buffer_size = 16"])
+        .args(["start", &cluster.dir, &port.to_string(), "lease_sched.touch_buffer_size = 16"])
         .status()
         .unwrap();
     assert!(ok.success());
-    let dsn = format!("host=127.0.0.1 port={PORT} dbname=lease_sched user=postgres");
+    let dsn = format!("host=127.0.0.1 port={port} dbname=lease_sched user=postgres");
     let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
     c.batch_execute("CREATE EXTENSION lease_sched").unwrap();
     assert!(wait_until(Duration::from_secs(15), || {

@@ -9,9 +9,13 @@ use std::time::Duration;
 
 use lease_sched_integration::*;
 
-const BASE: &str = "/tmp/lease_sched_failover";
-const PRIMARY_PORT: u16 = 55470;
-const REPLICA_PORT: u16 = 55471;
+// Ports the kernel picked as free, and a directory named after them: fixed ones collide
+// with whatever else runs on a shared machine.
+static PORTS: std::sync::LazyLock<[u16; 2]> = std::sync::LazyLock::new(free_ports::<2>);
+
+fn base() -> String {
+    format!("/tmp/lease_sched_failover_{}", PORTS[0])
+}
 
 fn as_postgres(args: &[&str]) {
     let status = Command::new("runuser").args(["-u", "postgres", "--"]).args(args).status().unwrap();
@@ -28,24 +32,28 @@ impl Drop for Clusters {
     fn drop(&mut self) {
         for dir in ["primary", "replica"] {
             let _ = Command::new("runuser")
-                .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{BASE}/{dir}/data"), "-m", "immediate", "stop"])
+                .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{}/{dir}/data", base()), "-m", "immediate", "stop"])
                 .output();
         }
+        // Named after its port, the directory is this run's alone: leave nothing behind.
+        let _ = std::fs::remove_dir_all(base());
     }
 }
 
 #[test]
 fn promotion_keeps_committed_successes_and_raises_fencing_tokens() {
+    let [primary_port, replica_port] = *PORTS;
+    let base = base();
     let _clusters = Clusters;
     let cluster_sh = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/cluster.sh");
     let status = Command::new(cluster_sh)
-        .args(["start", &format!("{BASE}/primary"), &PRIMARY_PORT.to_string(), "wal_level = replica"])
+        .args(["start", &format!("{base}/primary"), &primary_port.to_string(), "wal_level = replica"])
         .status()
         .unwrap();
     assert!(status.success());
-    client(PRIMARY_PORT).batch_execute("CREATE EXTENSION lease_sched").unwrap();
+    client(primary_port).batch_execute("CREATE EXTENSION lease_sched").unwrap();
 
-    let replica = format!("{BASE}/replica");
+    let replica = format!("{base}/replica");
     // A replica left running by an interrupted earlier run would hold its port.
     let _ = Command::new("runuser")
         .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{replica}/data"), "-m", "immediate", "-w", "stop"])
@@ -54,19 +62,19 @@ fn promotion_keeps_committed_successes_and_raises_fencing_tokens() {
     std::fs::create_dir_all(&replica).unwrap();
     Command::new("chown").args(["postgres", &replica]).status().unwrap();
     as_postgres(&[
-        &format!("{}/pg_basebackup", pgbin()), "-h", "127.0.0.1", "-p", &PRIMARY_PORT.to_string(), "-U", "postgres",
+        &format!("{}/pg_basebackup", pgbin()), "-h", "127.0.0.1", "-p", &primary_port.to_string(), "-U", "postgres",
         "-D", &format!("{replica}/data"), "-R", "-X", "stream", "-c", "fast",
     ]);
     let conf = format!("{replica}/data/postgresql.auto.conf");
     let mut auto = std::fs::read_to_string(&conf).unwrap();
     auto.push_str(&format!(
-        "port = {REPLICA_PORT}\nunix_socket_directories = '{replica}'\n\
-         primary_conninfo = 'host=127.0.0.1 port={PRIMARY_PORT} user=postgres application_name=replica'\n"
+        "port = {replica_port}\nunix_socket_directories = '{replica}'\n\
+         primary_conninfo = 'host=127.0.0.1 port={primary_port} user=postgres application_name=replica'\n"
     ));
     std::fs::write(&conf, auto).unwrap();
     as_postgres(&[&format!("{}/pg_ctl", pgbin()), "-D", &format!("{replica}/data"), "-l", &format!("{replica}/server.log"), "-w", "start"]);
 
-    let mut p = client(PRIMARY_PORT);
+    let mut p = client(primary_port);
     p.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'replica'").unwrap();
     p.batch_execute("SELECT pg_reload_conf()").unwrap();
     assert!(wait_until(Duration::from_secs(30), || {
@@ -83,7 +91,7 @@ fn promotion_keeps_committed_successes_and_raises_fencing_tokens() {
         .map(|i| {
             let (stop, committed, job) = (stop.clone(), committed.clone(), job.clone());
             std::thread::spawn(move || {
-                let mut c = client(PRIMARY_PORT);
+                let mut c = client(primary_port);
                 let mut k = 0;
                 while !stop.load(Ordering::Relaxed) {
                     k += 1;
@@ -102,7 +110,7 @@ fn promotion_keeps_committed_successes_and_raises_fencing_tokens() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(2));
-    as_postgres(&[&format!("{}/pg_ctl", pgbin()), "-D", &format!("{BASE}/primary/data"), "-m", "immediate", "stop"]);
+    as_postgres(&[&format!("{}/pg_ctl", pgbin()), "-D", &format!("{base}/primary/data"), "-m", "immediate", "stop"]);
     stop.store(true, Ordering::Relaxed);
     runners.into_iter().for_each(|h| {
         let _ = h.join();
@@ -111,7 +119,7 @@ fn promotion_keeps_committed_successes_and_raises_fencing_tokens() {
 
     let committed = committed.lock().unwrap().clone();
     assert!(committed.len() > 50, "runners got work done before the failover: {}", committed.len());
-    let mut r = client(REPLICA_PORT);
+    let mut r = client(replica_port);
     let ids: Vec<uuid::Uuid> = committed.iter().map(|(id, _)| *id).collect();
     let present: i64 = r
         .query_one("SELECT count(*) FROM lease_sched.sys_cron_executions WHERE id = ANY($1) AND status = 'SUCCESS'", &[&ids])

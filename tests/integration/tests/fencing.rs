@@ -732,9 +732,13 @@ fn tokens_keep_increasing_across_a_restore_without_the_sequence() {
 // ---------------------------------------------------------------------------------------
 // promotion of a lagging asynchronous replica
 
-const FO_BASE: &str = "/tmp/lease_sched_fencing_failover";
-const FO_PRIMARY: u16 = 55476;
-const FO_REPLICA: u16 = 55477;
+// Ports the kernel picked as free, and a directory named after them: fixed ones collide
+// with whatever else runs on a shared machine.
+static FO_PORTS: std::sync::LazyLock<[u16; 2]> = std::sync::LazyLock::new(free_ports::<2>);
+
+fn fo_base() -> String {
+    format!("/tmp/lease_sched_fencing_failover_{}", FO_PORTS[0])
+}
 
 fn as_postgres(args: &[&str]) {
     let out = Command::new("runuser").args(["-u", "postgres", "--"]).args(args).output().unwrap();
@@ -758,27 +762,31 @@ impl Drop for FoClusters {
     fn drop(&mut self) {
         for dir in ["primary", "replica"] {
             let _ = Command::new("runuser")
-                .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{FO_BASE}/{dir}/data"), "-m", "immediate", "stop"])
+                .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{}/{dir}/data", fo_base()), "-m", "immediate", "stop"])
                 .output();
         }
+        // Named after its port, the directory is this run's alone: leave nothing behind.
+        let _ = std::fs::remove_dir_all(fo_base());
     }
 }
 
 #[test]
 fn tokens_keep_increasing_across_promotion_of_a_lagging_async_replica() {
+    let [fo_primary, fo_replica] = *FO_PORTS;
+    let fo_base = fo_base();
     let _clusters = FoClusters;
     let cluster_sh = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/cluster.sh");
     let status = Command::new(cluster_sh)
         .env("PGBIN", pgbin())
-        .args(["start", &format!("{FO_BASE}/primary"), &FO_PRIMARY.to_string(), "wal_level = replica", "log_min_messages = warning"])
+        .args(["start", &format!("{fo_base}/primary"), &fo_primary.to_string(), "wal_level = replica", "log_min_messages = warning"])
         .status()
         .unwrap();
     assert!(status.success());
-    let mut p = client_at(FO_PRIMARY);
+    let mut p = client_at(fo_primary);
     p.batch_execute("CREATE EXTENSION lease_sched").unwrap();
 
     // An asynchronous streaming replica.
-    let replica = format!("{FO_BASE}/replica");
+    let replica = format!("{fo_base}/replica");
     let _ = Command::new("runuser")
         .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{replica}/data"), "-m", "immediate", "-w", "stop"])
         .output();
@@ -786,14 +794,14 @@ fn tokens_keep_increasing_across_promotion_of_a_lagging_async_replica() {
     std::fs::create_dir_all(&replica).unwrap();
     Command::new("chown").args(["postgres", &replica]).status().unwrap();
     as_postgres(&[
-        &format!("{}/pg_basebackup", pgbin()), "-h", "127.0.0.1", "-p", &FO_PRIMARY.to_string(), "-U", "postgres",
+        &format!("{}/pg_basebackup", pgbin()), "-h", "127.0.0.1", "-p", &fo_primary.to_string(), "-U", "postgres",
         "-D", &format!("{replica}/data"), "-R", "-X", "stream", "-c", "fast",
     ]);
     let conf = format!("{replica}/data/postgresql.auto.conf");
     let mut auto = std::fs::read_to_string(&conf).unwrap();
     auto.push_str(&format!(
-        "port = {FO_REPLICA}\nunix_socket_directories = '{replica}'\n\
-         primary_conninfo = 'host=127.0.0.1 port={FO_PRIMARY} user=postgres application_name=lagging'\n"
+        "port = {fo_replica}\nunix_socket_directories = '{replica}'\n\
+         primary_conninfo = 'host=127.0.0.1 port={fo_primary} user=postgres application_name=lagging'\n"
     ));
     std::fs::write(&conf, auto).unwrap();
     pg_ctl_at(&replica, &["-l", &format!("{replica}/server.log"), "start"]);
@@ -801,7 +809,7 @@ fn tokens_keep_increasing_across_promotion_of_a_lagging_async_replica() {
     // Phase 1: grants the replica receives and replays.
     let seen_by_replica = grant_tokens(&mut p, 10, "phase1");
     let lsn: String = p.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0);
-    let mut r = client_at(FO_REPLICA);
+    let mut r = client_at(fo_replica);
     assert!(
         wait_until(Duration::from_secs(30), || {
             r.query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&lsn]).unwrap().get::<_, bool>(0)
@@ -821,11 +829,11 @@ fn tokens_keep_increasing_across_promotion_of_a_lagging_async_replica() {
     let lost = grant_tokens(&mut p, 100, "phase2");
     assert!(lost > seen_by_replica);
     drop(p);
-    pg_ctl_at(&format!("{FO_BASE}/primary"), &["-m", "immediate", "stop"]);
+    pg_ctl_at(&format!("{fo_base}/primary"), &["-m", "immediate", "stop"]);
 
     // The replica comes back (its primary is gone), really lacks phase 2, and is promoted.
     pg_ctl_at(&replica, &["-l", &format!("{replica}/server.log"), "start"]);
-    let mut r = client_at(FO_REPLICA);
+    let mut r = client_at(fo_replica);
     assert_eq!(count(&mut r, "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = 'phase2_job'"), 0);
     assert_eq!(count(&mut r, "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = 'phase1_job'"), 10);
     let seq: i64 = r.query_one("SELECT last_value FROM lease_sched.fencing_token_seq", &[]).unwrap().get(0);
@@ -836,7 +844,7 @@ fn tokens_keep_increasing_across_promotion_of_a_lagging_async_replica() {
     // The session opened during recovery and a new one both grant above every lost token,
     // leases (new and stolen) and locks alike.
     assert_grants_above(&mut r, lost, "the first grant after promotion (session from before it)");
-    let mut r2 = client_at(FO_REPLICA);
+    let mut r2 = client_at(fo_replica);
     let t = assert_grants_above(&mut r2, lost, "a new session after promotion");
     let victim = r2
         .query_one("SELECT id, plan_time FROM lease_sched.sys_cron_executions WHERE job_name = 'phase1_job' AND status = 'RUNNING' LIMIT 1", &[])

@@ -114,11 +114,6 @@ impl Drop for Bouncer {
     }
 }
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn start_pgbouncer(port: u16) -> Bouncer {
     let db_port = dsn().split_whitespace().find_map(|kv| kv.strip_prefix("port=").map(str::to_string)).unwrap();
     let dir = std::path::PathBuf::from(format!("/tmp/lease_sched_pgbouncer_{port}"));
@@ -184,7 +179,7 @@ fn simple_row(c: &mut postgres::Client, sql: &str) -> Vec<Option<String>> {
 
 #[test]
 fn a_lock_survives_reconnects_through_transaction_pooling() {
-    let port = free_port();
+    let [port] = free_ports::<1>();
     let _bouncer = start_pgbouncer(port);
     let name = unique("leader");
     let mut a = via_bouncer(port);

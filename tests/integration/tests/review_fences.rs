@@ -55,21 +55,8 @@ impl Drop for Prepared {
     }
 }
 
-/// A table only the holder of `lock` may write (docs/api.md, "require_lock"), writable by `role`.
-fn leader_only_table(c: &mut Client, lock: &str, role: &str) -> String {
-    let table = unique("review_reports");
-    c.batch_execute(&format!(
-        "CREATE TABLE public.{table} (id int PRIMARY KEY, v text);
-         GRANT ALL ON public.{table} TO {role};
-         CREATE TRIGGER leader_only BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON public.{table}
-             FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.require_lock('{lock}');"
-    ))
-    .unwrap();
-    table
-}
-
 /// A table only the holder of `lock` may write, checked with the holder's secret
-/// (`require_lock(lock, 'secret')`), writable by `role`.
+/// (`require_lock(lock, 'secret')`, docs/api.md), writable by `role`.
 fn secret_leader_only_table(c: &mut Client, lock: &str, role: &str) -> String {
     let table = unique("review_reports");
     c.batch_execute(&format!(
