@@ -26,7 +26,8 @@ version=$(scripts/meta.sh --version)
 work=/var/tmp/lease_sched_pg_upgrade
 mkdir -p "$work"
 old=$work/old15 new=$work/new18
-read -r port_old port_new port_up_old port_up_new < <(scripts/cluster.sh freeport 4 | tr "\n" " ")
+ports=($(scripts/cluster.sh freeport 4))
+port_old=${ports[0]} port_new=${ports[1]} port_up_old=${ports[2]} port_up_new=${ports[3]}
 
 # --- 1. builds
 pc15=$(private_copy /usr/lib/postgresql/15/bin/pg_config "$work/pg15")

@@ -42,8 +42,8 @@ psql_at() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -p "
 
 if [ $mode = quick ]; then
   DIR=/tmp/lease_sched_scaleout_q
-  read -r PROXY_PORT P0_PORT P1_PORT < <(scripts/cluster.sh freeport 3 | tr '\n' ' ')
-  QUICK_PORTS=($P0_PORT $P1_PORT)
+  ports=($(scripts/cluster.sh freeport 3))
+  PROXY_PORT=${ports[0]} QUICK_PORTS=("${ports[1]}" "${ports[2]}")
 else
   DIR=/tmp/lease_sched_scaleout; PROXY_PORT=55500; MONITOR_PORT=55501
   # pg_autoctl keeps its state (config, FSM state, pid files) under the XDG directories:
@@ -134,7 +134,7 @@ setup_proxy() {
 
 if [ $mode = quick ]; then
   [ -n "${SCALEOUT_KEEP:-}" ] || trap stop_quick EXIT
-  section "quick: proxy :$PROXY_PORT, plain partitions p0 :$P0_PORT, p1 :$P1_PORT"
+  section "quick: proxy :$PROXY_PORT, plain partitions p0 :${QUICK_PORTS[0]}, p1 :${QUICK_PORTS[1]}"
   for i in 0 1; do
     scripts/cluster.sh start "$DIR/p$i" ${QUICK_PORTS[i]} "log_min_messages = warning" "lease_sched.sweep_interval = '1s'"
     psql_at ${QUICK_PORTS[i]} -d lease_sched -c "CREATE EXTENSION lease_sched"
