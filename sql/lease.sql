@@ -1,6 +1,9 @@
 -- The lease API: claim, heartbeat, finish. Implemented in Rust (src/api/lease.rs).
--- Every function is SECURITY DEFINER with a pinned search_path, so a runner role needs
--- only EXECUTE (never table privileges), and a hostile search_path cannot redirect it.
+-- Every function is SECURITY DEFINER, so a runner role needs only EXECUTE (never table
+-- privileges). These three pin no search_path: a SET clause saves, sets and restores the
+-- setting on every call (a sixth of a heartbeat's instructions, docs/benchmarks.md). Their
+-- statements (src/lease/store.rs) name every object and operator with its schema instead,
+-- so a hostile search_path cannot redirect them either.
 -- None is STRICT: a NULL argument is an error that names it, never a silent NULL.
 
 CREATE FUNCTION lease_sched.lease_try_claim(
@@ -21,7 +24,6 @@ CREATE FUNCTION lease_sched.lease_try_claim(
     stale_after   timestamptz
 )
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 ROWS 1
 AS 'MODULE_PATHNAME', 'lease_try_claim_wrapper';
 
@@ -33,7 +35,6 @@ CREATE FUNCTION lease_sched.lease_heartbeat(
     lease_token  uuid
 ) RETURNS boolean
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'lease_heartbeat_wrapper';
 
 COMMENT ON FUNCTION lease_sched.lease_heartbeat(uuid, uuid) IS
@@ -50,7 +51,6 @@ CREATE FUNCTION lease_sched.lease_finish(
     retry_in      interval DEFAULT NULL
 ) RETURNS boolean
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'lease_finish_wrapper';
 
 COMMENT ON FUNCTION lease_sched.lease_finish(uuid, uuid, text, jsonb, bigint, text, text, interval) IS

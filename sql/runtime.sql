@@ -28,16 +28,19 @@ LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET se
 AS 'MODULE_PATHNAME', 'runtime_register_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_register(text, jsonb) IS 'Register a runtime, online now; returns its id.';
 
+-- runtime_touch and runtime_touch_batch pin no search_path (see sql/lease.sql): their
+-- statements are schema-qualified (src/runtime/store.rs). runtime_pending runs no SQL
+-- and reads no table: it needs neither SECURITY DEFINER nor a search_path.
 CREATE FUNCTION lease_sched.runtime_touch(runtime_id uuid)
 RETURNS boolean
-LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
 AS 'MODULE_PATHNAME', 'runtime_touch_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_touch(uuid) IS
     'A live heartbeat: offline rows flip online at once; online rows are buffered in shared memory. False for an unknown id.';
 
 CREATE FUNCTION lease_sched.runtime_touch_batch(runtime_ids uuid[])
 RETURNS uuid[]
-LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
 AS 'MODULE_PATHNAME', 'runtime_touch_batch_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_touch_batch(uuid[]) IS
     'Bump all online runtimes among the ids in one UPDATE; returns the ids not touched (offline or unknown).';
@@ -51,6 +54,6 @@ COMMENT ON FUNCTION lease_sched.runtime_flush() IS 'Write every buffered touch n
 
 CREATE FUNCTION lease_sched.runtime_pending()
 RETURNS bigint
-LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'runtime_pending_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_pending() IS 'Runtime ids with a touch waiting in the buffer.';

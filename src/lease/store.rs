@@ -1,5 +1,13 @@
 //! Every SQL statement on `lease_sched.sys_cron_executions`, in one place.
 //!
+//! The statements of the API's calls (claim, heartbeat, finish) run with the caller's
+//! search_path: those functions do not pin one (a `SET` clause saves and restores a setting
+//! on every call, a sixth of a heartbeat's cost). So every function, operator and type they
+//! name is schema-qualified (`OPERATOR(pg_catalog.=)`, `pg_catalog.nextval`): nothing a
+//! role puts on a search_path can stand in for them (tests/integration/tests/search_path.rs).
+//! Keywords (`coalesce`, `greatest`, `bigint`) are not looked up, and the grammar turns
+//! `extract(... FROM ...)` into `pg_catalog.extract` by itself.
+//!
 //! Times come in as parameters read once per call from the database clock, so one call
 //! decides on one instant. The WHERE clause of `STEAL` is `lease_model::may_steal` in SQL:
 //! the UPDATE re-checks it on the newest row version under the row lock, which is what
@@ -12,7 +20,8 @@ use crate::spi_plans::Statement;
 pub static PROBE: Statement = Statement {
     sql: "SELECT id, status, attempt, max_attempts, stale_after, next_retry_at, allow_stale_reentry
             FROM lease_sched.sys_cron_executions
-           WHERE job_name = $1 AND scope_kind = $2 AND scope_id = $3 AND plan_time = $4",
+           WHERE job_name OPERATOR(pg_catalog.=) $1 AND scope_kind OPERATOR(pg_catalog.=) $2
+             AND scope_id OPERATOR(pg_catalog.=) $3 AND plan_time OPERATOR(pg_catalog.=) $4",
     arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
 };
 
@@ -24,8 +33,8 @@ pub static INSERT: Statement = Statement {
               runner_id, lease_token, fencing_token, allow_stale_reentry, stale_timeout,
               heartbeat_at, stale_after, started_at, updated_at)
           VALUES ($1, $2, $3, $4, 'RUNNING', 1, $5,
-              $6, gen_random_uuid(), nextval('lease_sched.fencing_token_seq'), $7, $8,
-              $9, $9 + $8, $9, $9)
+              $6, pg_catalog.gen_random_uuid(), pg_catalog.nextval('lease_sched.fencing_token_seq'), $7, $8,
+              $9, $9 OPERATOR(pg_catalog.+) $8, $9, $9)
           ON CONFLICT (job_name, scope_kind, scope_id, plan_time) DO NOTHING
           RETURNING id, lease_token, attempt, fencing_token, stale_after",
     arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, BOOLOID, INTERVALOID, TIMESTAMPTZOID],
@@ -42,22 +51,26 @@ pub static INSERT: Statement = Statement {
 /// whether a live holder was deposed (NOTIFY lease_sched_lost).
 pub static STEAL: Statement = Statement {
     sql: "WITH held AS (
-              SELECT id, status = 'RUNNING' AS was_running FROM lease_sched.sys_cron_executions
-               WHERE id = $1
-                 AND attempt < max_attempts
-                 AND ((status = 'FAILED' AND coalesce(next_retry_at, $5) <= $5)
-                   OR (status = 'RUNNING' AND stale_after < $5 AND $3 AND allow_stale_reentry))
+              SELECT id, status OPERATOR(pg_catalog.=) 'RUNNING' AS was_running FROM lease_sched.sys_cron_executions
+               WHERE id OPERATOR(pg_catalog.=) $1
+                 AND attempt OPERATOR(pg_catalog.<) max_attempts
+                 AND ((status OPERATOR(pg_catalog.=) 'FAILED' AND coalesce(next_retry_at, $5) OPERATOR(pg_catalog.<=) $5)
+                   OR (status OPERATOR(pg_catalog.=) 'RUNNING' AND stale_after OPERATOR(pg_catalog.<) $5
+                       AND $3 AND allow_stale_reentry))
                  FOR UPDATE)
           UPDATE lease_sched.sys_cron_executions e
-             SET status = 'RUNNING', attempt = e.attempt + 1, runner_id = $2,
-                 lease_token = gen_random_uuid(), fencing_token = nextval('lease_sched.fencing_token_seq'),
+             SET status = 'RUNNING', attempt = e.attempt OPERATOR(pg_catalog.+) 1, runner_id = $2,
+                 lease_token = pg_catalog.gen_random_uuid(),
+                 fencing_token = pg_catalog.nextval('lease_sched.fencing_token_seq'),
                  allow_stale_reentry = $3, stale_timeout = $4,
-                 heartbeat_at = (SELECT clock_timestamp()), stale_after = (SELECT clock_timestamp()) + $4,
-                 started_at = (SELECT clock_timestamp()),
+                 heartbeat_at = (SELECT pg_catalog.clock_timestamp()),
+                 stale_after = (SELECT pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.+) $4,
+                 started_at = (SELECT pg_catalog.clock_timestamp()),
                  finished_at = NULL, duration_ms = NULL, next_retry_at = NULL, error_code = NULL,
-                 error_msg = NULL, rows_affected = NULL, result = NULL, updated_at = (SELECT clock_timestamp())
+                 error_msg = NULL, rows_affected = NULL, result = NULL,
+                 updated_at = (SELECT pg_catalog.clock_timestamp())
             FROM held
-           WHERE e.id = held.id
+           WHERE e.id OPERATOR(pg_catalog.=) held.id
           RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after, held.was_running",
     arg_types: &[UUIDOID, TEXTOID, BOOLOID, INTERVALOID, TIMESTAMPTZOID],
 };
@@ -66,15 +79,16 @@ pub static STEAL: Statement = Statement {
 /// failed its lease), never when that transaction rolls back. Payload: the execution_id,
 /// or `lock:<name>` for a lock taken over.
 pub static NOTIFY_LOST: Statement = Statement {
-    sql: "SELECT pg_notify('lease_sched_lost', $1)",
+    sql: "SELECT pg_catalog.pg_notify('lease_sched_lost', $1)",
     arg_types: &[TEXTOID],
 };
 
 /// Only the columns no index covers change, so this is a HOT update.
 pub static HEARTBEAT: Statement = Statement {
     sql: "UPDATE lease_sched.sys_cron_executions
-             SET heartbeat_at = $3, stale_after = $3 + stale_timeout, updated_at = $3
-           WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING'",
+             SET heartbeat_at = $3, stale_after = $3 OPERATOR(pg_catalog.+) stale_timeout, updated_at = $3
+           WHERE id OPERATOR(pg_catalog.=) $1 AND lease_token OPERATOR(pg_catalog.=) $2
+             AND status OPERATOR(pg_catalog.=) 'RUNNING'",
     arg_types: &[UUIDOID, UUIDOID, TIMESTAMPTZOID],
 };
 
@@ -84,13 +98,15 @@ pub static HEARTBEAT: Statement = Statement {
 pub static FINISH: Statement = Statement {
     sql: "UPDATE lease_sched.sys_cron_executions
              SET status = $3, finished_at = $4,
-                 duration_ms = greatest(0, (extract(epoch FROM $4 - started_at) * 1000)::bigint),
+                 duration_ms = greatest(0, (extract(epoch FROM $4 OPERATOR(pg_catalog.-) started_at)
+                                            OPERATOR(pg_catalog.*) 1000)::bigint),
                  result = $5, rows_affected = $6, error_code = $7, error_msg = $8,
-                 next_retry_at = CASE WHEN $3 = 'FAILED' AND attempt < max_attempts
-                     THEN $4 + coalesce($9, lease_sched.retry_backoff(attempt, $10, $11))
+                 next_retry_at = CASE WHEN $3 OPERATOR(pg_catalog.=) 'FAILED' AND attempt OPERATOR(pg_catalog.<) max_attempts
+                     THEN $4 OPERATOR(pg_catalog.+) coalesce($9, lease_sched.retry_backoff(attempt, $10, $11))
                  END,
                  updated_at = $4
-           WHERE id = $1 AND lease_token = $2 AND status = 'RUNNING'",
+           WHERE id OPERATOR(pg_catalog.=) $1 AND lease_token OPERATOR(pg_catalog.=) $2
+             AND status OPERATOR(pg_catalog.=) 'RUNNING'",
     arg_types: &[
         UUIDOID, UUIDOID, TEXTOID, TIMESTAMPTZOID, JSONBOID, INT8OID, TEXTOID, TEXTOID, INTERVALOID,
         INTERVALOID, INTERVALOID,

@@ -1,4 +1,6 @@
-//! Every SQL statement on `lease_sched.runtimes`. `last_seen_at` is in no index, so
+//! Every SQL statement on `lease_sched.runtimes`. STATUS, TOUCH_NOW and TOUCH_BATCH run
+//! with the caller's search_path (runtime_touch pins none), so they name every function
+//! and operator with its schema (see src/lease/store.rs). `last_seen_at` is in no index, so
 //! touches and flushes are HOT updates; online rows are found through a partial index.
 use pgrx::pg_sys::{JSONBOID, TEXTOID, TIMESTAMPTZOID, UUIDARRAYOID, UUIDOID};
 
@@ -11,13 +13,14 @@ pub static REGISTER: Statement = Statement {
 };
 
 pub static STATUS: Statement = Statement {
-    sql: "SELECT status FROM lease_sched.runtimes WHERE id = $1",
+    sql: "SELECT status FROM lease_sched.runtimes WHERE id OPERATOR(pg_catalog.=) $1",
     arg_types: &[UUIDOID],
 };
 
 /// The synchronous path: online now, seen now.
 pub static TOUCH_NOW: Statement = Statement {
-    sql: "UPDATE lease_sched.runtimes SET status = 'online', last_seen_at = greatest(last_seen_at, $2) WHERE id = $1",
+    sql: "UPDATE lease_sched.runtimes SET status = 'online', last_seen_at = greatest(last_seen_at, $2)
+           WHERE id OPERATOR(pg_catalog.=) $1",
     arg_types: &[UUIDOID, TIMESTAMPTZOID],
 };
 
@@ -25,11 +28,11 @@ pub static TOUCH_NOW: Statement = Statement {
 pub static TOUCH_BATCH: Statement = Statement {
     sql: "WITH touched AS (
               UPDATE lease_sched.runtimes SET last_seen_at = greatest(last_seen_at, $2)
-               WHERE id = ANY($1) AND status = 'online'
+               WHERE id OPERATOR(pg_catalog.=) ANY($1) AND status OPERATOR(pg_catalog.=) 'online'
               RETURNING id)
-          SELECT coalesce(array_agg(DISTINCT u.id), '{}')
-            FROM unnest($1) AS u(id)
-           WHERE NOT EXISTS (SELECT 1 FROM touched t WHERE t.id = u.id)",
+          SELECT coalesce(pg_catalog.array_agg(DISTINCT u.id), '{}')
+            FROM pg_catalog.unnest($1) AS u(id)
+           WHERE NOT EXISTS (SELECT 1 FROM touched t WHERE t.id OPERATOR(pg_catalog.=) u.id)",
     arg_types: &[UUIDARRAYOID, TIMESTAMPTZOID],
 };
 
@@ -73,4 +76,3 @@ pub static MARK_OFFLINE: Statement = Statement {
                          FOR UPDATE SKIP LOCKED)",
     arg_types: &[UUIDARRAYOID, TIMESTAMPTZOID],
 };
-

@@ -56,6 +56,9 @@ const FUNCTIONS: &[(&str, &str, &str, &str)] = &[
     ("pg_backend_pid", "", "int4", "pg_catalog.pg_backend_pid()"),
     ("current_setting", "s text", "text", "pg_catalog.current_setting(s)"),
     ("set_config", "s text, v text, l bool", "text", "pg_catalog.set_config(s, v, l)"),
+    ("pg_notify", "c text, p text", "void", "pg_catalog.pg_notify(c, p)"),
+    ("setval", "s regclass, v int8", "int8", "pg_catalog.setval(s, v)"),
+    ("setval", "s text, v int8", "int8", "pg_catalog.setval(s::regclass, v)"),
 ];
 
 struct Planted {
@@ -300,6 +303,14 @@ fn nothing_planted_on_a_search_path_runs_as_the_superuser() {
              SELECT lease_sched.retry_backoff(40, '10 s', '1 h');"
         ))
         .unwrap();
+    // A steal: the 04:00 lease above went stale after 1 s (the claim, heartbeat and finish
+    // pin no search_path: their statements alone must resolve to pg_catalog).
+    std::thread::sleep(Duration::from_millis(1200));
+    let stole: String = attacker
+        .query_one(&format!("SELECT outcome FROM lease_sched.lease_try_claim('{job}', '2026-01-01 04:00+00', 'pwn2')"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(stole, "stole");
     let r = attacker
         .query_one("SELECT lock_token FROM lease_sched.lock_acquire($1, 'pwn2', '60 s')", &[&unique("pwnlock")])
         .unwrap();

@@ -897,8 +897,12 @@ fn check(a: &Args) -> (u64, u64, Vec<String>, Grants) {
         if status == "SUCCESS" && last.finished.as_deref() != Some("SUCCESS") {
             violations.push(format!("{eid}: SUCCESS row but its holder logged no accepted SUCCESS"));
         }
-        if attempt > max {
-            violations.push(format!("{eid}: attempt {attempt} > max_attempts {max}"));
+        // The table has no CHECK (sql/schema.sql): the API keeps these, and this checks it.
+        if attempt > max || attempt < 1 {
+            violations.push(format!("{eid}: attempt {attempt} outside 1..=max_attempts {max}"));
+        }
+        if !["RUNNING", "SUCCESS", "FAILED", "SKIPPED"].contains(&status.as_str()) {
+            violations.push(format!("{eid}: status {status:?} is not one the API writes"));
         }
     }
     // 5. give the sweeper one interval (1 s in the test cluster) plus margin, then look.
