@@ -5,5 +5,5 @@
 -- stale again; max_attempts was set to 2^31-1 when the rows were created.
 \set n :n + 1
 \set k :client_id * :per + (:n % :per) + 1
-SELECT * FROM lease_sched.lease_try_claim('steal', to_timestamp(:k), 'runner-' || :client_id,
+SELECT * FROM lease_sched.lease_try_claim('steal-' || :k, to_timestamp(:k), 'runner-' || :client_id,
                                           'global', '', interval '1 millisecond', 2147483647, true);

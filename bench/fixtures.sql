@@ -46,9 +46,13 @@ END $$;
 
 -- RUNNING leases k = 1..n of one job on both sides (missing ones only), plan_time =
 -- to_timestamp(k). With prefixes the ids and tokens are md5(prefix || k); without, random.
--- stale => stale_after is already in the past.
+-- stale => stale_after is already in the past. one_job_each => lease k belongs to job
+-- `job-k`, so each is the latest plan of its own job: the sweep fails a stale lease that a
+-- later plan of its job superseded (nobody would come back to steal it), which would turn
+-- the steal case's stale leases into FAILED runs waiting for a retry.
 CREATE FUNCTION bench.ensure_leases(job text, n int, id_prefix text, token_prefix text,
-                                    timeout interval, attempts int, stale boolean)
+                                    timeout interval, attempts int, stale boolean,
+                                    one_job_each boolean DEFAULT false)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE pair text[]; t text; seq text;
 BEGIN
@@ -60,23 +64,25 @@ BEGIN
             INSERT INTO %s (id, job_name, scope_kind, scope_id, plan_time, status, attempt,
                             max_attempts, runner_id, lease_token, fencing_token, allow_stale_reentry,
                             stale_timeout, heartbeat_at, stale_after, started_at, updated_at)
-            SELECT coalesce(md5($2 || g)::uuid, gen_random_uuid()), $1, 'global', '', to_timestamp(g),
+            SELECT coalesce(md5($2 || g)::uuid, gen_random_uuid()),
+                   CASE WHEN $8 THEN $1 || '-' || g ELSE $1 END, 'global', '', to_timestamp(g),
                    'RUNNING', 1, $6, 'setup', coalesce(md5($3 || g)::uuid, gen_random_uuid()),
                    nextval(%L), true, $5, now(),
                    CASE WHEN $7 THEN now() - interval '1 minute' ELSE now() + $5 END, now(), now()
               FROM generate_series(1, $4) g
             ON CONFLICT (job_name, scope_kind, scope_id, plan_time) DO NOTHING$q$, t, seq)
-            USING job, id_prefix, token_prefix, n, timeout, attempts, stale;
+            USING job, id_prefix, token_prefix, n, timeout, attempts, stale, one_job_each;
     END LOOP;
 END $$;
 
--- Before a steal run: every lease of the job RUNNING and stale again, on both sides.
+-- Before a steal run: every lease of the job (or of its jobs `job-k`) RUNNING and stale
+-- again, on both sides.
 CREATE FUNCTION bench.make_stale(job text) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['lease_sched.sys_cron_executions', 'baseline.sys_cron_executions'] LOOP
         EXECUTE format($q$UPDATE %s SET status = 'RUNNING', stale_after = now() - interval '1 minute'
-                           WHERE job_name = $1$q$, t) USING job;
+                           WHERE job_name = $1 OR job_name LIKE $1 || '-%%'$q$, t) USING job;
     END LOOP;
 END $$;
 

@@ -10,6 +10,7 @@ mod error;
 mod jobs;
 mod lease;
 mod lock;
+mod lookup;
 mod planner;
 mod runtime;
 mod settings;

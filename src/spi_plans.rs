@@ -57,6 +57,13 @@ pub fn check_schema(client: &SpiClient<'_>) {
     SCHEMA_CHECKED.set(true);
 }
 
+/// `check_schema` for a call that may run no statement at all (a buffered touch).
+pub fn check_schema_once() {
+    if !SCHEMA_CHECKED.get() {
+        pgrx::spi::Spi::connect(|client| check_schema(&client));
+    }
+}
+
 fn plan_for(client: &SpiClient<'_>, statement: &'static Statement) -> &'static OwnedPreparedStatement {
     let key = statement as *const Statement as usize;
     if let Some(plan) = PLANS.with(|plans| plans.borrow().get(&key).copied()) {

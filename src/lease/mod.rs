@@ -4,7 +4,7 @@ pub mod store;
 
 use pgrx::datum::{DatumWithOid, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
-use pgrx::spi::{SpiClient, SpiTupleTable};
+use pgrx::spi::SpiTupleTable;
 use pgrx::Uuid;
 
 use crate::clock::{db_clock, timestamptz};
@@ -39,29 +39,40 @@ struct ExistingRow {
     lease: LeaseRow,
 }
 
-fn probe(client: &mut SpiClient<'_>, req: &ClaimRequest<'_>) -> Option<ExistingRow> {
-    let table = execute(
-        client,
-        &store::PROBE,
-        &[req.job_name.into(), req.scope_kind.into(), req.scope_id.into(), req.plan_time.into()],
-    );
-    if table.is_empty() {
-        return None;
-    }
-    let row = table.first();
-    let get_ts = |i| row.get::<TimestampWithTimeZone>(i).unwrap().map(|t| t.into_inner());
-    let status: String = row.get(2).unwrap().unwrap();
-    Some(ExistingRow {
-        id: row.get(1).unwrap().unwrap(),
-        lease: LeaseRow {
-            status: Status::from_sql(&status).expect("status is constrained by a CHECK"),
-            attempt: row.get(3).unwrap().unwrap(),
-            max_attempts: row.get(4).unwrap().unwrap(),
-            stale_after: get_ts(5),
-            next_retry_at: get_ts(6),
-            allow_stale_reentry: row.get(7).unwrap().unwrap(),
+/// The row a claim is about, read through the unique key without locking it and without
+/// SPI (src/lookup.rs): what a statement starting now would see.
+fn probe(req: &ClaimRequest<'_>) -> Option<ExistingRow> {
+    use crate::lookup::{by_unique_key, value, Key};
+    use pgrx::pg_sys::{F_TEXTEQ, F_TIMESTAMPTZ_EQ};
+    let key = |eq_proc, datum: Option<pgrx::pg_sys::Datum>| Key { eq_proc, value: datum.expect("a non-NULL key") };
+    by_unique_key(
+        c"sys_cron_executions",
+        c"uq_sys_cron_execution",
+        &[
+            key(F_TEXTEQ, req.job_name.into_datum()),
+            key(F_TEXTEQ, req.scope_kind.into_datum()),
+            key(F_TEXTEQ, req.scope_id.into_datum()),
+            key(F_TIMESTAMPTZ_EQ, req.plan_time.into_datum()),
+        ],
+        &[c"id", c"status", c"attempt", c"max_attempts", c"stale_after", c"next_retry_at", c"allow_stale_reentry"],
+        // SAFETY: each column is read as its SQL type (uuid, text, int, int, timestamptz,
+        // timestamptz, boolean), copied out while the row is pinned.
+        |v| unsafe {
+            let ts = |d| value::<TimestampWithTimeZone>(d).map(|t| t.into_inner());
+            let status: String = value(v[1]).expect("status is NOT NULL");
+            ExistingRow {
+                id: value(v[0]).expect("id is NOT NULL"),
+                lease: LeaseRow {
+                    status: Status::from_sql(&status).expect("the API writes only known statuses"),
+                    attempt: value(v[2]).expect("attempt is NOT NULL"),
+                    max_attempts: value(v[3]).expect("max_attempts is NOT NULL"),
+                    stale_after: ts(v[4]),
+                    next_retry_at: ts(v[5]),
+                    allow_stale_reentry: value(v[6]).expect("allow_stale_reentry is NOT NULL"),
+                },
+            }
         },
-    })
+    )
 }
 
 /// Read the RETURNING row of INSERT or STEAL as a granted lease.
@@ -113,7 +124,7 @@ pub fn claim(req: &ClaimRequest<'_>) -> Claim {
 fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
     let now = db_clock();
     Spi::connect_mut(|client| {
-        let mut existing = probe(client, req);
+        let mut existing = probe(req);
         // Two rounds suffice: after a lost insert race the row exists. A third round only
         // happens if that row was deleted meanwhile, which we report as a conflict.
         for _ in 0..3 {
@@ -138,7 +149,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                     if let Some(won) = granted(inserted, ClaimOutcome::Won) {
                         return won;
                     }
-                    existing = probe(client, req);
+                    existing = probe(req);
                 }
                 ClaimDecision::Steal => {
                     let id = existing.as_ref().expect("steal needs a row").id;
@@ -162,7 +173,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                     }
                     // Someone changed the row first (stole, heartbeat, finished, swept):
                     // report the row as it is now, not as we first saw it.
-                    existing = probe(client, req);
+                    existing = probe(req);
                     return conflicted(existing.as_ref());
                 }
                 ClaimDecision::Conflict => return conflicted(existing.as_ref()),

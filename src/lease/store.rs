@@ -16,15 +16,6 @@ use pgrx::pg_sys::{BOOLOID, INT4OID, INT8OID, INTERVALOID, JSONBOID, TEXTOID, TI
 
 use crate::spi_plans::Statement;
 
-/// The row a claim is about, read without taking any lock.
-pub static PROBE: Statement = Statement {
-    sql: "SELECT id, status, attempt, max_attempts, stale_after, next_retry_at, allow_stale_reentry
-            FROM lease_sched.sys_cron_executions
-           WHERE job_name OPERATOR(pg_catalog.=) $1 AND scope_kind OPERATOR(pg_catalog.=) $2
-             AND scope_id OPERATOR(pg_catalog.=) $3 AND plan_time OPERATOR(pg_catalog.=) $4",
-    arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
-};
-
 /// Outcome `won`: a fresh row at attempt 1. Returns no row when another session inserted
 /// the same key first (it waits for that session to commit or abort).
 pub static INSERT: Statement = Statement {

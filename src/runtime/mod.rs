@@ -34,18 +34,23 @@ fn write_now(client: &mut SpiClient<'_>, id: Uuid, now: DbTime) {
 /// False for an unknown id.
 pub fn touch(id: Uuid) -> bool {
     let now = db_clock();
-    Spi::connect_mut(|client| {
-        let status = execute(client, &store::STATUS, &[id.into()]);
-        if status.is_empty() {
-            return false;
-        }
-        let online = status.first().get::<&str>(1).unwrap() == Some("online");
-        match online.then(|| buffer::record(id_bytes(&id), now)).flatten() {
-            Some(Recorded::New | Recorded::Coalesced) => stats::add(|s| &s.touches_buffered, 1),
-            Some(Recorded::Full) | None => write_now(client, id, now),
-        }
-        true
-    })
+    crate::spi_plans::check_schema_once();
+    // The row's status, read through the primary key without SPI (src/lookup.rs): the
+    // buffered path is then an index probe and a hash insert, no statement at all.
+    let online = crate::lookup::by_unique_key(
+        c"runtimes",
+        c"runtimes_pkey",
+        &[crate::lookup::Key { eq_proc: pgrx::pg_sys::F_UUID_EQ, value: id.into_datum().unwrap() }],
+        &[c"status"],
+        // SAFETY: status is a text column.
+        |values| unsafe { crate::lookup::value::<String>(values[0]) }.as_deref() == Some("online"),
+    );
+    let Some(online) = online else { return false };
+    match online.then(|| buffer::record(id_bytes(&id), now)).flatten() {
+        Some(Recorded::New | Recorded::Coalesced) => stats::add(|s| &s.touches_buffered, 1),
+        Some(Recorded::Full) | None => Spi::connect_mut(|client| write_now(client, id, now)),
+    }
+    true
 }
 
 /// Bump every online runtime among `ids` in one statement; returns the ids not

@@ -1,4 +1,5 @@
-//! Every SQL statement on `lease_sched.runtimes`. STATUS, TOUCH_NOW and TOUCH_BATCH run
+//! Every SQL statement on `lease_sched.runtimes` (a touch reads the row's status without
+//! SQL, src/lookup.rs). TOUCH_NOW and TOUCH_BATCH run
 //! with the caller's search_path (runtime_touch pins none), so they name every function
 //! and operator with its schema (see src/lease/store.rs). `last_seen_at` is in no index, so
 //! touches and flushes are HOT updates; online rows are found through a partial index.
@@ -12,10 +13,6 @@ pub static REGISTER: Statement = Statement {
     arg_types: &[TEXTOID, TIMESTAMPTZOID, JSONBOID],
 };
 
-pub static STATUS: Statement = Statement {
-    sql: "SELECT status FROM lease_sched.runtimes WHERE id OPERATOR(pg_catalog.=) $1",
-    arg_types: &[UUIDOID],
-};
 
 /// The synchronous path: online now, seen now.
 pub static TOUCH_NOW: Statement = Statement {
