@@ -19,6 +19,8 @@ pub static RUNTIME_OFFLINE_AFTER_MS: GucSetting<i32> = GucSetting::<i32>::new(15
 /// Finished executions older than this are deleted; 0 keeps them forever.
 pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 /// Entries the shared touch buffer holds before touches fall back to direct writes.
+/// `lease_sched.notify_lost`: NOTIFY lease_sched_lost when a steal or a takeover deposes a holder.
+pub static NOTIFY_LOST: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static TOUCH_BUFFER_SIZE: GucSetting<i32> = GucSetting::<i32>::new(65_536);
 
 /// Register the settings. The postmaster-level ones (database, buffer size) exist only
@@ -66,6 +68,16 @@ pub fn init(preloaded: bool) {
         &RUNTIME_OFFLINE_AFTER_MS,
         1_000,
         GucContext::Sighup,
+    );
+    // Superuser-only (ALTER SYSTEM, ALTER DATABASE / ROLE ... SET by a superuser): a runner
+    // role must not be able to steal silently from the holders that listen.
+    GucRegistry::define_bool_guc(
+        c"lease_sched.notify_lost",
+        c"NOTIFY lease_sched_lost at the commit of a steal or takeover that deposes a holder.",
+        c"Each notifying commit holds PostgreSQL's notification-queue lock until it is flushed, so with synchronous_commit = on such commits run one at a time. Turn off where steals are frequent and nobody listens.",
+        &NOTIFY_LOST,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"lease_sched.retention",

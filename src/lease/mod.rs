@@ -166,7 +166,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                         ],
                     );
                     if let Some(stole) = granted(stolen, ClaimOutcome::Stole) {
-                        if stole.deposed {
+                        if stole.deposed && settings::NOTIFY_LOST.get() {
                             execute(client, &store::NOTIFY_LOST, &[id.to_string().into()]);
                         }
                         return stole;

@@ -115,7 +115,9 @@ pub fn acquire(name: &str, holder: &str, ttl: Interval) -> Acquired {
             let args = [name.into(), holder.into(), now.into(), ttl.into()];
             if let Some(got) = granted(client, &TAKE_OVER, &args) {
                 // The expired holder never released: tell it (delivered at commit).
-                execute(client, &crate::lease::store::NOTIFY_LOST, &[format!("lock:{name}").into()]);
+                if crate::settings::NOTIFY_LOST.get() {
+                    execute(client, &crate::lease::store::NOTIFY_LOST, &[format!("lock:{name}").into()]);
+                }
                 return got;
             }
             if !execute(client, &INSERT_FREE, &args).is_empty() {

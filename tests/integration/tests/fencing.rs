@@ -514,6 +514,34 @@ fn a_steal_notifies_the_loser_at_commit_and_a_rolled_back_steal_sends_nothing() 
 }
 
 #[test]
+fn with_notify_lost_off_a_steal_sends_nothing_and_only_a_superuser_may_turn_it_off() {
+    let mut l = listener();
+    let mut a = connect();
+    let mut thief = connect();
+    let job = unique("notify_off");
+    thief.batch_execute("SET lease_sched.notify_lost = off").unwrap();
+    let held = claim(&mut a, &job, plan(), "runner-a");
+    make_stale(&mut a, held.id());
+    assert_eq!(claim(&mut thief, &job, plan(), "thief").outcome, "stole");
+    assert!(!notified(&mut l, &held.id().to_string(), Duration::from_millis(1000)), "notify_lost = off: no notification");
+    // Back on: the next steal is notified again.
+    thief.batch_execute("RESET lease_sched.notify_lost").unwrap();
+    let p2 = plan() + chrono::Duration::hours(1);
+    let held = claim(&mut a, &job, p2, "runner-a");
+    make_stale(&mut a, held.id());
+    assert_eq!(claim(&mut thief, &job, p2, "thief").outcome, "stole");
+    assert!(notified(&mut l, &held.id().to_string(), Duration::from_secs(1)));
+    // A role that is not superuser cannot silence its steals.
+    let role = unique("notify_runner");
+    a.batch_execute(&format!("CREATE ROLE {role} LOGIN")).unwrap();
+    let mut r = connect_as(&role);
+    let e = r.batch_execute("SET lease_sched.notify_lost = off").expect_err("a runner role may not turn notifications off");
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    drop(r);
+    a.batch_execute(&format!("DROP ROLE {role}")).unwrap();
+}
+
+#[test]
 fn a_takeover_notifies_lock_name_and_a_rolled_back_takeover_sends_nothing() {
     let mut l = listener();
     let mut a = connect();
