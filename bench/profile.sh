@@ -5,8 +5,10 @@
 # percent from run to run, on a machine whose wall-clock timings vary by 2x.
 #
 #   bench/profile.sh [--no-install] [--top N] [CASE...]
-#     CASE: claim_fresh heartbeat touch call (default: all four; `call` is the bare cost
-#     of calling an extension function, lease_sched.runtime_pending(), against SELECT 1)
+#     CASE: claim_fresh heartbeat touch call tpcb (default: all five; `call` is the bare
+#     cost of calling an extension function, lease_sched.runtime_pending(), against SELECT 1;
+#     `tpcb` is pgbench's TPC-B-like transaction in a backend with lease_sched preloaded
+#     against one without: what merely preloading costs a transaction that never calls it)
 #
 # Per call = (instructions of a run of LONG statements - those of SHORT statements) /
 # (LONG - SHORT): backend start, extension load and the first call's planning cancel out.
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#cases[@]} -gt 0 ] || cases=(claim_fresh heartbeat touch call)
+[ ${#cases[@]} -gt 0 ] || cases=(claim_fresh heartbeat touch call tpcb)
 command -v valgrind >/dev/null || { echo "profile: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 export PGBIN
@@ -47,6 +49,7 @@ psql=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres
   -c "SELECT bench.ensure_runtimes(1000)" \
   -c "SELECT bench.ensure_leases('heartbeat', 1000, 'h', 't', '1 hour', 3, false)" \
   ${PROFILE_SETUP_SQL:+-c "$PROFILE_SETUP_SQL"} >/dev/null
+"$PGBIN/pgbench" -q -i -s 1 -h 127.0.0.1 -p "$port" -U postgres lease_sched >/dev/null 2>&1
 scripts/cluster.sh stop "$dir"
 chown -R postgres "$dir"
 
@@ -65,10 +68,20 @@ statements() {
     touch:base) echo "PREPARE s(int) AS UPDATE baseline.runtimes SET last_seen_at = now() WHERE id = md5('r' || \$1)::uuid;" ;;
     call:ext) echo "PREPARE s(int) AS SELECT lease_sched.runtime_pending();" ;;
     call:base) echo "PREPARE s(int) AS SELECT 1;" ;;
+    tpcb:*) echo "PREPARE s(int) AS UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = \$1;"
+            echo "PREPARE r(int) AS SELECT abalance FROM pgbench_accounts WHERE aid = \$1;"
+            echo "PREPARE t(int) AS UPDATE pgbench_tellers SET tbalance = tbalance + 1 WHERE tid = \$1 % 10 + 1;"
+            echo "PREPARE b(int) AS UPDATE pgbench_branches SET bbalance = bbalance + 1 WHERE bid = 1;"
+            echo "PREPARE h(int) AS INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (\$1 % 10 + 1, 1, \$1, 1, CURRENT_TIMESTAMP);" ;;
   esac
   for ((k = $4; k < $4 + $3; k++)); do
     # Heartbeat and touch cycle through the 1000 leases / runtimes of the fixtures.
-    case "$1" in claim_fresh) echo "EXECUTE s($k);" ;; *) echo "EXECUTE s($((k % 1000 + 1)));" ;; esac
+    case "$1" in
+      claim_fresh) echo "EXECUTE s($k);" ;;
+      # One transaction block per line: the single-user backend reads a statement a line.
+      tpcb) a=$((k % 100000 + 1)); echo "BEGIN; EXECUTE s($a); EXECUTE r($a); EXECUTE t($a); EXECUTE b($a); EXECUTE h($a); COMMIT;" ;;
+      *) echo "EXECUTE s($((k % 1000 + 1)));" ;;
+    esac
   done
 }
 
@@ -79,8 +92,10 @@ instructions() {
   local out="$dir/callgrind.$1.$2.$3"
   key=$((key + 100000))
   statements "$1" "$2" "$3" "$key" > "$dir/stmts.sql"
+  local preload=()
+  [ "$1:$2" = tpcb:base ] && preload=(-c "shared_preload_libraries=")
   runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$PGBIN/postgres" --single -D "$dir/data" -c fsync=off -c synchronous_commit=off lease_sched \
+    "$PGBIN/postgres" --single -D "$dir/data" -c fsync=off -c synchronous_commit=off "${preload[@]}" lease_sched \
     < "$dir/stmts.sql" >"$dir/single.log" 2>&1 || { tail -20 "$dir/single.log"; exit 1; }
   grep -q ERROR "$dir/single.log" && { grep -m3 ERROR "$dir/single.log"; exit 1; }
   count=$(awk '/^summary:|^totals:/ { print $2; exit }' "$out")
