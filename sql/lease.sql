@@ -1,9 +1,9 @@
 -- The lease API: claim, heartbeat, finish. Implemented in Rust (src/api/lease.rs).
 -- Every function is SECURITY DEFINER, so a runner role needs only EXECUTE (never table
 -- privileges). These three pin no search_path: a SET clause saves, sets and restores the
--- setting on every call (a sixth of a heartbeat's instructions, docs/benchmarks.md). Their
--- statements (src/lease/store.rs) name every object and operator with its schema instead,
--- so a hostile search_path cannot redirect them either.
+-- setting on every call (about 13,000 instructions, 6 % of a heartbeat; docs/benchmarks.md).
+-- Their statements (src/lease/store.rs) name every object and operator with its schema
+-- instead, so a hostile search_path cannot redirect them either.
 -- None is STRICT: a NULL argument is an error that names it, never a silent NULL.
 
 CREATE FUNCTION lease_sched.lease_try_claim(

@@ -6,8 +6,7 @@
 //! it is an index scan and a heap fetch, nothing else. What it sees is what that SPI
 //! statement saw: the command counter advanced, then a snapshot taken like a statement's
 //! (`GetTransactionSnapshot`, a new one per read in READ COMMITTED, the transaction's in
-//! REPEATABLE READ and SERIALIZABLE),
-//! pushed as the active snapshot while the scan runs. No row lock is taken; the relation
+//! REPEATABLE READ and SERIALIZABLE), pushed as the active snapshot while the scan runs. No row lock is taken; the relation
 //! and index are opened with AccessShareLock and keep it until the transaction ends, as
 //! any statement does. Names are looked up in schema `lease_sched` only, never through a
 //! search_path. An ERROR in the middle (a cancel) leaves nothing behind: the transaction's

@@ -18,9 +18,9 @@ pub static TOUCH_FLUSH_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(60_
 pub static RUNTIME_OFFLINE_AFTER_MS: GucSetting<i32> = GucSetting::<i32>::new(150_000);
 /// Finished executions older than this are deleted; 0 keeps them forever.
 pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
-/// Entries the shared touch buffer holds before touches fall back to direct writes.
 /// `lease_sched.notify_lost`: NOTIFY lease_sched_lost when a steal or a takeover deposes a holder.
 pub static NOTIFY_LOST: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Entries the shared touch buffer holds before touches fall back to direct writes.
 pub static TOUCH_BUFFER_SIZE: GucSetting<i32> = GucSetting::<i32>::new(65_536);
 
 /// Register the settings. The postmaster-level ones (database, buffer size) exist only

@@ -1,8 +1,8 @@
 //! Every SQL statement on `lease_sched.sys_cron_executions`, in one place.
 //!
 //! The statements of the API's calls (claim, heartbeat, finish) run with the caller's
-//! search_path: those functions do not pin one (a `SET` clause saves and restores a setting
-//! on every call, a sixth of a heartbeat's cost). So every function, operator and type they
+//! search_path: those functions do not pin one (a `SET` clause saves and restores a
+//! setting on every call, about 13,000 instructions). So every function, operator and type they
 //! name is schema-qualified (`OPERATOR(pg_catalog.=)`, `pg_catalog.nextval`): nothing a
 //! role puts on a search_path can stand in for them (tests/integration/tests/search_path.rs).
 //! Keywords (`coalesce`, `greatest`, `bigint`) are not looked up, and the grammar turns

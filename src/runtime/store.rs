@@ -1,7 +1,7 @@
 //! Every SQL statement on `lease_sched.runtimes` (a touch reads the row's status without
-//! SQL, src/lookup.rs). TOUCH_NOW and TOUCH_BATCH run
-//! with the caller's search_path (runtime_touch pins none), so they name every function
-//! and operator with its schema (see src/lease/store.rs). `last_seen_at` is in no index, so
+//! SQL, src/lookup.rs). TOUCH_NOW and TOUCH_BATCH run with the caller's search_path
+//! (runtime_touch pins none), so they name every function and operator with its schema
+//! (see src/lease/store.rs). `last_seen_at` is in no index, so
 //! touches and flushes are HOT updates; online rows are found through a partial index.
 use pgrx::pg_sys::{JSONBOID, TEXTOID, TIMESTAMPTZOID, UUIDARRAYOID, UUIDOID};
 
@@ -12,7 +12,6 @@ pub static REGISTER: Statement = Statement {
           VALUES ($1, 'online', $2, $2, $3) RETURNING id",
     arg_types: &[TEXTOID, TIMESTAMPTZOID, JSONBOID],
 };
-
 
 /// The synchronous path: online now, seen now.
 pub static TOUCH_NOW: Statement = Statement {
