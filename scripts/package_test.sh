@@ -84,9 +84,10 @@ apt-get install -y -qq "./$DEB" >/tmp/apt.log 2>&1 || { tail -20 /tmp/apt.log; e
 echo "package test: apt-get install ./$DEB took $((SECONDS - t)) s (postgresql-15 and its dependencies with it)"
 dpkg -L postgresql-15-lease-sched | grep -E '\.so$|\.sql$|\.control$' | sed 's/^/  /'
 
-# Debian made cluster 15/main at install; preload lease_sched there, sockets only, on a port
-# nothing else on the machine uses (a socket file in /var/run/postgresql names its port).
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Debian made cluster 15/main at install; preload lease_sched there, sockets only: no TCP
+# listener, so the port only names the socket file inside this chroot and cannot collide
+# with anything on the machine.
+PORT=55470
 cat > /etc/postgresql/15/main/conf.d/lease_sched.conf <<CONF
 shared_preload_libraries = 'lease_sched'
 lease_sched.database = 'app'
