@@ -11,7 +11,7 @@
 #   scripts/scaleout.sh --stop     stop what --keep left running
 # Other arguments go to pytest (e.g. -k routing -x).
 #
-# Everything listens on 127.0.0.1, ports 55500-55530; directories under /tmp:
+# Everything listens on 127.0.0.1 (full: ports 55500-55521; quick: free ports); directories under /tmp:
 #   full:  /tmp/lease_sched_scaleout    proxy 55500, monitor 55501, p0 55510/55511, p1 55520/55521
 #   quick: /tmp/lease_sched_scaleout_q  proxy, p0, p1 on ports the kernel picks as free
 # The clusters run as the postgres user. lease_sched must be installed into PostgreSQL 15

@@ -166,8 +166,8 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                         ],
                     );
                     if let Some(stole) = granted(stolen, ClaimOutcome::Stole) {
-                        if stole.deposed && settings::NOTIFY_LOST.get() {
-                            execute(client, &store::NOTIFY_LOST, &[id.to_string().into()]);
+                        if stole.deposed {
+                            notify_lost(client, id.to_string());
                         }
                         return stole;
                     }
@@ -181,6 +181,14 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
         }
         conflicted(existing.as_ref())
     })
+}
+
+/// NOTIFY lease_sched_lost with `payload` (an execution_id, or `lock:<name>`), delivered at
+/// commit, unless `lease_sched.notify_lost` is off. The sweep notifies in its own statement.
+pub fn notify_lost(client: &mut pgrx::spi::SpiClient<'_>, payload: String) {
+    if settings::NOTIFY_LOST.get() {
+        execute(client, &store::NOTIFY_LOST, &[payload.into()]);
+    }
 }
 
 /// Extend a held lease; false when the token no longer holds a RUNNING row.

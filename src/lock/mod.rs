@@ -115,9 +115,7 @@ pub fn acquire(name: &str, holder: &str, ttl: Interval) -> Acquired {
             let args = [name.into(), holder.into(), now.into(), ttl.into()];
             if let Some(got) = granted(client, &TAKE_OVER, &args) {
                 // The expired holder never released: tell it (delivered at commit).
-                if crate::settings::NOTIFY_LOST.get() {
-                    execute(client, &crate::lease::store::NOTIFY_LOST, &[format!("lock:{name}").into()]);
-                }
+                crate::lease::notify_lost(client, format!("lock:{name}"));
                 return got;
             }
             if !execute(client, &INSERT_FREE, &args).is_empty() {
