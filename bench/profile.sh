@@ -45,7 +45,7 @@ port=$(scripts/cluster.sh freeport)
 LEASE_CLUSTER_PRELOAD=lease_sched scripts/cluster.sh start "$dir" "$port" "fsync = off" "synchronous_commit = off" \
   "lease_sched.touch_buffer_size = 65536" "lease_sched.runtime_offline_after = '1h'"
 psql=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d lease_sched)
-"${psql[@]}" -c "CREATE EXTENSION lease_sched" -f bench/baseline.sql -f bench/fixtures.sql \
+"${psql[@]}" -c "CREATE EXTENSION lease_sched" -f bench/fixtures/baseline.sql -f bench/fixtures/helpers.sql \
   -c "SELECT bench.ensure_runtimes(1000)" \
   -c "SELECT bench.ensure_leases('heartbeat', 1000, 'h', 't', '1 hour', 3, false)" \
   ${PROFILE_SETUP_SQL:+-c "$PROFILE_SETUP_SQL"} >/dev/null

@@ -7,10 +7,10 @@
 # It installs what it needs (scripts/setup.sh, then a release build of the extension),
 # starts its own scratch cluster on port 55460 in /tmp/lease_sched_bench (preloading
 # lease_sched; PostgreSQL from $PGBIN, default Debian's 15; LEASE_BENCH_PORT and
-# LEASE_BENCH_DIR change port and directory), loads CREATE EXTENSION lease_sched next to bench/baseline.sql (the
-# hand-written schema, in schema `baseline`) and bench/fixtures.sql (set-up helpers), and
+# LEASE_BENCH_DIR change port and directory), loads CREATE EXTENSION lease_sched next to bench/fixtures/baseline.sql (the
+# hand-written schema, in schema `baseline`) and bench/fixtures/helpers.sql (set-up helpers), and
 # runs every case as extension/baseline pairs, alternately, for --rounds rounds. Raw pgbench
-# output and before/after counters go to bench/results/<timestamp>/; bench/report.py turns
+# output and before/after counters go to bench/results/<timestamp>/; bench/tooling/report.py turns
 # them into bench/results/<timestamp>.md (medians, ratios, targets) and a chart.
 # Exits non-zero when any pgbench run fails or a sanity check on the outcomes does not hold.
 #
@@ -136,8 +136,8 @@ q() { "${PSQL[@]}" -At -c "$1"; }
 PGB=(env PGDATABASE=lease_sched "$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n -M prepared -r)
 
 q "CREATE EXTENSION lease_sched"
-"${PSQL[@]}" -f bench/baseline.sql
-"${PSQL[@]}" -f bench/fixtures.sql
+"${PSQL[@]}" -f bench/fixtures/baseline.sql
+"${PSQL[@]}" -f bench/fixtures/helpers.sql
 # Touches are buffered only while the sweeper is attached; it attaches right after
 # CREATE EXTENSION and its first sweep follows. Wait for that sweep.
 for _ in $(seq 100); do
@@ -252,14 +252,14 @@ pair() {
   done
 }
 noop() { :; }
-args_fresh() { echo "-f bench/${1}_claim_fresh.sql -D job=fresh -D n=0 -D base=$(plan_base)"; }
-args_contended() { echo "-f bench/${1}_claim_contended.sql -D nplans=$CONTENDED_PLANS"; }
-args_steal() { echo "-f bench/${1}_steal.sql -D n=0 -D per=$LEASES_PER_CLIENT"; }
+args_fresh() { echo "-f bench/workloads/${1}_claim_fresh.sql -D job=fresh -D n=0 -D base=$(plan_base)"; }
+args_contended() { echo "-f bench/workloads/${1}_claim_contended.sql -D nplans=$CONTENDED_PLANS"; }
+args_steal() { echo "-f bench/workloads/${1}_steal.sql -D n=0 -D per=$LEASES_PER_CLIENT"; }
 prep_steal() { q "SELECT bench.make_stale('steal')" >/dev/null; }
-args_heartbeat() { echo "-f bench/${1}_heartbeat.sql -D n=0 -D per=$LEASES_PER_CLIENT"; }
-args_finish() { echo "-f bench/${1}_finish.sql -D job=finish -D n=0 -D base=$(plan_base)"; }
-args_touch() { echo "-f bench/${1}_touch.sql -D nrt=$N_RUNTIMES"; }
-args_batch() { echo "-f bench/${1}_touch_batch.sql"; }
+args_heartbeat() { echo "-f bench/workloads/${1}_heartbeat.sql -D n=0 -D per=$LEASES_PER_CLIENT"; }
+args_finish() { echo "-f bench/workloads/${1}_finish.sql -D job=finish -D n=0 -D base=$(plan_base)"; }
+args_touch() { echo "-f bench/workloads/${1}_touch.sql -D nrt=$N_RUNTIMES"; }
+args_batch() { echo "-f bench/workloads/${1}_touch_batch.sql"; }
 prep_runtimes() { q "SELECT bench.refresh_runtimes()" >/dev/null; }
 
 # ---- fixtures ------------------------------------------------------------------------
@@ -277,7 +277,7 @@ for sync in $sync_modes; do
   if want ceiling; then
     case_start
     for round in $(seq "$rounds"); do
-      bench_run ceiling select1 "$round" '{}' "${common[@]}" -f bench/select1.sql
+      bench_run ceiling select1 "$round" '{}' "${common[@]}" -f bench/workloads/select1.sql
     done
   fi
   want claim_fresh && pair claim_fresh noop args_fresh
@@ -293,7 +293,7 @@ for sync in $sync_modes; do
     case_start
     bd=(-c 1 -j 1 -T "$breakdown_duration" -D n=0 -D per="$LEASES_PER_CLIENT" -D nrt="$N_RUNTIMES")
     for s in select1 bd_call bd_touch_sql ext_touch base_touch bd_heartbeat_sql ext_heartbeat base_heartbeat; do
-      bench_run breakdown "$s" 1 '{}' "${bd[@]}" -f "bench/$s.sql"
+      bench_run breakdown "$s" 1 '{}' "${bd[@]}" -f "bench/workloads/$s.sql"
     done
   fi
 done
@@ -318,11 +318,11 @@ if want history; then
     case_start
     echo "bench: history $size rows loaded in $(( $(date +%s) - t0 )) s"
     for round in $(seq "$rounds"); do
-      bench_run sweep ext "$round" "{\"history\":$size}" "${hist[@]}" -f bench/ext_sweep.sql
+      bench_run sweep ext "$round" "{\"history\":$size}" "${hist[@]}" -f bench/workloads/ext_sweep.sql
       for side in ext base; do
         run_seq=$((run_seq + 1))
         bench_run history_claim "$side" "$round" "{\"history\":$size}" "${hist[@]}" \
-          -f "bench/${side}_claim_fresh.sql" -D job=history-claim -D n=0 -D base="$(plan_base)"
+          -f "bench/workloads/${side}_claim_fresh.sql" -D job=history-claim -D n=0 -D base="$(plan_base)"
       done
       q "SELECT bench.settle('history-claim')" >/dev/null
     done
@@ -344,7 +344,7 @@ if want scale; then
       bench_run scale "$side" 1 \
         "{\"touch_rate\":$touch_rate,\"hb_rate\":$hb_rate,\"runtimes\":$SCALE_RUNTIMES,\"leases\":$SCALE_LEASES}" \
         -c "$clients" -j "$threads" -T "$scale_duration" --rate $((touch_rate + hb_rate)) \
-        -f "bench/scale_${side}_touch.sql@$touch_rate" -f "bench/scale_${side}_heartbeat.sql@$hb_rate" \
+        -f "bench/workloads/scale_${side}_touch.sql@$touch_rate" -f "bench/workloads/scale_${side}_heartbeat.sql@$hb_rate" \
         -D nrt="$SCALE_RUNTIMES" -D nleases="$SCALE_LEASES"
     done
   done
@@ -367,7 +367,7 @@ fi
              'lease_sched.sweep_interval', 'lease_sched.runtime_offline_after', 'lease_sched.retention')")"
 } >"$raw/meta.json"
 report_rc=0
-python3 bench/report.py "$raw" "$results/$stamp.md" ${chart:+--chart "$chart"} || report_rc=$?
+python3 bench/tooling/report.py "$raw" "$results/$stamp.md" ${chart:+--chart "$chart"} || report_rc=$?
 echo "bench: report written to $results/$stamp.md"
 if [ "$failures" -gt 0 ]; then
   echo "bench: $failures pgbench run(s) failed" >&2

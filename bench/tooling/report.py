@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The results writer of bench/run.sh (standard library only).
 
-    python3 bench/report.py RAW_DIR OUT.md [--chart EXTRA.svg]
+    python3 bench/tooling/report.py RAW_DIR OUT.md [--chart EXTRA.svg]
 
 RAW_DIR holds meta.json (how the run was made) and runs.jsonl (one line per pgbench run:
 its pgbench numbers and bench.snapshot() before and after it). This script takes the
@@ -9,8 +9,8 @@ differences, checks that every run did what it claims (every fresh claim 'won', 
 contended claim 'conflicted', ...), computes medians over the rounds, and writes
 
     OUT.md                      the markdown tables (also printed)
-    OUT.json                    the same numbers, for bench/chart.py
-    OUT.svg (and EXTRA.svg)     the chart (bench/chart.py)
+    OUT.json                    the same numbers, for bench/tooling/chart.py
+    OUT.svg (and EXTRA.svg)     the chart (bench/tooling/chart.py)
 
 Exit status 0, or 3 when a sanity check failed.
 """

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""The benchmark chart, as a self-contained SVG, from the numbers bench/report.py computed
+"""The benchmark chart, as a self-contained SVG, from the numbers bench/tooling/report.py computed
 (standard library only, so a fresh machine needs nothing installed to draw it).
 
-    python3 bench/chart.py RESULTS.json OUT.svg     (RESULTS.json: written by report.py)
+    python3 bench/tooling/chart.py RESULTS.json OUT.svg     (RESULTS.json: written by report.py)
 
 Panels: (1) throughput ratio lease_sched / baseline per case and synchronous_commit
 setting, with the target of each case; (2) throughput as a share of the SELECT 1 ceiling;
