@@ -11,6 +11,7 @@ pub use lease_model::DbTime;
 
 pub const MICROS_PER_MS: i64 = 1_000;
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
+pub const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
 /// The Unix epoch on PostgreSQL's clock (the model's constant, which `date_bin` aligns on).
 pub const UNIX_EPOCH: DbTime = lease_model::planner::UNIX_EPOCH;
 
@@ -37,6 +38,12 @@ pub fn micros_from_s(s: i32) -> i64 {
 /// A setting in milliseconds as an SQL interval.
 pub fn interval_from_ms(ms: i32) -> Interval {
     Interval::from_micros(micros_from_ms(ms))
+}
+
+/// An interval of days and time as microseconds, or None when it has months or years,
+/// whose length depends on the calendar.
+pub fn fixed_micros(i: Interval) -> Option<i64> {
+    (i.months() == 0).then(|| i.days() as i64 * MICROS_PER_DAY + i.micros())
 }
 
 /// Seconds since the Unix epoch, as monitoring systems expect.

@@ -44,7 +44,7 @@ pub fn finite_time(value: Option<TimestampWithTimeZone>, name: &str) -> Timestam
 
 /// The longest interval accepted anywhere (lease lifetimes, retry delays, lock TTLs).
 /// Far beyond any sane lease, and far from timestamp overflow.
-const MAX_INTERVAL_MICROS: i128 = 366 * 86_400 * 1_000_000;
+const MAX_INTERVAL_MICROS: i128 = 366 * crate::clock::MICROS_PER_DAY as i128;
 
 /// Intervals compare as PostgreSQL compares them (a month counts as 30 days).
 pub fn interval_in_range(value: Interval, name: &str, allow_zero: bool) -> Interval {
@@ -70,4 +70,16 @@ pub fn at_least_one(value: Option<i32>, name: &str) -> i32 {
         invalid_argument(name, "must be at least 1", None);
     }
     value
+}
+
+/// An interval as a stride in microseconds: positive (checked by the caller) and without
+/// months or years, whose length depends on the calendar.
+pub fn stride(every: Interval, name: &str) -> i64 {
+    let Some(stride) = crate::clock::fixed_micros(every) else {
+        invalid_argument(name, "must not contain months or years", Some("Use days instead, e.g. '30 days'."))
+    };
+    if stride <= 0 {
+        invalid_argument(name, "must be positive", None);
+    }
+    stride
 }

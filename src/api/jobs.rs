@@ -3,7 +3,7 @@ use pgrx::datum::Interval;
 use pgrx::prelude::*;
 
 use super::args::{short_name, at_least_one, interval_in_range, non_empty, positive_interval, required};
-use super::planner::stride;
+use super::args::stride;
 use crate::error::invalid_argument;
 use crate::jobs::{self, JobKey, Settings};
 use lease_model::planner::Misfire;

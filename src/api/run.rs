@@ -27,7 +27,7 @@ extern "C-unwind" {
 /// How long before `stale_after` the command is cancelled, leaving time to record the
 /// failure while the lease is still ours: a tenth of the lease, at most one second.
 fn margin_micros(stale_timeout: &Interval) -> i64 {
-    (stale_timeout.as_micros() / 10).min(1_000_000) as i64
+    (stale_timeout.as_micros() / 10).min(crate::clock::MICROS_PER_SECOND as i128) as i64
 }
 
 #[pg_extern(sql = false)]
