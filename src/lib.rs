@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 mod api;
 mod clock;
 mod error;
+mod fencing;
 mod jobs;
 mod lease;
 mod lock;
@@ -18,8 +19,9 @@ mod shmem;
 mod spi_plans;
 mod stats;
 mod subxact;
+mod sweep;
+mod touch_table;
 mod xact;
-mod fencing;
 mod worker;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;

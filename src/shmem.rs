@@ -2,6 +2,9 @@
 //! `shared_preload_libraries`: one LWLock, the statistics counters, and the runtime
 //! touch buffer. Sized at postmaster start from `lease_sched.touch_buffer_size`.
 //!
+//! The counters (`stats`) and the table layout (`touch_table`) are defined by leaf modules
+//! that know nothing of this segment; `stats::attach` hands the counters their place.
+//!
 //! Who holds the lock: `runtime::buffer` only, for the few instructions that copy
 //! entries in or out — never across SPI or any other call that can block or error.
 use std::ptr;
@@ -9,9 +12,9 @@ use std::ptr;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::runtime::buffer::{self, Slot, TouchBuffer};
 use crate::settings;
-use crate::stats::Stats;
+use crate::stats::{self, Stats};
+use crate::touch_table::{self, Slot, TouchBuffer};
 
 const SEGMENT_NAME: &std::ffi::CStr = c"lease_sched shared state";
 const TRANCHE_NAME: &std::ffi::CStr = c"lease_sched";
@@ -39,7 +42,7 @@ pub fn shared() -> Option<&'static Shared> {
 }
 
 fn segment_size() -> usize {
-    std::mem::size_of::<Shared>() + buffer::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()) * std::mem::size_of::<Slot>()
+    std::mem::size_of::<Shared>() + touch_table::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()) * std::mem::size_of::<Slot>()
 }
 
 /// Install the hooks; call from `_PG_init` while shared_preload_libraries loads.
@@ -80,9 +83,10 @@ unsafe extern "C-unwind" fn startup() {
             // for every field (null lock set just below, zero counters, empty slots).
             ptr::write_bytes(shared as *mut u8, 0, size);
             (*shared).lock = &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE_NAME.as_ptr())).lock;
-            (*shared).touches.init(buffer::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()), settings::TOUCH_BUFFER_SIZE.get());
+            (*shared).touches.init(touch_table::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()), settings::TOUCH_BUFFER_SIZE.get());
         }
         SHARED = shared;
+        stats::attach(&(*shared).stats);
         pg_sys::LWLockRelease(init_lock);
     }
 }

@@ -14,11 +14,32 @@ use std::collections::HashMap;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgOid};
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
 
 pub struct Statement {
     pub sql: &'static str,
     pub arg_types: &'static [pg_sys::Oid],
+}
+
+/// A statement that returns rows, and the decoder of its row, written beside it: the
+/// column positions a decoder reads are those of the SELECT list (or RETURNING list) just
+/// above it, and nowhere else. The decoder returns None for a row it cannot use (a NULL
+/// where the caller needs a value).
+pub struct Query<R: 'static> {
+    pub statement: Statement,
+    pub row: fn(&SpiHeapTupleData<'_>) -> Option<R>,
+}
+
+impl<R> Query<R> {
+    /// The first row the statement returns, decoded; None when it returns none.
+    pub fn first(&'static self, client: &mut SpiClient<'_>, args: &[DatumWithOid<'_>]) -> Option<R> {
+        execute(client, &self.statement, args).next().and_then(|row| (self.row)(&row))
+    }
+
+    /// Every row, decoded (rows the decoder refuses are left out).
+    pub fn all(&'static self, client: &mut SpiClient<'_>, args: &[DatumWithOid<'_>]) -> Vec<R> {
+        execute(client, &self.statement, args).filter_map(|row| (self.row)(&row)).collect()
+    }
 }
 
 thread_local! {

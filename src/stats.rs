@@ -1,71 +1,86 @@
-//! Counters since server start, in shared memory (see `shmem`). Lock-free atomics: a
-//! counter bump costs one instruction on the hot path. Without preload they stay zero.
+//! Counters since server start, in shared memory. Lock-free atomics: a counter bump
+//! costs one instruction on the hot path. Without preload they stay zero.
+//!
+//! A leaf module: `shmem` lays the counters out in its segment and calls `attach` at
+//! startup; nothing here reaches into shared memory by itself.
+//!
+//! Every counter is named once, in the `counters!` list below: the struct field, the
+//! name `lease_sched.stats()` returns, and the order of its rows come from it
+//! (docs/operations.md and monitoring/ list the same names; tests/integration/tests/docs.rs
+//! checks they agree).
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::shmem::shared;
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        #[repr(C)]
+        #[derive(Default)]
+        pub struct Stats {
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+            /// Database time of the last sweep's start (0: none yet).
+            pub last_sweep_at: AtomicI64,
+            pub last_sweep_duration_us: AtomicU64,
+        }
 
-#[repr(C)]
-#[derive(Default)]
-pub struct Stats {
-    pub claims_won: AtomicU64,
-    pub claims_stole: AtomicU64,
-    pub claims_conflicted: AtomicU64,
-    pub heartbeats_ok: AtomicU64,
-    pub heartbeats_lost: AtomicU64,
-    pub finishes: AtomicU64,
-    pub finishes_lost: AtomicU64,
-    pub touches_buffered: AtomicU64,
-    pub touches_direct: AtomicU64,
-    pub flushes: AtomicU64,
-    pub sweeps: AtomicU64,
-    pub sweep_errors: AtomicU64,
-    pub rows_swept: AtomicU64,
-    pub last_sweep_at: AtomicI64,
-    pub last_sweep_duration_us: AtomicU64,
+        fn rows(s: &Stats) -> Vec<(&'static str, i64)> {
+            let mut rows = vec![$((stringify!($name), s.$name.load(Ordering::Relaxed) as i64),)*];
+            rows.push(("last_sweep_at", s.last_sweep_at.load(Ordering::Relaxed)));
+            rows.push(("last_sweep_duration_us", s.last_sweep_duration_us.load(Ordering::Relaxed) as i64));
+            rows
+        }
+    };
+}
+
+counters! {
+    claims_won,
+    claims_stole,
+    claims_conflicted,
+    heartbeats_ok,
+    heartbeats_lost,
+    finishes,
+    finishes_lost,
+    touches_buffered,
+    touches_direct,
+    flushes,
+    sweeps,
+    sweep_errors,
+    rows_swept,
+}
+
+// Set once in the postmaster (shmem's startup hook) and inherited by every child.
+static mut STATS: *const Stats = std::ptr::null();
+
+/// Where the counters live; called once by `shmem` when its segment is ready.
+pub fn attach(stats: &'static Stats) {
+    // SAFETY: written once, in the postmaster, before any backend starts.
+    unsafe { STATS = stats };
+}
+
+fn counters() -> Option<&'static Stats> {
+    // SAFETY: STATS is null or points into shared memory for the postmaster's life.
+    unsafe { STATS.as_ref() }
 }
 
 /// Add `n` to one counter, when shared memory exists.
 pub fn add(counter: fn(&Stats) -> &AtomicU64, n: u64) {
-    if let Some(s) = shared() {
-        counter(&s.stats).fetch_add(n, Ordering::Relaxed);
+    if let Some(s) = counters() {
+        counter(s).fetch_add(n, Ordering::Relaxed);
     }
 }
 
 pub fn record_sweep(at: i64, duration_us: u64) {
-    if let Some(s) = shared() {
-        s.stats.sweeps.fetch_add(1, Ordering::Relaxed);
-        s.stats.last_sweep_at.store(at, Ordering::Relaxed);
-        s.stats.last_sweep_duration_us.store(duration_us, Ordering::Relaxed);
+    if let Some(s) = counters() {
+        s.sweeps.fetch_add(1, Ordering::Relaxed);
+        s.last_sweep_at.store(at, Ordering::Relaxed);
+        s.last_sweep_duration_us.store(duration_us, Ordering::Relaxed);
     }
 }
 
 /// A copy of the counters, or None without shared memory.
 pub fn snapshot() -> Option<Vec<(&'static str, i64)>> {
-    Some(rows(&shared()?.stats))
+    Some(rows(counters()?))
 }
 
 /// The counter names with zero values (no shared memory).
 pub fn zero_snapshot() -> Vec<(&'static str, i64)> {
     rows(&Stats::default())
-}
-
-fn rows(s: &Stats) -> Vec<(&'static str, i64)> {
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as i64;
-    vec![
-        ("claims_won", get(&s.claims_won)),
-        ("claims_stole", get(&s.claims_stole)),
-        ("claims_conflicted", get(&s.claims_conflicted)),
-        ("heartbeats_ok", get(&s.heartbeats_ok)),
-        ("heartbeats_lost", get(&s.heartbeats_lost)),
-        ("finishes", get(&s.finishes)),
-        ("finishes_lost", get(&s.finishes_lost)),
-        ("touches_buffered", get(&s.touches_buffered)),
-        ("touches_direct", get(&s.touches_direct)),
-        ("flushes", get(&s.flushes)),
-        ("sweeps", get(&s.sweeps)),
-        ("sweep_errors", get(&s.sweep_errors)),
-        ("rows_swept", get(&s.rows_swept)),
-        ("last_sweep_at", s.last_sweep_at.load(Ordering::Relaxed)),
-        ("last_sweep_duration_us", get(&s.last_sweep_duration_us)),
-    ]
 }

@@ -3,20 +3,18 @@
 //! online runtimes or the oldest finished rows through their own indexes, so its cost
 //! follows the live work, not the size of the history.
 //!
+//! This module only orders the passes and isolates them; each subsystem owns its pass
+//! (`runtime::sweep_offline`, `runtime::flush_all`, `lease::fail_abandoned`,
+//! `lease::prune_finished`). The background worker (`worker`) calls `sweep` on its
+//! schedule; `api::observability` calls it for `lease_sched.sweep()`.
+//!
 //! Each pass runs in its own subtransaction and never waits for a row lock (every write
 //! is SKIP LOCKED): one poisoned row or one failing pass is logged and rolled back alone,
 //! and the other passes of the sweep still do their work.
 use pgrx::prelude::*;
 
-use crate::clock::{db_clock, micros_from_s, timestamptz};
-use crate::lease::store;
-use crate::settings;
-use crate::spi_plans::execute;
-use crate::{runtime, stats, subxact};
-
-/// Rows deleted per statement, and statements per sweep, by retention.
-const PRUNE_BATCH_ROWS: i32 = 1000;
-const PRUNE_BATCHES_PER_SWEEP: usize = 10;
+use crate::clock::db_clock;
+use crate::{lease, runtime, settings, stats, subxact};
 
 #[derive(Default, Debug)]
 pub struct SweepReport {
@@ -49,10 +47,7 @@ pub fn sweep() -> SweepReport {
 
     // 2. Abandoned leases fail (and get their retry time when attempts are left).
     pass("abandoned leases", || {
-        let (base, max) = settings::retry_backoff_bounds();
-        report.leases_failed = Spi::connect_mut(|client| {
-            execute(client, &store::FAIL_ABANDONED, &[timestamptz(now).into(), base.into(), max.into()]).len() as i64
-        });
+        report.leases_failed = Spi::connect_mut(|client| lease::fail_abandoned(client, now));
     });
 
     // 3. The whole touch buffer, once per flush interval (not every sweep: the wait is
@@ -67,21 +62,7 @@ pub fn sweep() -> SweepReport {
     let retention_s = settings::RETENTION_S.get();
     if retention_s > 0 {
         pass("retention", || {
-            let cutoff = timestamptz(now - micros_from_s(retention_s));
-            Spi::connect_mut(|client| {
-                for _ in 0..PRUNE_BATCHES_PER_SWEEP {
-                    let n = execute(
-                        client,
-                        &store::PRUNE_BATCH,
-                        &[cutoff.into(), PRUNE_BATCH_ROWS.into(), timestamptz(now).into()],
-                    )
-                    .len() as i64;
-                    report.executions_pruned += n;
-                    if n < PRUNE_BATCH_ROWS as i64 {
-                        break;
-                    }
-                }
-            });
+            report.executions_pruned = Spi::connect_mut(|client| lease::prune_finished(client, now, retention_s));
         });
     }
 

@@ -18,7 +18,11 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgLogLevel;
 
-use crate::runtime::buffer::{self, RuntimeId, SeenAt};
+use crate::touch_table::{RuntimeId, SeenAt};
+
+/// What to do with written touches once their write commits (`runtime` drops them from
+/// the shared buffer).
+pub type ForgetWritten = fn(&[(RuntimeId, SeenAt)]);
 
 /// A fence this transaction passed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,7 +32,7 @@ pub enum Fence {
 }
 
 thread_local! {
-    static WRITTEN_TOUCHES: RefCell<Vec<(pg_sys::SubTransactionId, Vec<(RuntimeId, SeenAt)>)>> = const { RefCell::new(Vec::new()) };
+    static WRITTEN_TOUCHES: RefCell<Vec<(pg_sys::SubTransactionId, Vec<(RuntimeId, SeenAt)>, ForgetWritten)>> = const { RefCell::new(Vec::new()) };
     // (subtransaction, fence, proven with the holder's secret token)
     static FENCES: RefCell<Vec<(pg_sys::SubTransactionId, Fence, bool)>> = const { RefCell::new(Vec::new()) };
     static CALLBACKS: Cell<bool> = const { Cell::new(false) };
@@ -48,11 +52,11 @@ fn current_subxact() -> pg_sys::SubTransactionId {
     unsafe { pg_sys::GetCurrentSubTransactionId() }
 }
 
-/// These buffered touches were written by the open transaction.
-pub fn touches_written(entries: Vec<(RuntimeId, SeenAt)>) {
+/// These buffered touches were written by the open transaction: `forget` them at commit.
+pub fn touches_written(entries: Vec<(RuntimeId, SeenAt)>, forget: ForgetWritten) {
     if !entries.is_empty() {
         let subid = current_subxact();
-        WRITTEN_TOUCHES.with(|w| w.borrow_mut().push((subid, entries)));
+        WRITTEN_TOUCHES.with(|w| w.borrow_mut().push((subid, entries, forget)));
     }
 }
 
@@ -87,8 +91,8 @@ unsafe extern "C-unwind" fn on_xact_end(event: pg_sys::XactEvent::Type, _arg: *m
             .report(PgLogLevel::ERROR);
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
-            for (_, entries) in WRITTEN_TOUCHES.with(|w| std::mem::take(&mut *w.borrow_mut())) {
-                buffer::forget_written(&entries);
+            for (_, entries, forget) in WRITTEN_TOUCHES.with(|w| std::mem::take(&mut *w.borrow_mut())) {
+                forget(&entries);
             }
             FENCES.with(|f| f.borrow_mut().clear());
         }
@@ -108,7 +112,7 @@ unsafe extern "C-unwind" fn on_subxact_end(
     _arg: *mut std::ffi::c_void,
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        WRITTEN_TOUCHES.with(|w| w.borrow_mut().retain(|(subid, _)| *subid < my_subid));
+        WRITTEN_TOUCHES.with(|w| w.borrow_mut().retain(|(subid, _, _)| *subid < my_subid));
         FENCES.with(|f| f.borrow_mut().retain(|(subid, _, _)| *subid < my_subid));
     }
 }

@@ -2,7 +2,7 @@
 use pgrx::prelude::*;
 
 use crate::stats;
-use crate::worker::sweep;
+use crate::sweep;
 
 #[pg_extern(sql = false)]
 fn sweep() -> TableIterator<

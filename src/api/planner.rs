@@ -2,7 +2,7 @@
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
-use super::args::{short_name, non_empty, positive_interval, required};
+use super::args::{short_name, non_empty, positive_interval, required, stride};
 use crate::error::invalid_argument;
 use crate::jobs::{self, JobKey};
 use crate::clock::{db_clock, timestamptz};
@@ -41,19 +41,6 @@ fn lease_latest_plan(
             l.retry_eligible(now),
         )
     }))
-}
-
-/// An interval as a stride in microseconds: positive (checked by the caller) and without
-/// months or years, whose length depends on the calendar.
-pub fn stride(every: Interval, name: &str) -> i64 {
-    if every.months() != 0 {
-        invalid_argument(name, "must not contain months or years", Some("Use days instead, e.g. '30 days'."));
-    }
-    let stride = every.days() as i64 * 86_400_000_000 + every.micros();
-    if stride <= 0 {
-        invalid_argument(name, "must be positive", None);
-    }
-    stride
 }
 
 #[pg_extern(sql = false)]

@@ -6,7 +6,7 @@ use pgrx::Uuid;
 
 use super::args::{non_empty, required};
 use crate::error::null_argument;
-use crate::runtime::{self, buffer};
+use crate::runtime;
 
 #[pg_extern(sql = false)]
 fn runtime_register(name: Option<&str>, metadata: Option<JsonB>) -> Uuid {
@@ -36,5 +36,5 @@ fn runtime_flush() -> i64 {
 
 #[pg_extern(sql = false)]
 fn runtime_pending() -> i64 {
-    buffer::pending() as i64
+    runtime::pending() as i64
 }

@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 
 use lease_model::planner::Misfire;
 use crate::clock::{db_clock, timestamptz};
-use crate::spi_plans::{execute, Statement};
+use crate::spi_plans::{execute, Query, Statement};
 
 pub struct Definition {
     pub every: Interval,
@@ -65,11 +65,24 @@ static DROP: Statement = Statement {
     arg_types: &[TEXTOID, TEXTOID, TEXTOID],
 };
 
-static GET: Statement = Statement {
-    sql: "SELECT every, misfire, grace, max_attempts, stale_timeout, paused, resumed_at
-            FROM lease_sched.jobs
-           WHERE job_name = $1 AND scope_kind = $2 AND scope_id = $3",
-    arg_types: &[TEXTOID, TEXTOID, TEXTOID],
+static GET: Query<Definition> = Query {
+    statement: Statement {
+        sql: "SELECT every, misfire, grace, max_attempts, stale_timeout, paused, resumed_at
+                FROM lease_sched.jobs
+               WHERE job_name = $1 AND scope_kind = $2 AND scope_id = $3",
+        arg_types: &[TEXTOID, TEXTOID, TEXTOID],
+    },
+    row: |r| {
+        Some(Definition {
+            every: r.get(1).ok()??,
+            misfire: Misfire::from_sql(r.get::<&str>(2).ok()??)?,
+            grace: r.get(3).ok()?,
+            max_attempts: r.get(4).ok()??,
+            stale_timeout: r.get(5).ok()??,
+            paused: r.get(6).ok()??,
+            resumed_at: r.get(7).ok()?,
+        })
+    },
 };
 
 pub struct Settings<'a> {
@@ -125,20 +138,5 @@ pub fn drop(k: &JobKey<'_>) -> bool {
 }
 
 pub fn definition(k: &JobKey<'_>) -> Option<Definition> {
-    Spi::connect_mut(|client| {
-        let t = execute(client, &GET, &key_args(k));
-        if t.is_empty() {
-            return None;
-        }
-        let r = t.first();
-        Some(Definition {
-            every: r.get(1).unwrap()?,
-            misfire: Misfire::from_sql(r.get::<&str>(2).unwrap()?)?,
-            grace: r.get(3).unwrap(),
-            max_attempts: r.get(4).unwrap()?,
-            stale_timeout: r.get(5).unwrap()?,
-            paused: r.get(6).unwrap()?,
-            resumed_at: r.get(7).unwrap(),
-        })
-    })
+    Spi::connect_mut(|client| GET.first(client, &key_args(k)))
 }

@@ -1,16 +1,17 @@
-//! Lease operations on `sys_cron_executions`: claim, heartbeat, finish.
+//! Lease operations on `sys_cron_executions`: claim, heartbeat, finish, and the sweep's
+//! two lease passes (fail abandoned leases, prune finished history).
 //! Arguments arrive validated (see `api::lease`); this module decides and writes.
 pub mod store;
 
 use pgrx::datum::{DatumWithOid, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
-use pgrx::spi::SpiTupleTable;
 use pgrx::Uuid;
 
-use crate::clock::{db_clock, timestamptz};
+use crate::clock::{db_clock, micros_from_s, timestamptz, DbTime};
 use crate::{settings, stats};
 use crate::spi_plans::execute;
-use lease_model::{decide_claim, ClaimDecision, ClaimOutcome, LeaseRow, Status};
+use lease_model::{decide_claim, ClaimDecision, ClaimOutcome, Status};
+use store::{ExecutionKey, ExistingRow};
 
 pub struct ClaimRequest<'a> {
     pub job_name: &'a str,
@@ -30,67 +31,18 @@ pub struct Claim {
     pub attempt: Option<i32>,
     pub fencing_token: Option<i64>,
     pub stale_after: Option<TimestampWithTimeZone>,
-    /// A steal took a RUNNING lease from a live (if silent) holder.
-    pub deposed: bool,
 }
 
-struct ExistingRow {
-    id: Uuid,
-    lease: LeaseRow,
-}
-
-/// The row a claim is about, read through the unique key without locking it and without
-/// SPI (src/lookup.rs): what a statement starting now would see.
-fn probe(req: &ClaimRequest<'_>) -> Option<ExistingRow> {
-    use crate::lookup::{by_unique_key, value, Key};
-    use pgrx::pg_sys::{F_TEXTEQ, F_TIMESTAMPTZ_EQ};
-    let key = |eq_proc, datum: Option<pgrx::pg_sys::Datum>| Key { eq_proc, value: datum.expect("a non-NULL key") };
-    by_unique_key(
-        c"sys_cron_executions",
-        c"uq_sys_cron_execution",
-        &[
-            key(F_TEXTEQ, req.job_name.into_datum()),
-            key(F_TEXTEQ, req.scope_kind.into_datum()),
-            key(F_TEXTEQ, req.scope_id.into_datum()),
-            key(F_TIMESTAMPTZ_EQ, req.plan_time.into_datum()),
-        ],
-        &[c"id", c"status", c"attempt", c"max_attempts", c"stale_after", c"next_retry_at", c"allow_stale_reentry"],
-        // SAFETY: each column is read as its SQL type (uuid, text, int, int, timestamptz,
-        // timestamptz, boolean), copied out while the row is pinned.
-        |v| unsafe {
-            let ts = |d| value::<TimestampWithTimeZone>(d).map(|t| t.into_inner());
-            let status: String = value(v[1]).expect("status is NOT NULL");
-            ExistingRow {
-                id: value(v[0]).expect("id is NOT NULL"),
-                lease: LeaseRow {
-                    status: Status::from_sql(&status).expect("the API writes only known statuses"),
-                    attempt: value(v[2]).expect("attempt is NOT NULL"),
-                    max_attempts: value(v[3]).expect("max_attempts is NOT NULL"),
-                    stale_after: ts(v[4]),
-                    next_retry_at: ts(v[5]),
-                    allow_stale_reentry: value(v[6]).expect("allow_stale_reentry is NOT NULL"),
-                },
-            }
-        },
-    )
-}
-
-/// Read the RETURNING row of INSERT or STEAL as a granted lease.
-fn granted(table: SpiTupleTable<'_>, outcome: ClaimOutcome) -> Option<Claim> {
-    if table.is_empty() {
-        return None;
-    }
-    let row = table.first();
-    Some(Claim {
+/// A granted lease as the API returns it.
+fn claim_of(g: store::Granted, outcome: ClaimOutcome) -> Claim {
+    Claim {
         outcome,
-        execution_id: row.get(1).unwrap(),
-        lease_token: row.get(2).unwrap(),
-        attempt: row.get(3).unwrap(),
-        fencing_token: row.get(4).unwrap(),
-        stale_after: row.get(5).unwrap(),
-        // STEAL returns a sixth column; INSERT does not.
-        deposed: row.get::<bool>(6).ok().flatten().unwrap_or(false),
-    })
+        execution_id: Some(g.execution_id),
+        lease_token: Some(g.lease_token),
+        attempt: Some(g.attempt),
+        fencing_token: Some(g.fencing_token),
+        stale_after: Some(g.stale_after),
+    }
 }
 
 fn conflicted(existing: Option<&ExistingRow>) -> Claim {
@@ -104,7 +56,6 @@ fn conflicted(existing: Option<&ExistingRow>) -> Claim {
             .filter(|e| e.lease.status == Status::Running)
             .and_then(|e| e.lease.stale_after)
             .map(timestamptz),
-        deposed: false,
     }
 }
 
@@ -123,17 +74,22 @@ pub fn claim(req: &ClaimRequest<'_>) -> Claim {
 
 fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
     let now = db_clock();
+    let key = ExecutionKey {
+        job_name: req.job_name,
+        scope_kind: req.scope_kind,
+        scope_id: req.scope_id,
+        plan_time: req.plan_time,
+    };
     Spi::connect_mut(|client| {
-        let mut existing = probe(req);
+        let mut existing = store::probe(&key);
         // Two rounds suffice: after a lost insert race the row exists. A third round only
         // happens if that row was deleted meanwhile, which we report as a conflict.
         for _ in 0..3 {
             match decide_claim(existing.as_ref().map(|e| &e.lease), now, req.allow_stale_reentry) {
                 ClaimDecision::Insert => {
                     crate::fencing::ensure_token_floor(client);
-                    let inserted = execute(
+                    let inserted = store::INSERT.first(
                         client,
-                        &store::INSERT,
                         &[
                             req.job_name.into(),
                             req.scope_kind.into(),
@@ -146,17 +102,16 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                             timestamptz(now).into(),
                         ],
                     );
-                    if let Some(won) = granted(inserted, ClaimOutcome::Won) {
-                        return won;
+                    if let Some(won) = inserted {
+                        return claim_of(won, ClaimOutcome::Won);
                     }
-                    existing = probe(req);
+                    existing = store::probe(&key);
                 }
                 ClaimDecision::Steal => {
                     let id = existing.as_ref().expect("steal needs a row").id;
                     crate::fencing::ensure_token_floor(client);
-                    let stolen = execute(
+                    let stolen = store::STEAL.first(
                         client,
-                        &store::STEAL,
                         &[
                             id.into(),
                             req.runner_id.into(),
@@ -165,15 +120,15 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                             timestamptz(now).into(),
                         ],
                     );
-                    if let Some(stole) = granted(stolen, ClaimOutcome::Stole) {
+                    if let Some(stole) = stolen {
                         if stole.deposed {
                             notify_lost(client, id.to_string());
                         }
-                        return stole;
+                        return claim_of(stole, ClaimOutcome::Stole);
                     }
                     // Someone changed the row first (stole, heartbeat, finished, swept):
                     // report the row as it is now, not as we first saw it.
-                    existing = probe(req);
+                    existing = store::probe(&key);
                     return conflicted(existing.as_ref());
                 }
                 ClaimDecision::Conflict => return conflicted(existing.as_ref()),
@@ -245,4 +200,31 @@ fn opt<'a, T: IntoDatum>(value: Option<T>, oid: pgrx::pg_sys::Oid) -> DatumWithO
         Some(v) => v.into(),
         None => DatumWithOid::null_oid(oid),
     }
+}
+
+/// The sweep's lease pass: fail every abandoned lease (`store::FAIL_ABANDONED`); returns
+/// how many.
+pub fn fail_abandoned(client: &mut pgrx::spi::SpiClient<'_>, now: DbTime) -> i64 {
+    let (base, max) = settings::retry_backoff_bounds();
+    execute(client, &store::FAIL_ABANDONED, &[timestamptz(now).into(), base.into(), max.into()]).len() as i64
+}
+
+/// Rows deleted per statement, and statements per sweep, by retention.
+const PRUNE_BATCH_ROWS: i32 = 1000;
+const PRUNE_BATCHES_PER_SWEEP: usize = 10;
+
+/// The sweep's retention pass: delete finished rows older than `retention_s` seconds,
+/// in bounded batches (`store::PRUNE_BATCH`); returns how many.
+pub fn prune_finished(client: &mut pgrx::spi::SpiClient<'_>, now: DbTime, retention_s: i32) -> i64 {
+    let cutoff = timestamptz(now - micros_from_s(retention_s));
+    let mut pruned = 0;
+    for _ in 0..PRUNE_BATCHES_PER_SWEEP {
+        let n = execute(client, &store::PRUNE_BATCH, &[cutoff.into(), PRUNE_BATCH_ROWS.into(), timestamptz(now).into()])
+            .len() as i64;
+        pruned += n;
+        if n < PRUNE_BATCH_ROWS as i64 {
+            break;
+        }
+    }
+    pruned
 }

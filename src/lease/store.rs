@@ -1,4 +1,6 @@
-//! Every SQL statement on `lease_sched.sys_cron_executions`, in one place.
+//! Every SQL statement on `lease_sched.sys_cron_executions`, in one place, each statement
+//! that returns rows beside the decoder of its row (`Query`), and `probe`, the one read
+//! that is not a statement.
 //!
 //! The statements of the API's calls (claim, heartbeat, finish) run with the caller's
 //! search_path: those functions do not pin one (a `SET` clause saves and restores a
@@ -12,13 +14,92 @@
 //! decides on one instant. The WHERE clause of `STEAL` is `lease_model::may_steal` in SQL:
 //! the UPDATE re-checks it on the newest row version under the row lock, which is what
 //! makes concurrent steals of one row produce exactly one winner.
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys::{BOOLOID, INT4OID, INT8OID, INTERVALOID, JSONBOID, TEXTOID, TIMESTAMPTZOID, UUIDOID};
+use pgrx::prelude::*;
+use pgrx::spi::SpiHeapTupleData;
+use pgrx::Uuid;
 
-use crate::spi_plans::Statement;
+use crate::spi_plans::{Query, Statement};
+use lease_model::{LeaseRow, Status};
+
+/// The row a claim is about, as `probe` reads it.
+pub struct ExistingRow {
+    pub id: Uuid,
+    pub lease: LeaseRow,
+}
+
+/// (job_name, scope_kind, scope_id, plan_time): the unique key of an execution.
+pub struct ExecutionKey<'a> {
+    pub job_name: &'a str,
+    pub scope_kind: &'a str,
+    pub scope_id: &'a str,
+    pub plan_time: TimestampWithTimeZone,
+}
+
+/// The row with this key, read through the unique index without locking it and without
+/// SPI (src/lookup.rs): what a statement starting now would see. The one read of this
+/// table that is not a statement: a claim's probe is its hottest step.
+pub fn probe(key: &ExecutionKey<'_>) -> Option<ExistingRow> {
+    use crate::lookup::{by_unique_key, value, Key};
+    use pgrx::pg_sys::{F_TEXTEQ, F_TIMESTAMPTZ_EQ};
+    let column = |eq_proc, datum: Option<pgrx::pg_sys::Datum>| Key { eq_proc, value: datum.expect("a non-NULL key") };
+    by_unique_key(
+        c"sys_cron_executions",
+        c"uq_sys_cron_execution",
+        &[
+            column(F_TEXTEQ, key.job_name.into_datum()),
+            column(F_TEXTEQ, key.scope_kind.into_datum()),
+            column(F_TEXTEQ, key.scope_id.into_datum()),
+            column(F_TIMESTAMPTZ_EQ, key.plan_time.into_datum()),
+        ],
+        &[c"id", c"status", c"attempt", c"max_attempts", c"stale_after", c"next_retry_at", c"allow_stale_reentry"],
+        // SAFETY: each column is read as its SQL type (uuid, text, int, int, timestamptz,
+        // timestamptz, boolean), copied out while the row is pinned.
+        |v| unsafe {
+            let ts = |d| value::<TimestampWithTimeZone>(d).map(|t| t.into_inner());
+            let status: String = value(v[1]).expect("status is NOT NULL");
+            ExistingRow {
+                id: value(v[0]).expect("id is NOT NULL"),
+                lease: LeaseRow {
+                    status: Status::from_sql(&status).expect("the API writes only known statuses"),
+                    attempt: value(v[2]).expect("attempt is NOT NULL"),
+                    max_attempts: value(v[3]).expect("max_attempts is NOT NULL"),
+                    stale_after: ts(v[4]),
+                    next_retry_at: ts(v[5]),
+                    allow_stale_reentry: value(v[6]).expect("allow_stale_reentry is NOT NULL"),
+                },
+            }
+        },
+    )
+}
+
+/// A lease granted by INSERT or STEAL: their RETURNING lists.
+pub struct Granted {
+    pub execution_id: Uuid,
+    pub lease_token: Uuid,
+    pub attempt: i32,
+    pub fencing_token: i64,
+    pub stale_after: TimestampWithTimeZone,
+    /// STEAL only: a live (if silent) holder was deposed.
+    pub deposed: bool,
+}
+
+fn granted(r: &SpiHeapTupleData<'_>) -> Option<Granted> {
+    Some(Granted {
+        execution_id: r.get(1).ok()??,
+        lease_token: r.get(2).ok()??,
+        attempt: r.get(3).ok()??,
+        fencing_token: r.get(4).ok()??,
+        stale_after: r.get(5).ok()??,
+        // STEAL returns a sixth column; INSERT does not.
+        deposed: r.get::<bool>(6).ok().flatten().unwrap_or(false),
+    })
+}
 
 /// Outcome `won`: a fresh row at attempt 1. Returns no row when another session inserted
 /// the same key first (it waits for that session to commit or abort).
-pub static INSERT: Statement = Statement {
+pub static INSERT: Query<Granted> = Query { row: granted, statement: Statement {
     sql: "INSERT INTO lease_sched.sys_cron_executions AS e (
               job_name, scope_kind, scope_id, plan_time, status, attempt, max_attempts,
               runner_id, lease_token, fencing_token, allow_stale_reentry, stale_timeout,
@@ -29,7 +110,7 @@ pub static INSERT: Statement = Statement {
           ON CONFLICT (job_name, scope_kind, scope_id, plan_time) DO NOTHING
           RETURNING id, lease_token, attempt, fencing_token, stale_after",
     arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, BOOLOID, INTERVALOID, TIMESTAMPTZOID],
-};
+}};
 
 /// Outcome `stole`: the same row, a new holder, token and attempt. The row is first locked
 /// FOR UPDATE (re-checking `lease_model::may_steal` on its newest version), which waits for every
@@ -40,7 +121,7 @@ pub static INSERT: Statement = Statement {
 /// stale. `(SELECT clock_timestamp())` is an init-plan, read once, at its first use in the
 /// SET list, which PostgreSQL evaluates only for the row it has locked. `was_running` says
 /// whether a live holder was deposed (NOTIFY lease_sched_lost).
-pub static STEAL: Statement = Statement {
+pub static STEAL: Query<Granted> = Query { row: granted, statement: Statement {
     sql: "WITH held AS (
               SELECT id, status OPERATOR(pg_catalog.=) 'RUNNING' AS was_running FROM lease_sched.sys_cron_executions
                WHERE id OPERATOR(pg_catalog.=) $1
@@ -64,7 +145,7 @@ pub static STEAL: Statement = Statement {
            WHERE e.id OPERATOR(pg_catalog.=) held.id
           RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after, held.was_running",
     arg_types: &[UUIDOID, TEXTOID, BOOLOID, INTERVALOID, TIMESTAMPTZOID],
-};
+}};
 
 /// Tell a deposed holder at once: delivered at the commit of the steal (or the sweep that
 /// failed its lease), never when that transaction rolls back. Payload: the execution_id,

@@ -1,6 +1,6 @@
 //! Runtimes (the processes that run jobs) and their heartbeats: register, touch (buffered in shared memory
 //! when preloaded), touch_batch, flush, and the sweep's offline pass.
-pub mod buffer;
+mod buffer;
 pub mod store;
 
 use pgrx::datum::{DatumWithOid, JsonB, TimestampWithTimeZone};
@@ -11,12 +11,12 @@ use pgrx::Uuid;
 use crate::clock::{db_clock, timestamptz, DbTime};
 use crate::spi_plans::execute;
 use crate::stats;
-use buffer::{Recorded, RuntimeId, SeenAt};
+use crate::touch_table::{Recorded, RuntimeId, SeenAt};
 
 pub fn register(name: &str, metadata: JsonB) -> Uuid {
     Spi::connect_mut(|client| {
-        let t = execute(client, &store::REGISTER, &[name.into(), timestamptz(db_clock()).into(), metadata.into()]);
-        t.first().get::<Uuid>(1).unwrap().expect("INSERT RETURNING id")
+        store::REGISTER.first(client, &[name.into(), timestamptz(db_clock()).into(), metadata.into()])
+            .expect("INSERT RETURNING id")
     })
 }
 
@@ -58,8 +58,7 @@ pub fn touch(id: Uuid) -> bool {
 pub fn touch_batch(ids: Vec<Uuid>) -> Vec<Uuid> {
     let now = db_clock();
     Spi::connect_mut(|client| {
-        let t = execute(client, &store::TOUCH_BATCH, &[ids.into(), timestamptz(now).into()]);
-        t.first().get::<Vec<Uuid>>(1).unwrap().unwrap_or_default()
+        store::TOUCH_BATCH.first(client, &[ids.into(), timestamptz(now).into()]).unwrap_or_default()
     })
 }
 
@@ -74,14 +73,14 @@ fn write_pending(client: &mut SpiClient<'_>, entries: Vec<(RuntimeId, SeenAt)>) 
     let ids: Vec<Uuid> = entries.iter().map(|(id, _)| Uuid::from_bytes(*id)).collect();
     let seen: Vec<TimestampWithTimeZone> = entries.iter().map(|(_, t)| timestamptz(*t)).collect();
     let args: [DatumWithOid; 2] = [ids.into(), seen.into()];
-    let t = execute(client, &store::FLUSH, &args);
-    let row = t.first();
-    let written: i64 = row.get(1).unwrap().unwrap_or(0);
-    let skipped: std::collections::HashSet<RuntimeId> =
-        row.get::<Vec<Uuid>>(2).unwrap().unwrap_or_default().iter().map(id_bytes).collect();
+    let flushed = store::FLUSH.first(client, &args).expect("FLUSH returns one row");
+    let skipped: std::collections::HashSet<RuntimeId> = flushed.skipped_for_lock.iter().map(id_bytes).collect();
     stats::add(|s| &s.flushes, 1);
-    crate::xact::touches_written(entries.into_iter().filter(|(id, _)| !skipped.contains(id)).collect());
-    written
+    crate::xact::touches_written(
+        entries.into_iter().filter(|(id, _)| !skipped.contains(id)).collect(),
+        buffer::forget_written,
+    );
+    flushed.written
 }
 
 /// Write every pending touch now; returns rows written.
@@ -89,7 +88,6 @@ pub fn flush_all() -> i64 {
     let entries = buffer::copy_all(db_clock());
     Spi::connect_mut(|client| write_pending(client, entries))
 }
-
 
 /// Is the periodic whole-buffer flush due?
 pub fn flush_due(now: DbTime) -> bool {
@@ -106,13 +104,7 @@ pub struct OfflinePass {
 /// their pending touch is written instead (they are alive; the row is just behind).
 pub fn sweep_offline(client: &mut SpiClient<'_>, now: DbTime) -> OfflinePass {
     let cutoff = timestamptz(now - crate::clock::micros_from_ms(crate::settings::RUNTIME_OFFLINE_AFTER_MS.get()));
-    let silent = execute(client, &store::SILENT, &[cutoff.into()]);
-    let mut candidates: Vec<RuntimeId> = Vec::with_capacity(silent.len());
-    for row in silent {
-        if let Some(id) = row.get::<Uuid>(1).unwrap() {
-            candidates.push(id_bytes(&id));
-        }
-    }
+    let candidates: Vec<RuntimeId> = store::SILENT.all(client, &[cutoff.into()]).iter().map(id_bytes).collect();
     if candidates.is_empty() {
         return OfflinePass { offline: 0, touches_written: 0 };
     }
@@ -130,4 +122,20 @@ pub fn sweep_offline(client: &mut SpiClient<'_>, now: DbTime) -> OfflinePass {
         execute(client, &store::MARK_OFFLINE, &[still_silent.into(), cutoff.into()]).len() as i64
     };
     OfflinePass { offline, touches_written }
+}
+
+/// Touches waiting in the buffer for this database (`runtime_pending()`).
+pub fn pending() -> usize {
+    buffer::pending()
+}
+
+/// The sweeper starts: from now on touches in its database are buffered.
+pub fn start_buffering() {
+    buffer::open();
+}
+
+/// The sweeper stops: from now on touches are written directly; what is buffered waits
+/// for its last flush.
+pub fn stop_buffering() {
+    buffer::close();
 }

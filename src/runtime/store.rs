@@ -1,16 +1,22 @@
-//! Every SQL statement on `lease_sched.runtimes` (a touch reads the row's status without
+//! Every SQL statement on `lease_sched.runtimes`, each statement that returns rows beside
+//! the decoder of its row (`Query`) (a touch reads the row's status without
 //! SQL, src/lookup.rs). TOUCH_NOW and TOUCH_BATCH run with the caller's search_path
 //! (runtime_touch pins none), so they name every function and operator with its schema
 //! (see src/lease/store.rs). `last_seen_at` is in no index, so
 //! touches and flushes are HOT updates; online rows are found through a partial index.
 use pgrx::pg_sys::{JSONBOID, TEXTOID, TIMESTAMPTZOID, UUIDARRAYOID, UUIDOID};
+use pgrx::Uuid;
 
-use crate::spi_plans::Statement;
+use crate::spi_plans::{Query, Statement};
 
-pub static REGISTER: Statement = Statement {
-    sql: "INSERT INTO lease_sched.runtimes (name, status, last_seen_at, registered_at, metadata)
-          VALUES ($1, 'online', $2, $2, $3) RETURNING id",
-    arg_types: &[TEXTOID, TIMESTAMPTZOID, JSONBOID],
+/// Returns the new runtime's id.
+pub static REGISTER: Query<Uuid> = Query {
+    statement: Statement {
+        sql: "INSERT INTO lease_sched.runtimes (name, status, last_seen_at, registered_at, metadata)
+              VALUES ($1, 'online', $2, $2, $3) RETURNING id",
+        arg_types: &[TEXTOID, TIMESTAMPTZOID, JSONBOID],
+    },
+    row: |r| r.get(1).ok()?,
 };
 
 /// The synchronous path: online now, seen now.
@@ -21,7 +27,7 @@ pub static TOUCH_NOW: Statement = Statement {
 };
 
 /// One set-based bump of the online rows among $1; returns the ids it did not touch.
-pub static TOUCH_BATCH: Statement = Statement {
+pub static TOUCH_BATCH: Query<Vec<Uuid>> = Query { row: |r| r.get(1).ok()?, statement: Statement {
     sql: "WITH touched AS (
               UPDATE lease_sched.runtimes SET last_seen_at = greatest(last_seen_at, $2)
                WHERE id OPERATOR(pg_catalog.=) ANY($1) AND status OPERATOR(pg_catalog.=) 'online'
@@ -30,7 +36,7 @@ pub static TOUCH_BATCH: Statement = Statement {
             FROM pg_catalog.unnest($1) AS u(id)
            WHERE NOT EXISTS (SELECT 1 FROM touched t WHERE t.id OPERATOR(pg_catalog.=) u.id)",
     arg_types: &[UUIDARRAYOID, TIMESTAMPTZOID],
-};
+}};
 
 /// Write buffered touches: each row gets its own latest touch time, online rows only (a
 /// row raced to offline stays offline until its next live touch). Skips rows already
@@ -38,7 +44,14 @@ pub static TOUCH_BATCH: Statement = Statement {
 /// SKIP LOCKED: a row someone holds locked (a runner's open transaction, a prepared
 /// transaction) is left alone and never waited for; the statement returns how many rows it
 /// wrote and the ids it skipped for a lock, whose touches stay buffered for the next flush.
-pub static FLUSH: Statement = Statement {
+pub struct Flushed {
+    pub written: i64,
+    pub skipped_for_lock: Vec<Uuid>,
+}
+
+pub static FLUSH: Query<Flushed> = Query {
+    row: |r| Some(Flushed { written: r.get(1).ok()??, skipped_for_lock: r.get(2).ok()?.unwrap_or_default() }),
+    statement: Statement {
     sql: "WITH pending AS (
               SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS p(id, seen)),
           ready AS (
@@ -55,12 +68,15 @@ pub static FLUSH: Statement = Statement {
                           AND EXISTS (SELECT 1 FROM lease_sched.runtimes r
                                        WHERE r.id = p.id AND r.status = 'online' AND r.last_seen_at < p.seen))",
     arg_types: &[UUIDARRAYOID, pgrx::pg_sys::TIMESTAMPTZARRAYOID],
-};
+}};
 
 /// Online runtimes silent since before $1.
-pub static SILENT: Statement = Statement {
-    sql: "SELECT id FROM lease_sched.runtimes WHERE status = 'online' AND last_seen_at < $1",
-    arg_types: &[TIMESTAMPTZOID],
+pub static SILENT: Query<Uuid> = Query {
+    statement: Statement {
+        sql: "SELECT id FROM lease_sched.runtimes WHERE status = 'online' AND last_seen_at < $1",
+        arg_types: &[TIMESTAMPTZOID],
+    },
+    row: |r| r.get(1).ok()?,
 };
 
 /// Mark these silent runtimes offline, re-checking silence on the newest row version;

@@ -18,8 +18,6 @@
 //! sweeper runs every statement with `search_path = pg_catalog,
 //! pg_temp`, whatever the database or any role sets, so no object a role creates can
 //! stand in for one its SQL calls (it runs as the bootstrap superuser).
-pub mod sweep;
-
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -30,7 +28,7 @@ use pgrx::bgworkers::{
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::runtime::{self, buffer};
+use crate::runtime;
 use crate::{settings, shmem, spi_plans, stats};
 
 /// The launcher is restarted this soon after a crash.
@@ -45,12 +43,24 @@ const SWEEPER_RESTART_AFTER: Duration = Duration::from_secs(1);
 /// sessions to leave: terminating the sweeper lets such a command through (operations.md).
 const SWEEPER_STEP_ASIDE: Duration = Duration::from_secs(6);
 
+/// A worker of this library: `name` is also its type (what pg_stat_activity shows), and
+/// `function` the exported entry point below.
+fn builder(name: &str, function: &str) -> BackgroundWorkerBuilder {
+    BackgroundWorkerBuilder::new(name).set_type(name).set_library("lease_sched").set_function(function).enable_spi_access()
+}
+
+/// Re-read postgresql.conf when a SIGHUP arrived; true when it did.
+fn reload_on_sighup() -> bool {
+    if !BackgroundWorker::sighup_received() {
+        return false;
+    }
+    // SAFETY: the documented way for a worker to re-read postgresql.conf.
+    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    true
+}
+
 pub fn register() {
-    BackgroundWorkerBuilder::new("lease_sched launcher")
-        .set_type("lease_sched launcher")
-        .set_library("lease_sched")
-        .set_function("lease_sched_launcher_main")
-        .enable_spi_access()
+    builder("lease_sched launcher", "lease_sched_launcher_main")
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(Some(LAUNCHER_RESTART_AFTER))
         .load();
@@ -68,10 +78,7 @@ pub extern "C-unwind" fn lease_sched_launcher_main(_arg: pg_sys::Datum) {
     let mut last_start: Option<Instant> = None;
     let mut last_seen_running: Option<Instant> = None;
     while BackgroundWorker::wait_latch(Some(POLL)) {
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: the documented way for a worker to re-read postgresql.conf.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
+        reload_on_sighup();
         // A sweeper left by an earlier launcher (this one was terminated and restarted)
         // counts as running: it holds the sweeper slot in shared memory.
         let running = shmem::sweeper_pid().is_some()
@@ -87,11 +94,7 @@ pub extern "C-unwind" fn lease_sched_launcher_main(_arg: pg_sys::Datum) {
         }
         let Some(oid) = database_oid(&database) else { continue };
         last_start = Some(Instant::now());
-        sweeper = BackgroundWorkerBuilder::new("lease_sched sweeper")
-            .set_type("lease_sched sweeper")
-            .set_library("lease_sched")
-            .set_function("lease_sched_sweeper_main")
-            .enable_spi_access()
+        sweeper = builder("lease_sched sweeper", "lease_sched_sweeper_main")
             .set_argument(Some(oid.into()))
             // SAFETY: MyProcPid is this process's pid.
             .set_notify_pid(unsafe { pg_sys::MyProcPid })
@@ -188,7 +191,7 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     pin_search_path();
     // Buffer from the first moment: runtime_touch can only buffer once the extension's
     // SQL is current, and this process drains whatever is buffered before it exits.
-    buffer::open();
+    runtime::start_buffering();
     log!("lease_sched sweeper started on database \"{}\"", settings::database());
     warn_about_settings();
 
@@ -206,9 +209,7 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
         if !idle_wait(due.saturating_duration_since(Instant::now())) {
             break;
         }
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: the documented way for a worker to re-read postgresql.conf.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        if reload_on_sighup() {
             warn_about_settings();
             continue;
         }
@@ -229,7 +230,7 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
             warned_out_of_date = state == SchemaState::OutOfDate;
             if installed {
                 set_local_timeout("lock_timeout", settings::SWEEP_INTERVAL_MS.get().max(1000));
-                let report = sweep::sweep();
+                let report = crate::sweep::sweep();
                 if report.leases_failed + report.runtimes_offline > 0 {
                     debug1!("lease_sched sweep: {report:?}");
                 }
@@ -246,7 +247,7 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     // waiting, and is bounded by a statement timeout: a shutdown never hangs on it. What
     // it could not write stays in shared memory for the next sweeper of this database.
     // Buffering stops first, so no touch can slip in after this last flush.
-    buffer::close();
+    runtime::stop_buffering();
     let mut written = None;
     in_transaction("drain", || {
         if schema_state() == SchemaState::Current {
@@ -256,7 +257,7 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     });
     if let Some(written) = written {
         // Counted after the commit, which is when written touches leave the buffer.
-        let left = buffer::pending();
+        let left = runtime::pending();
         log!("lease_sched sweeper wrote the touch buffer ({written} rows) before exit; {left} left for a locked row");
     }
 }
@@ -283,7 +284,7 @@ fn pin_search_path() {
 unsafe extern "C-unwind" fn stop_buffering(_code: i32, _arg: pg_sys::Datum) {
     // SAFETY: MyProcPid is this process's pid.
     if shmem::release_sweeper(unsafe { pg_sys::MyProcPid }) {
-        buffer::close();
+        runtime::stop_buffering();
     }
 }
 
