@@ -15,7 +15,8 @@ CREATE FUNCTION lease_sched.lease_try_claim(
     stale_timeout       interval DEFAULT '5 minutes',
     max_attempts        int      DEFAULT 3,
     allow_stale_reentry boolean  DEFAULT true
-) RETURNS TABLE (
+)
+RETURNS TABLE (
     outcome       text,
     execution_id  uuid,
     lease_token   uuid,
@@ -26,17 +27,16 @@ CREATE FUNCTION lease_sched.lease_try_claim(
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
 ROWS 1
 AS 'MODULE_PATHNAME', 'lease_try_claim_wrapper';
-
 COMMENT ON FUNCTION lease_sched.lease_try_claim(text, timestamptz, text, text, text, interval, int, boolean) IS
     'Claim one scheduled run: won (new row), stole (stale RUNNING lease or due FAILED retry), or conflicted. Always one row.';
 
 CREATE FUNCTION lease_sched.lease_heartbeat(
     execution_id uuid,
     lease_token  uuid
-) RETURNS boolean
+)
+RETURNS boolean
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
 AS 'MODULE_PATHNAME', 'lease_heartbeat_wrapper';
-
 COMMENT ON FUNCTION lease_sched.lease_heartbeat(uuid, uuid) IS
     'Extend a held lease to now + its stale_timeout; false when the lease is lost.';
 
@@ -49,10 +49,10 @@ CREATE FUNCTION lease_sched.lease_finish(
     error_code    text     DEFAULT NULL,
     error_msg     text     DEFAULT NULL,
     retry_in      interval DEFAULT NULL
-) RETURNS boolean
+)
+RETURNS boolean
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
 AS 'MODULE_PATHNAME', 'lease_finish_wrapper';
-
 COMMENT ON FUNCTION lease_sched.lease_finish(uuid, uuid, text, jsonb, bigint, text, text, interval) IS
     'Write the terminal SUCCESS or FAILED state of a held lease; false (and nothing written) when the lease is lost.';
 
@@ -62,6 +62,5 @@ CREATE FUNCTION lease_sched.retry_backoff(attempt int, base interval, max interv
 RETURNS interval
 LANGUAGE c IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'retry_backoff_wrapper';
-
 COMMENT ON FUNCTION lease_sched.retry_backoff(int, interval, interval) IS
     'base * 2^(attempt-1), saturating at max for any attempt (never overflows): the default delay before a FAILED run may be retried.';

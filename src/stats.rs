@@ -5,9 +5,9 @@
 //! startup; nothing here reaches into shared memory by itself.
 //!
 //! Every counter is named once, in the `counters!` list below: the struct field, the
-//! name `lease_sched.stats()` returns, and the order of its rows come from it
-//! (docs/operations.md and monitoring/ list the same names; tests/integration/tests/docs.rs
-//! checks they agree).
+//! name `lease_sched.stats()` returns, and the order of its rows come from it. The
+//! monitoring queries (examples/monitoring/) read `stats()` generically; docs/api.md lists
+//! the names, and tests/integration/tests/docs.rs checks that list against `stats()`.
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 macro_rules! counters {
