@@ -7,6 +7,8 @@
 #   3. a scratch cluster preloading lease_sched (and pg_cron where that PostgreSQL has it:
 #      15 only), then
 #      - isolation specs (pg_isolation_regress): deterministic interleavings of sessions
+#      - SQL examples (pg_regress, tests/regress): the SQL surface and its exact output, in
+#        their own database lease_sched_regress
 #      - the benchmark smoke run (bench/run.sh --quick)
 #      - integration tests over real connections (tests/integration, cargo test), with a
 #        second small cluster that does NOT preload lease_sched for tests/no_preload.rs
@@ -16,7 +18,7 @@
 #
 # Environment:
 #   LEASE_TEST_MAJORS="15 18"   which majors (e.g. LEASE_TEST_MAJORS=18)
-#   LEASE_TEST_ONLY=all         or a comma list of: pgtest, model, isolation, bench,
+#   LEASE_TEST_ONLY=all         or a comma list of: pgtest, model, isolation, regress, bench,
 #                               integration, packaging (all three scripts) or one of
 #                               upgrade, pg_upgrade, package; scaleout (PL/Proxy routing)
 #   LEASE_TEST_PORT_BASE        fixed test cluster ports: 15 -> base, 18 -> base+1; the clusters
@@ -128,7 +130,7 @@ run_major() {
     cargo pgrx test "pg$major" --runas postgres --pgdata "$pgtest_dir/data" || failed_cargo "PostgreSQL $major: cargo pgrx test"
   fi
 
-  want isolation || want bench || want integration || return 0
+  want isolation || want regress || want bench || want integration || return 0
 
   section "PostgreSQL $major: building and installing lease_sched (release)"
   local log=/tmp/lease_sched_install_pg$major.log
@@ -163,6 +165,22 @@ run_major() {
       || { head -80 "$out/regression.diffs" 2>/dev/null; failed_step "PostgreSQL $major: isolation specs"; }
   fi
 
+  if want regress; then
+    section "PostgreSQL $major: SQL examples (pg_regress, tests/regress)"
+    local rout=/tmp/lease_sched_regress_pg$major tests
+    rm -rf "$rout" && mkdir -p "$rout"
+    # A database of its own, made anew: the files start from CREATE EXTENSION, and no
+    # sweeper works there (lease_sched.database names another), so every output is exact.
+    "$PGBIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -q \
+        -c "DROP DATABASE IF EXISTS lease_sched_regress" -c "CREATE DATABASE lease_sched_regress"
+    # setup first (the extension and the helper the others use), then the rest.
+    tests="setup $(cd tests/regress/sql && ls *.sql | sed 's/\.sql$//' | grep -vx setup | tr '\n' ' ')"
+    "$("$pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
+        --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched_regress \
+        --inputdir=tests/regress --outputdir="$rout" $tests \
+      || { head -80 "$rout/regression.diffs" 2>/dev/null; failed_step "PostgreSQL $major: SQL examples (pg_regress)"; }
+  fi
+
   if want bench; then
     section "PostgreSQL $major: benchmark smoke run (bench/run.sh --quick: every script once, no timing asserted)"
     LEASE_BENCH_DIR=/tmp/lease_sched_bench_pg$major LEASE_BENCH_PORT=$(test_port $((20 + slot))) \
@@ -185,7 +203,7 @@ run_major() {
     [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg" 2>/dev/null \
       || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
     export LEASE_SCHED_PYTHON="$venv/bin/python"
-    cargo build -q --manifest-path tests/integration/Cargo.toml --examples
+    cargo build -q --manifest-path examples/Cargo.toml
     cargo test --no-fail-fast --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@" \
       || failed_cargo "PostgreSQL $major: integration tests"
   fi
