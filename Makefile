@@ -5,7 +5,7 @@
 .PHONY: demo test install torture faults bench clean package scaleout demo-scaleout
 
 demo:
-	scripts/demo.sh
+	demo/run.sh
 
 test:
 	scripts/test.sh
@@ -35,7 +35,6 @@ install:
 
 clean:
 	cargo clean
-	cargo clean --manifest-path tests/integration/Cargo.toml
 
 # Debian packages, one per PostgreSQL major, into target/packages/ (scripts/package.sh;
 # docs/install.md). MAJORS="15" make package for one.

@@ -1,7 +1,7 @@
 //! A lease_sched runner in Rust (tokio-postgres): claim the due plan of a job, heartbeat
 //! on a timer while the work runs, finish with the token.
 //!
-//!     cargo run --manifest-path tests/integration/Cargo.toml --example runner -- \
+//!     cargo run -p lease_sched_examples --bin runner -- \
 //!         "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres" example-report
 use std::time::Duration;
 

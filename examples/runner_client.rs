@@ -2,7 +2,7 @@
 //! guard heartbeats in the background, its cancellation token fires on loss, and `finish`
 //! consumes it (a lost lease is never finished).
 //!
-//!     cargo run --manifest-path clients/rust/Cargo.toml --example runner_client -- \
+//!     cargo run -p lease_sched_examples --bin runner_client -- \
 //!         "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres" example-report
 use std::time::Duration;
 

@@ -127,8 +127,8 @@ fn the_rust_client_runner_example_claims_heartbeats_and_finishes() {
     let job = unique("ex_rsc");
     let out = Command::new(env!("CARGO"))
         .args(["run", "-q", "-j2", "--manifest-path"])
-        .arg(repo("clients/rust/Cargo.toml"))
-        .args(["--example", "runner_client", "--"])
+        .arg(repo("examples/Cargo.toml"))
+        .args(["--bin", "runner_client", "--"])
         .arg(dsn())
         .arg(&job)
         .env("CARGO_TARGET_DIR", "/tmp/lease_sched_clients_target")

@@ -50,7 +50,7 @@ fn the_python_runner_claims_heartbeats_and_finishes() {
 fn the_rust_runner_claims_heartbeats_and_finishes() {
     let job = unique("ex_rs");
     let out = Command::new(env!("CARGO"))
-        .args(["run", "-q", "--manifest-path", &repo("tests/integration/Cargo.toml"), "--example", "runner", "--"])
+        .args(["run", "-q", "--manifest-path", &repo("examples/Cargo.toml"), "--bin", "runner", "--"])
         .arg(dsn())
         .arg(&job)
         .output()

@@ -33,7 +33,7 @@ fn the_exporter_publishes_lease_sched_series() {
     let r = claim(&mut c, &job, plan(), "r1");
     assert!(finish_ok(&mut c, r.id(), r.token()));
     let port = 19187u16;
-    let queries = concat!(env!("CARGO_MANIFEST_DIR"), "/../../monitoring/postgres_exporter_queries.yaml");
+    let queries = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/monitoring/postgres_exporter_queries.yaml");
     let db_port = dsn().split_whitespace().find_map(|kv| kv.strip_prefix("port=").map(str::to_string)).unwrap();
     let _exporter = Exporter(
         Command::new("prometheus-postgres-exporter")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: build and install lease_sched, start a scratch cluster on port 55450, and
+# `make demo` (demo/run.sh): build and install lease_sched, start a scratch cluster on port 55450, and
 # play demo/scenario.sh against it. The cluster stays up afterwards for you to explore.
 # PostgreSQL 15 (Debian's) by default; LEASE_DEMO_MAJOR=18 plays it on PostgreSQL 18.
 set -euo pipefail
