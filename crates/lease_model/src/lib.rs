@@ -203,7 +203,7 @@ pub mod lock {
 /// The planner (`lease_next_plan`): which plan a runner should claim now, and, for a job
 /// with a definition (`job_define`), which missed slots to record as SKIPPED first. Pure
 /// functions of the latest execution row, the definition and the database clock; the
-/// extension's src/planner.rs reads the rows and writes what these decide. Checked
+/// extension's src/planner/ reads the rows and writes what these decide. Checked
 /// exhaustively for every misfire policy in tests/planner_model_check.rs.
 pub mod planner {
     use super::{DbTime, Status};
