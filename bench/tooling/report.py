@@ -45,7 +45,11 @@ BREAKDOWN = [
     ("ext_heartbeat", "`lease_sched.lease_heartbeat(id, token)`"),
     ("base_heartbeat", "baseline: the hand-written heartbeat UPDATE"),
 ]
-RATIO_TARGET = {"claim_fresh": 1.0, "claim_contended": 1.8, "heartbeat": 0.95, "touch": 5.0, "touch_batch": 0.9}
+# Issue 13's targets: every case at least as fast as the hand-written SQL, under either
+# synchronous_commit, and the buffered touch at 80 % of the SELECT 1 ceiling.
+RATIO_TARGET = {case: 1.0 for case in ("claim_fresh", "claim_contended", "steal", "heartbeat", "finish",
+                                       "touch", "touch_batch")}
+TOUCH_CEILING_TARGET = 0.8
 
 
 def table_name(side, kind):
@@ -265,6 +269,9 @@ def targets(out):
             if r and r["ratio"] is not None:
                 add(f"{LABEL[case]} ≥ {goal}× baseline (sync {sync})", ratio(r["ratio"]), r["ratio"] >= goal)
         r = rows.get("touch")
+        if r and r["ext_of_ceiling"] is not None:
+            add(f"runtime touch ≥ {TOUCH_CEILING_TARGET:.0%} of the SELECT 1 ceiling (sync {sync})",
+                pct(r["ext_of_ceiling"]), r["ext_of_ceiling"] >= TOUCH_CEILING_TARGET)
         if r and r["wal_ratio"] is not None:
             add(f"touch WAL per beat ≤ 1/20 of baseline (sync {sync})",
                 f"1/{1 / r['wal_ratio']:.1f}" if r["wal_ratio"] else "0", r["wal_ratio"] <= 1 / 20)
