@@ -171,7 +171,7 @@ run_major() {
     rm -rf "$rout" && mkdir -p "$rout"
     # A database of its own, made anew: the files start from CREATE EXTENSION, and no
     # sweeper works there (lease_sched.database names another), so every output is exact.
-    "$PGBIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -q \
+    PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -q \
         -c "DROP DATABASE IF EXISTS lease_sched_regress" -c "CREATE DATABASE lease_sched_regress"
     # setup first (the extension and the helper the others use), then the rest.
     tests="setup $(cd tests/regress/sql && ls *.sql | sed 's/\.sql$//' | grep -vx setup | tr '\n' ' ')"
