@@ -176,7 +176,7 @@ run_major() {
     # setup first (the extension and the helper the others use), then the rest.
     tests="setup $(cd tests/regress/sql && ls *.sql | sed 's/\.sql$//' | grep -vx setup | tr '\n' ' ')"
     "$("$pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
-        --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched_regress \
+        --bindir="$PGBIN" --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched_regress \
         --inputdir=tests/regress --outputdir="$rout" $tests \
       || { head -80 "$rout/regression.diffs" 2>/dev/null; failed_step "PostgreSQL $major: SQL examples (pg_regress)"; }
   fi
