@@ -48,6 +48,10 @@ fn release_lock(c: &mut postgres::Client, name: &str, token: uuid::Uuid) -> bool
     c.query_one("SELECT lease_sched.lock_release($1, $2)", &[&name, &token]).unwrap().get(0)
 }
 
+/// Long enough that the lock is still held when the late caller asks, on a loaded 2-core
+/// machine (joining 24 threads and connecting once more took over 400 ms there).
+const LOCK_TTL_MS: u64 = 3_000;
+
 #[test]
 fn one_holder_among_24_and_takeover_after_expiry_gets_a_higher_token() {
     let name = unique("lock");
@@ -58,7 +62,7 @@ fn one_holder_among_24_and_takeover_after_expiry_gets_a_higher_token() {
             std::thread::spawn(move || {
                 let mut c = connect();
                 barrier.wait();
-                acquire(&mut c, &name, &format!("host-{i}"), 400)
+                acquire(&mut c, &name, &format!("host-{i}"), LOCK_TTL_MS)
             })
         })
         .collect::<Vec<_>>()
@@ -68,8 +72,8 @@ fn one_holder_among_24_and_takeover_after_expiry_gets_a_higher_token() {
     let winners: Vec<Grant> = got.into_iter().flatten().collect();
     assert_eq!(winners.len(), 1);
     let mut c = connect();
-    assert!(acquire(&mut c, &name, "late", 400).is_none());
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(acquire(&mut c, &name, "late", LOCK_TTL_MS).is_none());
+    std::thread::sleep(Duration::from_millis(LOCK_TTL_MS + 200));
     let next = acquire(&mut c, &name, "late", 60_000).expect("expired lock is taken over");
     assert!(next.fencing_token > winners[0].fencing_token);
     assert_ne!(next.lock_token, winners[0].lock_token);
