@@ -27,6 +27,8 @@
 #   --cases LIST        all       comma list of: ceiling,claim_fresh,claim_contended,steal,
 #                                 heartbeat,finish,touch,touch_batch,breakdown,history,scale
 #   --chart PATH        docs/benchmarks.svg * also write the chart here (quick: nowhere)
+#   --set "NAME = VALUE"          one more postgresql.conf line for the cluster (repeatable;
+#                                 e.g. --set "lease_sched.notify_lost = off")
 #   --no-install                  use the lease_sched already installed (no cargo build)
 #   --keep                        leave the cluster running afterwards
 set -euo pipefail
@@ -40,7 +42,7 @@ PORT=${LEASE_BENCH_PORT:-55460}
 
 quick=0 duration=10 rounds=3 clients=8 threads=2 sync_modes="on off"
 history_sizes="1000 100000 1000000" history_duration=5 scale_duration=300
-cases=all chart="docs/benchmarks.svg" install=1 keep=0 breakdown_duration=3
+cases=all chart="docs/benchmarks.svg" install=1 keep=0 breakdown_duration=3 extra_conf=()
 set_quick() { quick=1 duration=2 rounds=1 sync_modes="on" history_sizes="1000 10000" history_duration=1
               scale_duration=10 breakdown_duration=1 chart=""; }
 # --quick first, so that explicit options override what it sets.
@@ -57,6 +59,7 @@ while [ $# -gt 0 ]; do
     --scale-duration) scale_duration=$2; shift ;;
     --cases) cases=$2; shift ;;
     --chart) chart=$2; shift ;;
+    --set) extra_conf+=("$2"); shift ;;
     --no-install) install=0 ;;
     --keep) keep=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -107,6 +110,7 @@ conf=(
   "max_wal_size = '8GB'"
   "checkpoint_timeout = '30min'"
   "log_min_messages = warning"
+  ${extra_conf[@]+"${extra_conf[@]}"}
 )
 # Other work on this machine may install another build of lease_sched at any time; make
 # sure the server runs the one installed above (it keeps it mapped even if replaced later).
@@ -364,7 +368,8 @@ fi
            WHERE name IN ('shared_buffers', 'max_wal_size', 'checkpoint_timeout', 'wal_level',
              'fsync', 'full_page_writes', 'wal_compression', 'autovacuum', 'autovacuum_naptime',
              'lease_sched.touch_buffer_size', 'lease_sched.touch_flush_interval',
-             'lease_sched.sweep_interval', 'lease_sched.runtime_offline_after', 'lease_sched.retention')")"
+             'lease_sched.sweep_interval', 'lease_sched.runtime_offline_after', 'lease_sched.retention',
+             'lease_sched.notify_lost')")"
 } >"$raw/meta.json"
 report_rc=0
 python3 bench/tooling/report.py "$raw" "$results/$stamp.md" ${chart:+--chart "$chart"} || report_rc=$?
