@@ -11,11 +11,11 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+    ($($name:ident,)*) => {
         #[repr(C)]
         #[derive(Default)]
         pub struct Stats {
-            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+            $(pub $name: AtomicU64,)*
             /// Database time of the last sweep's start (0: none yet).
             pub last_sweep_at: AtomicI64,
             pub last_sweep_duration_us: AtomicU64,
