@@ -1,0 +1,4 @@
+-- lease_sched 0.2.0 -> 0.3.0 (ALTER EXTENSION lease_sched UPDATE). See CHANGELOG.md.
+-- Every object below must end exactly as a fresh CREATE EXTENSION of 0.3.0 makes it
+-- (scripts/upgrade_test.sh compares pg_dump --schema-only of both). Every name is
+-- schema-qualified: the script runs with the updating role's search_path.
