@@ -31,8 +31,8 @@ AS $$
 BEGIN
     RAISE EXCEPTION '% has an error at position %: %', argument, pos, problem
           USING ERRCODE = '22023',
-                DETAIL = expression || E'\n' || repeat(' ', greatest(pos - 1, 0)) || '^',
-                HINT = 'Five fields (minute hour day-of-month month day-of-week), six with seconds first, or @yearly, @monthly, @weekly, @daily, @hourly; see docs/api.md, "Calendars".';
+                DETAIL = format(E'%s\n%s\n%s^', argument, expression, repeat(' ', greatest(pos - 1, 0))),
+                HINT = 'Fields: [second] minute hour day-of-month month day-of-week, or @daily and the like (docs/api.md, "Calendars").';
 END;
 $$;
 COMMENT ON FUNCTION lease_sched.cron_error(text, text, int, text) IS

@@ -62,8 +62,8 @@ AS $$
 BEGIN
     RAISE EXCEPTION '% has an error at position %: %', argument, pos, problem
           USING ERRCODE = '22023',
-                DETAIL = expression || E'\n' || repeat(' ', greatest(pos - 1, 0)) || '^',
-                HINT = 'Five fields (minute hour day-of-month month day-of-week), six with seconds first, or @yearly, @monthly, @weekly, @daily, @hourly; see docs/api.md, "Calendars".';
+                DETAIL = format(E'%s\n%s\n%s^', argument, expression, repeat(' ', greatest(pos - 1, 0))),
+                HINT = 'Fields: [second] minute hour day-of-month month day-of-week, or @daily and the like (docs/api.md, "Calendars").';
 END;
 $$;
 COMMENT ON FUNCTION lease_sched.cron_error(text, text, int, text) IS
@@ -755,7 +755,9 @@ BEGIN
       FROM lease_sched.jobs d
      WHERE d.job_name = $1 AND d.scope_kind = $2 AND d.scope_id = $3;
     IF NOT FOUND OR j.cron_spec IS NULL THEN
-        RAISE EXCEPTION 'job_name "%" has no cron definition (scope % %)', $1, $2, $3 USING ERRCODE = '22023';
+        RAISE EXCEPTION 'job_name "%" has no cron definition%', $1,
+              CASE WHEN $2 = 'global' AND $3 = '' THEN '' ELSE format(' in scope %s/%s', $2, $3) END
+              USING ERRCODE = '22023';
     END IF;
     IF j.paused THEN
         RETURN NULL;
@@ -886,7 +888,9 @@ BEGIN
     END IF;
     PERFORM 1 FROM lease_sched.jobs d WHERE d.job_name = $1 AND d.scope_kind = $2 AND d.scope_id = $3 FOR KEY SHARE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'job_name "%" has no definition (scope % %)', $1, $2, $3 USING ERRCODE = '22023',
+        RAISE EXCEPTION 'job_name "%" has no definition%', $1,
+              CASE WHEN $2 = 'global' AND $3 = '' THEN '' ELSE format(' in scope %s/%s', $2, $3) END
+              USING ERRCODE = '22023',
               HINT = 'Define it first with lease_sched.job_define.';
     END IF;
     -- Scheduled slots fall on whole seconds; a triggered plan never does, so it never
@@ -920,7 +924,9 @@ BEGIN
       FROM lease_sched.jobs d
      WHERE d.job_name = $1 AND d.scope_kind = $3 AND d.scope_id = $4;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'job_name "%" has no definition (scope % %)', $1, $3, $4 USING ERRCODE = '22023',
+        RAISE EXCEPTION 'job_name "%" has no definition%', $1,
+              CASE WHEN $3 = 'global' AND $4 = '' THEN '' ELSE format(' in scope %s/%s', $3, $4) END
+              USING ERRCODE = '22023',
               HINT = 'For an expression not defined yet, use lease_sched.cron_next_runs.';
     END IF;
     IF j.cron_spec IS NOT NULL THEN
@@ -968,7 +974,9 @@ BEGIN
     SELECT x.max_attempts, x.stale_timeout INTO d
       FROM lease_sched.job_definition(job_name => $1, scope_kind => $3, scope_id => $4) AS x;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'job_name "%" has no definition (scope % %)', $1, $3, $4 USING ERRCODE = '22023',
+        RAISE EXCEPTION 'job_name "%" has no definition%', $1,
+              CASE WHEN $3 = 'global' AND $4 = '' THEN '' ELSE format(' in scope %s/%s', $3, $4) END
+              USING ERRCODE = '22023',
               HINT = 'Define it with lease_sched.job_define, or plan with lease_next_plan(every => ...) and claim with lease_try_claim.';
     END IF;
     p := lease_sched.lease_next_plan(job_name => $1, every => NULL, scope_kind => $3, scope_id => $4, catch_up => false);
