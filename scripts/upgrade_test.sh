@@ -145,8 +145,10 @@ for f in sql/lease_sched--*--*.sql; do
   [ -e "$f" ] || continue
   [ -f "$extdir/$(basename "$f")" ] || die "cargo pgrx install did not copy $f into $extdir"
 done
-[ -f "$extdir/lease_sched--$old_version--$version.sql" ] \
-  || die "no upgrade script sql/lease_sched--$old_version--$version.sql in the tree"
+# A direct script or a chain of them (0.1.0 -> 0.2.0 -> 0.3.0): what ALTER EXTENSION follows.
+update_path=$(q -c "SELECT path FROM pg_extension_update_paths('lease_sched') WHERE source = '$old_version' AND target = '$version'")
+[ -n "$update_path" ] || die "no chain of upgrade scripts sql/lease_sched--*--*.sql from $old_version to $version in the tree"
+say "update path: $update_path"
 # The server still runs the old library: the postmaster and every backend forked from it
 # keep the file they mapped (pgrx replaces the file, it does not write into it).
 [ "$(q -c "SELECT lease_sched.lease_heartbeat('${held[0]%% *}', '$(echo "${held[0]}" | cut -d' ' -f2)')")" = t ] \

@@ -19,6 +19,7 @@ use postgres::Client;
 /// Types whose pg_catalog operators are shadowed.
 const TYPES: &[&str] = &[
     "uuid", "text", "name", "timestamptz", "interval", "int2", "int4", "int8", "float8", "numeric", "bool", "jsonb",
+    "timestamp", "date",
 ];
 
 /// Functions the SQL calls (or could), shadowed with exact or more specific argument types.
@@ -43,6 +44,18 @@ const FUNCTIONS: &[(&str, &str, &str, &str)] = &[
     ("make_interval", "years int4, months int4, weeks int4, days int4, hours int4, mins int4, secs float8", "interval",
         "pg_catalog.make_interval(years, months, weeks, days, hours, mins, secs)"),
     ("date_bin", "s interval, t timestamptz, o timestamptz", "timestamptz", "pg_catalog.date_bin(s, t, o)"),
+    // The calendars' (sql/calendar.sql).
+    ("timezone", "z text, t timestamptz", "timestamp", "pg_catalog.timezone(z, t)"),
+    ("timezone", "z text, t timestamp", "timestamptz", "pg_catalog.timezone(z, t)"),
+    ("make_timestamp", "y int4, m int4, d int4, h int4, mi int4, s float8", "timestamp", "pg_catalog.make_timestamp(y, m, d, h, mi, s)"),
+    ("make_date", "y int4, m int4, d int4", "date", "pg_catalog.make_date(y, m, d)"),
+    ("date_trunc", "f text, t timestamp", "timestamp", "pg_catalog.date_trunc(f, t)"),
+    ("isfinite", "t timestamptz", "bool", "pg_catalog.isfinite(t)"),
+    ("isfinite", "t timestamp", "bool", "pg_catalog.isfinite(t)"),
+    ("string_to_array", "t text, d text", "text[]", "pg_catalog.string_to_array(t, d)"),
+    ("split_part", "t text, d text, n int4", "text", "pg_catalog.split_part(t, d, n)"),
+    ("upper", "t text", "text", "pg_catalog.upper(t)"),
+    ("lower", "t text", "text", "pg_catalog.lower(t)"),
     ("char_length", "t text", "int4", "pg_catalog.char_length(t)"),
     ("octet_length", "t text", "int4", "pg_catalog.octet_length(t)"),
     ("length", "t text", "int4", "pg_catalog.length(t)"),
@@ -300,7 +313,14 @@ fn nothing_planted_on_a_search_path_runs_as_the_superuser() {
              SELECT lease_sched.lock_heartbeat('{job}', gen_random_uuid());
              SELECT lease_sched.lock_release('{job}', gen_random_uuid());
              SELECT * FROM lease_sched.lock_info('{job}');
-             SELECT lease_sched.retry_backoff(40, '10 s', '1 h');"
+             SELECT lease_sched.retry_backoff(40, '10 s', '1 h');
+             SELECT lease_sched.job_define('{job}-cal', cron => '*/5 * * * *', timezone => 'Europe/Berlin');
+             SELECT * FROM lease_sched.job_next_runs('{job}-cal', 3);
+             SELECT * FROM lease_sched.cron_next_runs('0 3 LW * ?', 'America/New_York', 3, '2024-11-01 00:00+00');
+             SELECT lease_sched.job_trigger('{job}-cal');
+             SELECT * FROM lease_sched.lease_claim_next('{job}-cal', 'pwn');
+             SELECT lease_sched.lease_next_plan('{job}-cal');
+             SELECT * FROM lease_sched.job_health;"
         ))
         .unwrap();
     // A steal: the 04:00 lease above went stale after 1 s (the claim, heartbeat and finish
@@ -332,6 +352,12 @@ fn nothing_planted_on_a_search_path_runs_as_the_superuser() {
     ))
     .unwrap();
     su.batch_execute(&format!("CALL lease_sched.run('{job}-su', 'SELECT 1', every => '1 hour')")).unwrap();
+    su.batch_execute(&format!(
+        "SELECT lease_sched.job_define('{job}-sucal', cron => '* * * * *', timezone => 'Australia/Lord_Howe');
+         UPDATE lease_sched.jobs SET created_at = now() - interval '10 minutes' WHERE job_name = '{job}-sucal';"
+    ))
+    .unwrap();
+    su.batch_execute(&format!("CALL lease_sched.run('{job}-sucal', 'SELECT 1')")).unwrap();
     drop(su);
 
     let calls: Vec<(String, String, Option<String>, Option<String>)> = c
