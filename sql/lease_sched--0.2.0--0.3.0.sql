@@ -7,7 +7,11 @@
 -- A job runs every interval or on a cron calendar; existing definitions keep every.
 ALTER TABLE lease_sched.jobs ALTER COLUMN every DROP NOT NULL;
 ALTER TABLE lease_sched.jobs ADD COLUMN cron pg_catalog.text;
-ALTER TABLE lease_sched.jobs ADD COLUMN timezone pg_catalog.text NOT NULL DEFAULT 'UTC';
+-- (No default in ADD COLUMN: a "fast default" would leave a missing-value entry that a
+-- fresh install does not have, and pg_upgrade's dump would tell them apart.)
+ALTER TABLE lease_sched.jobs ADD COLUMN timezone pg_catalog.text;
+UPDATE lease_sched.jobs SET timezone = 'UTC';
+ALTER TABLE lease_sched.jobs ALTER COLUMN timezone SET DEFAULT 'UTC', ALTER COLUMN timezone SET NOT NULL;
 ALTER TABLE lease_sched.jobs ADD COLUMN cron_spec pg_catalog.int8[];
 ALTER TABLE lease_sched.jobs ADD CONSTRAINT one_schedule
     CHECK ((every IS NULL) OPERATOR(pg_catalog.<>) (cron IS NULL) AND (cron IS NULL) OPERATOR(pg_catalog.=) (cron_spec IS NULL));
