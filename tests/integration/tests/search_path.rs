@@ -319,8 +319,7 @@ fn nothing_planted_on_a_search_path_runs_as_the_superuser() {
              SELECT * FROM lease_sched.cron_next_runs('0 3 LW * ?', 'America/New_York', 3, '2024-11-01 00:00+00');
              SELECT lease_sched.job_trigger('{job}-cal');
              SELECT * FROM lease_sched.lease_claim_next('{job}-cal', 'pwn');
-             SELECT lease_sched.lease_next_plan('{job}-cal');
-             SELECT * FROM lease_sched.job_health;"
+             SELECT lease_sched.lease_next_plan('{job}-cal');"
         ))
         .unwrap();
     // A steal: the 04:00 lease above went stale after 1 s (the claim, heartbeat and finish
@@ -354,10 +353,12 @@ fn nothing_planted_on_a_search_path_runs_as_the_superuser() {
     su.batch_execute(&format!("CALL lease_sched.run('{job}-su', 'SELECT 1', every => '1 hour')")).unwrap();
     su.batch_execute(&format!(
         "SELECT lease_sched.job_define('{job}-sucal', cron => '* * * * *', timezone => 'Australia/Lord_Howe');
-         UPDATE lease_sched.jobs SET created_at = now() - interval '10 minutes' WHERE job_name = '{job}-sucal';"
+         UPDATE lease_sched.jobs SET created_at = pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.interval '10 minutes'
+          WHERE job_name OPERATOR(pg_catalog.=) '{job}-sucal';"
     ))
     .unwrap();
     su.batch_execute(&format!("CALL lease_sched.run('{job}-sucal', 'SELECT 1')")).unwrap();
+    su.batch_execute("SELECT * FROM lease_sched.job_health").unwrap();
     drop(su);
 
     let calls: Vec<(String, String, Option<String>, Option<String>)> = c
