@@ -51,9 +51,7 @@ SELECT regress.error_of($$SELECT lease_sched.cron_next_runs(NULL)$$);
 SELECT regress.error_of($$SELECT lease_sched.cron_next_runs('0 0 * * *', 'Mars/Olympus_Mons')$$);
 SELECT regress.error_of($$SELECT lease_sched.cron_next_runs('0 0 * * *', 'UTC', 0)$$);
 -- The error shows where: DETAIL has the expression and a caret.
-\set VERBOSITY verbose
 SELECT lease_sched.cron_next_runs('0 0 1-40 * *');
-\set VERBOSITY default
 
 -- Daylight saving. Europe/Berlin springs forward on 2024-03-31 at 02:00 CET (to 03:00 CEST)
 -- and falls back on 2024-10-27 at 03:00 CEST (to 02:00 CET).
