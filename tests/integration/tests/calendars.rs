@@ -278,3 +278,99 @@ fn schedule_registers_one_pg_cron_entry_that_runs_the_job_in_its_zone() {
     assert_eq!(n, distinct);
     assert!(whole_minutes, "plans are the calendar's slots");
 }
+
+/// The due slots of a cron job in (from, now], by cron_next_runs.
+fn due_slots(c: &mut postgres::Client, cron: &str, from: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    c.query(
+        "SELECT plan_time FROM lease_sched.cron_next_runs($1, 'UTC', 10000, $2) WHERE plan_time <= clock_timestamp() ORDER BY 1",
+        &[&cron, &from],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn skipped(c: &mut postgres::Client, job: &str) -> Vec<(DateTime<Utc>, String)> {
+    c.query(
+        "SELECT plan_time, error_code FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SKIPPED' ORDER BY 1",
+        &[&job],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+#[test]
+fn misfire_policies_grace_and_pause_apply_to_calendar_slots() {
+    let mut c = connect();
+    let cron = "*/10 * * * *";
+    let define = |c: &mut postgres::Client, job: &str, misfire: &str, grace: Option<&str>| -> DateTime<Utc> {
+        c.query_one(
+            "SELECT lease_sched.job_define($1, cron => $2, misfire => $3, grace => $4::text::interval)",
+            &[&job, &cron, &misfire, &grace],
+        )
+        .unwrap();
+        c.query_one(
+            "UPDATE lease_sched.jobs SET created_at = clock_timestamp() - interval '65 minutes' WHERE job_name = $1 RETURNING created_at",
+            &[&job],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let next = |c: &mut postgres::Client, job: &str| -> Option<DateTime<Utc>> {
+        c.query_one("SELECT lease_sched.lease_next_plan($1)", &[&job]).unwrap().get(0)
+    };
+
+    // latest: the most recent missed slot runs, the older ones are SKIPPED (misfire).
+    let job = unique("cal_latest");
+    let latest_job = job.clone();
+    let from = define(&mut c, &job, "latest", None);
+    let due = due_slots(&mut c, cron, from);
+    assert!(due.len() >= 6, "{due:?}");
+    let n = due.len();
+    assert_eq!(next(&mut c, &job), Some(due[n - 2]));
+    let want: Vec<_> = due[..n - 2].iter().map(|t| (*t, "misfire".to_string())).collect();
+    assert_eq!(skipped(&mut c, &job), want);
+
+    // skip: only the current slot runs.
+    let job = unique("cal_skip");
+    let from = define(&mut c, &job, "skip", None);
+    let due = due_slots(&mut c, cron, from);
+    let n = due.len();
+    assert_eq!(next(&mut c, &job), Some(due[n - 1]));
+    assert_eq!(skipped(&mut c, &job).len(), n - 1);
+
+    // grace: under 'all', slots older than now - grace are SKIPPED (grace), the rest run in order.
+    let job = unique("cal_grace");
+    let from = define(&mut c, &job, "all", Some("25 minutes"));
+    let due = due_slots(&mut c, cron, from);
+    let plan = next(&mut c, &job).expect("a slot within grace");
+    let now: DateTime<Utc> = c.query_one("SELECT clock_timestamp()", &[]).unwrap().get(0);
+    let cut = now - chrono::Duration::minutes(25);
+    let old: Vec<_> = due.iter().filter(|t| **t < cut).map(|t| (*t, "grace".to_string())).collect();
+    assert!(!old.is_empty());
+    assert_eq!(skipped(&mut c, &job), old);
+    assert_eq!(plan, *due.iter().find(|t| **t >= cut).unwrap());
+
+    // pause: nothing is offered (nor written); resume: what fell due meanwhile is SKIPPED (paused).
+    let job = unique("cal_pause");
+    let from = define(&mut c, &job, "all", None);
+    let due = due_slots(&mut c, cron, from);
+    c.query_one("SELECT lease_sched.job_pause($1)", &[&job]).unwrap();
+    assert_eq!(next(&mut c, &job), None);
+    assert!(skipped(&mut c, &job).is_empty());
+    c.query_one("SELECT lease_sched.job_resume($1)", &[&job]).unwrap();
+    assert_eq!(next(&mut c, &job), None, "nothing due after the resume yet");
+    let want: Vec<_> = due.iter().map(|t| (*t, "paused".to_string())).collect();
+    assert_eq!(skipped(&mut c, &job), want);
+
+    // job_health: a cron job that has not succeeded since its first slot + stale_timeout
+    // is overdue; a paused or resumed-just-now one is not.
+    let overdue = |c: &mut postgres::Client, job: &str| -> bool {
+        c.query_one("SELECT overdue FROM lease_sched.job_health WHERE job_name = $1", &[&job]).unwrap().get(0)
+    };
+    assert!(overdue(&mut c, &latest_job));
+    assert!(!overdue(&mut c, &job));
+}
