@@ -133,11 +133,12 @@ fi
 q -c "DROP ROLE IF EXISTS upgrade_runner; CREATE ROLE upgrade_runner LOGIN;
       GRANT USAGE ON SCHEMA lease_sched TO upgrade_runner;
       GRANT EXECUTE ON FUNCTION lease_sched.lease_try_claim, lease_sched.lease_heartbeat, lease_sched.lease_finish TO upgrade_runner"
-grants_sql="SELECT string_agg(p.proname || ':' || pg_catalog.pg_get_function_identity_arguments(p.oid), ',' ORDER BY 1)
-              FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-             WHERE n.nspname = 'lease_sched' AND pg_catalog.has_function_privilege('upgrade_runner', p.oid, 'EXECUTE')
-               AND p.proname IN ('lease_try_claim', 'lease_heartbeat', 'lease_finish')"
-[ "$(q -c "SELECT count(*) FROM ($grants_sql) g WHERE string_agg IS NOT NULL")" = 1 ] || die "could not grant to upgrade_runner"
+grants_sql="SELECT string_agg(f, ',' ORDER BY f) FROM (
+              SELECT p.proname || ':' || pg_catalog.pg_get_function_identity_arguments(p.oid) AS f
+                FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+               WHERE n.nspname = 'lease_sched' AND pg_catalog.has_function_privilege('upgrade_runner', p.oid, 'EXECUTE')
+                 AND p.proname IN ('lease_try_claim', 'lease_heartbeat', 'lease_finish')) g"
+[ "$(q -c "$grants_sql" | tr ',' '\n' | grep -c :)" = 3 ] || die "could not grant to upgrade_runner"
 # Buffered runtime touches: they sit in shared memory while the sweeper runs.
 mapfile -t runtimes < <(q -c "SELECT lease_sched.runtime_register('rt-' || g) FROM generate_series(1, 3) g ORDER BY g")
 sleep 1.2
@@ -356,6 +357,8 @@ if [ -n "$lock_secret" ]; then
 fi
 [ "$(q -c "$grants_sql")" = "$grants_before" ] \
   || die "upgrade_runner's grants changed in the update: before $grants_before, after $(q -c "$grants_sql")"
+# The user's grants are the user's, not the extension's schema: out of the dump comparison.
+q -c "REVOKE ALL ON ALL FUNCTIONS IN SCHEMA lease_sched FROM upgrade_runner; REVOKE USAGE ON SCHEMA lease_sched FROM upgrade_runner"
 for line in "${held[@]}"; do
   id=${line%% *}; token=$(echo "$line" | cut -d' ' -f2)
   [ "$(q -c "SELECT lease_sched.lease_heartbeat('$id', '$token')")" = t ] || die "held lease $id cannot heartbeat after the update"
