@@ -1,8 +1,10 @@
 -- Fencing that protects data (src/fencing.rs, src/api/fence.rs; docs/api.md, "Fences").
 --
--- lease_fence / lock_fence check a fencing token inside the writer's own transaction and
--- keep the lease or lock row locked FOR KEY SHARE until it ends: a steal or takeover waits
--- for that transaction, a heartbeat does not. The require_lock / require_lease triggers make
+-- lease_fence / lock_fence check a fencing token inside the writer's own transaction. Given
+-- the holder's secret (lease_token / lock_token) they also keep the lease or lock row locked
+-- FOR KEY SHARE until it ends: a steal or takeover waits for that transaction, a heartbeat
+-- does not. Given only the public fencing token they lock nothing, so that a role that
+-- merely knows the token cannot hold off a steal, a takeover or the sweep. The require_lock / require_lease triggers make
 -- a table writable only by transactions that passed such a fence. A refusal is SQLSTATE
 -- LS001 ("lease lost"), the same for leases and locks, raised here in PL/pgSQL because a
 -- custom SQLSTATE cannot travel through the Rust side.
@@ -27,14 +29,14 @@ RETURNS text
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'lease_fence_check_wrapper';
 COMMENT ON FUNCTION lease_sched.lease_fence_check(uuid, bigint, uuid) IS
-    'Used by lease_fence: NULL when the token holds the RUNNING lease (row locked FOR KEY SHARE until the transaction ends), else why not.';
+    'Used by lease_fence: NULL when the token holds the RUNNING lease (with lease_token: row locked FOR KEY SHARE until the transaction ends), else why not.';
 
 CREATE FUNCTION lease_sched.lock_fence_check(lock_name text, fencing_token bigint, lock_token uuid)
 RETURNS text
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'lock_fence_check_wrapper';
 COMMENT ON FUNCTION lease_sched.lock_fence_check(text, bigint, uuid) IS
-    'Used by lock_fence: NULL when the token holds the lock (row locked FOR KEY SHARE until the transaction ends), else why not.';
+    'Used by lock_fence: NULL when the token holds the lock (with lock_token: row locked FOR KEY SHARE until the transaction ends), else why not.';
 
 CREATE FUNCTION lease_sched.lock_fence_passed(lock_name text, proven_only boolean)
 RETURNS boolean
@@ -62,7 +64,7 @@ BEGIN
 END;
 $fence$;
 COMMENT ON FUNCTION lease_sched.lease_fence(uuid, bigint, uuid) IS
-    'Pass only while fencing_token (and lease_token, when given) holds the RUNNING lease, and keep it so until this transaction ends (no steal completes meanwhile); else SQLSTATE LS001.';
+    'Pass only while fencing_token (and lease_token, when given) holds the RUNNING lease; with lease_token, keep it so until this transaction ends (no steal completes meanwhile). Else SQLSTATE LS001.';
 
 CREATE FUNCTION lease_sched.lock_fence(lock_name text, fencing_token bigint, lock_token uuid DEFAULT NULL)
 RETURNS void
@@ -78,7 +80,7 @@ BEGIN
 END;
 $fence$;
 COMMENT ON FUNCTION lease_sched.lock_fence(text, bigint, uuid) IS
-    'Pass only while fencing_token (and lock_token, when given) holds the lock, and keep it so until this transaction ends (no takeover completes meanwhile); else SQLSTATE LS001.';
+    'Pass only while fencing_token (and lock_token, when given) holds the lock; with lock_token, keep it so until this transaction ends (no takeover completes meanwhile). Else SQLSTATE LS001.';
 
 -- Trigger functions for leader-only tables, e.g.
 --   CREATE TRIGGER reports_leader_only BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON reports

@@ -1,12 +1,18 @@
 //! Fencing that protects data: fence checks inside the writer's transaction, and fencing
 //! tokens that never repeat.
 //!
-//! **Fences.** `lease_fence` / `lock_fence` read the lease or lock row `FOR KEY SHARE`:
-//! the check holds until the caller's transaction ends, because a steal and a takeover
-//! lock the row `FOR UPDATE` first, which waits for every KEY SHARE holder. A heartbeat
-//! (a non-key UPDATE, lock mode FOR NO KEY UPDATE) does not conflict with KEY SHARE, so a
-//! holder's heartbeats on another connection never wait for its own fenced writes; the
-//! sweep (FOR UPDATE SKIP LOCKED) skips a fenced row until the fenced transaction ends.
+//! **Fences.** `lease_fence` / `lock_fence` given the holder's secret (lease_token /
+//! lock_token) read the lease or lock row `FOR KEY SHARE`: the check holds until the
+//! caller's transaction ends, because a steal and a takeover lock the row `FOR UPDATE`
+//! first, which waits for every KEY SHARE holder. A heartbeat (a non-key UPDATE, lock mode
+//! FOR NO KEY UPDATE) does not conflict with KEY SHARE, so a holder's heartbeats on another
+//! connection never wait for its own fenced writes; the sweep (FOR UPDATE SKIP LOCKED)
+//! skips a fenced row until the fenced transaction ends.
+//!
+//! Given only the public fencing token, a fence checks and locks nothing: anyone who can
+//! read `lock_info()` or `active_leases` knows that token, and a row lock taken on it would
+//! let such a stranger hold off every takeover, steal and sweep of the row for as long as
+//! it kept a transaction open. So only the holder, proven by its secret, can pin the row.
 //!
 //! **Tokens that never repeat.** Tokens come from one sequence. Before a backend draws its
 //! first token on a timeline, it makes sure the sequence was *floored* on that timeline:
@@ -122,25 +128,39 @@ pub fn ensure_token_floor(client: &mut SpiClient<'_>) {
     FLOORED.set(key);
 }
 
-static LEASE_ROW: Statement = Statement {
+/// The row, locked until the transaction ends: only for a fence given the secret.
+static LEASE_ROW_PINNED: Statement = Statement {
     sql: "SELECT job_name, status, fencing_token, lease_token FROM lease_sched.sys_cron_executions WHERE id = $1 FOR KEY SHARE",
     arg_types: &[UUIDOID],
 };
 
-static LOCK_ROW: Statement = Statement {
+/// The row as it is now, locking nothing: a fence given only the public token.
+static LEASE_ROW: Statement = Statement {
+    sql: "SELECT job_name, status, fencing_token, lease_token FROM lease_sched.sys_cron_executions WHERE id = $1",
+    arg_types: &[UUIDOID],
+};
+
+static LOCK_ROW_PINNED: Statement = Statement {
     sql: "SELECT fencing_token, lock_token FROM lease_sched.locks WHERE name = $1 FOR KEY SHARE",
     arg_types: &[TEXTOID],
 };
 
-/// `lease_fence`'s check: None when `fencing_token` holds the RUNNING lease (the row stays
-/// locked until this transaction ends), else why not. With `lease_token` (the holder's
-/// secret) the fence also proves the caller is the holder; without it, it only proves the
-/// token is current, which anyone who can see the token can claim (docs/api.md, "Fences").
+static LOCK_ROW: Statement = Statement {
+    sql: "SELECT fencing_token, lock_token FROM lease_sched.locks WHERE name = $1",
+    arg_types: &[TEXTOID],
+};
+
+/// `lease_fence`'s check: None when `fencing_token` holds the RUNNING lease, else why not.
+/// With `lease_token` (the holder's secret) the fence also proves the caller is the holder,
+/// and the row stays locked until this transaction ends; without it, it only proves the
+/// token is current at this instant, which anyone who can see the token can claim, and
+/// pins nothing (docs/api.md, "Fences").
 /// The SQL wrapper raises LS001 with the refusal: a custom SQLSTATE cannot travel through
 /// Rust's error type, so PL/pgSQL raises it.
 pub fn lease_fence(execution_id: Uuid, fencing_token: i64, lease_token: Option<Uuid>) -> Option<String> {
     let row = Spi::connect_mut(|client| {
-        let t = execute(client, &LEASE_ROW, &[execution_id.into()]);
+        let statement = if lease_token.is_some() { &LEASE_ROW_PINNED } else { &LEASE_ROW };
+        let t = execute(client, statement, &[execution_id.into()]);
         if t.is_empty() {
             return None;
         }
@@ -170,11 +190,13 @@ pub fn lease_fence(execution_id: Uuid, fencing_token: i64, lease_token: Option<U
     }
 }
 
-/// `lock_fence`'s check: None when `fencing_token` holds the lock (the row stays locked
-/// until this transaction ends), else why not. `lock_token` as for `lease_fence`.
+/// `lock_fence`'s check: None when `fencing_token` holds the lock, else why not.
+/// `lock_token` as for `lease_fence`: with it the row stays locked until this transaction
+/// ends, without it nothing is locked.
 pub fn lock_fence(lock_name: &str, fencing_token: i64, lock_token: Option<Uuid>) -> Option<String> {
     let row: Option<(i64, Uuid)> = Spi::connect_mut(|client| {
-        let t = execute(client, &LOCK_ROW, &[lock_name.into()]);
+        let statement = if lock_token.is_some() { &LOCK_ROW_PINNED } else { &LOCK_ROW };
+        let t = execute(client, statement, &[lock_name.into()]);
         if t.is_empty() {
             return None;
         }
