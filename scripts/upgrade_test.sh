@@ -119,6 +119,9 @@ for i in $(seq 50); do
   [ "$i" = 50 ] && die "touches were never buffered (is the sweeper running? see $cdir/server.log)"
   sleep 0.2
 done
+# A reader granted the table, as 0.1.0's docs said (the table holds the secret lease_token):
+# the update must name it.
+q -c "DROP ROLE IF EXISTS upgrade_reader; CREATE ROLE upgrade_reader; GRANT SELECT ON lease_sched.sys_cron_executions TO upgrade_reader"
 max_old=$(q -c "SELECT last_value FROM lease_sched.fencing_token_seq")
 history_sql="SELECT count(*) || ' ' || md5(string_agg(concat_ws('|', id, job_name, scope_kind, scope_id, plan_time, status,
                attempt, max_attempts, runner_id, lease_token, fencing_token, allow_stale_reentry, stale_timeout, heartbeat_at,
@@ -251,7 +254,7 @@ done
 client_pids="$client_pids $!"
 sleep 2
 t=$EPOCHREALTIME
-q -c "ALTER EXTENSION lease_sched UPDATE" || die "ALTER EXTENSION lease_sched UPDATE failed"
+q -c "ALTER EXTENSION lease_sched UPDATE" 2>"$work/update.err" || { cat "$work/update.err"; die "ALTER EXTENSION lease_sched UPDATE failed"; }
 touch "$work/updated"
 say "ALTER EXTENSION lease_sched UPDATE took $(awk -v a="$t" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }') s"
 sleep 2
@@ -279,6 +282,10 @@ grep "^before|" "$work/client-0.out" | grep -v "^before|0|t $" | grep -v "ALTER 
 say "client 0 (new connection per call): $(grep -c "^before|0|t" "$work/client-0.out" || true) true before, $(grep -c "^after|0|t" "$work/client-0.out" || true) true after the update"
 
 # --- 6. the state after the update
+grep -q "WARNING: .*upgrade_reader on sys_cron_executions" "$work/update.err" \
+  || die "the update did not name the role granted SELECT on sys_cron_executions: $(cat "$work/update.err")"
+say "the update named the reader granted the table: $(grep -m1 WARNING "$work/update.err" | cut -c1-160)"
+q -c "REVOKE SELECT ON lease_sched.sys_cron_executions FROM upgrade_reader; DROP ROLE upgrade_reader"
 [ "$(q -c "$history_sql")" = "$history_before" ] || die "finished history changed in the update"
 [ "$(q -c "$held_sql")" = "$held_before" ] || die "held leases changed in the update: before $held_before, after $(q -c "$held_sql")"
 [ "$(q -c "SELECT last_value >= $max_old FROM lease_sched.fencing_token_seq")" = t ] || die "the fencing sequence went backwards"

@@ -10,19 +10,28 @@
 -- custom SQLSTATE cannot travel through the Rust side.
 
 -- Tokens that never repeat: the fencing sequence is floored at the database clock (in
--- microseconds) before the first grant on each timeline (src/fencing.rs). This sequence
--- holds the timeline of the last floor; 0 means "not floored yet": the state after CREATE
--- EXTENSION (also after DROP EXTENSION, and in a restored copy, since it is not dumped), so
--- the next grant floors. Promotion starts a new timeline, so the first grant on the
--- promoted server floors too. A sequence and not a table row: setval is not transactional,
--- so recording a floor holds no row lock that other sessions would wait on.
+-- microseconds) before the first grant after each server start and on each timeline
+-- (src/fencing.rs). These sequences hold the timeline and the server start of the last
+-- floor; 0 means "not floored yet": the state after CREATE EXTENSION (also after DROP
+-- EXTENSION, and in a restored copy, since they are not dumped), so the next grant floors.
+-- A copy started from a base backup or a volume snapshot is a new server start, and
+-- promotion starts a new timeline, so the first grant there floors too. Sequences and not
+-- a table row: setval is not transactional, so recording a floor holds no row lock that
+-- other sessions would wait on.
 CREATE SEQUENCE lease_sched.token_floor_timeline AS bigint MINVALUE 0 START 0 CACHE 1 NO CYCLE;
 COMMENT ON SEQUENCE lease_sched.token_floor_timeline IS
     'The WAL timeline on which fencing_token_seq was last floored at the database clock (0: not yet). Not dumped on purpose.';
+CREATE SEQUENCE lease_sched.token_floor_server_start AS bigint MINVALUE 0 START 0 CACHE 1 NO CYCLE;
+COMMENT ON SEQUENCE lease_sched.token_floor_server_start IS
+    'The server start (microseconds since 2000-01-01) after which fencing_token_seq was last floored (0: not yet). Not dumped on purpose.';
 CREATE VIEW lease_sched.token_floor AS
-SELECT last_value AS timeline FROM lease_sched.token_floor_timeline;
-COMMENT ON VIEW lease_sched.token_floor IS 'The WAL timeline on which fencing tokens were last floored at the database clock (0: not yet).';
-REVOKE ALL ON lease_sched.token_floor_timeline, lease_sched.token_floor FROM PUBLIC;
+SELECT t.last_value AS timeline,
+       CASE WHEN s.last_value OPERATOR(pg_catalog.<>) 0
+            THEN pg_catalog.to_timestamp(s.last_value::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000 OPERATOR(pg_catalog.+) 946684800)
+       END AS server_start
+  FROM lease_sched.token_floor_timeline t, lease_sched.token_floor_server_start s;
+COMMENT ON VIEW lease_sched.token_floor IS 'The WAL timeline and the server start after which fencing tokens were last floored at the database clock (0 and NULL: not yet).';
+REVOKE ALL ON lease_sched.token_floor_timeline, lease_sched.token_floor_server_start, lease_sched.token_floor FROM PUBLIC;
 
 CREATE FUNCTION lease_sched.lease_fence_check(execution_id uuid, fencing_token bigint, lease_token uuid)
 RETURNS text

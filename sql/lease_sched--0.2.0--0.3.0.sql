@@ -122,3 +122,46 @@ COMMENT ON FUNCTION lease_sched.lease_fence(uuid, bigint, uuid) IS
     'Pass only while fencing_token (and lease_token, when given) holds the RUNNING lease; with lease_token, keep it so until this transaction ends (no steal completes meanwhile). Else SQLSTATE LS001.';
 COMMENT ON FUNCTION lease_sched.lock_fence(text, bigint, uuid) IS
     'Pass only while fencing_token (and lock_token, when given) holds the lock; with lock_token, keep it so until this transaction ends (no takeover completes meanwhile). Else SQLSTATE LS001.';
+
+-- Tokens are floored after every server start, not only on a new timeline: a copy started
+-- from a base backup or snapshot stays on the timeline with the sequence as it was copied.
+-- The new record starts at 0, so the first grant after this update floors once more.
+CREATE SEQUENCE lease_sched.token_floor_server_start AS bigint MINVALUE 0 START 0 CACHE 1 NO CYCLE;
+COMMENT ON SEQUENCE lease_sched.token_floor_server_start IS
+    'The server start (microseconds since 2000-01-01) after which fencing_token_seq was last floored (0: not yet). Not dumped on purpose.';
+-- (the new column is appended: CREATE OR REPLACE keeps the view, and its grants)
+CREATE OR REPLACE VIEW lease_sched.token_floor AS
+SELECT t.last_value AS timeline,
+       CASE WHEN s.last_value OPERATOR(pg_catalog.<>) 0
+            THEN pg_catalog.to_timestamp(s.last_value::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000 OPERATOR(pg_catalog.+) 946684800)
+       END AS server_start
+  FROM lease_sched.token_floor_timeline t, lease_sched.token_floor_server_start s;
+COMMENT ON VIEW lease_sched.token_floor IS 'The WAL timeline and the server start after which fencing tokens were last floored at the database clock (0 and NULL: not yet).';
+REVOKE ALL ON lease_sched.token_floor_server_start FROM PUBLIC;
+
+-- 0.1.0's docs told users to grant readers SELECT on the tables; since 0.2.0 readers get
+-- the views (executions, job_definitions, lock_info()) because sys_cron_executions holds
+-- each holder's secret lease_token and locks each holder's lock_token: whoever reads them
+-- can heartbeat, finish or release in the holder's name. The update does not revoke a
+-- grant a user made (that is the user's to change), but names every role that still has
+-- one, with the commands that fix it (docs/install.md, "Upgrading").
+DO $grants$
+DECLARE
+    grants pg_catalog.text;
+BEGIN
+    SELECT pg_catalog.string_agg(DISTINCT pg_catalog.format('%s on %s', coalesce(pg_catalog.quote_ident(a.rolname), 'PUBLIC'),
+                                                            c.relname), ', ')
+      INTO grants
+      FROM pg_catalog.pg_class c
+     CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS x
+      LEFT JOIN pg_catalog.pg_roles a ON a.oid OPERATOR(pg_catalog.=) x.grantee
+     WHERE c.relnamespace OPERATOR(pg_catalog.=) 'lease_sched'::pg_catalog.regnamespace
+       AND c.relname OPERATOR(pg_catalog.=) ANY (ARRAY['sys_cron_executions', 'locks']::pg_catalog.name[])
+       AND x.privilege_type OPERATOR(pg_catalog.=) 'SELECT'
+       AND x.grantee OPERATOR(pg_catalog.<>) c.relowner;
+    IF grants IS NOT NULL THEN
+        RAISE WARNING 'lease_sched 0.3.0: these roles may read the holders'' secret tokens (SELECT on a table): %', grants
+              USING HINT = 'Readers need only the views: REVOKE SELECT ON lease_sched.sys_cron_executions, lease_sched.locks FROM <role>; GRANT SELECT ON lease_sched.executions TO <role>;';
+    END IF;
+END;
+$grants$;
