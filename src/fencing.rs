@@ -9,10 +9,15 @@
 //! connection never wait for its own fenced writes; the sweep (FOR UPDATE SKIP LOCKED)
 //! skips a fenced row until the fenced transaction ends.
 //!
-//! Given only the public fencing token, a fence checks and locks nothing: anyone who can
-//! read `lock_info()` or `active_leases` knows that token, and a row lock taken on it would
+//! Given only the public fencing token, a fence checks and keeps nothing: anyone who can
+//! read `lock_info()` or `active_leases` knows that token, and a row lock kept on it would
 //! let such a stranger hold off every takeover, steal and sweep of the row for as long as
 //! it kept a transaction open. So only the holder, proven by its secret, can pin the row.
+//! The public check still locks the row FOR KEY SHARE, but in a subtransaction rolled back
+//! at once: the lock is what makes the check see the newest row version (READ COMMITTED
+//! waits for an uncommitted steal and reads its result; REPEATABLE READ fails with 40001
+//! on a row changed since its snapshot), and releasing it right away is what keeps the
+//! stranger from pinning anything.
 //!
 //! **Tokens that never repeat.** Tokens come from one sequence. Before a backend draws its
 //! first token, it makes sure the sequence was *floored* since this server started and on
@@ -165,39 +170,37 @@ pub fn floor_above(client: &mut SpiClient<'_>, token: i64) {
     });
 }
 
-/// The row, locked until the transaction ends: only for a fence given the secret.
-static LEASE_ROW_PINNED: Statement = Statement {
+static LEASE_ROW: Statement = Statement {
     sql: "SELECT job_name, status, fencing_token, lease_token FROM lease_sched.sys_cron_executions WHERE id = $1 FOR KEY SHARE",
     arg_types: &[UUIDOID],
 };
 
-/// The row as it is now, locking nothing: a fence given only the public token.
-static LEASE_ROW: Statement = Statement {
-    sql: "SELECT job_name, status, fencing_token, lease_token FROM lease_sched.sys_cron_executions WHERE id = $1",
-    arg_types: &[UUIDOID],
-};
-
-static LOCK_ROW_PINNED: Statement = Statement {
+static LOCK_ROW: Statement = Statement {
     sql: "SELECT fencing_token, lock_token FROM lease_sched.locks WHERE name = $1 FOR KEY SHARE",
     arg_types: &[TEXTOID],
 };
 
-static LOCK_ROW: Statement = Statement {
-    sql: "SELECT fencing_token, lock_token FROM lease_sched.locks WHERE name = $1",
-    arg_types: &[TEXTOID],
-};
+/// Run `read` (which locks the row FOR KEY SHARE) so that the lock lasts until the
+/// transaction ends when the caller gave the secret, and not a moment past `read` when it
+/// did not (module doc).
+fn read_row<R>(pin: bool, read: impl FnOnce() -> R) -> R {
+    if pin {
+        read()
+    } else {
+        crate::subxact::rolled_back(read)
+    }
+}
 
 /// `lease_fence`'s check: None when `fencing_token` holds the RUNNING lease, else why not.
 /// With `lease_token` (the holder's secret) the fence also proves the caller is the holder,
 /// and the row stays locked until this transaction ends; without it, it only proves the
-/// token is current at this instant, which anyone who can see the token can claim, and
-/// pins nothing (docs/api.md, "Fences").
+/// token is current at this instant (the newest row version), which anyone who can see
+/// the token can claim, and pins nothing (docs/api.md, "Fences").
 /// The SQL wrapper raises LS001 with the refusal: a custom SQLSTATE cannot travel through
 /// Rust's error type, so PL/pgSQL raises it.
 pub fn lease_fence(execution_id: Uuid, fencing_token: i64, lease_token: Option<Uuid>) -> Option<String> {
-    let row = Spi::connect_mut(|client| {
-        let statement = if lease_token.is_some() { &LEASE_ROW_PINNED } else { &LEASE_ROW };
-        let t = execute(client, statement, &[execution_id.into()]);
+    let row = read_row(lease_token.is_some(), || Spi::connect_mut(|client| {
+        let t = execute(client, &LEASE_ROW, &[execution_id.into()]);
         if t.is_empty() {
             return None;
         }
@@ -208,7 +211,7 @@ pub fn lease_fence(execution_id: Uuid, fencing_token: i64, lease_token: Option<U
             r.get::<i64>(3).unwrap()?,
             r.get::<Uuid>(4).unwrap()?,
         ))
-    });
+    }));
     match row {
         Some((job_name, status, token, _)) if token != fencing_token => Some(format!(
             "lease_sched: fenced out: the lease {execution_id} of job \"{job_name}\" is now held with fencing token {token}, not {fencing_token} (status {status})"
@@ -231,15 +234,14 @@ pub fn lease_fence(execution_id: Uuid, fencing_token: i64, lease_token: Option<U
 /// `lock_token` as for `lease_fence`: with it the row stays locked until this transaction
 /// ends, without it nothing is locked.
 pub fn lock_fence(lock_name: &str, fencing_token: i64, lock_token: Option<Uuid>) -> Option<String> {
-    let row: Option<(i64, Uuid)> = Spi::connect_mut(|client| {
-        let statement = if lock_token.is_some() { &LOCK_ROW_PINNED } else { &LOCK_ROW };
-        let t = execute(client, statement, &[lock_name.into()]);
+    let row: Option<(i64, Uuid)> = read_row(lock_token.is_some(), || Spi::connect_mut(|client| {
+        let t = execute(client, &LOCK_ROW, &[lock_name.into()]);
         if t.is_empty() {
             return None;
         }
         let r = t.first();
         Some((r.get::<i64>(1).unwrap()?, r.get::<Uuid>(2).unwrap()?))
-    });
+    }));
     match row {
         Some((token, _)) if token != fencing_token => Some(format!(
             "lease_sched: fenced out: the lock \"{lock_name}\" is now held with fencing token {token}, not {fencing_token}"

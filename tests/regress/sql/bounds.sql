@@ -42,7 +42,8 @@ SELECT job_name FROM lease_sched.job_definitions WHERE job_name LIKE 'bounds%' O
 
 -- What is accepted works to the end: days and time of one sign, each added as given.
 SELECT lease_sched.job_define('bounds', '1 day 1 hour', grace => '1 hour 30 minutes', stale_timeout => '1 day 2 hours');
-SELECT job_name, every, grace, overdue FROM lease_sched.job_health WHERE job_name LIKE 'bounds%' ORDER BY 1;
+SELECT job_name, every, success_due_by IS NOT NULL AS due_by_computed, overdue
+  FROM lease_sched.job_health WHERE job_name LIKE 'bounds%' ORDER BY 1;
 SELECT outcome, stale_after > now() + interval '1 day 1 hour 59 minutes' AS lasts_1_day_2_hours
   FROM lease_sched.lease_try_claim('bounds', '2026-01-01', 'r', stale_timeout => '1 day 2 hours');
 SELECT acquired, expires_at > now() + interval '1 day 59 minutes' AS lasts_1_day_1_hour

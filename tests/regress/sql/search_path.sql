@@ -162,4 +162,6 @@ SELECT p.proname FROM pg_catalog.pg_proc p
  ORDER BY 1;
 
 DROP TABLE public.sp_leader_writes, public.sp_lease_writes;
+SET client_min_messages = warning;
 DROP SCHEMA evil CASCADE;
+RESET client_min_messages;
