@@ -121,7 +121,7 @@ for i in $(seq 50); do
 done
 # A reader granted the table, as 0.1.0's docs said (the table holds the secret lease_token):
 # the update must name it.
-q -c "DROP ROLE IF EXISTS upgrade_reader; CREATE ROLE upgrade_reader; GRANT SELECT ON lease_sched.sys_cron_executions TO upgrade_reader"
+q -c "SET client_min_messages = warning; DROP ROLE IF EXISTS upgrade_reader; CREATE ROLE upgrade_reader; GRANT SELECT ON lease_sched.sys_cron_executions TO upgrade_reader"
 max_old=$(q -c "SELECT last_value FROM lease_sched.fencing_token_seq")
 history_sql="SELECT count(*) || ' ' || md5(string_agg(concat_ws('|', id, job_name, scope_kind, scope_id, plan_time, status,
                attempt, max_attempts, runner_id, lease_token, fencing_token, allow_stale_reentry, stale_timeout, heartbeat_at,
@@ -148,8 +148,10 @@ for f in sql/lease_sched--*--*.sql; do
   [ -e "$f" ] || continue
   [ -f "$extdir/$(basename "$f")" ] || die "cargo pgrx install did not copy $f into $extdir"
 done
-[ -f "$extdir/lease_sched--$old_version--$version.sql" ] \
-  || die "no upgrade script sql/lease_sched--$old_version--$version.sql in the tree"
+# PostgreSQL chains update scripts (0.1.0 -> 0.2.0 -> 0.3.0): there must be a path.
+update_path=$(q -c "SELECT path FROM pg_extension_update_paths('lease_sched') WHERE source = '$old_version' AND target = '$version'")
+[ -n "$update_path" ] || die "no update path from $old_version to $version (sql/lease_sched--*--*.sql)"
+say "  update path: $update_path"
 # The server still runs the old library: the postmaster and every backend forked from it
 # keep the file they mapped (pgrx replaces the file, it does not write into it).
 [ "$(q -c "SELECT lease_sched.lease_heartbeat('${held[0]%% *}', '$(echo "${held[0]}" | cut -d' ' -f2)')")" = t ] \
