@@ -165,3 +165,45 @@ BEGIN
     END IF;
 END;
 $grants$;
+
+-- Intervals that 0.2.0 accepted and 0.3.0 refuses (months, or parts of opposite signs:
+-- '106751992 days -2562047784 hours' passed as one day and broke job_health for every job)
+-- are rewritten as the length 0.2.0 judged them by (a month as 30 days, as PostgreSQL
+-- compares intervals), in the rows that still use them: job definitions, running leases,
+-- held locks.
+DO $intervals$
+DECLARE
+    target pg_catalog.text;
+    fixed pg_catalog.int8;
+    total pg_catalog.int8 := 0;
+BEGIN
+    FOREACH target IN ARRAY ARRAY['jobs.every', 'jobs.grace', 'jobs.stale_timeout',
+                                  'sys_cron_executions.stale_timeout', 'locks.ttl']
+    LOOP
+        EXECUTE pg_catalog.replace(pg_catalog.replace(pg_catalog.replace($sql$
+            UPDATE lease_sched.TBL SET COL = pg_catalog.make_interval(secs =>
+                   (((pg_catalog.date_part('year', COL) OPERATOR(pg_catalog.*) 12)
+                      OPERATOR(pg_catalog.+) pg_catalog.date_part('month', COL)) OPERATOR(pg_catalog.*) 30
+                    OPERATOR(pg_catalog.+) pg_catalog.date_part('day', COL)) OPERATOR(pg_catalog.*) 86400
+                   OPERATOR(pg_catalog.+) (pg_catalog.date_part('hour', COL) OPERATOR(pg_catalog.*) 3600)
+                   OPERATOR(pg_catalog.+) (pg_catalog.date_part('minute', COL) OPERATOR(pg_catalog.*) 60)
+                   OPERATOR(pg_catalog.+) pg_catalog.date_part('second', COL))
+             WHERE COL IS NOT NULL EXTRA
+               AND (pg_catalog.date_part('year', COL) OPERATOR(pg_catalog.<>) 0
+                 OR pg_catalog.date_part('month', COL) OPERATOR(pg_catalog.<>) 0
+                 OR pg_catalog.date_part('day', COL) OPERATOR(pg_catalog.<) 0
+                 OR ((pg_catalog.date_part('hour', COL) OPERATOR(pg_catalog.*) 3600)
+                     OPERATOR(pg_catalog.+) (pg_catalog.date_part('minute', COL) OPERATOR(pg_catalog.*) 60)
+                     OPERATOR(pg_catalog.+) pg_catalog.date_part('second', COL)) OPERATOR(pg_catalog.<) 0)$sql$,
+            'TBL', pg_catalog.split_part(target, '.', 1)),
+            'COL', pg_catalog.split_part(target, '.', 2)),
+            'EXTRA', CASE WHEN target OPERATOR(pg_catalog.=) 'sys_cron_executions.stale_timeout'
+                          THEN 'AND status OPERATOR(pg_catalog.=) ''RUNNING''' ELSE '' END);
+        GET DIAGNOSTICS fixed = ROW_COUNT;
+        total := total OPERATOR(pg_catalog.+) fixed;
+    END LOOP;
+    IF total OPERATOR(pg_catalog.>) 0 THEN
+        RAISE NOTICE 'lease_sched 0.3.0: % interval(s) with months or parts of opposite signs rewritten as plain lengths (jobs, running leases, locks)', total;
+    END IF;
+END;
+$intervals$;
