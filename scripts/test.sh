@@ -167,6 +167,8 @@ run_major() {
 
   if want regress; then
     section "PostgreSQL $major: SQL examples (pg_regress, tests/regress)"
+    # No type in a function without a pinned search_path resolves through the caller's path.
+    python3 scripts/check_search_path.py || failed_step "scripts/check_search_path.py"
     local rout=/tmp/lease_sched_regress_pg$major tests
     rm -rf "$rout" && mkdir -p "$rout"
     # A database of its own, made anew: the files start from CREATE EXTENSION, and no

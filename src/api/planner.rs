@@ -73,7 +73,15 @@ fn lease_next_plan(
     // A definition: its misfire policy (catch_up does not apply), its every unless one
     // is given here.
     let policy = planner::Policy {
-        every: every.unwrap_or_else(|| stride(d.every, "every")),
+        // An override below a second would make each call record up to 1000 SKIPPED slots
+        // and run none of them, as job_define's own bound explains.
+        every: every
+            .inspect(|&e| {
+                if e < crate::clock::MICROS_PER_SECOND {
+                    invalid_argument("every", "must be at least 1 second for a job with a definition", None);
+                }
+            })
+            .unwrap_or_else(|| stride(d.every, "every")),
         misfire: d.misfire,
         grace: d.grace.map(|g| stride(g, "grace")),
         paused: d.paused,
