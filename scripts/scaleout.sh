@@ -90,6 +90,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# dpkg may list plproxy while this PostgreSQL tree lacks its files (a private copy of the
+# tree, made before the package was installed): put them back.
+if [ ! -e "$("$PGBIN/pg_config" --pkglibdir)/plproxy.so" ]; then
+  echo "scaleout: plproxy.so is missing from $("$PGBIN/pg_config" --pkglibdir): reinstalling postgresql-15-plproxy" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall --no-install-recommends postgresql-15-plproxy >/dev/null
+fi
 if [ ! -e "$("$PGBIN/pg_config" --pkglibdir)/lease_sched.so" ]; then
   section "building and installing lease_sched into PostgreSQL 15 (it was missing)"
   PATH="$HOME/.cargo/bin:$PATH" cargo pgrx install --release --pg-config "$PGBIN/pg_config" \
