@@ -91,7 +91,7 @@ def test_a_hostile_search_path_moves_no_key(hostile, parts):
                                (uuid.uuid4(), token)).fetchone()[0] is False
         assert hostile.execute("SELECT status FROM lease_sched.lease_latest_plan(%s)", (job,)).fetchone()[0] \
             == "RUNNING"
-        assert hostile.execute("SELECT lease_sched.lease_finish(%s, %s)", (eid, token)).fetchone()[0] is True
+        assert hostile.execute("SELECT lease_sched.lease_finish(%s, %s, 'SUCCESS')", (eid, token)).fetchone()[0] is True
         assert parts[p].execute("SELECT status FROM lease_sched.executions WHERE id = %s", (eid,)).fetchone()[0] \
             == "SUCCESS"
 
