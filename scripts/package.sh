@@ -121,9 +121,9 @@ Description: job-execution leases inside PostgreSQL $major
 EOF
   # postinst and prerm say when a running server needs a restart (scripts/debian/*.in).
   for script in postinst prerm; do
-    awk -v major="$major" '
+    awk -v major="$major" -v version="$version" '
       /^@COMMON@$/ { while ((getline line < "scripts/debian/common.sh.in") > 0) { gsub(/@MAJOR@/, major, line); print line }; next }
-      { gsub(/@MAJOR@/, major); print }' "scripts/debian/$script.in" > "$root/DEBIAN/$script"
+      { gsub(/@MAJOR@/, major); gsub(/@VERSION@/, version); print }' "scripts/debian/$script.in" > "$root/DEBIAN/$script"
     chmod 0755 "$root/DEBIAN/$script"
   done
   ( cd "$root" && find usr -type f | sort | xargs md5sum ) > "$root/DEBIAN/md5sums"

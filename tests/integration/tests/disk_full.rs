@@ -32,8 +32,15 @@ struct FullTablespace {
 }
 
 impl FullTablespace {
-    /// None (after printing a skip line) when this process may not mount.
-    fn new(test: &str, c: &mut Client, size: &str) -> Option<FullTablespace> {
+    /// None (after printing a skip line) when this process may not mount. The tmpfs is
+    /// sized to the tables (earlier tests may have grown them) plus room to work in.
+    fn new(test: &str, c: &mut Client) -> Option<FullTablespace> {
+        let tables: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+        let bytes: i64 = c
+            .query_one("SELECT sum(pg_table_size(t::regclass))::int8 FROM unnest($1::text[]) t", &[&tables])
+            .unwrap()
+            .get(0);
+        let size = format!("{}m", bytes / (1 << 20) * 2 + 32);
         let name = unique("full");
         let dir = PathBuf::from(format!("/tmp/lease_sched_{name}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -194,7 +201,7 @@ fn a_clean_shutdown_on_a_full_disk_keeps_every_acknowledged_touch() {
     if !prepared_transactions_allowed(TEST, &mut c) {
         return;
     }
-    let Some(space) = FullTablespace::new(TEST, &mut c, "32m") else { return };
+    let Some(space) = FullTablespace::new(TEST, &mut c) else { return };
     let gid = pin_xmin(&mut c);
     let (ids, acknowledged_after) = touches_buffered_on_a_full_disk(&mut c, &space, 3000);
     let from = log_len();
@@ -230,7 +237,7 @@ fn an_immediate_shutdown_on_a_full_disk_loses_only_the_buffered_touches() {
     }
     // A lease taken before the disk fills: committed state that must survive.
     let lease = claim(&mut c, &unique("immediate_full"), plan(), "r1");
-    let Some(space) = FullTablespace::new(TEST, &mut c, "32m") else { return };
+    let Some(space) = FullTablespace::new(TEST, &mut c) else { return };
     let gid = pin_xmin(&mut c);
     let (ids, acknowledged_after) = touches_buffered_on_a_full_disk(&mut c, &space, 500);
     drop(c);
@@ -270,7 +277,7 @@ fn a_loss_that_cannot_be_avoided_is_said_and_counted_after_the_restart() {
         skip(TEST, "LEASE_SCHED_PGDATA is not set (run through scripts/test.sh)");
         return;
     };
-    let Some(space) = FullTablespace::new(TEST, &mut c, "32m") else { return };
+    let Some(space) = FullTablespace::new(TEST, &mut c) else { return };
     let oid: u32 = c.query_one("SELECT oid FROM pg_database WHERE datname = current_database()", &[]).unwrap().get(0);
     let blocker = PathBuf::from(&pgdata).join(format!("lease_sched_touches.{oid}.tmp"));
     std::fs::create_dir_all(&blocker).unwrap();
@@ -300,23 +307,58 @@ fn a_loss_that_cannot_be_avoided_is_said_and_counted_after_the_restart() {
 
 /// What held in 0.2.0 and must keep holding: with the tablespace of the lease and runtime
 /// tables full under 3 clients, every claim, heartbeat, finish or touch either succeeds or
-/// fails with 53100, every acknowledged finish stays SUCCESS, every
-/// acknowledged touch is kept, the sweeper survives its failed passes, and once space is
-/// back no lease is left RUNNING.
+/// fails with 53100, every acknowledged finish stays SUCCESS, every acknowledged touch is
+/// kept, the sweeper survives its failed passes, and once space is back no lease is left
+/// RUNNING.
 #[test]
 fn a_full_tablespace_under_load_loses_nothing_acknowledged() {
-    const TEST: &str = "a_full_tablespace_under_load_loses_nothing_acknowledged";
+    let _g = serial();
+    load_on_a_full_tablespace("a_full_tablespace_under_load_loses_nothing_acknowledged", 5);
+}
+
+/// The same with the touch buffer at its minimum size (16 runtimes), so that most touches
+/// overflow it and are written directly, and fail while the disk is full.
+#[test]
+fn a_full_tablespace_under_load_with_the_smallest_touch_buffer_loses_nothing_acknowledged() {
+    const TEST: &str = "a_full_tablespace_under_load_with_the_smallest_touch_buffer_loses_nothing_acknowledged";
     let _g = serial();
     let mut c = connect();
-    if !prepared_transactions_allowed(TEST, &mut c) {
+    c.batch_execute("ALTER SYSTEM SET lease_sched.touch_buffer_size = 16").unwrap();
+    drop(c);
+    // Whatever happens below, the cluster gets its own buffer size back.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            if let Ok(mut c) = postgres::Client::connect(&dsn(), postgres::NoTls) {
+                let _ = c.batch_execute("ALTER SYSTEM RESET lease_sched.touch_buffer_size");
+            }
+            pg_ctl(&["-m", "fast", "restart"]);
+            wait_for_server();
+        }
+    }
+    let _reset = Reset;
+    pg_ctl(&["-m", "fast", "restart"]);
+    let mut c = wait_for_server();
+    let size: String = c.query_one("SHOW lease_sched.touch_buffer_size", &[]).unwrap().get(0);
+    assert_eq!(size, "16");
+    drop(c);
+    load_on_a_full_tablespace(TEST, 20);
+}
+
+/// 3 clients claim, heartbeat, finish and touch `per_client` runtimes each, for 8 s with the
+/// tablespace full and 2 s after space is back.
+fn load_on_a_full_tablespace(test: &str, per_client: usize) {
+    let mut c = connect();
+    if !prepared_transactions_allowed(test, &mut c) {
         return;
     }
-    let Some(space) = FullTablespace::new(TEST, &mut c, "32m") else { return };
+    let Some(space) = FullTablespace::new(test, &mut c) else { return };
     assert!(wait_until(Duration::from_secs(15), || sweeper_pid(&mut c).is_some()));
     let sweeper = sweeper_pid(&mut c);
     let errors_before = stat(&mut c, "sweep_errors");
     let prefix = unique("fullload");
-    let runtimes: Vec<Uuid> = (0..3).map(|_| register_runtime(&mut c)).collect();
+    let runtimes: Vec<Vec<Uuid>> =
+        (0..3).map(|_| (0..per_client).map(|_| register_runtime(&mut c)).collect()).collect();
     let gid = pin_xmin(&mut c);
     space.fill();
     let stop = Arc::new(AtomicBool::new(false));
@@ -325,15 +367,18 @@ fn a_full_tablespace_under_load_loses_nothing_acknowledged() {
         .map(|i| {
             let stop = stop.clone();
             let prefix = prefix.clone();
-            let rt = runtimes[i];
+            let mine = runtimes[i].clone();
             std::thread::spawn(move || {
                 let mut c = connect();
-                let (mut finished, mut touched, mut full) = (Vec::new(), None::<DateTime<Utc>>, 0u64);
+                let mut finished = Vec::new();
+                // Per runtime: the database time just before its last acknowledged touch.
+                let mut touched: Vec<Option<DateTime<Utc>>> = vec![None; mine.len()];
+                let (mut full, mut touches) = (0u64, 0u64);
                 let mut k = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     k += 1;
                     let job = format!("{prefix}-{i}-{k}");
-                    let outcome = (|| -> Result<(), postgres::Error> {
+                    let mut calls = || -> Result<(), postgres::Error> {
                         let r = c.query_one(
                             "SELECT outcome, execution_id, lease_token FROM lease_sched.lease_try_claim($1, $2, 'r', stale_timeout => '1 second')",
                             &[&job, &plan()],
@@ -346,19 +391,27 @@ fn a_full_tablespace_under_load_loses_nothing_acknowledged() {
                         if ok {
                             finished.push(id);
                         }
-                        let before: DateTime<Utc> = c.query_one("SELECT now()", &[])?.get(0);
-                        let ok: bool = c.query_one("SELECT lease_sched.runtime_touch($1)", &[&rt])?.get(0);
-                        if ok {
-                            touched = Some(before);
-                        }
                         Ok(())
-                    })();
-                    if let Err(e) = outcome {
+                    };
+                    let mut outcomes = vec![calls()];
+                    for (j, rt) in mine.iter().enumerate() {
+                        let touch = (|| -> Result<(), postgres::Error> {
+                            let before: DateTime<Utc> = c.query_one("SELECT clock_timestamp()", &[])?.get(0);
+                            let ok: bool = c.query_one("SELECT lease_sched.runtime_touch($1)", &[rt])?.get(0);
+                            if ok {
+                                touched[j] = Some(before);
+                                touches += 1;
+                            }
+                            Ok(())
+                        })();
+                        outcomes.push(touch);
+                    }
+                    for e in outcomes.into_iter().filter_map(Result::err) {
                         assert!(is_disk_full(&e), "only 53100 on a full disk, got {e:?}");
                         full += 1;
                     }
                 }
-                (finished, touched, full)
+                (finished, touched, full, touches)
             })
         })
         .collect();
@@ -370,10 +423,13 @@ fn a_full_tablespace_under_load_loses_nothing_acknowledged() {
     let results: Vec<_> = clients.into_iter().map(|h| h.join().unwrap()).collect();
     let finished: Vec<Uuid> = results.iter().flat_map(|r| r.0.clone()).collect();
     let full: u64 = results.iter().map(|r| r.2).sum();
+    let touches: u64 = results.iter().map(|r| r.3).sum();
     c.batch_execute(&format!("ROLLBACK PREPARED '{gid}'")).unwrap();
     eprintln!(
-        "disk full under load: {} acknowledged finishes, {full} calls refused with 53100, {:?}",
+        "disk full under load ({per_client} runtimes per client): {} acknowledged finishes, {touches} acknowledged \
+         touches, {full} calls refused with 53100, sweep errors {}, {:?}",
         finished.len(),
+        stat(&mut c, "sweep_errors") - errors_before,
         started.elapsed()
     );
     assert!(full > 0, "the disk was full for some calls");
@@ -387,11 +443,12 @@ fn a_full_tablespace_under_load_loses_nothing_acknowledged() {
     assert_eq!(not_success, 0, "every acknowledged finish is SUCCESS");
     flush(&mut c);
     for (i, r) in results.iter().enumerate() {
-        if let Some(t) = r.1 {
-            assert_eq!(behind(&mut c, &runtimes[i..=i], t), 0, "runtime {i}'s acknowledged touch is kept");
+        for (j, t) in r.1.iter().enumerate() {
+            if let Some(t) = t {
+                assert_eq!(behind(&mut c, &runtimes[i][j..=j], *t), 0, "runtime {i}/{j}'s acknowledged touch is kept");
+            }
         }
     }
-    assert!(stat(&mut c, "sweep_errors") >= errors_before);
     assert_eq!(sweeper_pid(&mut c), sweeper, "the sweeper survived the full disk");
     // Leases whose finish failed go stale after 1 s and are failed by the sweeper.
     let running = |c: &mut Client| -> i64 {
@@ -403,5 +460,6 @@ fn a_full_tablespace_under_load_loses_nothing_acknowledged() {
         .get(0)
     };
     assert!(wait_until(Duration::from_secs(20), || running(&mut c) == 0), "{} leases left RUNNING", running(&mut c));
-    c.execute("DELETE FROM lease_sched.runtimes WHERE id = ANY($1)", &[&runtimes]).unwrap();
+    let all: Vec<Uuid> = runtimes.concat();
+    c.execute("DELETE FROM lease_sched.runtimes WHERE id = ANY($1)", &[&all]).unwrap();
 }
