@@ -353,6 +353,20 @@ fn load_on_a_full_tablespace(test: &str, per_client: usize) {
         return;
     }
     let Some(space) = FullTablespace::new(test, &mut c) else { return };
+    // The sweeper flushes the whole buffer every second meanwhile, so its flush passes meet
+    // the full disk too.
+    struct FlushEverySecond;
+    impl Drop for FlushEverySecond {
+        fn drop(&mut self) {
+            if let Ok(mut c) = postgres::Client::connect(&dsn(), postgres::NoTls) {
+                let _ = c.batch_execute("ALTER SYSTEM RESET lease_sched.touch_flush_interval");
+                let _ = c.batch_execute("SELECT pg_reload_conf()");
+            }
+        }
+    }
+    let _flush = FlushEverySecond;
+    c.batch_execute("ALTER SYSTEM SET lease_sched.touch_flush_interval = '1s'").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
     assert!(wait_until(Duration::from_secs(15), || sweeper_pid(&mut c).is_some()));
     let sweeper = sweeper_pid(&mut c);
     let errors_before = stat(&mut c, "sweep_errors");
@@ -433,6 +447,7 @@ fn load_on_a_full_tablespace(test: &str, per_client: usize) {
         started.elapsed()
     );
     assert!(full > 0, "the disk was full for some calls");
+    assert!(stat(&mut c, "sweep_errors") > errors_before, "the sweeper's flushes met the full disk");
     let not_success: i64 = c
         .query_one(
             "SELECT count(*) FROM lease_sched.executions WHERE id = ANY($1) AND status <> 'SUCCESS'",
