@@ -194,6 +194,15 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     runtime::start_buffering();
     log!("lease_sched sweeper started on database \"{}\"", settings::database());
     warn_about_settings();
+    // Touches the last sweeper saved at its exit (runtime::save_left) go back into the
+    // buffer and are written at once; what cannot be written now stays buffered.
+    if runtime::restore_saved() > 0 {
+        in_transaction("restored touch flush", || {
+            if schema_state() == SchemaState::Current {
+                runtime::flush_all();
+            }
+        });
+    }
 
     let mut installed = false;
     let mut warned_out_of_date = false;
@@ -245,7 +254,7 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     // SIGTERM (fast or smart shutdown, or pg_terminate_backend): drain, then leave. The
     // drain skips rows someone holds locked (a prepared transaction, say) instead of
     // waiting, and is bounded by a statement timeout: a shutdown never hangs on it. What
-    // it could not write stays in shared memory for the next sweeper of this database.
+    // it could not write is saved for the next sweeper of this database (below).
     // Buffering stops first, so no touch can slip in after this last flush.
     runtime::stop_buffering();
     let mut written = None;
@@ -260,6 +269,9 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
         let left = runtime::pending();
         log!("lease_sched sweeper wrote the touch buffer ({written} rows) before exit; {left} left for a locked row");
     }
+    // Shared memory ends with the server: what the drain left (a failed drain, a locked
+    // row) is saved in the data directory for the next sweeper of this database.
+    runtime::save_left();
 }
 
 /// The longest the exit drain may take.
@@ -337,6 +349,7 @@ fn in_transaction(what: &str, f: impl FnOnce()) {
         stats::add(|s| &s.sweep_errors, 1);
         // SAFETY: the error has been copied and flushed by the catch; abort what is left.
         unsafe { pg_sys::AbortCurrentTransaction() };
-        warning!("lease_sched {what} failed and was rolled back; the next sweep retries: {}", crate::subxact::describe(&e));
+        let then = if what == "drain" { "what it could not write is saved for the next start" } else { "the next sweep retries" };
+        warning!("lease_sched {what} failed and was rolled back; {then}: {}", crate::subxact::describe(&e));
     }
 }
