@@ -70,3 +70,116 @@ COMMENT ON VIEW lease_sched.job_health IS
     'Per defined job and scope: last success, last status, consecutive failures, skipped slots in 24 h, overdue (no SUCCESS within every + grace + stale_timeout of a due slot), and swept (a background worker sweeps this database).';
 
 SELECT lease_sched.sys_sweeper_announce();
+
+-- run() raises a failed command's error again without empty DETAIL and HINT lines.
+CREATE OR REPLACE PROCEDURE lease_sched.run(
+    job_name      text,
+    command       text,
+    every         interval DEFAULT NULL,
+    scope_kind    text     DEFAULT 'global',
+    scope_id      text     DEFAULT '',
+    max_attempts  int      DEFAULT NULL,
+    stale_timeout interval DEFAULT NULL
+)
+LANGUAGE plpgsql
+AS $run$
+DECLARE
+    job_every         interval;
+    job_max_attempts  int;
+    job_stale_timeout interval;
+    plan       timestamptz;
+    lease      record;
+    affected   bigint;
+    armed      boolean := false;
+    failed     boolean := false;
+    deadline   boolean := false;
+    finished   boolean;
+    err_state  text;
+    err_msg    text;
+    err_detail text;
+    err_hint   text;
+BEGIN
+    IF command IS NULL OR command OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'command must not be NULL or empty' USING ERRCODE = '22023';
+    END IF;
+    -- The job's definition (job_define), when it has one, fills in every argument left
+    -- NULL; an argument given explicitly wins. Without a definition: '1 minute', 3 and
+    -- '1 hour', as in 0.1. A paused job gets no plan from lease_next_plan.
+    SELECT d.every, d.max_attempts, d.stale_timeout INTO job_every, job_max_attempts, job_stale_timeout
+      FROM lease_sched.job_definition(job_name => run.job_name, scope_kind => run.scope_kind,
+                                      scope_id => run.scope_id) AS d;
+    job_every := coalesce(run.every, job_every, interval '1 minute');
+    job_max_attempts := coalesce(run.max_attempts, job_max_attempts, 3);
+    job_stale_timeout := coalesce(run.stale_timeout, job_stale_timeout, interval '1 hour');
+    plan := lease_sched.lease_next_plan(job_name => run.job_name, every => job_every, scope_kind => run.scope_kind,
+                                        scope_id => run.scope_id, catch_up => false);
+    IF plan IS NULL THEN
+        RETURN;  -- nothing due: this plan ran, runs now, or waits for its retry backoff
+    END IF;
+    SELECT * INTO lease
+      FROM lease_sched.lease_try_claim(job_name => run.job_name, plan_time => plan,
+               runner_id => pg_catalog.format('%s pid %s',
+                   -- (no NULLIF: it would use the caller's `=`, which a role may have planted)
+                   CASE WHEN pg_catalog.current_setting('application_name') OPERATOR(pg_catalog.=) ''
+                        THEN 'session' ELSE pg_catalog.current_setting('application_name') END,
+                   pg_catalog.pg_backend_pid()),
+               scope_kind => run.scope_kind, scope_id => run.scope_id, stale_timeout => job_stale_timeout,
+               max_attempts => job_max_attempts);
+    IF lease.outcome OPERATOR(pg_catalog.=) 'conflicted' THEN
+        RETURN;  -- another scheduler has this plan
+    END IF;
+    COMMIT;
+
+    BEGIN
+        armed := lease_sched.run_arm_deadline(lease.stale_after, job_stale_timeout);
+        EXECUTE command;
+        GET DIAGNOSTICS affected = ROW_COUNT;
+        -- Deferred constraints and triggers fire here, inside this block, so that their
+        -- failure is caught and recorded instead of escaping from the final COMMIT.
+        SET CONSTRAINTS ALL IMMEDIATE;
+        PERFORM lease_sched.run_disarm_deadline(armed);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
+                                err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
+        failed := true;
+        -- Our own deadline (not the caller's statement_timeout) cancelled the command:
+        -- the run outlived its lease, as a silent runner would. Like a stale lease it
+        -- may be retried at once rather than after the backoff.
+        deadline := lease_sched.run_disarm_deadline(armed);
+    END;
+    PERFORM lease_sched.run_disarm_deadline(armed);
+
+    IF failed THEN
+        finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
+                        status => 'FAILED', error_code => err_state,
+                        error_msg => CASE WHEN deadline
+                                          THEN 'command cancelled at its lease deadline (stale_timeout ' OPERATOR(pg_catalog.||) job_stale_timeout::text OPERATOR(pg_catalog.||) '): ' OPERATOR(pg_catalog.||) err_msg
+                                          ELSE err_msg END,
+                        retry_in => CASE WHEN deadline THEN interval '0' END);
+        COMMIT;  -- the FAILED row stays, then the caller (pg_cron) sees the error too
+        -- Raised again as it was: DETAIL and HINT only when the error had them (an empty
+        -- one would print as an empty line, and RAISE refuses a NULL option).
+        IF err_detail OPERATOR(pg_catalog.<>) '' AND err_hint OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail, HINT = err_hint;
+        ELSIF err_detail OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail;
+        ELSIF err_hint OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, HINT = err_hint;
+        ELSE
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg;
+        END IF;
+    END IF;
+    finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
+                                         status => 'SUCCESS', rows_affected => affected);
+    IF NOT finished THEN
+        -- The lease was taken over while the command ran: another runner owns this plan
+        -- now. Raising here rolls the command's work back, so it never commits twice.
+        RAISE EXCEPTION 'lease_sched.run: the lease of job "%" plan % was lost before the command finished; its work is rolled back',
+                        run.job_name, plan
+              USING ERRCODE = 'LS001',
+                    HINT = 'The command outlived stale_timeout; raise stale_timeout or make the command faster.';
+    END IF;
+    COMMIT;
+END;
+$run$;
+

@@ -126,15 +126,22 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     // nobody will drain.
     // SAFETY: registers a plain callback; it only takes the buffer lock briefly.
     unsafe { pg_sys::before_shmem_exit(Some(stop_buffering), pg_sys::Datum::from(slot)) };
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid), None);
-    pin_search_path();
     // In the database lease_sched.database names, wait for CREATE EXTENSION; anywhere
     // else, a database without the extension is left at once (the launcher comes back
     // when CREATE EXTENSION commits there).
     let named = settings::database().is_some();
+    // The touch buffer serves one database. The sweeper of the named database takes it
+    // from the first moment (runtime_touch can only buffer once the extension's SQL is
+    // current, and this process drains whatever is buffered before it exits); otherwise
+    // the first sweeper that finds its extension current takes it, below.
+    let mut owns_buffer = named && shmem::claim_sweeper(pid);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid), None);
+    pin_search_path();
+    if owns_buffer {
+        runtime::start_buffering();
+    }
 
     let mut installed = false;
-    let mut owns_buffer = false;
     let mut announced = false;
     let mut leave = false;
     let mut warned_out_of_date = false;
@@ -190,9 +197,6 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
             }
             warned_out_of_date = state == SchemaState::OutOfDate;
             if installed {
-                // The touch buffer serves one database: the first sweeper that finds its
-                // extension current takes it, and buffers from then on (runtime_touch can
-                // only buffer once the extension's SQL is current).
                 if !owns_buffer && shmem::claim_sweeper(pid) {
                     owns_buffer = true;
                     runtime::start_buffering();
