@@ -109,7 +109,7 @@ Description: job-execution leases inside PostgreSQL $major
  silent, with every expiry decided on the database clock. Named locks with a TTL,
  a catch-up planner and a procedure for pg_cron come with it.
  .
- Add lease_sched to shared_preload_libraries (and set lease_sched.database),
+ Add lease_sched to shared_preload_libraries,
  restart PostgreSQL, then CREATE EXTENSION lease_sched.
 EOF
   ( cd "$root" && find usr -type f | sort | xargs md5sum ) > "$root/DEBIAN/md5sums"

@@ -73,6 +73,8 @@ struct Database {
     running: Option<Running>,
     last_start: Option<Instant>,
     last_stop: Option<Instant>,
+    /// Announced while its sweeper was looking: what it saw may predate the commit.
+    look_again: bool,
 }
 
 pub(super) fn main() {
@@ -90,6 +92,8 @@ pub(super) fn main() {
             if let Some(d) = databases.get_mut(&oid.as_u32()) {
                 if d.running.is_none() {
                     d.verdict = Verdict::Unknown;
+                } else {
+                    d.look_again = true;
                 }
             }
         }
@@ -123,6 +127,7 @@ fn adopt_running(databases: &mut HashMap<u32, Database>) {
                 running: Some(Running { index: slot.index, handle: None, started: Instant::now() }),
                 last_start: Some(Instant::now()),
                 last_stop: None,
+                look_again: false,
             },
         );
     }
@@ -144,6 +149,7 @@ fn read_catalog(databases: &mut HashMap<u32, Database>, only: Option<&str>) {
             running: None,
             last_start: None,
             last_stop: None,
+            look_again: false,
         });
         if d.name != *name || d.sweepable != sweepable {
             // Renamed, or made a template or connectable: look again.
@@ -181,6 +187,9 @@ fn reap(databases: &mut HashMap<u32, Database>) {
             State::Starting | State::Probing | State::Free => Verdict::Unknown,
             State::Sweeping | State::OutOfDate | State::Waiting => Verdict::Present,
         };
+        if std::mem::take(&mut d.look_again) && d.verdict == Verdict::Absent {
+            d.verdict = Verdict::Unknown;
+        }
         if d.verdict == Verdict::OverLimit && !was_over_limit {
             stats::add(|s| &s.databases_over_limit, 1);
             warning!(
