@@ -125,9 +125,3 @@ pub fn release_sweeper(pid: i32) -> bool {
     use std::sync::atomic::Ordering;
     shared().is_some_and(|s| s.sweeper_pid.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire).is_ok())
 }
-
-/// The pid of the sweeper that owns the touch buffer, if any.
-pub fn sweeper_pid() -> Option<i32> {
-    use std::sync::atomic::Ordering;
-    shared().map(|s| s.sweeper_pid.load(Ordering::Acquire)).filter(|pid| *pid != 0)
-}

@@ -127,7 +127,7 @@ pub fn assign(database: pg_sys::Oid) -> Option<u64> {
     slot.generation.store(generation, Ordering::Relaxed);
     slot.pid.store(0, Ordering::Relaxed);
     slot.last_sweep_at.store(0, Ordering::Relaxed);
-    slot.database.store(database.as_u32(), Ordering::Release);
+    slot.database.store(database.to_u32(), Ordering::Release);
     slot.state.store(State::Starting as u32, Ordering::Release);
     Some(((index as u64) << 32) | generation as u64)
 }
@@ -216,7 +216,7 @@ pub fn set_launcher_latch(latch: *mut pg_sys::Latch) {
 /// at this database now, instead of at its next look at the catalog.
 pub fn announce(database: pg_sys::Oid) {
     let Some(t) = sweepers() else { return };
-    let placed = t.announced.iter().any(|a| a.compare_exchange(0, database.as_u32(), Ordering::AcqRel, Ordering::Acquire).is_ok());
+    let placed = t.announced.iter().any(|a| a.compare_exchange(0, database.to_u32(), Ordering::AcqRel, Ordering::Acquire).is_ok());
     if !placed {
         t.rescan.store(true, Ordering::Release);
     }

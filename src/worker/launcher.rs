@@ -89,7 +89,7 @@ pub(super) fn main() {
         reload_on_sighup();
         let (announced, rescan) = sweepers::take_announced();
         for oid in &announced {
-            if let Some(d) = databases.get_mut(&oid.as_u32()) {
+            if let Some(d) = databases.get_mut(&oid.to_u32()) {
                 if d.running.is_none() {
                     d.verdict = Verdict::Unknown;
                 } else {
@@ -119,7 +119,7 @@ fn adopt_running(databases: &mut HashMap<u32, Database>) {
             continue;
         }
         databases.insert(
-            slot.database.as_u32(),
+            slot.database.to_u32(),
             Database {
                 name: String::new(),
                 sweepable: true,
@@ -142,7 +142,7 @@ fn read_catalog(databases: &mut HashMap<u32, Database>, only: Option<&str>) {
             Some(only) => name == only,
             None => *connectable && !*template,
         };
-        let d = databases.entry(oid.as_u32()).or_insert_with(|| Database {
+        let d = databases.entry(oid.to_u32()).or_insert_with(|| Database {
             name: name.clone(),
             sweepable,
             verdict: Verdict::Unknown,
@@ -160,7 +160,7 @@ fn read_catalog(databases: &mut HashMap<u32, Database>, only: Option<&str>) {
             d.sweepable = sweepable;
         }
     }
-    databases.retain(|oid, d| d.running.is_some() || listed.iter().any(|(o, ..)| o.as_u32() == *oid));
+    databases.retain(|oid, d| d.running.is_some() || listed.iter().any(|(o, ..)| o.to_u32() == *oid));
 }
 
 /// Free the slots of sweepers that stopped, and learn from each why it did.
