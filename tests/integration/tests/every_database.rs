@@ -268,3 +268,49 @@ fn with_lease_sched_database_set_another_database_says_it_is_not_swept() {
     drop(c);
     drop_database(&mut main, &name);
 }
+
+fn sweeper_pid_in(admin: &mut Client, db: &str) -> Option<i32> {
+    admin
+        .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease_sched sweeper' AND datname = $1", &[&db])
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+fn launcher_pid(admin: &mut Client) -> Option<i32> {
+    admin
+        .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease_sched launcher'", &[])
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+#[test]
+fn a_restarted_launcher_adopts_every_sweeper_and_still_finds_new_databases() {
+    let Some(base) = base_dsn("a_restarted_launcher_adopts_every_sweeper_and_still_finds_new_databases") else { return };
+    let _g = serial();
+    let mut admin = connect_retrying(&dsn_for(&base, "postgres"));
+    let names: Vec<String> = (0..2).map(|_| unique("adopt")).collect();
+    let clients: Vec<Client> = names.iter().map(|n| swept_database(&base, &mut admin, n)).collect();
+    let before: Vec<Option<i32>> = names.iter().map(|n| sweeper_pid_in(&mut admin, n)).collect();
+    assert!(before.iter().all(Option::is_some));
+    let launcher = launcher_pid(&mut admin).expect("a launcher");
+    admin.execute("SELECT pg_terminate_backend($1)", &[&launcher]).unwrap();
+    assert!(
+        wait_until(NOTICE, || launcher_pid(&mut admin).is_some_and(|p| p != launcher)),
+        "the launcher comes back"
+    );
+    // The new launcher adopts the running sweepers: the same processes, never a second one.
+    for _ in 0..15 {
+        for (name, pid) in names.iter().zip(&before) {
+            assert_eq!(sweepers_in(&mut admin, name), 1, "exactly one sweeper in {name}");
+            assert_eq!(sweeper_pid_in(&mut admin, name), *pid, "the sweeper of {name} went on");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let third = unique("adopt3");
+    let mut c = swept_database(&base, &mut admin, &third);
+    sweeps_here(&mut c, &third);
+    drop((c, clients));
+    for name in names.iter().chain(std::iter::once(&third)) {
+        drop_database(&mut admin, name);
+    }
+}
