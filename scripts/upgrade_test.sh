@@ -133,7 +133,7 @@ fi
 q -c "DROP ROLE IF EXISTS upgrade_runner; CREATE ROLE upgrade_runner LOGIN;
       GRANT USAGE ON SCHEMA lease_sched TO upgrade_runner;
       GRANT EXECUTE ON FUNCTION lease_sched.lease_try_claim, lease_sched.lease_heartbeat, lease_sched.lease_finish TO upgrade_runner"
-grants_sql="SELECT string_agg(p.proname || ':' || pg_catalog.pg_get_function_identity_arguments(p.oid), ',' ORDER BY 1)
+grants_sql="SELECT string_agg(p.proname || ':' || pg_catalog.pg_get_function_identity_arguments(p.oid), ',' ORDER BY p.proname)
               FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
              WHERE n.nspname = 'lease_sched' AND pg_catalog.has_function_privilege('upgrade_runner', p.oid, 'EXECUTE')
                AND p.proname IN ('lease_try_claim', 'lease_heartbeat', 'lease_finish')"
