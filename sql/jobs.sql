@@ -75,15 +75,18 @@ COMMENT ON VIEW lease_sched.job_definitions IS 'Job definitions (lease_sched.job
 -- The dead-man's switch: one row per defined job and scope. `success_due_by` is when the
 -- next SUCCESS is due: the first slot after the last successful plan (or after the
 -- definition was created, or the job resumed, when later), plus every + grace +
--- stale_timeout. `overdue`: not paused and the database clock is past it.
+-- stale_timeout. `overdue`: not paused and the database clock is past it. `swept`: a
+-- background worker sweeps this database (if not, a dead runner's lease is never failed).
 CREATE VIEW lease_sched.job_health AS
 SELECT j.job_name, j.scope_kind, j.scope_id, j.every, j.misfire, j.paused,
        s.plan_time AS last_success_plan, s.finished_at AS last_success_at,
        l.plan_time AS last_plan, l.status AS last_status, l.error_code AS last_error_code,
        f.consecutive_failures, k.skipped_24h,
        d.success_due_by,
-       NOT j.paused AND clock_timestamp() > d.success_due_by AS overdue
+       NOT j.paused AND clock_timestamp() > d.success_due_by AS overdue,
+       w.swept
   FROM lease_sched.jobs j
+  CROSS JOIN lease_sched.sweeper_status() w
   LEFT JOIN LATERAL (
        SELECT e.plan_time, e.finished_at FROM lease_sched.sys_cron_executions e
         WHERE e.job_name = j.job_name AND e.scope_kind = j.scope_kind AND e.scope_id = j.scope_id
@@ -107,6 +110,6 @@ SELECT j.job_name, j.scope_kind, j.scope_id, j.every, j.misfire, j.paused,
        SELECT date_bin(j.every, greatest(s.plan_time, j.created_at, j.resumed_at), timestamptz 'epoch')
               + j.every + j.every + coalesce(j.grace, interval '0') + j.stale_timeout AS success_due_by) d;
 COMMENT ON VIEW lease_sched.job_health IS
-    'Per defined job and scope: last success, last status, consecutive failures, skipped slots in 24 h, and overdue (no SUCCESS within every + grace + stale_timeout of a due slot).';
+    'Per defined job and scope: last success, last status, consecutive failures, skipped slots in 24 h, overdue (no SUCCESS within every + grace + stale_timeout of a due slot), and swept (a background worker sweeps this database).';
 
 REVOKE ALL ON lease_sched.jobs, lease_sched.job_definitions, lease_sched.job_health FROM PUBLIC;

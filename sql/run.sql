@@ -127,8 +127,17 @@ BEGIN
                                           ELSE err_msg END,
                         retry_in => CASE WHEN deadline THEN '0'::pg_catalog.interval END);
         COMMIT;  -- the FAILED row stays, then the caller (pg_cron) sees the error too
-        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg,
-                              DETAIL = coalesce(err_detail, ''), HINT = coalesce(err_hint, '');
+        -- Raised again as it was: DETAIL and HINT only when the error had them (an empty
+        -- one would print as an empty line, and RAISE refuses a NULL option).
+        IF err_detail OPERATOR(pg_catalog.<>) '' AND err_hint OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail, HINT = err_hint;
+        ELSIF err_detail OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail;
+        ELSIF err_hint OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, HINT = err_hint;
+        ELSE
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg;
+        END IF;
     END IF;
     finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
                                          status => 'SUCCESS', rows_affected => affected);

@@ -20,6 +20,7 @@ mod spi_plans;
 mod stats;
 mod subxact;
 mod sweep;
+mod sweepers;
 mod touch_table;
 mod xact;
 mod worker;
@@ -38,7 +39,8 @@ extension_sql_file!("../sql/runtime.sql", name = "runtime_api", requires = ["sch
 extension_sql_file!("../sql/observability.sql", name = "observability", requires = ["schema"]);
 extension_sql_file!("../sql/locks.sql", name = "locks_api", requires = ["schema"]);
 extension_sql_file!("../sql/planner.sql", name = "planner_api", requires = ["schema"]);
-extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["schema"]);
+// job_health reads sweeper_status().
+extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["schema", "observability"]);
 // run() calls the lease and planner functions and reads job definitions.
 extension_sql_file!("../sql/run.sql", name = "run_procedure", requires = ["lease_api", "planner_api", "jobs"]);
 // The fences read and lock rows of both the executions and the locks tables.
