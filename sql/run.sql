@@ -78,7 +78,9 @@ BEGIN
     SELECT d.every, d.max_attempts, d.stale_timeout INTO job_every, job_max_attempts, job_stale_timeout
       FROM lease_sched.job_definition(job_name => run.job_name, scope_kind => run.scope_kind,
                                       scope_id => run.scope_id) AS d;
-    job_every := coalesce(run.every, job_every, '1 minute'::pg_catalog.interval);
+    -- (A defined job leaves every NULL when it runs on a cron calendar: the planner reads
+    -- it. max_attempts is NULL here only when the job has no definition.)
+    job_every := coalesce(run.every, job_every, CASE WHEN job_max_attempts IS NULL THEN '1 minute'::pg_catalog.interval END);
     job_max_attempts := coalesce(run.max_attempts, job_max_attempts, 3);
     job_stale_timeout := coalesce(run.stale_timeout, job_stale_timeout, '1 hour'::pg_catalog.interval);
     plan := lease_sched.lease_next_plan(job_name => run.job_name, every => job_every, scope_kind => run.scope_kind,
