@@ -4,7 +4,7 @@
 // token, and pass the fencing token on.
 //
 //	GOPATH=/usr/share/gocode GO111MODULE=off go run examples/runner.go \
-//	    "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres" example-report
+//	    "host=127.0.0.1 port=55450 dbname=lease_sched user=postgres" example-report
 //
 // Built with Debian's golang-go and golang-github-jackc-pgx-v4-dev; no module download.
 package main
@@ -217,7 +217,7 @@ func runOnce(ctx context.Context, dsn, job string) (string, error) {
 }
 
 func main() {
-	dsn := "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres"
+	dsn := "host=127.0.0.1 port=55450 dbname=lease_sched user=postgres"
 	job := "example-report"
 	if len(os.Args) > 1 {
 		dsn = os.Args[1]

@@ -2,6 +2,11 @@
 -- role gets the API only through the documented grants.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA lease_sched FROM PUBLIC;
 REVOKE EXECUTE ON ALL PROCEDURES IN SCHEMA lease_sched FROM PUBLIC;
+-- Every role may ask whether this database is swept (readers of job_health do).
+GRANT EXECUTE ON FUNCTION lease_sched.sweeper_status() TO PUBLIC;
+-- Wake the background worker when this CREATE EXTENSION commits; warn now if nothing
+-- will sweep this database.
+SELECT lease_sched.sys_sweeper_announce();
 
 -- Except the calendar's pure functions: they read and write nothing, and readers of the
 -- job_health view (which evaluates calendars) need them. USAGE on the schema still gates them.

@@ -100,7 +100,8 @@ COMMENT ON VIEW lease_sched.job_definitions IS 'Job definitions (lease_sched.job
 -- next SUCCESS is due: the first slot after the last successful plan (or after the
 -- definition was created, or the job resumed, when later), plus grace + stale_timeout,
 -- plus every for an interval job (its slot may run anywhere in its bucket). `overdue`:
--- not paused and the database clock is past it.
+-- not paused and the database clock is past it. `swept`: a background worker sweeps this
+-- database (if not, a dead runner's lease is never failed).
 CREATE VIEW lease_sched.job_health AS
 SELECT j.job_name, j.scope_kind, j.scope_id, j.every, j.misfire, j.paused,
        s.plan_time AS last_success_plan, s.finished_at AS last_success_at,
@@ -108,8 +109,10 @@ SELECT j.job_name, j.scope_kind, j.scope_id, j.every, j.misfire, j.paused,
        f.consecutive_failures, k.skipped_24h,
        d.success_due_by,
        NOT j.paused AND clock_timestamp() > d.success_due_by AS overdue,
+       w.swept,
        j.cron, j.timezone
   FROM lease_sched.jobs j
+  CROSS JOIN lease_sched.sweeper_status() w
   LEFT JOIN LATERAL (
        SELECT e.plan_time, e.finished_at FROM lease_sched.sys_cron_executions e
         WHERE e.job_name = j.job_name AND e.scope_kind = j.scope_kind AND e.scope_id = j.scope_id
@@ -136,6 +139,6 @@ SELECT j.job_name, j.scope_kind, j.scope_id, j.every, j.misfire, j.paused,
                    ELSE lease_sched.cron_next_slot(j.cron_spec, j.timezone, greatest(s.plan_time, j.created_at, j.resumed_at))
               END + coalesce(j.grace, interval '0') + j.stale_timeout AS success_due_by) d;
 COMMENT ON VIEW lease_sched.job_health IS
-    'Per defined job and scope: last success, last status, consecutive failures, skipped slots in 24 h, and overdue (no SUCCESS within every + grace + stale_timeout of a due slot).';
+    'Per defined job and scope: last success, last status, consecutive failures, skipped slots in 24 h, overdue (no SUCCESS within every + grace + stale_timeout of a due slot), and swept (a background worker sweeps this database).';
 
 REVOKE ALL ON lease_sched.jobs, lease_sched.job_triggers, lease_sched.job_definitions, lease_sched.job_health FROM PUBLIC;

@@ -3,6 +3,32 @@
 -- (scripts/upgrade_test.sh compares pg_dump --schema-only of both). Every name is
 -- schema-qualified: the script runs with the updating role's search_path.
 
+-- Every database with the extension is swept (not only lease_sched.database): a status
+-- function, the announcement the install script makes, and job_health's `swept` column
+-- (added last, so CREATE OR REPLACE keeps the view and its grants).
+-- Whether a background worker sweeps this database: the launcher keeps a sweeper in every
+-- database that has the extension (or only in lease_sched.database, when that is set), up
+-- to lease_sched.max_databases. Readable by every role (job_health shows it).
+CREATE FUNCTION lease_sched.sweeper_status()
+RETURNS TABLE (swept boolean, state text, sweeper_pid integer, last_sweep_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL SAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+ROWS 1
+AS 'MODULE_PATHNAME', 'sweeper_status_wrapper';
+COMMENT ON FUNCTION lease_sched.sweeper_status() IS
+    'Whether a background worker sweeps this database (swept), its state (sweeping, starting, waiting for update, over max_databases, not lease_sched.database, template, not preloaded), the sweeper''s pid and its last sweep.';
+
+-- Run by the install and update scripts: wakes the launcher at commit, and warns at once
+-- when nothing will sweep this database.
+CREATE FUNCTION lease_sched.sys_sweeper_announce()
+RETURNS void
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'sys_sweeper_announce_wrapper';
+COMMENT ON FUNCTION lease_sched.sys_sweeper_announce() IS
+    'Internal: run by CREATE EXTENSION and ALTER EXTENSION UPDATE (wakes the background worker; warns when this database will not be swept).';
+
+REVOKE EXECUTE ON FUNCTION lease_sched.sweeper_status(), lease_sched.sys_sweeper_announce() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lease_sched.sweeper_status() TO PUBLIC;
+
 -- Calendars: cron expressions in a time zone (sql/calendar.sql, sql/schedule.sql).
 -- A job runs every interval or on a cron calendar; existing definitions keep every.
 ALTER TABLE lease_sched.jobs ALTER COLUMN every DROP NOT NULL;
@@ -686,8 +712,10 @@ SELECT j.job_name, j.scope_kind, j.scope_id, j.every, j.misfire, j.paused,
        f.consecutive_failures, k.skipped_24h,
        d.success_due_by,
        NOT j.paused AND clock_timestamp() > d.success_due_by AS overdue,
+       w.swept,
        j.cron, j.timezone
   FROM lease_sched.jobs j
+  CROSS JOIN lease_sched.sweeper_status() w
   LEFT JOIN LATERAL (
        SELECT e.plan_time, e.finished_at FROM lease_sched.sys_cron_executions e
         WHERE e.job_name = j.job_name AND e.scope_kind = j.scope_kind AND e.scope_id = j.scope_id
@@ -714,7 +742,7 @@ SELECT j.job_name, j.scope_kind, j.scope_id, j.every, j.misfire, j.paused,
                    ELSE lease_sched.cron_next_slot(j.cron_spec, j.timezone, greatest(s.plan_time, j.created_at, j.resumed_at))
               END + coalesce(j.grace, interval '0') + j.stale_timeout AS success_due_by) d;
 COMMENT ON VIEW lease_sched.job_health IS
-    'Per defined job and scope: last success, last status, consecutive failures, skipped slots in 24 h, and overdue (no SUCCESS within every + grace + stale_timeout of a due slot).';
+    'Per defined job and scope: last success, last status, consecutive failures, skipped slots in 24 h, overdue (no SUCCESS within every + grace + stale_timeout of a due slot), and swept (a background worker sweeps this database).';
 
 
 -- Plans decided by the database for defined jobs (docs/api.md, "Calendars"): the planner
@@ -1054,6 +1082,14 @@ COMMENT ON FUNCTION lease_sched.unschedule(text) IS
     'Remove the pg_cron entry lease_sched.schedule made and the job''s definition (its history stays); false when there was neither.';
 
 -- run(): a defined cron job leaves every to the planner.
+
+SELECT lease_sched.sys_sweeper_announce();
+
+-- run() raises a failed command's error again without empty DETAIL and HINT lines.
+-- run(): every type in its declarations and casts is schema-qualified (pg_catalog.text,
+-- ...). It runs with the caller's search_path, through which PL/pgSQL resolves its
+-- declarations; a domain planted under a type's name (CREATE DOMAIN evil.text ... CHECK
+-- (evil.f(VALUE))) ran its CHECK as the caller, often a superuser's pg_cron job.
 CREATE OR REPLACE PROCEDURE lease_sched.run(
     job_name      text,
     command       text,
@@ -1066,20 +1102,23 @@ CREATE OR REPLACE PROCEDURE lease_sched.run(
 LANGUAGE plpgsql
 AS $run$
 DECLARE
-    job_every         interval;
-    job_max_attempts  int;
-    job_stale_timeout interval;
-    plan       timestamptz;
-    lease      record;
-    affected   bigint;
-    armed      boolean := false;
-    failed     boolean := false;
-    deadline   boolean := false;
-    finished   boolean;
-    err_state  text;
-    err_msg    text;
-    err_detail text;
-    err_hint   text;
+    -- Every type is schema-qualified: PL/pgSQL resolves a declaration through the
+    -- caller's search_path (pg_temp first), and initialising a variable of a planted
+    -- domain runs the domain's CHECK, as the caller.
+    job_every         pg_catalog.interval;
+    job_max_attempts  pg_catalog.int4;
+    job_stale_timeout pg_catalog.interval;
+    plan       pg_catalog.timestamptz;
+    lease      pg_catalog.record;
+    affected   pg_catalog.int8;
+    armed      pg_catalog.bool := false;
+    failed     pg_catalog.bool := false;
+    deadline   pg_catalog.bool := false;
+    finished   pg_catalog.bool;
+    err_state  pg_catalog.text;
+    err_msg    pg_catalog.text;
+    err_detail pg_catalog.text;
+    err_hint   pg_catalog.text;
 BEGIN
     IF command IS NULL OR command OPERATOR(pg_catalog.=) '' THEN
         RAISE EXCEPTION 'command must not be NULL or empty' USING ERRCODE = '22023';
@@ -1092,9 +1131,9 @@ BEGIN
                                       scope_id => run.scope_id) AS d;
     -- (A defined job leaves every NULL when it runs on a cron calendar: the planner reads
     -- it. max_attempts is NULL here only when the job has no definition.)
-    job_every := coalesce(run.every, job_every, CASE WHEN job_max_attempts IS NULL THEN interval '1 minute' END);
+    job_every := coalesce(run.every, job_every, CASE WHEN job_max_attempts IS NULL THEN '1 minute'::pg_catalog.interval END);
     job_max_attempts := coalesce(run.max_attempts, job_max_attempts, 3);
-    job_stale_timeout := coalesce(run.stale_timeout, job_stale_timeout, interval '1 hour');
+    job_stale_timeout := coalesce(run.stale_timeout, job_stale_timeout, '1 hour'::pg_catalog.interval);
     plan := lease_sched.lease_next_plan(job_name => run.job_name, every => job_every, scope_kind => run.scope_kind,
                                         scope_id => run.scope_id, catch_up => false);
     IF plan IS NULL THEN
@@ -1137,12 +1176,21 @@ BEGIN
         finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
                         status => 'FAILED', error_code => err_state,
                         error_msg => CASE WHEN deadline
-                                          THEN 'command cancelled at its lease deadline (stale_timeout ' OPERATOR(pg_catalog.||) job_stale_timeout::text OPERATOR(pg_catalog.||) '): ' OPERATOR(pg_catalog.||) err_msg
+                                          THEN 'command cancelled at its lease deadline (stale_timeout ' OPERATOR(pg_catalog.||) job_stale_timeout::pg_catalog.text OPERATOR(pg_catalog.||) '): ' OPERATOR(pg_catalog.||) err_msg
                                           ELSE err_msg END,
-                        retry_in => CASE WHEN deadline THEN interval '0' END);
+                        retry_in => CASE WHEN deadline THEN '0'::pg_catalog.interval END);
         COMMIT;  -- the FAILED row stays, then the caller (pg_cron) sees the error too
-        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg,
-                              DETAIL = coalesce(err_detail, ''), HINT = coalesce(err_hint, '');
+        -- Raised again as it was: DETAIL and HINT only when the error had them (an empty
+        -- one would print as an empty line, and RAISE refuses a NULL option).
+        IF err_detail OPERATOR(pg_catalog.<>) '' AND err_hint OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail, HINT = err_hint;
+        ELSIF err_detail OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail;
+        ELSIF err_hint OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, HINT = err_hint;
+        ELSE
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg;
+        END IF;
     END IF;
     finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
                                          status => 'SUCCESS', rows_affected => affected);
@@ -1157,6 +1205,102 @@ BEGIN
     COMMIT;
 END;
 $run$;
+
+-- Fences: only a fence given the holder's secret pins the row until its transaction ends;
+-- one given only the public fencing token checks it and pins nothing (src/fencing.rs).
+COMMENT ON FUNCTION lease_sched.lease_fence_check(uuid, bigint, uuid) IS
+    'Used by lease_fence: NULL when the token holds the RUNNING lease (with lease_token: row locked FOR KEY SHARE until the transaction ends), else why not.';
+COMMENT ON FUNCTION lease_sched.lock_fence_check(text, bigint, uuid) IS
+    'Used by lock_fence: NULL when the token holds the lock (with lock_token: row locked FOR KEY SHARE until the transaction ends), else why not.';
+COMMENT ON FUNCTION lease_sched.lease_fence(uuid, bigint, uuid) IS
+    'Pass only while fencing_token (and lease_token, when given) holds the RUNNING lease; with lease_token, keep it so until this transaction ends (no steal completes meanwhile). Else SQLSTATE LS001.';
+COMMENT ON FUNCTION lease_sched.lock_fence(text, bigint, uuid) IS
+    'Pass only while fencing_token (and lock_token, when given) holds the lock; with lock_token, keep it so until this transaction ends (no takeover completes meanwhile). Else SQLSTATE LS001.';
+
+-- Tokens are floored after every server start, not only on a new timeline: a copy started
+-- from a base backup or snapshot stays on the timeline with the sequence as it was copied.
+-- The new record starts at 0, so the first grant after this update floors once more.
+CREATE SEQUENCE lease_sched.token_floor_server_start AS bigint MINVALUE 0 START 0 CACHE 1 NO CYCLE;
+COMMENT ON SEQUENCE lease_sched.token_floor_server_start IS
+    'The server start (microseconds since 2000-01-01) after which fencing_token_seq was last floored (0: not yet). Not dumped on purpose.';
+-- (the new column is appended: CREATE OR REPLACE keeps the view, and its grants)
+CREATE OR REPLACE VIEW lease_sched.token_floor AS
+SELECT t.last_value AS timeline,
+       CASE WHEN s.last_value OPERATOR(pg_catalog.<>) 0
+            THEN pg_catalog.to_timestamp(s.last_value::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000 OPERATOR(pg_catalog.+) 946684800)
+       END AS server_start
+  FROM lease_sched.token_floor_timeline t, lease_sched.token_floor_server_start s;
+COMMENT ON VIEW lease_sched.token_floor IS 'The WAL timeline and the server start after which fencing tokens were last floored at the database clock (0 and NULL: not yet).';
+REVOKE ALL ON lease_sched.token_floor_server_start FROM PUBLIC;
+
+-- 0.1.0's docs told users to grant readers SELECT on the tables; since 0.2.0 readers get
+-- the views (executions, job_definitions, lock_info()) because sys_cron_executions holds
+-- each holder's secret lease_token and locks each holder's lock_token: whoever reads them
+-- can heartbeat, finish or release in the holder's name. The update does not revoke a
+-- grant a user made (that is the user's to change), but names every role that still has
+-- one, with the commands that fix it (docs/install.md, "Upgrading").
+DO $grants$
+DECLARE
+    grants pg_catalog.text;
+BEGIN
+    SELECT pg_catalog.string_agg(DISTINCT pg_catalog.format('%s on %s', coalesce(pg_catalog.quote_ident(a.rolname), 'PUBLIC'),
+                                                            c.relname), ', ')
+      INTO grants
+      FROM pg_catalog.pg_class c
+     CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS x
+      LEFT JOIN pg_catalog.pg_roles a ON a.oid OPERATOR(pg_catalog.=) x.grantee
+     WHERE c.relnamespace OPERATOR(pg_catalog.=) 'lease_sched'::pg_catalog.regnamespace
+       AND c.relname OPERATOR(pg_catalog.=) ANY (ARRAY['sys_cron_executions', 'locks']::pg_catalog.name[])
+       AND x.privilege_type OPERATOR(pg_catalog.=) 'SELECT'
+       AND x.grantee OPERATOR(pg_catalog.<>) c.relowner;
+    IF grants IS NOT NULL THEN
+        RAISE WARNING 'lease_sched 0.3.0: these roles may read the holders'' secret tokens (SELECT on a table): %', grants
+              USING HINT = 'Readers need only the views: REVOKE SELECT ON lease_sched.sys_cron_executions, lease_sched.locks FROM <role>; GRANT SELECT ON lease_sched.executions TO <role>;';
+    END IF;
+END;
+$grants$;
+
+-- Intervals that 0.2.0 accepted and 0.3.0 refuses (months, or parts of opposite signs:
+-- '106751992 days -2562047784 hours' passed as one day and broke job_health for every job)
+-- are rewritten as the length 0.2.0 judged them by (a month as 30 days, as PostgreSQL
+-- compares intervals), in the rows that still use them: job definitions, running leases,
+-- held locks.
+DO $intervals$
+DECLARE
+    target pg_catalog.text;
+    fixed pg_catalog.int8;
+    total pg_catalog.int8 := 0;
+BEGIN
+    FOREACH target IN ARRAY ARRAY['jobs.every', 'jobs.grace', 'jobs.stale_timeout',
+                                  'sys_cron_executions.stale_timeout', 'locks.ttl']
+    LOOP
+        EXECUTE pg_catalog.replace(pg_catalog.replace(pg_catalog.replace($sql$
+            UPDATE lease_sched.TBL SET COL = pg_catalog.make_interval(secs =>
+                   (((pg_catalog.date_part('year', COL) OPERATOR(pg_catalog.*) 12)
+                      OPERATOR(pg_catalog.+) pg_catalog.date_part('month', COL)) OPERATOR(pg_catalog.*) 30
+                    OPERATOR(pg_catalog.+) pg_catalog.date_part('day', COL)) OPERATOR(pg_catalog.*) 86400
+                   OPERATOR(pg_catalog.+) (pg_catalog.date_part('hour', COL) OPERATOR(pg_catalog.*) 3600)
+                   OPERATOR(pg_catalog.+) (pg_catalog.date_part('minute', COL) OPERATOR(pg_catalog.*) 60)
+                   OPERATOR(pg_catalog.+) pg_catalog.date_part('second', COL))
+             WHERE COL IS NOT NULL EXTRA
+               AND (pg_catalog.date_part('year', COL) OPERATOR(pg_catalog.<>) 0
+                 OR pg_catalog.date_part('month', COL) OPERATOR(pg_catalog.<>) 0
+                 OR pg_catalog.date_part('day', COL) OPERATOR(pg_catalog.<) 0
+                 OR ((pg_catalog.date_part('hour', COL) OPERATOR(pg_catalog.*) 3600)
+                     OPERATOR(pg_catalog.+) (pg_catalog.date_part('minute', COL) OPERATOR(pg_catalog.*) 60)
+                     OPERATOR(pg_catalog.+) pg_catalog.date_part('second', COL)) OPERATOR(pg_catalog.<) 0)$sql$,
+            'TBL', pg_catalog.split_part(target, '.', 1)),
+            'COL', pg_catalog.split_part(target, '.', 2)),
+            'EXTRA', CASE WHEN target OPERATOR(pg_catalog.=) 'sys_cron_executions.stale_timeout'
+                          THEN 'AND status OPERATOR(pg_catalog.=) ''RUNNING''' ELSE '' END);
+        GET DIAGNOSTICS fixed = ROW_COUNT;
+        total := total OPERATOR(pg_catalog.+) fixed;
+    END LOOP;
+    IF total OPERATOR(pg_catalog.>) 0 THEN
+        RAISE NOTICE 'lease_sched 0.3.0: % interval(s) with months or parts of opposite signs rewritten as plain lengths (jobs, running leases, locks)', total;
+    END IF;
+END;
+$intervals$;
 
 -- As finalize.sql does for a fresh install.
 REVOKE EXECUTE ON FUNCTION lease_sched.job_define(text, interval, text, interval, int, interval, text, text, text, text), lease_sched.job_definition(text, text, text),

@@ -20,6 +20,7 @@ mod spi_plans;
 mod stats;
 mod subxact;
 mod sweep;
+mod sweepers;
 mod touch_table;
 mod xact;
 mod worker;
@@ -40,8 +41,8 @@ extension_sql_file!("../sql/locks.sql", name = "locks_api", requires = ["schema"
 extension_sql_file!("../sql/planner.sql", name = "planner_api", requires = ["schema"]);
 // Calendars (cron expressions in a time zone): pure PL/pgSQL, shared with the portable edition.
 extension_sql_file!("../sql/calendar.sql", name = "calendar", requires = ["schema"]);
-// job_health evaluates calendars.
-extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["schema", "calendar"]);
+// job_health reads sweeper_status() and evaluates calendars.
+extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["schema", "observability", "calendar"]);
 // The cron planner, job_next_runs, job_trigger, lease_claim_next, schedule/unschedule.
 extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = ["jobs", "calendar", "lease_api", "planner_api"]);
 // run() calls the lease and planner functions and reads job definitions.

@@ -89,7 +89,15 @@ fn lease_next_plan(
     // is given here.
     let defined_every = d.every.unwrap_or_else(|| invalid_argument("every", "is missing from the job's definition", None));
     let policy = planner::Policy {
-        every: every.unwrap_or_else(|| stride(defined_every, "every")),
+        // An override below a second would make each call record up to 1000 SKIPPED slots
+        // and run none of them, as job_define's own bound explains.
+        every: every
+            .inspect(|&e| {
+                if e < crate::clock::MICROS_PER_SECOND {
+                    invalid_argument("every", "must be at least 1 second for a job with a definition", None);
+                }
+            })
+            .unwrap_or_else(|| stride(defined_every, "every")),
         misfire: d.misfire,
         grace: d.grace.map(|g| stride(g, "grace")),
         paused: d.paused,

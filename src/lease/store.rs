@@ -83,6 +83,12 @@ pub struct Granted {
     pub stale_after: TimestampWithTimeZone,
     /// STEAL only: a live (if silent) holder was deposed.
     pub deposed: bool,
+    /// The token must be drawn again, above this value (`redraw`): the one drawn could be
+    /// out of order. INSERT: 0 when another session drew a token after this one (drawn in
+    /// VALUES, before the INSERT waited on a concurrent insert of the same key), or when
+    /// that wait outlasted the lease. STEAL: the row's previous token, when the one drawn
+    /// is not above it (a row restored from a database whose sequence was further on).
+    pub redraw_above: Option<i64>,
 }
 
 fn granted(r: &SpiHeapTupleData<'_>) -> Option<Granted> {
@@ -92,13 +98,17 @@ fn granted(r: &SpiHeapTupleData<'_>) -> Option<Granted> {
         attempt: r.get(3).ok()??,
         fencing_token: r.get(4).ok()??,
         stale_after: r.get(5).ok()??,
-        // STEAL returns a sixth column; INSERT does not.
         deposed: r.get::<bool>(6).ok().flatten().unwrap_or(false),
+        redraw_above: r.get::<i64>(7).ok().flatten(),
     })
 }
 
 /// Outcome `won`: a fresh row at attempt 1. Returns no row when another session inserted
-/// the same key first (it waits for that session to commit or abort).
+/// the same key first (it waits for that session to commit or abort). The token is drawn
+/// in VALUES, before that wait; the RETURNING list, evaluated after it, reads the sequence
+/// again (an init-plan, run at its first use): when another session drew meanwhile, a claim
+/// that returned before this one may hold a higher token, and `redraw_above` asks for a new
+/// one (src/lease/mod.rs), so tokens keep real-time order (docs/reliability.md, G3).
 pub static INSERT: Query<Granted> = Query { row: granted, statement: Statement {
     sql: "INSERT INTO lease_sched.sys_cron_executions AS e (
               job_name, scope_kind, scope_id, plan_time, status, attempt, max_attempts,
@@ -108,7 +118,10 @@ pub static INSERT: Query<Granted> = Query { row: granted, statement: Statement {
               $6, pg_catalog.gen_random_uuid(), pg_catalog.nextval('lease_sched.fencing_token_seq'), $7, $8,
               $9, $9 OPERATOR(pg_catalog.+) $8, $9, $9)
           ON CONFLICT (job_name, scope_kind, scope_id, plan_time) DO NOTHING
-          RETURNING id, lease_token, attempt, fencing_token, stale_after",
+          RETURNING id, lease_token, attempt, fencing_token, stale_after, false,
+                    CASE WHEN (SELECT last_value FROM lease_sched.fencing_token_seq) OPERATOR(pg_catalog.<>) e.fencing_token
+                           OR (SELECT pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.>=) e.stale_after
+                         THEN 0::bigint END",
     arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, BOOLOID, INTERVALOID, TIMESTAMPTZOID],
 }};
 
@@ -123,7 +136,8 @@ pub static INSERT: Query<Granted> = Query { row: granted, statement: Statement {
 /// whether a live holder was deposed (NOTIFY lease_sched_lost).
 pub static STEAL: Query<Granted> = Query { row: granted, statement: Statement {
     sql: "WITH held AS (
-              SELECT id, status OPERATOR(pg_catalog.=) 'RUNNING' AS was_running FROM lease_sched.sys_cron_executions
+              SELECT id, status OPERATOR(pg_catalog.=) 'RUNNING' AS was_running, fencing_token AS previous_token
+                FROM lease_sched.sys_cron_executions
                WHERE id OPERATOR(pg_catalog.=) $1
                  AND attempt OPERATOR(pg_catalog.<) max_attempts
                  AND ((status OPERATOR(pg_catalog.=) 'FAILED' AND coalesce(next_retry_at, $5) OPERATOR(pg_catalog.<=) $5)
@@ -143,8 +157,23 @@ pub static STEAL: Query<Granted> = Query { row: granted, statement: Statement {
                  updated_at = (SELECT pg_catalog.clock_timestamp())
             FROM held
            WHERE e.id OPERATOR(pg_catalog.=) held.id
-          RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after, held.was_running",
+          RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after, held.was_running,
+                    CASE WHEN e.fencing_token OPERATOR(pg_catalog.<=) held.previous_token THEN held.previous_token END",
     arg_types: &[UUIDOID, TEXTOID, BOOLOID, INTERVALOID, TIMESTAMPTZOID],
+}};
+
+/// A new token for a lease this transaction has just granted (INSERT or STEAL asked for
+/// it: `redraw_above`), and the lease's clock read again: the grant happens now.
+pub static REDRAW: Query<Granted> = Query { row: granted, statement: Statement {
+    sql: "UPDATE lease_sched.sys_cron_executions
+             SET fencing_token = pg_catalog.nextval('lease_sched.fencing_token_seq'),
+                 heartbeat_at = (SELECT pg_catalog.clock_timestamp()),
+                 stale_after = (SELECT pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.+) stale_timeout,
+                 started_at = (SELECT pg_catalog.clock_timestamp()),
+                 updated_at = (SELECT pg_catalog.clock_timestamp())
+           WHERE id OPERATOR(pg_catalog.=) $1
+          RETURNING id, lease_token, attempt, fencing_token, stale_after",
+    arg_types: &[UUIDOID],
 }};
 
 /// Tell a deposed holder at once: delivered at the commit of the steal (or the sweep that

@@ -592,10 +592,18 @@ impl LeaseGuard {
         self.stale_after
     }
 
-    /// `lease_sched.lease_fence(execution_id, fencing_token)` in `conn`'s current transaction.
+    /// `lease_sched.lease_fence(execution_id, fencing_token, lease_token)` in `conn`'s
+    /// current transaction: with the secret, the fence holds until that transaction ends.
     pub async fn fence(&self, conn: &tokio_postgres::Client) -> Result<(), Error> {
-        fence(conn, "lease_fence", "SELECT lease_sched.lease_fence($1, $2)", &self.execution_id, self.fencing_token)
-            .await
+        fence(
+            conn,
+            "lease_fence",
+            "SELECT lease_sched.lease_fence($1, $2, $3::text::uuid)",
+            &self.execution_id,
+            self.fencing_token,
+            self.lease_token.to_string(),
+        )
+        .await
     }
 
     /// Stops the heartbeat and writes the terminal state. After loss it writes nothing and
@@ -636,8 +644,9 @@ async fn fence(
     sql: &str,
     key: &(dyn tokio_postgres::types::ToSql + Sync),
     token: i64,
+    secret: String,
 ) -> Result<(), Error> {
-    match conn.execute(sql, &[key, &token]).await {
+    match conn.execute(sql, &[key, &token, &secret]).await {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => {
             Err(Error::FenceUnavailable(what))
@@ -677,9 +686,18 @@ impl LeaderGuard {
         &self.name
     }
 
-    /// `lease_sched.lock_fence(lock_name, fencing_token)` in `conn`'s current transaction.
+    /// `lease_sched.lock_fence(lock_name, fencing_token, lock_token)` in `conn`'s current
+    /// transaction: with the secret, the fence holds until that transaction ends.
     pub async fn fence(&self, conn: &tokio_postgres::Client) -> Result<(), Error> {
-        fence(conn, "lock_fence", "SELECT lease_sched.lock_fence($1, $2)", &self.name, self.fencing_token).await
+        fence(
+            conn,
+            "lock_fence",
+            "SELECT lease_sched.lock_fence($1, $2, $3::text::uuid)",
+            &self.name,
+            self.fencing_token,
+            self.lock_token.to_string(),
+        )
+        .await
     }
 
     /// Stops the heartbeat and releases the lock; `Err(Error::Lost)` (nothing written) if it

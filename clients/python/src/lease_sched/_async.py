@@ -345,7 +345,7 @@ class AsyncLease(_AsyncHeld):
 
     async def fence(self, conn: AConn) -> None:
         try:
-            await conn.execute(LEASE_FENCE_SQL, (self.execution_id, self.fencing_token))
+            await conn.execute(LEASE_FENCE_SQL, (self.execution_id, self.fencing_token, self.claim.lease_token))
         except psycopg.Error as e:
             if e.sqlstate == UNDEFINED_FUNCTION:
                 raise fence_unavailable("lease_fence") from e
@@ -425,7 +425,7 @@ class AsyncLeader(_AsyncHeld):
 
     async def fence(self, conn: AConn) -> None:
         try:
-            await conn.execute(LOCK_FENCE_SQL, (self.lock_name, self.fencing_token))
+            await conn.execute(LOCK_FENCE_SQL, (self.lock_name, self.fencing_token, self.state.lock_token))
         except psycopg.Error as e:
             if e.sqlstate == UNDEFINED_FUNCTION:
                 raise fence_unavailable("lock_fence") from e

@@ -132,7 +132,8 @@ HEARTBEAT_SQL = "SELECT lease_sched.lease_heartbeat(execution_id => %s, lease_to
 FINISH_SQL = """SELECT lease_sched.lease_finish(execution_id => %s, lease_token => %s, status => %s,
        result => %s::jsonb, rows_affected => %s, error_code => %s, error_msg => %s, retry_in => %s)"""
 
-LEASE_FENCE_SQL = "SELECT lease_sched.lease_fence(%s, %s)"
+# With the holder's secret: only then does the fence hold until the transaction ends.
+LEASE_FENCE_SQL = "SELECT lease_sched.lease_fence(%s, %s, %s)"
 
 LOCK_ACQUIRE_SQL = """SELECT acquired, lock_token, fencing_token, holder, expires_at
   FROM lease_sched.lock_acquire(lock_name => %s, holder => %s, ttl => %s)"""
@@ -141,7 +142,7 @@ LOCK_HEARTBEAT_SQL = "SELECT lease_sched.lock_heartbeat(lock_name => %s, lock_to
 
 LOCK_RELEASE_SQL = "SELECT lease_sched.lock_release(lock_name => %s, lock_token => %s)"
 
-LOCK_FENCE_SQL = "SELECT lease_sched.lock_fence(%s, %s)"
+LOCK_FENCE_SQL = "SELECT lease_sched.lock_fence(%s, %s, %s)"
 
 NEXT_PLAN_SQL = """SELECT lease_sched.lease_next_plan(job_name => %s, every => %s, scope_kind => %s,
        scope_id => %s, catch_up => %s)"""

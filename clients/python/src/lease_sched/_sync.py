@@ -389,10 +389,10 @@ class Lease(_Held):
         return self.claim.outcome
 
     def fence(self, conn: Conn) -> None:
-        """``lease_sched.lease_fence(execution_id, fencing_token)`` inside ``conn``'s current
+        """``lease_sched.lease_fence(execution_id, fencing_token, lease_token)`` inside ``conn``'s current
         transaction: the writes that follow it there commit only while this lease is held."""
         try:
-            conn.execute(LEASE_FENCE_SQL, (self.execution_id, self.fencing_token))
+            conn.execute(LEASE_FENCE_SQL, (self.execution_id, self.fencing_token, self.claim.lease_token))
         except psycopg.Error as e:
             if e.sqlstate == UNDEFINED_FUNCTION:
                 raise fence_unavailable("lease_fence") from e
@@ -477,10 +477,10 @@ class Leader(_Held):
         return t
 
     def fence(self, conn: Conn) -> None:
-        """``lease_sched.lock_fence(lock_name, fencing_token)`` inside ``conn``'s current
+        """``lease_sched.lock_fence(lock_name, fencing_token, lock_token)`` inside ``conn``'s current
         transaction: the writes that follow it there commit only while this leader holds."""
         try:
-            conn.execute(LOCK_FENCE_SQL, (self.lock_name, self.fencing_token))
+            conn.execute(LOCK_FENCE_SQL, (self.lock_name, self.fencing_token, self.state.lock_token))
         except psycopg.Error as e:
             if e.sqlstate == UNDEFINED_FUNCTION:
                 raise fence_unavailable("lock_fence") from e
