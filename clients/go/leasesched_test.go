@@ -523,3 +523,34 @@ func TestLeaderRunDueAndRuntime(t *testing.T) {
 		t.Fatal("touched after Stop")
 	}
 }
+
+func TestAStealIsNoticedThroughListenBeforeTheNextHeartbeat(t *testing.T) {
+	// stale_timeout 30 s: the next heartbeat is 10 s away, so a loss noticed sooner came from
+	// the lease_sched_lost notification (pgx's WaitForNotification, found without importing pgx).
+	c, d, job := open(t, dsn()), db(t), unique("go_listen")
+	ready := make(chan *leasesched.Lease, 1)
+	result := make(chan error, 1)
+	go func() {
+		result <- c.WithLease(context.Background(), job, plan(0), leasesched.LeaseOptions{StaleTimeout: 30 * time.Second},
+			func(ctx context.Context, l *leasesched.Lease) error {
+				ready <- l
+				<-ctx.Done()
+				return ctx.Err()
+			})
+	}()
+	l := <-ready
+	backendPid(t, d, "lease_sched lease "+l.ExecutionID) // its heartbeat connection is up
+	time.Sleep(300 * time.Millisecond)                   // and LISTENing
+	if o, _ := steal(t, d, job, plan(0), l.ExecutionID, true); o != "stole" {
+		t.Fatalf("outcome %s", o)
+	}
+	select {
+	case err := <-result:
+		var lost *leasesched.LeaseLost
+		if !errors.As(err, &lost) || lost.Reason != "notified on lease_sched_lost" {
+			t.Fatalf("want a loss by notification, got %v", err)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("not noticed before the next heartbeat")
+	}
+}

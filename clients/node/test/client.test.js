@@ -188,6 +188,32 @@ test('heartbeat backend terminated and the plan stolen: lost within one interval
   await client.end()
 })
 
+test('a steal is noticed through LISTEN before the next heartbeat', async () => {
+  // staleTimeout 30 s: the next heartbeat is 10 s away, so a loss noticed sooner came from the
+  // lease_sched_lost notification.
+  const client = new Client(config())
+  const job = unique('js_listen')
+  let ready
+  const started = new Promise((r) => { ready = r })
+  const held = client.withLease(job, plan(), { staleTimeout: 30_000 }, async (lease) => {
+    ready(lease)
+    await new Promise((resolve) => lease.signal.addEventListener('abort', resolve))
+  }).then(() => null, (e) => e)
+  const lease = await started
+  await withDb(async (db) => {
+    await backendPid(db, `lease_sched lease ${lease.executionId}`)
+    await sleep(300)
+    assert.equal((await steal(db, job, plan(), lease.executionId)).outcome, 'stole')
+    const ac = new AbortController()
+    const timeout = sleep(8000, 'timeout', { signal: ac.signal }).catch(() => 'aborted')
+    const err = await Promise.race([held, timeout])
+    ac.abort()
+    assert.ok(err instanceof LeaseLost, String(err))
+    assert.equal(err.reason, 'notified on lease_sched_lost')
+  })
+  await client.end()
+})
+
 test('a holder cut off from the database (TCP cut) knows before stale_after', async () => {
   const proxy = await startProxy()
   const client = new Client(proxy.config)
