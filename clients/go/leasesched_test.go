@@ -6,6 +6,7 @@ package leasesched_test
 
 import (
 	"context"
+	crand "crypto/rand"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -31,7 +32,14 @@ func dsn() string {
 	return "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres"
 }
 
-func unique(prefix string) string { return fmt.Sprintf("%s_%012x", prefix, rand.Int63()&0xffffffffffff) }
+// unique names differ across runs against the same cluster (math/rand is not seeded in Go 1.19).
+func unique(prefix string) string {
+	b := make([]byte, 6)
+	if _, err := crand.Read(b); err != nil {
+		panic(err)
+	}
+	return fmt.Sprintf("%s_%x", prefix, b)
+}
 
 func plan(minute int) time.Time { return time.Date(2026, 1, 1, 3, minute, 0, 0, time.UTC) }
 

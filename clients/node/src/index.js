@@ -414,6 +414,9 @@ class Keeper {
     this.stopped = true
     clearTimeout(this._watchdog)
     this._wake?.()
+    // Closing the connection ends a heartbeat or a reconnect in flight at once (the loop must
+    // not hold the finish up until the deadline during a network partition).
+    this._close()
     await this._loop
     return this.lost
   }
