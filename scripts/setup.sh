@@ -78,7 +78,7 @@ if [ "$want18" = 1 ] && ! runuser -u postgres -- test -x "$PG18_LINK/bin/postgre
   chmod o+rx "$(dirname "$PG18_LINK")" && chmod -R o+rX "$PG18_VENV"
 fi
 
-# Node.js for clients/node's tests (the full profile) (Debian 12 ships 18; a newer one already installed is kept).
+# Node.js for clients/node's tests, full profile only (Debian 12 ships 18; a newer one already installed is kept).
 if [ "$profile" = full ]; then
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "setup: installing nodejs npm" >&2
