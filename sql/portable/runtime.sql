@@ -11,8 +11,11 @@
 -- sweeps nobody would write the buffer out, so touches are written directly, as the
 -- native edition does without its sweeper. docs/portable.md compares the two paths.
 CREATE UNLOGGED TABLE lease_sched.runtime_touch_buffer (
-    runtime_id uuid        NOT NULL PRIMARY KEY,
-    seen_at    timestamptz NOT NULL
+    runtime_id     uuid        NOT NULL PRIMARY KEY,
+    seen_at        timestamptz NOT NULL,
+    -- pg_postmaster_start_time() when the latest touch was buffered: an entry of an
+    -- earlier start was kept by a clean shutdown, which the native edition drains.
+    server_started timestamptz NOT NULL
 );
 COMMENT ON TABLE lease_sched.runtime_touch_buffer IS
     'Portable edition: runtime touches waiting for the next flush (the native edition keeps them in shared memory).';
@@ -30,7 +33,7 @@ DECLARE
 BEGIN
     PERFORM lease_sched.portable_name(runtime_register.name, 'name');
     PERFORM lease_sched.portable_required(runtime_register.metadata IS NULL, 'metadata');
-    INSERT INTO lease_sched.runtimes (name, status, last_seen_at, registered_at, metadata)
+    INSERT INTO lease_sched.runtime_rows (name, status, last_seen_at, registered_at, metadata)
     VALUES (runtime_register.name, 'online', now_, now_, runtime_register.metadata)
     RETURNING id INTO id_;
     RETURN id_;
@@ -50,18 +53,19 @@ BEGIN
     IF runtime_touch.runtime_id IS NULL THEN
         PERFORM lease_sched.portable_required(true, 'runtime_id');
     END IF;
-    SELECT r.status INTO status_ FROM lease_sched.runtimes r WHERE r.id = runtime_touch.runtime_id;
+    SELECT r.status INTO status_ FROM lease_sched.runtime_rows r WHERE r.id = runtime_touch.runtime_id;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
     IF status_ = 'online' AND EXISTS (SELECT 1 FROM lease_sched.portable_sweep_state s
                                        WHERE s.last_sweep_at > now_ - interval '2 minutes') THEN
-        INSERT INTO lease_sched.runtime_touch_buffer AS b (runtime_id, seen_at)
-        VALUES (runtime_touch.runtime_id, now_)
-        ON CONFLICT (runtime_id) DO UPDATE SET seen_at = greatest(b.seen_at, excluded.seen_at);
+        INSERT INTO lease_sched.runtime_touch_buffer AS b (runtime_id, seen_at, server_started)
+        VALUES (runtime_touch.runtime_id, now_, pg_postmaster_start_time())
+        ON CONFLICT (runtime_id) DO UPDATE
+           SET seen_at = greatest(b.seen_at, excluded.seen_at), server_started = excluded.server_started;
     ELSE
         -- The synchronous path: online now, seen now.
-        UPDATE lease_sched.runtimes SET status = 'online', last_seen_at = greatest(last_seen_at, now_)
+        UPDATE lease_sched.runtime_rows SET status = 'online', last_seen_at = greatest(last_seen_at, now_)
          WHERE id = runtime_touch.runtime_id;
     END IF;
     RETURN true;
@@ -82,7 +86,7 @@ BEGIN
         PERFORM lease_sched.portable_required(true, 'an element of runtime_ids');
     END IF;
     WITH touched AS (
-        UPDATE lease_sched.runtimes SET last_seen_at = greatest(last_seen_at, now_)
+        UPDATE lease_sched.runtime_rows SET last_seen_at = greatest(last_seen_at, now_)
          WHERE id = ANY(runtime_ids) AND status = 'online'
         RETURNING id)
     SELECT coalesce(array_agg(DISTINCT u.id), '{}') INTO untouched
@@ -135,18 +139,18 @@ BEGIN
          WHERE only_ids IS NULL OR b.runtime_id OPERATOR(pg_catalog.=) ANY (only_ids)
            FOR UPDATE SKIP LOCKED),
     ready AS (
-        SELECT r.id, t.seen_at FROM lease_sched.runtimes r JOIN taken t ON t.runtime_id OPERATOR(pg_catalog.=) r.id
+        SELECT r.id, t.seen_at FROM lease_sched.runtime_rows r JOIN taken t ON t.runtime_id OPERATOR(pg_catalog.=) r.id
          WHERE r.status OPERATOR(pg_catalog.=) 'online' AND r.last_seen_at OPERATOR(pg_catalog.<) t.seen_at
            FOR UPDATE OF r SKIP LOCKED),
     written AS (
-        UPDATE lease_sched.runtimes r SET last_seen_at = ready.seen_at
+        UPDATE lease_sched.runtime_rows r SET last_seen_at = ready.seen_at
           FROM ready WHERE r.id OPERATOR(pg_catalog.=) ready.id
         RETURNING r.id),
     forgotten AS (
         DELETE FROM lease_sched.runtime_touch_buffer b USING taken t
          WHERE b.runtime_id OPERATOR(pg_catalog.=) t.runtime_id
            AND NOT EXISTS (  -- skipped for a row lock: it waits for the next flush
-               SELECT 1 FROM lease_sched.runtimes r
+               SELECT 1 FROM lease_sched.runtime_rows r
                 WHERE r.id OPERATOR(pg_catalog.=) t.runtime_id AND r.status OPERATOR(pg_catalog.=) 'online'
                   AND r.last_seen_at OPERATOR(pg_catalog.<) t.seen_at
                   AND NOT EXISTS (SELECT 1 FROM written w WHERE w.id OPERATOR(pg_catalog.=) t.runtime_id))
@@ -172,7 +176,7 @@ DECLARE
 BEGIN
     offline := 0;
     touches_written := 0;
-    candidates := ARRAY(SELECT r.id FROM lease_sched.runtimes r
+    candidates := ARRAY(SELECT r.id FROM lease_sched.runtime_rows r
                          WHERE r.status OPERATOR(pg_catalog.=) 'online' AND r.last_seen_at OPERATOR(pg_catalog.<) cutoff);
     IF pg_catalog.cardinality(candidates) OPERATOR(pg_catalog.=) 0 THEN
         RETURN;
@@ -182,8 +186,8 @@ BEGIN
     IF pg_catalog.cardinality(rescued) OPERATOR(pg_catalog.>) 0 THEN
         touches_written := lease_sched.portable_flush(rescued);
     END IF;
-    UPDATE lease_sched.runtimes SET status = 'offline'
-     WHERE id IN (SELECT r.id FROM lease_sched.runtimes r
+    UPDATE lease_sched.runtime_rows SET status = 'offline'
+     WHERE id IN (SELECT r.id FROM lease_sched.runtime_rows r
                    WHERE r.id OPERATOR(pg_catalog.=) ANY (candidates)
                      AND NOT r.id OPERATOR(pg_catalog.=) ANY (rescued)
                      AND r.status OPERATOR(pg_catalog.=) 'online' AND r.last_seen_at OPERATOR(pg_catalog.<) cutoff
@@ -191,3 +195,47 @@ BEGIN
     GET DIAGNOSTICS offline = ROW_COUNT;
 END;
 $offline$;
+
+-- What readers see as lease_sched.runtimes. The native sweeper writes the touch buffer
+-- out when the server stops; no SQL runs at a shutdown, so here the table keeps its rows
+-- under the name runtime_rows (the API writes it), and lease_sched.runtimes is this view:
+-- the rows, with the touches a clean shutdown left in the buffer (buffered before the
+-- server started) already applied, as the native drain would have written them. The
+-- first sweep after the start writes them for real. INSTEAD OF triggers pass an owner's
+-- writes through to the table.
+ALTER TABLE lease_sched.runtimes RENAME TO runtime_rows;
+CREATE VIEW lease_sched.runtimes AS
+SELECT r.id, r.name, r.status,
+       CASE WHEN b.server_started < pg_catalog.pg_postmaster_start_time() AND r.status = 'online'
+            THEN greatest(r.last_seen_at, b.seen_at) ELSE r.last_seen_at END AS last_seen_at,
+       r.registered_at, r.metadata
+  FROM lease_sched.runtime_rows r
+  LEFT JOIN lease_sched.runtime_touch_buffer b ON b.runtime_id = r.id;
+COMMENT ON VIEW lease_sched.runtimes IS
+    'Runtimes and when they were last seen (portable edition: lease_sched.runtime_rows, with the touches a clean shutdown left buffered).';
+REVOKE ALL ON lease_sched.runtimes FROM PUBLIC;
+
+CREATE FUNCTION lease_sched.portable_runtimes_write()
+RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $write$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO lease_sched.runtime_rows (id, name, status, last_seen_at, registered_at, metadata)
+        VALUES (coalesce(NEW.id, gen_random_uuid()), NEW.name, NEW.status, NEW.last_seen_at, NEW.registered_at,
+                coalesce(NEW.metadata, '{}'))
+        RETURNING id INTO NEW.id;
+        RETURN NEW;
+    ELSIF TG_OP = 'UPDATE' THEN
+        UPDATE lease_sched.runtime_rows
+           SET id = NEW.id, name = NEW.name, status = NEW.status, last_seen_at = NEW.last_seen_at,
+               registered_at = NEW.registered_at, metadata = NEW.metadata
+         WHERE id = OLD.id;
+        RETURN CASE WHEN FOUND THEN NEW END;
+    END IF;
+    DELETE FROM lease_sched.runtime_rows WHERE id = OLD.id;
+    RETURN CASE WHEN FOUND THEN OLD END;
+END;
+$write$;
+CREATE TRIGGER runtimes_write INSTEAD OF INSERT OR UPDATE OR DELETE ON lease_sched.runtimes
+    FOR EACH ROW EXECUTE FUNCTION lease_sched.portable_runtimes_write();
