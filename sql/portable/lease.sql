@@ -61,7 +61,13 @@ BEGIN
          WHERE e.job_name = lease_try_claim.job_name AND e.scope_kind = lease_try_claim.scope_kind
            AND e.scope_id = lease_try_claim.scope_id AND e.plan_time = lease_try_claim.plan_time;
         IF NOT FOUND THEN
-            PERFORM lease_sched.portable_token_floor();
+            -- The token floor (portable_token_floor), its fast check inline: one statement.
+            IF NOT pg_is_in_recovery() AND NOT coalesce((
+                   SELECT t.last_value = ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint
+                          AND s.last_value = lease_sched.portable_db_micros(pg_postmaster_start_time())
+                     FROM lease_sched.token_floor_timeline t, lease_sched.portable_token_floor_start s), false) THEN
+                PERFORM lease_sched.portable_token_floor();
+            END IF;
             INSERT INTO lease_sched.sys_cron_executions AS e (
                 job_name, scope_kind, scope_id, plan_time, status, attempt, max_attempts,
                 runner_id, lease_token, fencing_token, allow_stale_reentry, stale_timeout,
@@ -74,7 +80,9 @@ BEGIN
             ON CONFLICT (job_name, scope_kind, scope_id, plan_time) DO NOTHING
             RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after INTO got;
             IF FOUND THEN
-                RETURN QUERY SELECT 'won'::text, got.id, got.lease_token, got.attempt, got.fencing_token, got.stale_after;
+                outcome := 'won'; execution_id := got.id; lease_token := got.lease_token; attempt := got.attempt;
+                fencing_token := got.fencing_token; stale_after := got.stale_after;
+                RETURN NEXT;
                 RETURN;
             END IF;
             CONTINUE;  -- lost the insert race: decide again on the winner's row
@@ -83,7 +91,13 @@ BEGIN
            AND ((found_.status = 'FAILED' AND coalesce(found_.next_retry_at <= now_, true))
              OR (found_.status = 'RUNNING' AND lease_try_claim.allow_stale_reentry AND found_.allow_stale_reentry
                  AND found_.stale_after < now_)) THEN
-            PERFORM lease_sched.portable_token_floor();
+            -- The token floor (portable_token_floor), its fast check inline: one statement.
+            IF NOT pg_is_in_recovery() AND NOT coalesce((
+                   SELECT t.last_value = ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint
+                          AND s.last_value = lease_sched.portable_db_micros(pg_postmaster_start_time())
+                     FROM lease_sched.token_floor_timeline t, lease_sched.portable_token_floor_start s), false) THEN
+                PERFORM lease_sched.portable_token_floor();
+            END IF;
             -- The native STEAL: the row locked FOR UPDATE first (waiting for every fenced
             -- transaction on it), the new lease's clock read after that wait.
             WITH held AS (
@@ -113,7 +127,9 @@ BEGIN
                 IF got.was_running AND lease_sched.portable_notify_lost() THEN
                     PERFORM pg_notify('lease_sched_lost', got.id::text);
                 END IF;
-                RETURN QUERY SELECT 'stole'::text, got.id, got.lease_token, got.attempt, got.fencing_token, got.stale_after;
+                outcome := 'stole'; execution_id := got.id; lease_token := got.lease_token; attempt := got.attempt;
+                fencing_token := got.fencing_token; stale_after := got.stale_after;
+                RETURN NEXT;
                 RETURN;
             END IF;
             -- Someone changed the row first: report it as it is now.
@@ -126,8 +142,11 @@ BEGIN
                 RETURN;
             END IF;
         END IF;
-        RETURN QUERY SELECT 'conflicted'::text, found_.id, NULL::uuid, found_.attempt, NULL::bigint,
-                            CASE WHEN found_.status = 'RUNNING' THEN found_.stale_after END;
+        outcome := 'conflicted'; execution_id := found_.id; attempt := found_.attempt;
+        IF found_.status = 'RUNNING' THEN
+            stale_after := found_.stale_after;
+        END IF;
+        RETURN NEXT;
         RETURN;
     END LOOP;
     RETURN QUERY SELECT 'conflicted'::text, NULL::uuid, NULL::uuid, NULL::int, NULL::bigint, NULL::timestamptz;
@@ -180,9 +199,11 @@ DECLARE
     base   interval;
     max_   interval;
 BEGIN
-    PERFORM lease_sched.portable_required(lease_finish.execution_id IS NULL, 'execution_id');
-    PERFORM lease_sched.portable_required(lease_finish.lease_token IS NULL, 'lease_token');
-    PERFORM lease_sched.portable_required(lease_finish.status IS NULL, 'status');
+    IF lease_finish.execution_id IS NULL OR lease_finish.lease_token IS NULL OR lease_finish.status IS NULL THEN
+        PERFORM lease_sched.portable_required(lease_finish.execution_id IS NULL, 'execution_id');
+        PERFORM lease_sched.portable_required(lease_finish.lease_token IS NULL, 'lease_token');
+        PERFORM lease_sched.portable_required(lease_finish.status IS NULL, 'status');
+    END IF;
     IF lease_finish.status NOT IN ('SUCCESS', 'FAILED') THEN
         RAISE EXCEPTION 'status must be ''SUCCESS'' or ''FAILED''' USING ERRCODE = '22023';
     END IF;
@@ -193,7 +214,8 @@ BEGIN
                   USING ERRCODE = '22001', HINT = 'Keep results small; put large output in your own table or logs.';
         END IF;
     END IF;
-    IF lease_finish.retry_in IS NOT NULL THEN
+    IF lease_finish.retry_in IS NOT NULL
+       AND (lease_finish.retry_in < interval '0' OR lease_finish.retry_in > interval '366 days') THEN
         PERFORM lease_sched.portable_interval(lease_finish.retry_in, 'retry_in', true);
     END IF;
     failed := lease_finish.status = 'FAILED';

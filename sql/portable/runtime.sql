@@ -49,16 +49,19 @@ AS $touch$
 DECLARE
     now_    timestamptz := clock_timestamp();
     status_ text;
+    swept   boolean;
 BEGIN
     IF runtime_touch.runtime_id IS NULL THEN
         PERFORM lease_sched.portable_required(true, 'runtime_id');
     END IF;
-    SELECT r.status INTO status_ FROM lease_sched.runtime_rows r WHERE r.id = runtime_touch.runtime_id;
+    SELECT r.status, EXISTS (SELECT 1 FROM lease_sched.portable_sweep_state s
+                              WHERE s.last_sweep_at > now_ - interval '2 minutes')
+      INTO status_, swept
+      FROM lease_sched.runtime_rows r WHERE r.id = runtime_touch.runtime_id;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    IF status_ = 'online' AND EXISTS (SELECT 1 FROM lease_sched.portable_sweep_state s
-                                       WHERE s.last_sweep_at > now_ - interval '2 minutes') THEN
+    IF status_ = 'online' AND swept THEN
         INSERT INTO lease_sched.runtime_touch_buffer AS b (runtime_id, seen_at, server_started)
         VALUES (runtime_touch.runtime_id, now_, pg_postmaster_start_time())
         ON CONFLICT (runtime_id) DO UPDATE
