@@ -377,9 +377,16 @@ class Keeper {
     this.beats = 0
     this.stopped = false
     this._conn = null
-    this._timers = new Set()
     this._wake = null
     this._loop = null
+    // What stop() and a loss call to end every wait of the loop (_bounded) at once, so that
+    // stopping never waits for a connect or a query that does not settle (pg's connect()
+    // does not, once end() was called while it was connecting).
+    this._onHalt = new Set()
+  }
+
+  _halt() {
+    for (const f of [...this._onHalt]) f()
   }
 
   start() {
@@ -402,6 +409,7 @@ class Keeper {
     this.stopped = true
     clearTimeout(this._watchdog)
     this._wake?.()
+    this._halt()
     try {
       this.onLost(reason)
     } catch {
@@ -414,6 +422,7 @@ class Keeper {
     this.stopped = true
     clearTimeout(this._watchdog)
     this._wake?.()
+    this._halt()
     // Closing the connection ends a heartbeat or a reconnect in flight at once (the loop must
     // not hold the finish up until the deadline during a network partition).
     this._close()
@@ -449,19 +458,30 @@ class Keeper {
     })
     this._conn = conn
     await conn.connect()
+    if (this._conn !== conn) {
+      conn.end().catch(() => {}) // stopped (or given up) while connecting
+      throw new Error('keeper stopped')
+    }
     await conn.query(`LISTEN ${LOST_CHANNEL}`)
     return conn
   }
 
-  /** A query bounded by the local deadline (the watchdog declares the loss; this only frees
-   * the loop from a call that never returns). */
+  /** A call bounded by the local deadline (the watchdog declares the loss; this only frees
+   * the loop from a call that never returns) and by stop(). */
   _bounded(promise) {
-    const wait = this.deadline - performance.now()
-    let t
-    return Promise.race([
-      promise,
-      new Promise((_, reject) => { t = setTimeout(() => reject(new Error('heartbeat timed out')), Math.max(0, wait)) }),
-    ]).finally(() => clearTimeout(t))
+    return new Promise((resolve, reject) => {
+      const finish = (settle, value) => {
+        clearTimeout(t)
+        this._onHalt.delete(onHalt)
+        settle(value)
+      }
+      const onHalt = () => finish(reject, new Error('keeper stopped'))
+      const t = setTimeout(() => finish(reject, new Error('heartbeat timed out')),
+        Math.max(0, this.deadline - performance.now()))
+      if (this.stopped) return onHalt()
+      this._onHalt.add(onHalt)
+      promise.then((v) => finish(resolve, v), (e) => finish(reject, e))
+    })
   }
 
   _close() {

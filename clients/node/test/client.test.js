@@ -250,6 +250,25 @@ test('a holder cut off from the database (TCP cut) knows before stale_after', as
   await client.end()
 })
 
+test('a body that ends while the heartbeat connection is still connecting finishes at once', async () => {
+  // Heartbeats go to a server that accepts and never answers; claims and finishes through a
+  // working pool. Ending the block must not wait for that connect (staleTimeout is 120 s).
+  const hole = net.createServer(() => {})
+  const held = new Set()
+  hole.on('connection', (s) => held.add(s))
+  await new Promise((r) => hole.listen(0, '127.0.0.1', r))
+  const pool = new pg.Pool(config())
+  const client = new Client({ ...config(), host: '127.0.0.1', port: hole.address().port }, { pool })
+  const t0 = performance.now()
+  const lease = await client.withLease(unique('js_hole'), plan(), { staleTimeout: 120_000 }, () => 'done')
+  const took = performance.now() - t0
+  assert.equal(lease.finished, 'SUCCESS')
+  assert.ok(took < 20_000, `finished after ${took} ms`)
+  for (const s of held) s.destroy()
+  hole.close()
+  await pool.end()
+})
+
 test('32 holders over 8 plans: each plan runs exactly once', async () => {
   const client = new Client(config(), { poolSize: 8 })
   const job = unique('js_many')
