@@ -562,3 +562,39 @@ func TestAStealIsNoticedThroughListenBeforeTheNextHeartbeat(t *testing.T) {
 		t.Fatal("not noticed before the next heartbeat")
 	}
 }
+
+func TestABodyThatEndsWhileTheHeartbeatConnectionIsConnectingFinishesAtOnce(t *testing.T) {
+	// Heartbeats go to a server that accepts and never answers; claims and finishes through a
+	// working pool. Ending the body must not wait for that connect (stale_timeout 120 s).
+	hole, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	go func() {
+		for {
+			c, err := hole.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	p := &proxy{ln: hole}
+	beats, err := sql.Open("pgx", p.dsn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := leasesched.New(db(t), beats)
+	start := time.Now()
+	var l *leasesched.Lease
+	err = c.WithLease(context.Background(), unique("go_hole"), plan(0), leasesched.LeaseOptions{StaleTimeout: 120 * time.Second},
+		func(ctx context.Context, lease *leasesched.Lease) error { l = lease; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 20*time.Second || l.Finished != "SUCCESS" {
+		t.Fatalf("finished %q after %v", l.Finished, took)
+	}
+	beats.Close()
+}
