@@ -105,15 +105,19 @@ test('a lease survives 4 s of work at stale_timeout 1 s', async () => {
       }
     }
   })()
-  const lease = await client.withLease(job, plan(), { runnerId: 'holder', staleTimeout: 1000 }, async (lease) => {
-    const conn = await lease.connection()
-    await conn.query('SELECT pg_sleep(4)') // 4 x stale_timeout
-    lease.check()
+  let lease
+  try {
+    lease = await client.withLease(job, plan(), { runnerId: 'holder', staleTimeout: 1000 }, async (lease) => {
+      const conn = await lease.connection()
+      await conn.query('SELECT pg_sleep(4)') // 4 x stale_timeout
+      lease.check()
+      lease.result = { rows: 3 }
+      lease.rowsAffected = 3
+    })
+  } finally {
     stop = true
     await thief
-    lease.result = { rows: 3 }
-    lease.rowsAffected = 3
-  })
+  }
   assert.ok(conflicts.length > 0 && conflicts.every((c) => c === 'conflicted'), String(conflicts))
   assert.ok(lease.heartbeats >= 8, `${lease.heartbeats} heartbeats`)
   assert.equal(lease.finished, 'SUCCESS')
