@@ -149,6 +149,7 @@ pub fn stop_buffering() {
 pub fn save_left() {
     let entries = buffer::copy_pending();
     if entries.is_empty() {
+        spill::remove(); // touches saved at an earlier exit are all written now
         return;
     }
     let n = entries.len();
@@ -173,7 +174,7 @@ pub fn save_left() {
 
 /// The sweeper starts: read back the touches an earlier sweeper saved (`save_left`) into
 /// the buffer, and report touches an earlier sweeper had to give up. Returns how many
-/// were restored; the caller writes them out at once.
+/// were restored; the caller writes them out at once and then calls `saved_written`.
 pub fn restore_saved() -> usize {
     let lost = spill::take_lost();
     if lost > 0 {
@@ -184,7 +185,7 @@ pub fn restore_saved() -> usize {
              last_seen_at is older than their last touch"
         );
     }
-    let entries = match spill::take() {
+    let entries = match spill::read() {
         Ok(Some(entries)) => entries,
         Ok(None) => return 0,
         Err(e) => {
@@ -211,4 +212,12 @@ pub fn restore_saved() -> usize {
         );
     }
     restored
+}
+
+/// After the flush of restored touches: once nothing is left in the buffer, the saved file
+/// has served (until then it stays, so a crash reads it again).
+pub fn saved_written() {
+    if buffer::pending() == 0 {
+        spill::remove();
+    }
 }

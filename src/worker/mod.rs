@@ -202,6 +202,7 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
                 runtime::flush_all();
             }
         });
+        runtime::saved_written();
     }
 
     let mut installed = false;
