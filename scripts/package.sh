@@ -116,7 +116,7 @@ Description: job-execution leases inside PostgreSQL $major
  silent, with every expiry decided on the database clock. Named locks with a TTL,
  a catch-up planner and a procedure for pg_cron come with it.
  .
- Add lease_sched to shared_preload_libraries (and set lease_sched.database),
+ Add lease_sched to shared_preload_libraries,
  restart PostgreSQL, then CREATE EXTENSION lease_sched.
 EOF
   # postinst and prerm say when a running server needs a restart (scripts/debian/*.in).

@@ -46,6 +46,7 @@ counters! {
     sweeps,
     sweep_errors,
     rows_swept,
+    databases_over_limit,
 }
 
 // Set once in the postmaster (shmem's startup hook) and inherited by every child.

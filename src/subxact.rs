@@ -44,6 +44,29 @@ pub fn describe(e: &pg_sys::panic::CaughtError) -> String {
     }
 }
 
+/// Run `f` in a subtransaction that is rolled back whatever happens: what it locked (row
+/// locks included) is released at once, what it returned is kept. An ERROR inside is
+/// raised again, after the rollback.
+pub fn rolled_back<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: as in attempt(); the subtransaction is always rolled back, and the caught
+    // error (copied out by PgTryBuilder) is raised again only once the state is restored.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let outcome = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f()))).catch_others(Err).execute();
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+        match outcome {
+            Ok(r) => r,
+            Err(e) => e.rethrow(),
+        }
+    }
+}
+
 /// The five-character SQLSTATE PostgreSQL prints (`53100`), not the name of pgrx's enum
 /// variant: operators grep logs for the codes of PostgreSQL's errcodes table. The code is
 /// packed six bits per character, as PostgreSQL's `unpack_sql_state` reads it.

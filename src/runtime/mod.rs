@@ -174,7 +174,8 @@ pub fn save_left() {
 
 /// The sweeper starts: read back the touches an earlier sweeper saved (`save_left`) into
 /// the buffer, and report touches an earlier sweeper had to give up. Returns how many
-/// were restored; the caller writes them out at once and then calls `saved_written`.
+/// were restored; the caller writes them out at once, and calls `saved_written` after
+/// each transaction that may have written them.
 pub fn restore_saved() -> usize {
     let lost = spill::take_lost();
     if lost > 0 {
@@ -186,7 +187,10 @@ pub fn restore_saved() -> usize {
         );
     }
     let entries = match spill::read() {
-        Ok(Some(entries)) => entries,
+        Ok(Some(entries)) => {
+            SAVED_FILE_KEPT.store(true, std::sync::atomic::Ordering::Relaxed);
+            entries
+        }
         Ok(None) => return 0,
         Err(e) => {
             warning!("lease_sched sweeper: the saved runtime touches in \"{}\" are unreadable and were discarded: {e}", spill::path());
@@ -214,10 +218,16 @@ pub fn restore_saved() -> usize {
     restored
 }
 
-/// After the flush of restored touches: once nothing is left in the buffer, the saved file
-/// has served (until then it stays, so a crash reads it again).
+/// Whether this process read a saved file that is still on disk (`restore_saved`).
+static SAVED_FILE_KEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Call after a transaction that may have written restored touches committed: once nothing
+/// is left in the buffer, the saved file has served and goes (until then it stays, so a
+/// crash reads it again). Costs nothing when no file was read.
 pub fn saved_written() {
-    if buffer::pending() == 0 {
+    use std::sync::atomic::Ordering;
+    if SAVED_FILE_KEPT.load(Ordering::Relaxed) && buffer::pending() == 0 {
         spill::remove();
+        SAVED_FILE_KEPT.store(false, Ordering::Relaxed);
     }
 }
