@@ -16,29 +16,9 @@ fn key<'a>(job_name: Option<&'a str>, scope_kind: Option<&'a str>, scope_id: Opt
     }
 }
 
-/// job_define as 0.2.0's SQL declares it (8 arguments, symbol job_define_wrapper): only
-/// 0.2.0's objects call it, on this library before `ALTER EXTENSION lease_sched UPDATE`.
-/// It must not unbox the two arguments 0.3.0 added (they are not there), so it refuses at
-/// once, naming the update, as every other function does then.
-#[allow(clippy::too_many_arguments, unused_variables)]
-#[pg_extern(sql = false)]
-fn job_define_every_or_cron(
-    job_name: Option<&str>,
-    every: Option<Interval>,
-    misfire: Option<&str>,
-    grace: Option<Interval>,
-    max_attempts: Option<i32>,
-    stale_timeout: Option<Interval>,
-    scope_kind: Option<&str>,
-    scope_id: Option<&str>,
-) -> bool {
-    crate::error::schema_out_of_date()
-}
-
-/// job_define (sql/jobs.sql), with the calendar's cron and timezone.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
-fn job_define_calendar(
+fn job_define_every_or_cron(
     job_name: Option<&str>,
     every: Option<Interval>,
     misfire: Option<&str>,
