@@ -18,6 +18,10 @@
 #     so /opt/lease_sched/pg18/bin/pg_config is PostgreSQL 18's pg_config
 #   - cargo-pgrx 0.18.1 (its build output goes to a log, shown only if it fails), and
 #     `cargo pgrx init` given the pg_configs (nothing is downloaded)
+#   - the client libraries' test toolchains: Go 1.19 and pgx v4 (Debian's, in the apt list
+#     above: the Go client's tests build in GOPATH mode, nothing comes from a module proxy);
+#     Node.js and npm (Debian's, unless a node is already there) and clients/node's
+#     dependencies from its committed package-lock.json (`npm ci`)
 # The Rust toolchain itself (rustup, cargo) must already be there.
 set -euo pipefail
 
@@ -72,6 +76,22 @@ fi
 # The postgres user runs its server and tools: it must read and execute the installation.
 if [ "$want18" = 1 ] && ! runuser -u postgres -- test -x "$PG18_LINK/bin/postgres" -a -r "$PG18_LINK/share/postgres.bki"; then
   chmod o+rx "$(dirname "$PG18_LINK")" && chmod -R o+rX "$PG18_VENV"
+fi
+
+# Node.js for clients/node's tests, full profile only (Debian 12 ships 18; a newer one already installed is kept).
+if [ "$profile" = full ]; then
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "setup: installing nodejs npm" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  node_dir="$(cd "$(dirname "$0")/.." && pwd)/clients/node"
+  if [ -f "$node_dir/package-lock.json" ] && \
+     ! cmp -s "$node_dir/package-lock.json" "$node_dir/node_modules/.lease_sched_lock"; then
+    echo "setup: npm ci in clients/node" >&2
+    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    cp "$node_dir/package-lock.json" "$node_dir/node_modules/.lease_sched_lock"
+  fi
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -13,6 +13,10 @@
 #      - integration tests over real connections (tests/integration, cargo test), with a
 #        second small cluster that does NOT preload lease_sched for tests/no_preload.rs, and a
 #        third that sweeps every database with the extension for tests/every_database.rs
+#   4. the portable edition (scripts/portable_test.sh): the script of `make portable` installed
+#      by a non-superuser on a private copy of that PostgreSQL without lease_sched's files,
+#      then the isolation specs, the SQL examples and the integration tests of the SQL
+#      contract against it (native-only tests skip themselves, saying why)
 # then, once: the unit tests and model check of the pure state machine (crates/lease_model),
 # and the packaging scripts scripts/upgrade_test.sh, scripts/pg_upgrade_test.sh and
 # scripts/package_test.sh where they exist (each exits 0 with a SKIP message when it cannot run).
@@ -20,7 +24,7 @@
 # Environment:
 #   LEASE_TEST_MAJORS="15 18"   which majors (e.g. LEASE_TEST_MAJORS=18)
 #   LEASE_TEST_ONLY=all         or a comma list of: pgtest, model, isolation, regress, bench,
-#                               integration, packaging (all three scripts) or one of
+#                               integration, portable, packaging (all three scripts) or one of
 #                               upgrade, pg_upgrade, package; scaleout (PL/Proxy routing)
 #   LEASE_TEST_PORT_BASE        fixed test cluster ports: 15 -> base, 18 -> base+1; the clusters
 #                               without preload: 15 -> base+6, 18 -> base+7; the benchmark
@@ -131,6 +135,13 @@ run_major() {
     cargo pgrx test "pg$major" --runas postgres --pgdata "$pgtest_dir/data" || failed_cargo "PostgreSQL $major: cargo pgrx test"
   fi
 
+  # The portable edition needs no build: its own cluster on a copy without lease_sched.so.
+  if want portable; then
+    section "PostgreSQL $major: the portable edition (scripts/portable_test.sh)"
+    LEASE_PORTABLE_CARGO_TESTS=${LEASE_PORTABLE_CARGO_TESTS-$PORTABLE_CARGO_TESTS} scripts/portable_test.sh "$major" \
+      || failed_step "PostgreSQL $major: the portable edition"
+  fi
+
   want isolation || want regress || want bench || want integration || return 0
 
   section "PostgreSQL $major: building and installing lease_sched (release)"
@@ -168,6 +179,8 @@ run_major() {
 
   if want regress; then
     section "PostgreSQL $major: SQL examples (pg_regress, tests/regress)"
+    # No type in a function without a pinned search_path resolves through the caller's path.
+    python3 scripts/check_search_path.py || failed_step "scripts/check_search_path.py"
     local rout=/tmp/lease_sched_regress_pg$major tests
     rm -rf "$rout" && mkdir -p "$rout"
     # A database of its own, made anew: the files start from CREATE EXTENSION, and no
@@ -210,8 +223,10 @@ run_major() {
 
     section "PostgreSQL $major: integration tests (tests/integration)"
     local venv=/tmp/lease_sched_venv
-    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg" 2>/dev/null \
-      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
+    # croniter: the independent cron implementation tests/integration/tests/calendars.rs
+    # compares the calendars with.
+    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg, croniter" 2>/dev/null \
+      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1' 'croniter>=2,<7'; }
     export LEASE_SCHED_PYTHON="$venv/bin/python"
     cargo build -q --manifest-path examples/Cargo.toml
     cargo test --no-fail-fast --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@" \
@@ -219,6 +234,10 @@ run_major() {
   fi
   stop_clusters
 }
+
+# The integration tests that concern the SQL contract, run against the portable edition
+# too (LEASE_SCHED_EDITION=portable; their native-only tests skip themselves).
+PORTABLE_CARGO_TESTS=lease_core,locks,jobs,fencing,hostile_input,search_path,security,model_traces,run_procedure,edges,review_fences,review_jobs
 
 # One closing line for the whole run, summed over every runner above (cargo test,
 # pg_isolation_regress, the packaging scripts). A test that skipped itself (it prints

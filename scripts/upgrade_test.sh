@@ -133,11 +133,12 @@ fi
 q -c "DROP ROLE IF EXISTS upgrade_runner; CREATE ROLE upgrade_runner LOGIN;
       GRANT USAGE ON SCHEMA lease_sched TO upgrade_runner;
       GRANT EXECUTE ON FUNCTION lease_sched.lease_try_claim, lease_sched.lease_heartbeat, lease_sched.lease_finish TO upgrade_runner"
-grants_sql="SELECT string_agg(p.proname || ':' || pg_catalog.pg_get_function_identity_arguments(p.oid), ',' ORDER BY p.proname)
-              FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-             WHERE n.nspname = 'lease_sched' AND pg_catalog.has_function_privilege('upgrade_runner', p.oid, 'EXECUTE')
-               AND p.proname IN ('lease_try_claim', 'lease_heartbeat', 'lease_finish')"
-[ "$(q -c "SELECT count(*) FROM ($grants_sql) g WHERE string_agg IS NOT NULL")" = 1 ] || die "could not grant to upgrade_runner"
+grants_sql="SELECT string_agg(f, ',' ORDER BY f) FROM (
+              SELECT p.proname || ':' || pg_catalog.pg_get_function_identity_arguments(p.oid) AS f
+                FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+               WHERE n.nspname = 'lease_sched' AND pg_catalog.has_function_privilege('upgrade_runner', p.oid, 'EXECUTE')
+                 AND p.proname IN ('lease_try_claim', 'lease_heartbeat', 'lease_finish')) g"
+[ "$(q -c "$grants_sql" | tr ',' '\n' | grep -c :)" = 3 ] || die "could not grant to upgrade_runner"
 # Buffered runtime touches: they sit in shared memory while the sweeper runs.
 mapfile -t runtimes < <(q -c "SELECT lease_sched.runtime_register('rt-' || g) FROM generate_series(1, 3) g ORDER BY g")
 sleep 1.2
@@ -148,6 +149,9 @@ for i in $(seq 50); do
   [ "$i" = 50 ] && die "touches were never buffered (is the sweeper running? see $cdir/server.log)"
   sleep 0.2
 done
+# A reader granted the table, as 0.1.0's docs said (the table holds the secret lease_token):
+# the update must name it.
+q -c "SET client_min_messages = warning; DROP ROLE IF EXISTS upgrade_reader; CREATE ROLE upgrade_reader; GRANT SELECT ON lease_sched.sys_cron_executions TO upgrade_reader"
 max_old=$(q -c "SELECT last_value FROM lease_sched.fencing_token_seq")
 history_sql="SELECT count(*) || ' ' || md5(string_agg(concat_ws('|', id, job_name, scope_kind, scope_id, plan_time, status,
                attempt, max_attempts, runner_id, lease_token, fencing_token, allow_stale_reentry, stale_timeout, heartbeat_at,
@@ -175,8 +179,10 @@ for f in sql/lease_sched--*--*.sql; do
   [ -e "$f" ] || continue
   [ -f "$extdir/$(basename "$f")" ] || die "cargo pgrx install did not copy $f into $extdir"
 done
-[ "$(q -c "SELECT count(*) FROM pg_extension_update_paths('lease_sched') WHERE source = '$old_version' AND target = '$version' AND path IS NOT NULL")" = 1 ] \
-  || die "no chain of upgrade scripts sql/lease_sched--*--*.sql leads from $old_version to $version"
+# PostgreSQL chains update scripts (0.1.0 -> 0.2.0 -> 0.3.0): there must be a path.
+update_path=$(q -c "SELECT path FROM pg_extension_update_paths('lease_sched') WHERE source = '$old_version' AND target = '$version'")
+[ -n "$update_path" ] || die "no update path from $old_version to $version (sql/lease_sched--*--*.sql)"
+say "  update path: $update_path"
 # The server still runs the old library: the postmaster and every backend forked from it
 # keep the file they mapped (pgrx replaces the file, it does not write into it).
 [ "$(q -c "SELECT lease_sched.lease_heartbeat('${held[0]%% *}', '$(echo "${held[0]}" | cut -d' ' -f2)')")" = t ] \
@@ -318,7 +324,7 @@ done
 client_pids="$client_pids $!"
 sleep 2
 t=$EPOCHREALTIME
-q -c "ALTER EXTENSION lease_sched UPDATE" || die "ALTER EXTENSION lease_sched UPDATE failed"
+q -c "ALTER EXTENSION lease_sched UPDATE" 2>"$work/update.err" || { cat "$work/update.err"; die "ALTER EXTENSION lease_sched UPDATE failed"; }
 touch "$work/updated"
 say "ALTER EXTENSION lease_sched UPDATE took $(awk -v a="$t" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }') s"
 sleep 2
@@ -346,6 +352,10 @@ grep "^before|" "$work/client-0.out" | grep -v "^before|0|t $" | grep -v "ALTER 
 say "client 0 (new connection per call): $(grep -c "^before|0|t" "$work/client-0.out" || true) true before, $(grep -c "^after|0|t" "$work/client-0.out" || true) true after the update"
 
 # --- 6. the state after the update
+grep -q "WARNING: .*upgrade_reader on sys_cron_executions" "$work/update.err" \
+  || die "the update did not name the role granted SELECT on sys_cron_executions: $(cat "$work/update.err")"
+say "the update named the reader granted the table: $(grep -m1 WARNING "$work/update.err" | cut -c1-160)"
+q -c "REVOKE SELECT ON lease_sched.sys_cron_executions FROM upgrade_reader; DROP ROLE upgrade_reader"
 [ "$(q -c "$history_sql")" = "$history_before" ] || die "finished history changed in the update"
 [ "$(q -c "$held_sql")" = "$held_before" ] || die "held leases changed in the update: before $held_before, after $(q -c "$held_sql")"
 [ "$(q -c "SELECT last_value >= $max_old FROM lease_sched.fencing_token_seq")" = t ] || die "the fencing sequence went backwards"
@@ -356,6 +366,8 @@ if [ -n "$lock_secret" ]; then
 fi
 [ "$(q -c "$grants_sql")" = "$grants_before" ] \
   || die "upgrade_runner's grants changed in the update: before $grants_before, after $(q -c "$grants_sql")"
+# The user's grants are the user's, not the extension's schema: out of the dump comparison.
+q -c "REVOKE ALL ON ALL FUNCTIONS IN SCHEMA lease_sched FROM upgrade_runner; REVOKE USAGE ON SCHEMA lease_sched FROM upgrade_runner"
 for line in "${held[@]}"; do
   id=${line%% *}; token=$(echo "$line" | cut -d' ' -f2)
   [ "$(q -c "SELECT lease_sched.lease_heartbeat('$id', '$token')")" = t ] || die "held lease $id cannot heartbeat after the update"

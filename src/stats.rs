@@ -40,6 +40,8 @@ counters! {
     finishes_lost,
     touches_buffered,
     touches_direct,
+    touches_restored,
+    touches_lost,
     flushes,
     sweeps,
     sweep_errors,

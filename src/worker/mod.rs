@@ -139,6 +139,7 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     pin_search_path();
     if owns_buffer {
         runtime::start_buffering();
+        in_transaction("restored touch flush", restore_saved_touches);
     }
 
     let mut installed = false;
@@ -200,6 +201,7 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
                 if !owns_buffer && shmem::claim_sweeper(pid) {
                     owns_buffer = true;
                     runtime::start_buffering();
+                    restore_saved_touches();
                 }
                 set_local_timeout("lock_timeout", settings::SWEEP_INTERVAL_MS.get().max(1000));
                 let report = crate::sweep::sweep();
@@ -221,7 +223,7 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     // SIGTERM (fast or smart shutdown, or pg_terminate_backend): drain, then leave. The
     // drain skips rows someone holds locked (a prepared transaction, say) instead of
     // waiting, and is bounded by a statement timeout: a shutdown never hangs on it. What
-    // it could not write stays in shared memory for the next sweeper of this database.
+    // it could not write is saved for the next sweeper of this database (below).
     // Buffering stops first, so no touch can slip in after this last flush.
     runtime::stop_buffering();
     let mut written = None;
@@ -235,6 +237,18 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
         // Counted after the commit, which is when written touches leave the buffer.
         let left = runtime::pending();
         log!("lease_sched sweeper wrote the touch buffer ({written} rows) before exit; {left} left for a locked row");
+    }
+    // Shared memory ends with the server: what the drain left (a failed drain, a locked
+    // row) is saved in the data directory for the next sweeper of this database.
+    runtime::save_left();
+}
+
+/// Touches that the last buffer-owning sweeper of this database saved at its exit
+/// (runtime::save_left) go back into the buffer and are written at once; what cannot be
+/// written now stays buffered. Called in a transaction, right after taking the buffer.
+fn restore_saved_touches() {
+    if runtime::restore_saved() > 0 && schema_state() == SchemaState::Current {
+        runtime::flush_all();
     }
 }
 
@@ -315,6 +329,7 @@ fn in_transaction(what: &str, f: impl FnOnce()) {
         stats::add(|s| &s.sweep_errors, 1);
         // SAFETY: the error has been copied and flushed by the catch; abort what is left.
         unsafe { pg_sys::AbortCurrentTransaction() };
-        warning!("lease_sched {what} failed and was rolled back; the next sweep retries: {}", crate::subxact::describe(&e));
+        let then = if what == "drain" { "what it could not write is saved for the next start" } else { "the next sweep retries" };
+        warning!("lease_sched {what} failed and was rolled back; {then}: {}", crate::subxact::describe(&e));
     }
 }
