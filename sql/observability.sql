@@ -26,7 +26,7 @@ LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL SAFE SECURITY INVOKER SET sear
 ROWS 1
 AS 'MODULE_PATHNAME', 'sweeper_status_wrapper';
 COMMENT ON FUNCTION lease_sched.sweeper_status() IS
-    'Whether a background worker sweeps this database (swept), its state (sweeping, starting, waiting for update, over max_databases, not lease_sched.database, template, not preloaded), the sweeper''s pid and its last sweep.';
+    'Whether a background worker sweeps this database (swept), its state (sweeping, starting, waiting for update, over max_databases, no worker slot, not lease_sched.database, template, not preloaded), the sweeper''s pid and its last sweep.';
 
 -- Run by the install and update scripts: wakes the launcher at commit, and warns at once
 -- when nothing will sweep this database.

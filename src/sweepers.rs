@@ -81,6 +81,8 @@ pub struct Sweepers {
     announced: [AtomicU32; ANNOUNCED],
     /// Set when `announced` was full: the launcher then looks at every database again.
     rescan: AtomicBool,
+    /// The launcher's last attempt to start a sweeper found no background worker slot.
+    no_worker_slot: AtomicBool,
 }
 
 /// A slot as the launcher or a backend sees it.
@@ -276,4 +278,16 @@ unsafe extern "C-unwind" fn on_xact_end(event: pg_sys::XactEvent::Type, _arg: *m
 /// Sweepers sweeping their database now.
 pub fn sweeping() -> usize {
     all().iter().filter(|v| v.state == State::Sweeping && v.pid != 0).count()
+}
+
+/// Launcher: whether its last attempt to start a sweeper found a worker slot.
+pub fn set_no_worker_slot(none: bool) {
+    if let Some(t) = sweepers() {
+        t.no_worker_slot.store(none, Ordering::Release);
+    }
+}
+
+/// Backend: the launcher cannot start sweepers now (max_worker_processes is used up).
+pub fn no_worker_slot() -> bool {
+    sweepers().is_some_and(|t| t.no_worker_slot.load(Ordering::Acquire))
 }

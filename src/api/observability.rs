@@ -124,6 +124,11 @@ fn this_database() -> Coverage {
         },
         Some(s) if s.state == State::OverLimit => over(),
         _ if settings::database().is_none() && sweepers::staying() >= max.max(1) as usize => over(),
+        _ if sweepers::no_worker_slot() => not(
+            "no worker slot",
+            format!("no background worker slot is free: no sweeper can start in database \"{name}\""),
+            "Raise max_worker_processes (it must exceed lease_sched.max_databases + 2 plus what parallel queries and other extensions use) and restart.",
+        ),
         // No sweeper yet: the launcher starts one within a second or two of CREATE
         // EXTENSION's commit (or of a restart, or of the sweeper's exit).
         _ => Coverage { swept: false, state: "starting", pid: None, last_sweep_at: None, warning: None },

@@ -232,6 +232,7 @@ fn start_due(databases: &mut HashMap<u32, Database>, restricted: bool, last_fail
             .load_dynamic();
         match started {
             Ok(handle) => {
+                sweepers::set_no_worker_slot(false);
                 d.running = Some(Running { index: (arg >> 32) as usize, handle: Some(handle), started: Instant::now() });
                 if matches!(d.verdict, Verdict::Unknown) {
                     probing += 1;
@@ -239,6 +240,7 @@ fn start_due(databases: &mut HashMap<u32, Database>, restricted: bool, last_fail
             }
             Err(_) => {
                 sweepers::free((arg >> 32) as usize);
+                sweepers::set_no_worker_slot(true);
                 if last_failure.map_or(true, |t| t.elapsed() >= START_FAILURE_LOG_EVERY) {
                     *last_failure = Some(Instant::now());
                     warning!(
