@@ -44,7 +44,10 @@ python3 scripts/portable.py "$script" >/dev/null
 
 port=$(scripts/cluster.sh freeport)
 dir=$root/cluster
-conf=("max_prepared_transactions = 10" "log_min_messages = warning")
+# The settings of the native suite's cluster (scripts/test.sh): no periodic whole-buffer
+# flush during a run unless a test asks for one, silent = 20 minutes.
+conf=("max_prepared_transactions = 10" "log_min_messages = warning" "max_connections = 200"
+      "lease_sched.touch_flush_interval = '10min'" "lease_sched.runtime_offline_after = '20min'")
 [ $has_cron = 1 ] && conf+=("shared_preload_libraries = 'pg_cron'" "cron.database_name = 'lease_sched'")
 cluster_init "$dir" "$pgbin" "$port" "${conf[@]}"
 cluster_start "$dir" "$pgbin"

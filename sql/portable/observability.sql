@@ -269,3 +269,29 @@ END;
 $unschedule$;
 COMMENT ON FUNCTION lease_sched.portable_unschedule_sweep() IS
     'Portable edition: remove the pg_cron schedule of lease_sched.sweep() in this database.';
+
+-- The native library defines the lease_sched.* settings; here they are placeholders, so
+-- that SHOW lease_sched.retention (or current_setting without missing_ok) works, each one
+-- not set anywhere yet is set to the native default for this database (the owner may:
+-- ALTER DATABASE ... SET). A value from postgresql.conf, ALTER SYSTEM or an earlier
+-- ALTER DATABASE is left alone.
+DO $defaults$
+DECLARE
+    setting record;
+BEGIN
+    FOR setting IN SELECT * FROM (VALUES
+        ('lease_sched.retry_backoff_base', '10s'), ('lease_sched.retry_backoff_max', '1h'),
+        ('lease_sched.touch_flush_interval', '1min'), ('lease_sched.runtime_offline_after', '150s'),
+        ('lease_sched.retention', '30d'), ('lease_sched.notify_lost', 'on')) AS s(name, value)
+    LOOP
+        IF current_setting(setting.name, true) IS NULL THEN
+            BEGIN
+                EXECUTE format('ALTER DATABASE %I SET %s = %L', current_database(), setting.name, setting.value);
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE NOTICE 'lease_sched: % is not set (the installing role does not own the database); the default % applies',
+                             setting.name, setting.value;
+            END;
+        END IF;
+    END LOOP;
+END;
+$defaults$;
