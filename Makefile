@@ -18,7 +18,7 @@ torture:
 
 faults:
 	LEASE_TEST_ONLY=integration LEASE_HOSTILE_CASES=$${CASES:-5000} \
-	  LEASE_TEST_CARGO_ARGS="--release --test restarts --test failover --test hostile_input --test runtimes" scripts/test.sh --nocapture
+	  LEASE_TEST_CARGO_ARGS="--release --test restarts --test failover --test hostile_input --test runtimes --test disk_full" scripts/test.sh --nocapture
 
 # lease_sched against the SQL users write by hand (docs/benchmarks.md); about 45 minutes.
 # bench/run.sh --quick is the one-minute smoke run of the same scripts.

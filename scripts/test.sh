@@ -11,7 +11,8 @@
 #        their own database lease_sched_regress
 #      - the benchmark smoke run (bench/run.sh --quick)
 #      - integration tests over real connections (tests/integration, cargo test), with a
-#        second small cluster that does NOT preload lease_sched for tests/no_preload.rs
+#        second small cluster that does NOT preload lease_sched for tests/no_preload.rs, and a
+#        third that sweeps every database with the extension for tests/every_database.rs
 #   4. the portable edition (scripts/portable_test.sh): the script of `make portable` installed
 #      by a non-superuser on a private copy of that PostgreSQL without lease_sched's files,
 #      then the isolation specs, the SQL examples and the integration tests of the SQL
@@ -178,6 +179,8 @@ run_major() {
 
   if want regress; then
     section "PostgreSQL $major: SQL examples (pg_regress, tests/regress)"
+    # No type in a function without a pinned search_path resolves through the caller's path.
+    python3 scripts/check_search_path.py || failed_step "scripts/check_search_path.py"
     local rout=/tmp/lease_sched_regress_pg$major tests
     rm -rf "$rout" && mkdir -p "$rout"
     # A database of its own, made anew: the files start from CREATE EXTENSION, and no
@@ -208,11 +211,22 @@ run_major() {
       scripts/cluster.sh start "$np_dir" "$np_port" "log_min_messages = warning" \
       || failed_step "PostgreSQL $major: cluster without preload on port $np_port"
     export LEASE_SCHED_NOPRELOAD_DSN="host=127.0.0.1 port=$np_port dbname=lease_sched user=postgres"
+    # A third that sweeps every database with the extension (lease_sched.database unset),
+    # at most three: tests/integration/tests/every_database.rs.
+    local ed_dir=/tmp/lease_sched_everydb_pg$major ed_port
+    ed_port=$(test_port $((12 + slot)))
+    clusters+=("$PGBIN:$ed_dir")
+    scripts/cluster.sh start "$ed_dir" "$ed_port" "lease_sched.database = ''" "lease_sched.max_databases = 3" \
+        "lease_sched.sweep_interval = '1s'" "log_min_messages = warning" \
+      || failed_step "PostgreSQL $major: cluster sweeping every database on port $ed_port"
+    export LEASE_SCHED_EVERYDB_DSN="host=127.0.0.1 port=$ed_port dbname=lease_sched user=postgres"
 
     section "PostgreSQL $major: integration tests (tests/integration)"
     local venv=/tmp/lease_sched_venv
-    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg" 2>/dev/null \
-      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
+    # croniter: the independent cron implementation tests/integration/tests/calendars.rs
+    # compares the calendars with.
+    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg, croniter" 2>/dev/null \
+      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1' 'croniter>=2,<7'; }
     export LEASE_SCHED_PYTHON="$venv/bin/python"
     cargo build -q --manifest-path examples/Cargo.toml
     cargo test --no-fail-fast --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@" \

@@ -1,40 +1,51 @@
 -- Fencing that protects data (src/fencing.rs, src/api/fence.rs; docs/api.md, "Fences").
 --
--- lease_fence / lock_fence check a fencing token inside the writer's own transaction and
--- keep the lease or lock row locked FOR KEY SHARE until it ends: a steal or takeover waits
--- for that transaction, a heartbeat does not. The require_lock / require_lease triggers make
+-- lease_fence / lock_fence check a fencing token inside the writer's own transaction. Given
+-- the holder's secret (lease_token / lock_token) they also keep the lease or lock row locked
+-- FOR KEY SHARE until it ends: a steal or takeover waits for that transaction, a heartbeat
+-- does not. Given only the public fencing token they lock nothing, so that a role that
+-- merely knows the token cannot hold off a steal, a takeover or the sweep. The require_lock / require_lease triggers make
 -- a table writable only by transactions that passed such a fence. A refusal is SQLSTATE
 -- LS001 ("lease lost"), the same for leases and locks, raised here in PL/pgSQL because a
 -- custom SQLSTATE cannot travel through the Rust side.
 
 -- Tokens that never repeat: the fencing sequence is floored at the database clock (in
--- microseconds) before the first grant on each timeline (src/fencing.rs). This sequence
--- holds the timeline of the last floor; 0 means "not floored yet": the state after CREATE
--- EXTENSION (also after DROP EXTENSION, and in a restored copy, since it is not dumped), so
--- the next grant floors. Promotion starts a new timeline, so the first grant on the
--- promoted server floors too. A sequence and not a table row: setval is not transactional,
--- so recording a floor holds no row lock that other sessions would wait on.
+-- microseconds) before the first grant after each server start and on each timeline
+-- (src/fencing.rs). These sequences hold the timeline and the server start of the last
+-- floor; 0 means "not floored yet": the state after CREATE EXTENSION (also after DROP
+-- EXTENSION, and in a restored copy, since they are not dumped), so the next grant floors.
+-- A copy started from a base backup or a volume snapshot is a new server start, and
+-- promotion starts a new timeline, so the first grant there floors too. Sequences and not
+-- a table row: setval is not transactional, so recording a floor holds no row lock that
+-- other sessions would wait on.
 CREATE SEQUENCE lease_sched.token_floor_timeline AS bigint MINVALUE 0 START 0 CACHE 1 NO CYCLE;
 COMMENT ON SEQUENCE lease_sched.token_floor_timeline IS
     'The WAL timeline on which fencing_token_seq was last floored at the database clock (0: not yet). Not dumped on purpose.';
+CREATE SEQUENCE lease_sched.token_floor_server_start AS bigint MINVALUE 0 START 0 CACHE 1 NO CYCLE;
+COMMENT ON SEQUENCE lease_sched.token_floor_server_start IS
+    'The server start (microseconds since 2000-01-01) after which fencing_token_seq was last floored (0: not yet). Not dumped on purpose.';
 CREATE VIEW lease_sched.token_floor AS
-SELECT last_value AS timeline FROM lease_sched.token_floor_timeline;
-COMMENT ON VIEW lease_sched.token_floor IS 'The WAL timeline on which fencing tokens were last floored at the database clock (0: not yet).';
-REVOKE ALL ON lease_sched.token_floor_timeline, lease_sched.token_floor FROM PUBLIC;
+SELECT t.last_value AS timeline,
+       CASE WHEN s.last_value OPERATOR(pg_catalog.<>) 0
+            THEN pg_catalog.to_timestamp(s.last_value::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000 OPERATOR(pg_catalog.+) 946684800)
+       END AS server_start
+  FROM lease_sched.token_floor_timeline t, lease_sched.token_floor_server_start s;
+COMMENT ON VIEW lease_sched.token_floor IS 'The WAL timeline and the server start after which fencing tokens were last floored at the database clock (0 and NULL: not yet).';
+REVOKE ALL ON lease_sched.token_floor_timeline, lease_sched.token_floor_server_start, lease_sched.token_floor FROM PUBLIC;
 
 CREATE FUNCTION lease_sched.lease_fence_check(execution_id uuid, fencing_token bigint, lease_token uuid)
 RETURNS text
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'lease_fence_check_wrapper';
 COMMENT ON FUNCTION lease_sched.lease_fence_check(uuid, bigint, uuid) IS
-    'Used by lease_fence: NULL when the token holds the RUNNING lease (row locked FOR KEY SHARE until the transaction ends), else why not.';
+    'Used by lease_fence: NULL when the token holds the RUNNING lease (with lease_token: row locked FOR KEY SHARE until the transaction ends), else why not.';
 
 CREATE FUNCTION lease_sched.lock_fence_check(lock_name text, fencing_token bigint, lock_token uuid)
 RETURNS text
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'lock_fence_check_wrapper';
 COMMENT ON FUNCTION lease_sched.lock_fence_check(text, bigint, uuid) IS
-    'Used by lock_fence: NULL when the token holds the lock (row locked FOR KEY SHARE until the transaction ends), else why not.';
+    'Used by lock_fence: NULL when the token holds the lock (with lock_token: row locked FOR KEY SHARE until the transaction ends), else why not.';
 
 CREATE FUNCTION lease_sched.lock_fence_passed(lock_name text, proven_only boolean)
 RETURNS boolean
@@ -62,7 +73,7 @@ BEGIN
 END;
 $fence$;
 COMMENT ON FUNCTION lease_sched.lease_fence(uuid, bigint, uuid) IS
-    'Pass only while fencing_token (and lease_token, when given) holds the RUNNING lease, and keep it so until this transaction ends (no steal completes meanwhile); else SQLSTATE LS001.';
+    'Pass only while fencing_token (and lease_token, when given) holds the RUNNING lease; with lease_token, keep it so until this transaction ends (no steal completes meanwhile). Else SQLSTATE LS001.';
 
 CREATE FUNCTION lease_sched.lock_fence(lock_name text, fencing_token bigint, lock_token uuid DEFAULT NULL)
 RETURNS void
@@ -78,7 +89,7 @@ BEGIN
 END;
 $fence$;
 COMMENT ON FUNCTION lease_sched.lock_fence(text, bigint, uuid) IS
-    'Pass only while fencing_token (and lock_token, when given) holds the lock, and keep it so until this transaction ends (no takeover completes meanwhile); else SQLSTATE LS001.';
+    'Pass only while fencing_token (and lock_token, when given) holds the lock; with lock_token, keep it so until this transaction ends (no takeover completes meanwhile). Else SQLSTATE LS001.';
 
 -- Trigger functions for leader-only tables, e.g.
 --   CREATE TRIGGER reports_leader_only BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON reports

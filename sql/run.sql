@@ -51,20 +51,23 @@ CREATE PROCEDURE lease_sched.run(
 LANGUAGE plpgsql
 AS $run$
 DECLARE
-    job_every         interval;
-    job_max_attempts  int;
-    job_stale_timeout interval;
-    plan       timestamptz;
-    lease      record;
-    affected   bigint;
-    armed      boolean := false;
-    failed     boolean := false;
-    deadline   boolean := false;
-    finished   boolean;
-    err_state  text;
-    err_msg    text;
-    err_detail text;
-    err_hint   text;
+    -- Every type is schema-qualified: PL/pgSQL resolves a declaration through the
+    -- caller's search_path (pg_temp first), and initialising a variable of a planted
+    -- domain runs the domain's CHECK, as the caller.
+    job_every         pg_catalog.interval;
+    job_max_attempts  pg_catalog.int4;
+    job_stale_timeout pg_catalog.interval;
+    plan       pg_catalog.timestamptz;
+    lease      pg_catalog.record;
+    affected   pg_catalog.int8;
+    armed      pg_catalog.bool := false;
+    failed     pg_catalog.bool := false;
+    deadline   pg_catalog.bool := false;
+    finished   pg_catalog.bool;
+    err_state  pg_catalog.text;
+    err_msg    pg_catalog.text;
+    err_detail pg_catalog.text;
+    err_hint   pg_catalog.text;
 BEGIN
     IF command IS NULL OR command OPERATOR(pg_catalog.=) '' THEN
         RAISE EXCEPTION 'command must not be NULL or empty' USING ERRCODE = '22023';
@@ -75,9 +78,11 @@ BEGIN
     SELECT d.every, d.max_attempts, d.stale_timeout INTO job_every, job_max_attempts, job_stale_timeout
       FROM lease_sched.job_definition(job_name => run.job_name, scope_kind => run.scope_kind,
                                       scope_id => run.scope_id) AS d;
-    job_every := coalesce(run.every, job_every, interval '1 minute');
+    -- (A defined job leaves every NULL when it runs on a cron calendar: the planner reads
+    -- it. max_attempts is NULL here only when the job has no definition.)
+    job_every := coalesce(run.every, job_every, CASE WHEN job_max_attempts IS NULL THEN '1 minute'::pg_catalog.interval END);
     job_max_attempts := coalesce(run.max_attempts, job_max_attempts, 3);
-    job_stale_timeout := coalesce(run.stale_timeout, job_stale_timeout, interval '1 hour');
+    job_stale_timeout := coalesce(run.stale_timeout, job_stale_timeout, '1 hour'::pg_catalog.interval);
     plan := lease_sched.lease_next_plan(job_name => run.job_name, every => job_every, scope_kind => run.scope_kind,
                                         scope_id => run.scope_id, catch_up => false);
     IF plan IS NULL THEN
@@ -120,12 +125,21 @@ BEGIN
         finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
                         status => 'FAILED', error_code => err_state,
                         error_msg => CASE WHEN deadline
-                                          THEN 'command cancelled at its lease deadline (stale_timeout ' OPERATOR(pg_catalog.||) job_stale_timeout::text OPERATOR(pg_catalog.||) '): ' OPERATOR(pg_catalog.||) err_msg
+                                          THEN 'command cancelled at its lease deadline (stale_timeout ' OPERATOR(pg_catalog.||) job_stale_timeout::pg_catalog.text OPERATOR(pg_catalog.||) '): ' OPERATOR(pg_catalog.||) err_msg
                                           ELSE err_msg END,
-                        retry_in => CASE WHEN deadline THEN interval '0' END);
+                        retry_in => CASE WHEN deadline THEN '0'::pg_catalog.interval END);
         COMMIT;  -- the FAILED row stays, then the caller (pg_cron) sees the error too
-        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg,
-                              DETAIL = coalesce(err_detail, ''), HINT = coalesce(err_hint, '');
+        -- Raised again as it was: DETAIL and HINT only when the error had them (an empty
+        -- one would print as an empty line, and RAISE refuses a NULL option).
+        IF err_detail OPERATOR(pg_catalog.<>) '' AND err_hint OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail, HINT = err_hint;
+        ELSIF err_detail OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail;
+        ELSIF err_hint OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, HINT = err_hint;
+        ELSE
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg;
+        END IF;
     END IF;
     finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
                                          status => 'SUCCESS', rows_affected => affected);

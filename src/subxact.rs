@@ -39,7 +39,44 @@ pub fn describe(e: &pg_sys::panic::CaughtError) -> String {
         pg_sys::panic::CaughtError::PostgresError(r)
         | pg_sys::panic::CaughtError::ErrorReport(r)
         | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-            format!("{} (SQLSTATE {:?})", r.message(), r.sql_error_code())
+            format!("{} (SQLSTATE {})", r.message(), sqlstate(r.sql_error_code()))
         }
     }
+}
+
+/// Run `f` in a subtransaction that is rolled back whatever happens: what it locked (row
+/// locks included) is released at once, what it returned is kept. An ERROR inside is
+/// raised again, after the rollback.
+pub fn rolled_back<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: as in attempt(); the subtransaction is always rolled back, and the caught
+    // error (copied out by PgTryBuilder) is raised again only once the state is restored.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let outcome = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f()))).catch_others(Err).execute();
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+        match outcome {
+            Ok(r) => r,
+            Err(e) => e.rethrow(),
+        }
+    }
+}
+
+/// The five-character SQLSTATE PostgreSQL prints (`53100`), not the name of pgrx's enum
+/// variant: operators grep logs for the codes of PostgreSQL's errcodes table. The code is
+/// packed six bits per character, as PostgreSQL's `unpack_sql_state` reads it.
+pub fn sqlstate(code: pg_sys::errcodes::PgSqlErrorCode) -> String {
+    let mut packed = code as i32;
+    (0..5)
+        .map(|_| {
+            let c = char::from(b'0' + (packed & 0x3F) as u8);
+            packed >>= 6;
+            c
+        })
+        .collect()
 }

@@ -46,13 +46,32 @@ pub fn finite_time(value: Option<TimestampWithTimeZone>, name: &str) -> Timestam
 /// Far beyond any sane lease, and far from timestamp overflow.
 const MAX_INTERVAL_MICROS: i128 = 366 * crate::clock::MICROS_PER_DAY as i128;
 
-/// Intervals compare as PostgreSQL compares them (a month counts as 30 days).
+/// An interval argument that becomes an instant (`now + value`) or a stride. PostgreSQL
+/// compares intervals by their total (a month counting 30 days) but adds them part by part
+/// (months, then days, then time), so a value whose parts have opposite signs can pass a
+/// check of its total and still overflow or land before now when added (`'106751992 days
+/// -2562047784 hours'` is one day in total). So every part must have the sign the total
+/// must have, and no months: a month has no fixed length, and `'1 month'` would not be the
+/// 30 days its total says. An infinite interval (PostgreSQL 17+) has infinite months, and
+/// is refused with them. With non-negative days and time whose total is at most 366 days,
+/// `now + value` is exactly now plus the days (calendar days, in the session's time zone)
+/// plus the time, and always far from the end of the timestamp range.
 pub fn interval_in_range(value: Interval, name: &str, allow_zero: bool) -> Interval {
+    if value.months() != 0 {
+        invalid_argument(name, "must not contain months or years", Some("Use days instead, e.g. '30 days'."));
+    }
     let micros = value.as_micros();
     let ok_low = if allow_zero { micros >= 0 } else { micros > 0 };
     if !ok_low {
         let bound = if allow_zero { "must not be negative" } else { "must be positive" };
         invalid_argument(name, bound, Some("Pass an interval such as '30 seconds'."));
+    }
+    if value.days() < 0 || value.micros() < 0 {
+        invalid_argument(
+            name,
+            "must not have parts of opposite signs",
+            Some("Write the interval with one sign, e.g. '23 hours' rather than '1 day -1 hour'."),
+        );
     }
     if micros > MAX_INTERVAL_MICROS {
         invalid_argument(name, "must be at most 366 days", None);

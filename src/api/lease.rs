@@ -95,7 +95,10 @@ fn lease_finish(
         result,
         rows_affected,
         // Error fields describe failures only; a SUCCESS clears them.
-        error_code: failed.then(|| error_code.filter(|c| !c.is_empty()).unwrap_or("handler_error").to_string()),
+        error_code: failed.then(|| {
+            let code = error_code.filter(|c| !c.is_empty()).unwrap_or("handler_error");
+            lease_model::truncate_chars(code, ERROR_CODE_MAX_CHARS).to_string()
+        }),
         error_msg: error_msg
             .filter(|_| failed)
             .map(|m| lease_model::truncate_chars(m, lease_model::ERROR_MSG_MAX_CHARS).to_string()),
@@ -103,6 +106,10 @@ fn lease_finish(
     };
     lease::finish(execution_id, lease_token, finish)
 }
+
+/// The longest error_code kept, in characters: longer codes are cut, like error_msg (a
+/// finish is never refused for its error text, which would leave the run RUNNING).
+pub const ERROR_CODE_MAX_CHARS: usize = 200;
 
 /// The size of a jsonb value printed as text (what the 16 KiB limit counts), from
 /// PostgreSQL's own jsonb output function.

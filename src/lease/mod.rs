@@ -103,7 +103,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                         ],
                     );
                     if let Some(won) = inserted {
-                        return claim_of(won, ClaimOutcome::Won);
+                        return claim_of(redrawn(client, won), ClaimOutcome::Won);
                     }
                     existing = store::probe(&key);
                 }
@@ -124,7 +124,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                         if stole.deposed {
                             notify_lost(client, id.to_string());
                         }
-                        return claim_of(stole, ClaimOutcome::Stole);
+                        return claim_of(redrawn(client, stole), ClaimOutcome::Stole);
                     }
                     // Someone changed the row first (stole, heartbeat, finished, swept):
                     // report the row as it is now, not as we first saw it.
@@ -136,6 +136,18 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
         }
         conflicted(existing.as_ref())
     })
+}
+
+/// The grant as it stands, or with a new token when its statement asked for one
+/// (`Granted::redraw_above`): the sequence is first moved above the row's previous token
+/// when that is what the token was not above.
+fn redrawn(client: &mut pgrx::spi::SpiClient<'_>, g: store::Granted) -> store::Granted {
+    let Some(above) = g.redraw_above else { return g };
+    if above > 0 {
+        crate::fencing::floor_above(client, above);
+    }
+    let again = store::REDRAW.first(client, &[g.execution_id.into()]).expect("the row this call granted");
+    store::Granted { deposed: g.deposed, redraw_above: None, ..again }
 }
 
 /// NOTIFY lease_sched_lost with `payload` (an execution_id, or `lock:<name>`), delivered at

@@ -83,6 +83,12 @@ pub struct Granted {
     pub stale_after: TimestampWithTimeZone,
     /// STEAL only: a live (if silent) holder was deposed.
     pub deposed: bool,
+    /// The token must be drawn again, above this value (`redraw`): the one drawn could be
+    /// out of order. INSERT: 0 when another session drew a token after this one (drawn in
+    /// VALUES, before the INSERT waited on a concurrent insert of the same key), or when
+    /// that wait outlasted the lease. STEAL: the row's previous token, when the one drawn
+    /// is not above it (a row restored from a database whose sequence was further on).
+    pub redraw_above: Option<i64>,
 }
 
 fn granted(r: &SpiHeapTupleData<'_>) -> Option<Granted> {
@@ -92,13 +98,17 @@ fn granted(r: &SpiHeapTupleData<'_>) -> Option<Granted> {
         attempt: r.get(3).ok()??,
         fencing_token: r.get(4).ok()??,
         stale_after: r.get(5).ok()??,
-        // STEAL returns a sixth column; INSERT does not.
         deposed: r.get::<bool>(6).ok().flatten().unwrap_or(false),
+        redraw_above: r.get::<i64>(7).ok().flatten(),
     })
 }
 
 /// Outcome `won`: a fresh row at attempt 1. Returns no row when another session inserted
-/// the same key first (it waits for that session to commit or abort).
+/// the same key first (it waits for that session to commit or abort). The token is drawn
+/// in VALUES, before that wait; the RETURNING list, evaluated after it, reads the sequence
+/// again (an init-plan, run at its first use): when another session drew meanwhile, a claim
+/// that returned before this one may hold a higher token, and `redraw_above` asks for a new
+/// one (src/lease/mod.rs), so tokens keep real-time order (docs/reliability.md, G3).
 pub static INSERT: Query<Granted> = Query { row: granted, statement: Statement {
     sql: "INSERT INTO lease_sched.sys_cron_executions AS e (
               job_name, scope_kind, scope_id, plan_time, status, attempt, max_attempts,
@@ -108,7 +118,10 @@ pub static INSERT: Query<Granted> = Query { row: granted, statement: Statement {
               $6, pg_catalog.gen_random_uuid(), pg_catalog.nextval('lease_sched.fencing_token_seq'), $7, $8,
               $9, $9 OPERATOR(pg_catalog.+) $8, $9, $9)
           ON CONFLICT (job_name, scope_kind, scope_id, plan_time) DO NOTHING
-          RETURNING id, lease_token, attempt, fencing_token, stale_after",
+          RETURNING id, lease_token, attempt, fencing_token, stale_after, false,
+                    CASE WHEN (SELECT last_value FROM lease_sched.fencing_token_seq) OPERATOR(pg_catalog.<>) e.fencing_token
+                           OR (SELECT pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.>=) e.stale_after
+                         THEN 0::bigint END",
     arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, BOOLOID, INTERVALOID, TIMESTAMPTZOID],
 }};
 
@@ -123,7 +136,8 @@ pub static INSERT: Query<Granted> = Query { row: granted, statement: Statement {
 /// whether a live holder was deposed (NOTIFY lease_sched_lost).
 pub static STEAL: Query<Granted> = Query { row: granted, statement: Statement {
     sql: "WITH held AS (
-              SELECT id, status OPERATOR(pg_catalog.=) 'RUNNING' AS was_running FROM lease_sched.sys_cron_executions
+              SELECT id, status OPERATOR(pg_catalog.=) 'RUNNING' AS was_running, fencing_token AS previous_token
+                FROM lease_sched.sys_cron_executions
                WHERE id OPERATOR(pg_catalog.=) $1
                  AND attempt OPERATOR(pg_catalog.<) max_attempts
                  AND ((status OPERATOR(pg_catalog.=) 'FAILED' AND coalesce(next_retry_at, $5) OPERATOR(pg_catalog.<=) $5)
@@ -143,8 +157,23 @@ pub static STEAL: Query<Granted> = Query { row: granted, statement: Statement {
                  updated_at = (SELECT pg_catalog.clock_timestamp())
             FROM held
            WHERE e.id OPERATOR(pg_catalog.=) held.id
-          RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after, held.was_running",
+          RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after, held.was_running,
+                    CASE WHEN e.fencing_token OPERATOR(pg_catalog.<=) held.previous_token THEN held.previous_token END",
     arg_types: &[UUIDOID, TEXTOID, BOOLOID, INTERVALOID, TIMESTAMPTZOID],
+}};
+
+/// A new token for a lease this transaction has just granted (INSERT or STEAL asked for
+/// it: `redraw_above`), and the lease's clock read again: the grant happens now.
+pub static REDRAW: Query<Granted> = Query { row: granted, statement: Statement {
+    sql: "UPDATE lease_sched.sys_cron_executions
+             SET fencing_token = pg_catalog.nextval('lease_sched.fencing_token_seq'),
+                 heartbeat_at = (SELECT pg_catalog.clock_timestamp()),
+                 stale_after = (SELECT pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.+) stale_timeout,
+                 started_at = (SELECT pg_catalog.clock_timestamp()),
+                 updated_at = (SELECT pg_catalog.clock_timestamp())
+           WHERE id OPERATOR(pg_catalog.=) $1
+          RETURNING id, lease_token, attempt, fencing_token, stale_after",
+    arg_types: &[UUIDOID],
 }};
 
 /// Tell a deposed holder at once: delivered at the commit of the steal (or the sweep that
@@ -220,17 +249,31 @@ pub static FAIL_ABANDONED: Statement = Statement {
 /// Retention: one bounded batch of the oldest finished rows, through the finished index.
 /// Never a row that may still run (a FAILED run with attempts left waits for its retry),
 /// and never the latest plan (at or before now, $3) of its (job, scope): the planner's cursor lives there, and
-/// deleting it would let lease_next_plan hand out that plan again.
+/// deleting it would let lease_next_plan hand out that plan again. A "run now" plan
+/// (job_trigger) is not the cursor, so a later one does not count; and its trigger row goes
+/// with its execution row (a trigger without one is a pending "run now").
 pub static PRUNE_BATCH: Statement = Statement {
-    sql: "DELETE FROM lease_sched.sys_cron_executions
+    sql: "WITH pruned AS (
+          DELETE FROM lease_sched.sys_cron_executions
            WHERE id IN (SELECT e.id FROM lease_sched.sys_cron_executions e
                          WHERE e.status <> 'RUNNING' AND e.finished_at < $1
                            AND (e.status = 'SUCCESS' OR e.attempt >= e.max_attempts)
                            AND EXISTS (SELECT 1 FROM lease_sched.sys_cron_executions later
                                         WHERE later.job_name = e.job_name AND later.scope_kind = e.scope_kind
                                           AND later.scope_id = e.scope_id AND later.plan_time > e.plan_time
-                                          AND later.plan_time <= $3)
+                                          AND later.plan_time <= $3
+                                          AND NOT EXISTS (SELECT 1 FROM lease_sched.job_triggers t
+                                                           WHERE t.job_name = later.job_name
+                                                             AND t.scope_kind = later.scope_kind
+                                                             AND t.scope_id = later.scope_id
+                                                             AND t.plan_time = later.plan_time))
                          ORDER BY e.finished_at LIMIT $2
-                         FOR UPDATE OF e SKIP LOCKED)",
+                         FOR UPDATE OF e SKIP LOCKED)
+          RETURNING job_name, scope_kind, scope_id, plan_time),
+          triggers AS (
+          DELETE FROM lease_sched.job_triggers t USING pruned p
+           WHERE t.job_name = p.job_name AND t.scope_kind = p.scope_kind AND t.scope_id = p.scope_id
+             AND t.plan_time = p.plan_time)
+          SELECT 1 FROM pruned",
     arg_types: &[TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID],
 };

@@ -42,7 +42,11 @@ pub fn acquire(name: &str, holder: &str, ttl: Interval) -> Acquired {
         crate::fencing::ensure_token_floor(client);
         for _ in 0..2 {
             let args = [name.into(), holder.into(), now.into(), ttl.into()];
-            if let Some(got) = store::TAKE_OVER.first(client, &args) {
+            if let Some(mut got) = store::TAKE_OVER.first(client, &args) {
+                if let Some(above) = got.redraw_above {
+                    crate::fencing::floor_above(client, above);
+                    got = store::REDRAW.first(client, &[name.into()]).expect("the row this call took over");
+                }
                 // The expired holder never released: tell it (delivered at commit).
                 crate::lease::notify_lost(client, format!("lock:{name}"));
                 return acquired(got);

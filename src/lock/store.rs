@@ -13,6 +13,9 @@ pub struct Granted {
     pub fencing_token: i64,
     pub holder: String,
     pub expires_at: TimestampWithTimeZone,
+    /// TAKE_OVER only: the lock's previous token, when the token drawn is not above it (a
+    /// row restored from a database whose sequence was further on): draw again (REDRAW).
+    pub redraw_above: Option<i64>,
 }
 
 fn granted(r: &SpiHeapTupleData<'_>) -> Option<Granted> {
@@ -21,6 +24,7 @@ fn granted(r: &SpiHeapTupleData<'_>) -> Option<Granted> {
         fencing_token: r.get(2).ok()??,
         holder: r.get(3).ok()??,
         expires_at: r.get(4).ok()??,
+        redraw_above: r.get::<i64>(5).ok().flatten(),
     })
 }
 
@@ -36,15 +40,24 @@ fn granted(r: &SpiHeapTupleData<'_>) -> Option<Granted> {
 /// init-plan evaluated for the locked row), so a takeover that waited is not born expired.
 pub static TAKE_OVER: Query<Granted> = Query { row: granted, statement: Statement {
     sql: "WITH held AS (
-              SELECT name FROM lease_sched.locks WHERE name = $1 AND expires_at <= $3 FOR UPDATE)
+              SELECT name, fencing_token AS previous_token FROM lease_sched.locks WHERE name = $1 AND expires_at <= $3 FOR UPDATE)
           UPDATE lease_sched.locks l
              SET holder = $2, fencing_token = nextval('lease_sched.fencing_token_seq'),
                  lock_token = gen_random_uuid(), acquired_at = (SELECT clock_timestamp()),
                  heartbeat_at = (SELECT clock_timestamp()), expires_at = (SELECT clock_timestamp()) + $4, ttl = $4
             FROM held
            WHERE l.name = held.name
-          RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at",
+          RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at,
+                    CASE WHEN l.fencing_token <= held.previous_token THEN held.previous_token END",
     arg_types: &[TEXTOID, TEXTOID, TIMESTAMPTZOID, INTERVALOID],
+}};
+
+/// A new token for the lock this transaction has just taken over (TAKE_OVER asked for it).
+pub static REDRAW: Query<Granted> = Query { row: granted, statement: Statement {
+    sql: "UPDATE lease_sched.locks SET fencing_token = nextval('lease_sched.fencing_token_seq')
+           WHERE name = $1
+          RETURNING lock_token, fencing_token, holder, expires_at",
+    arg_types: &[TEXTOID],
 }};
 
 /// Insert a free lock with no token yet (0). The VALUES list is computed before the

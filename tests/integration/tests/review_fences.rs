@@ -205,11 +205,12 @@ fn review_a_steal_that_waited_for_a_fence_is_born_stale_and_is_stolen_again_at_o
     assert_eq!(c.outcome, "won");
 
     // The holder's fenced transaction outlives the lease by a few seconds.
-    let (id, fencing) = (c.id(), c.fencing_token.unwrap());
+    // (with its secret: only such a fence holds the row until the transaction ends)
+    let (id, fencing, secret) = (c.id(), c.fencing_token.unwrap(), c.token());
     let fenced = std::thread::spawn(move || {
         let mut f = connect();
         let mut tx = f.transaction().unwrap();
-        tx.batch_execute(&format!("SELECT lease_sched.lease_fence('{id}', {fencing})")).unwrap();
+        tx.batch_execute(&format!("SELECT lease_sched.lease_fence('{id}', {fencing}, '{secret}')")).unwrap();
         std::thread::sleep(Duration::from_secs(7));
         tx.commit().unwrap();
     });
@@ -236,15 +237,16 @@ fn review_a_takeover_that_waited_for_a_fence_is_born_expired_and_is_taken_over_a
     let mut holder = connect();
     let lock = unique("review_expired_born");
     let r = holder
-        .query_one("SELECT acquired, fencing_token FROM lease_sched.lock_acquire($1, 'holder', '2 seconds')", &[&lock])
+        .query_one("SELECT acquired, fencing_token, lock_token FROM lease_sched.lock_acquire($1, 'holder', '2 seconds')", &[&lock])
         .unwrap();
     assert!(r.get::<_, bool>(0));
     let fencing: i64 = r.get(1);
+    let secret: uuid::Uuid = r.get(2);
     let l2 = lock.clone();
     let fenced = std::thread::spawn(move || {
         let mut f = connect();
         let mut tx = f.transaction().unwrap();
-        tx.batch_execute(&format!("SELECT lease_sched.lock_fence('{l2}', {fencing})")).unwrap();
+        tx.batch_execute(&format!("SELECT lease_sched.lock_fence('{l2}', {fencing}, '{secret}')")).unwrap();
         std::thread::sleep(Duration::from_secs(7));
         tx.commit().unwrap();
     });

@@ -116,10 +116,40 @@ def error_msg_of(exc: BaseException) -> str:
     return msg if msg else type(exc).__name__
 
 
-def result_json(result: Any) -> Optional[str]:
+#: What ``lease_finish`` stores at most as ``result`` (as jsonb prints it); larger is refused
+#: with SQLSTATE 22001.
+RESULT_MAX_BYTES = 16 * 1024
+
+
+def unstored_result(reason: str) -> str:
+    """The result stored instead of one that cannot be stored (not JSON, too large): the run
+    still finishes, with ``{"result_not_stored": "<why>"}`` as its result."""
+    return json.dumps({"result_not_stored": reason[:1000]})
+
+
+def encode_result(result: Any) -> Tuple[Optional[str], Optional[str]]:
+    """``(json_text, None)``, or ``(substitute, why)`` when ``result`` is not JSON (a
+    ``Decimal``, a ``datetime``, NaN, a set...) or over :data:`RESULT_MAX_BYTES`. Called while
+    the heartbeat still runs, so that a result that cannot be stored never costs the finish."""
     if result is None:
-        return None
-    return json.dumps(result)
+        return None, None
+    try:
+        text = json.dumps(result, allow_nan=False)
+    except Exception as e:  # noqa: BLE001 - whatever the value does, the run must finish
+        why = f"{type(e).__name__}: {e}"
+        return unstored_result(why), why
+    size = len(text.encode())
+    if size > RESULT_MAX_BYTES:
+        why = f"result is {size} bytes of JSON, over the {RESULT_MAX_BYTES} bytes lease_finish stores"
+        return unstored_result(why), why
+    return text, None
+
+
+def refused_result(e: BaseException) -> bool:
+    """Whether a failed finish refused the result (22001 too large, or another data
+    exception of the JSON input): the lease is still RUNNING and the finish can be repeated
+    with :func:`unstored_result`."""
+    return isinstance(e, psycopg.Error) and (e.sqlstate or "").startswith("22")
 
 
 CLAIM_SQL = """SELECT outcome, execution_id, lease_token, attempt, fencing_token, stale_after
@@ -132,7 +162,8 @@ HEARTBEAT_SQL = "SELECT lease_sched.lease_heartbeat(execution_id => %s, lease_to
 FINISH_SQL = """SELECT lease_sched.lease_finish(execution_id => %s, lease_token => %s, status => %s,
        result => %s::jsonb, rows_affected => %s, error_code => %s, error_msg => %s, retry_in => %s)"""
 
-LEASE_FENCE_SQL = "SELECT lease_sched.lease_fence(%s, %s)"
+# With the holder's secret: only then does the fence hold until the transaction ends.
+LEASE_FENCE_SQL = "SELECT lease_sched.lease_fence(%s, %s, %s)"
 
 LOCK_ACQUIRE_SQL = """SELECT acquired, lock_token, fencing_token, holder, expires_at
   FROM lease_sched.lock_acquire(lock_name => %s, holder => %s, ttl => %s)"""
@@ -141,7 +172,7 @@ LOCK_HEARTBEAT_SQL = "SELECT lease_sched.lock_heartbeat(lock_name => %s, lock_to
 
 LOCK_RELEASE_SQL = "SELECT lease_sched.lock_release(lock_name => %s, lock_token => %s)"
 
-LOCK_FENCE_SQL = "SELECT lease_sched.lock_fence(%s, %s)"
+LOCK_FENCE_SQL = "SELECT lease_sched.lock_fence(%s, %s, %s)"
 
 NEXT_PLAN_SQL = """SELECT lease_sched.lease_next_plan(job_name => %s, every => %s, scope_kind => %s,
        scope_id => %s, catch_up => %s)"""

@@ -50,8 +50,8 @@
 //! walk away, after their lease went stale) and lock clients (half the well-behaved holders,
 //! half of those that stall past their TTL, a third of those whose backend was terminated,
 //! from the new connection) write a row of public.lease_sched_torture_fenced in one
-//! transaction under lease_fence/lock_fence with their token (with or without the secret),
-//! holding it open a little. Checked (see `analyze_fenced`):
+//! transaction under lease_fence/lock_fence with their token and their secret (a fence
+//! given the public token alone holds nothing past its own check), holding it open a little. Checked (see `analyze_fenced`):
 //! 12. a row exists exactly for each fenced transaction that committed (a write refused with
 //!     LS001 never lands); every row's token was granted for its resource; per resource,
 //!     tokens never decrease in id (real-time) order; no row's transaction was still running
@@ -187,8 +187,10 @@ fn client_loop(dsn: &str, run: &str, seconds: u64, max_calls: u64, id: usize, ou
         let action = rng.below(10);
         let beats = rng.below(4);
         let fence = |rng: &mut Rng| {
-            let secret = if rng.below(2) == 0 { format!(", '{token}'") } else { String::new() };
-            format!("SELECT lease_sched.lease_fence('{eid}', {fencing}{secret})")
+            // With the secret: only such a fence holds the row until the transaction ends
+            // (a public-token fence is a check at one instant, docs/api.md "Fences").
+            let _ = rng;
+            format!("SELECT lease_sched.lease_fence('{eid}', {fencing}, '{token}')")
         };
         if rng.below(4) == 0 {
             let f = fence(&mut rng);
@@ -322,8 +324,8 @@ impl LockClient<'_> {
     /// A fenced write under lock_fence(lock, fencing [, token]), held open for `hold_us`.
     #[allow(clippy::too_many_arguments)]
     fn fenced(&mut self, rng: &mut Rng, run: &str, id: usize, lock: &str, token: Uuid, fencing: i64, hold_us: u64, out: &mut impl Write) {
-        let secret = if rng.below(2) == 0 { format!(", '{token}'") } else { String::new() };
-        let fence = format!("SELECT lease_sched.lock_fence('{lock}', {fencing}{secret})");
+        let _ = rng;
+        let fence = format!("SELECT lease_sched.lock_fence('{lock}', {fencing}, '{token}')");
         fenced_write(&mut self.c, run, lock, fencing, &fence, hold_us, &mut self.wseq, id, out);
     }
 }
@@ -962,8 +964,8 @@ struct FencedAnalysis {
 ///
 /// Why id order is real-time order for (c): `id` comes from a sequence (CACHE 1, so nextval
 /// hands out values in the real-time order of the calls, across backends), called by the
-/// INSERT, which runs after the fence passed. A passed fence locks the lock/lease row FOR
-/// KEY SHARE until the transaction ends, and a takeover, steal or release locks it FOR UPDATE
+/// INSERT, which runs after the fence passed. A fence passed with the secret locks the
+/// lock/lease row FOR KEY SHARE until the transaction ends, and a takeover, steal or release locks it FOR UPDATE
 /// first. So for two committed writes with tokens t1 < t2 of one resource: INSERT(t1) <
 /// end of t1's transaction <= the takeover that granted t2 (or t1's own release) < t2's grant
 /// returned < t2's fence < INSERT(t2), i.e. id(t1) < id(t2). A fence that let an old token
