@@ -132,17 +132,30 @@ BEGIN
     IF retention > 0 THEN
         BEGIN
             FOR batch IN 1..10 LOOP
-                DELETE FROM lease_sched.sys_cron_executions
-                 WHERE id IN (SELECT e.id FROM lease_sched.sys_cron_executions e
-                               WHERE e.status <> 'RUNNING' AND e.finished_at < now_ - retention * interval '1 second'
-                                 AND (e.status = 'SUCCESS' OR e.attempt >= e.max_attempts)
-                                 AND EXISTS (SELECT 1 FROM lease_sched.sys_cron_executions later
-                                              WHERE later.job_name = e.job_name AND later.scope_kind = e.scope_kind
-                                                AND later.scope_id = e.scope_id AND later.plan_time > e.plan_time
-                                                AND later.plan_time <= now_)
-                               ORDER BY e.finished_at LIMIT 1000
-                               FOR UPDATE OF e SKIP LOCKED);
-                GET DIAGNOSTICS pass_rows = ROW_COUNT;
+                -- A "run now" plan (job_trigger) is not the cursor; a pruned row's trigger
+                -- row goes with it.
+                WITH pruned AS (
+                    DELETE FROM lease_sched.sys_cron_executions
+                     WHERE id IN (SELECT e.id FROM lease_sched.sys_cron_executions e
+                                   WHERE e.status <> 'RUNNING' AND e.finished_at < now_ - retention * interval '1 second'
+                                     AND (e.status = 'SUCCESS' OR e.attempt >= e.max_attempts)
+                                     AND EXISTS (SELECT 1 FROM lease_sched.sys_cron_executions later
+                                                  WHERE later.job_name = e.job_name AND later.scope_kind = e.scope_kind
+                                                    AND later.scope_id = e.scope_id AND later.plan_time > e.plan_time
+                                                    AND later.plan_time <= now_
+                                                    AND NOT EXISTS (SELECT 1 FROM lease_sched.job_triggers t
+                                                                     WHERE t.job_name = later.job_name
+                                                                       AND t.scope_kind = later.scope_kind
+                                                                       AND t.scope_id = later.scope_id
+                                                                       AND t.plan_time = later.plan_time))
+                                   ORDER BY e.finished_at LIMIT 1000
+                                   FOR UPDATE OF e SKIP LOCKED)
+                    RETURNING job_name, scope_kind, scope_id, plan_time),
+                triggers AS (
+                    DELETE FROM lease_sched.job_triggers t USING pruned p
+                     WHERE t.job_name = p.job_name AND t.scope_kind = p.scope_kind AND t.scope_id = p.scope_id
+                       AND t.plan_time = p.plan_time)
+                SELECT count(*) INTO pass_rows FROM pruned;
                 pruned_n := pruned_n + pass_rows;
                 EXIT WHEN pass_rows < 1000;
             END LOOP;
@@ -180,14 +193,15 @@ BEGIN
     RETURN QUERY SELECT v.name, v.value FROM (VALUES
         (1, 'claims_won', 0::bigint), (2, 'claims_stole', 0), (3, 'claims_conflicted', 0),
         (4, 'heartbeats_ok', 0), (5, 'heartbeats_lost', 0), (6, 'finishes', 0), (7, 'finishes_lost', 0),
-        (8, 'touches_buffered', 0), (9, 'touches_direct', 0),
-        (10, 'flushes', coalesce(s.flushes, 0)),
-        (11, 'sweeps', coalesce(s.sweeps, 0)),
-        (12, 'sweep_errors', coalesce(s.sweep_errors, 0)),
-        (13, 'rows_swept', coalesce(s.rows_swept, 0)),
-        (14, 'last_sweep_unix_seconds', coalesce(floor(extract(epoch FROM s.last_sweep_at))::bigint, 0)),
-        (15, 'last_sweep_duration_us', coalesce(s.last_sweep_duration_us, 0)),
-        (16, 'preloaded', 0)) AS v(n, name, value)
+        (8, 'touches_buffered', 0), (9, 'touches_direct', 0), (10, 'touches_restored', 0), (11, 'touches_lost', 0),
+        (12, 'flushes', coalesce(s.flushes, 0)),
+        (13, 'sweeps', coalesce(s.sweeps, 0)),
+        (14, 'sweep_errors', coalesce(s.sweep_errors, 0)),
+        (15, 'rows_swept', coalesce(s.rows_swept, 0)),
+        (16, 'databases_over_limit', 0),
+        (17, 'last_sweep_unix_seconds', coalesce(floor(extract(epoch FROM s.last_sweep_at))::bigint, 0)),
+        (18, 'last_sweep_duration_us', coalesce(s.last_sweep_duration_us, 0)),
+        (19, 'preloaded', 0)) AS v(n, name, value)
     ORDER BY v.n;
 END;
 $stats$;
@@ -270,28 +284,39 @@ $unschedule$;
 COMMENT ON FUNCTION lease_sched.portable_unschedule_sweep() IS
     'Portable edition: remove the pg_cron schedule of lease_sched.sweep() in this database.';
 
--- The native library defines the lease_sched.* settings; here they are placeholders, so
--- that SHOW lease_sched.retention (or current_setting without missing_ok) works, each one
--- not set anywhere yet is set to the native default for this database (the owner may:
--- ALTER DATABASE ... SET). A value from postgresql.conf, ALTER SYSTEM or an earlier
--- ALTER DATABASE is left alone.
-DO $defaults$
+
+-- twin: sweeper_status
+CREATE FUNCTION lease_sched.sweeper_status()
+RETURNS TABLE (swept boolean, state text, sweeper_pid integer, last_sweep_at timestamptz)
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1
+AS $status$
+#variable_conflict use_column
 DECLARE
-    setting record;
+    last_ timestamptz;
 BEGIN
-    FOR setting IN SELECT * FROM (VALUES
-        ('lease_sched.retry_backoff_base', '10s'), ('lease_sched.retry_backoff_max', '1h'),
-        ('lease_sched.touch_flush_interval', '1min'), ('lease_sched.runtime_offline_after', '150s'),
-        ('lease_sched.retention', '30d'), ('lease_sched.notify_lost', 'on')) AS s(name, value)
-    LOOP
-        IF current_setting(setting.name, true) IS NULL THEN
-            BEGIN
-                EXECUTE format('ALTER DATABASE %I SET %s = %L', current_database(), setting.name, setting.value);
-            EXCEPTION WHEN insufficient_privilege THEN
-                RAISE NOTICE 'lease_sched: % is not set (the installing role does not own the database); the default % applies',
-                             setting.name, setting.value;
-            END;
-        END IF;
-    END LOOP;
+    -- No background worker here: this database is swept while lease_sched.sweep() runs
+    -- (from pg_cron, portable_schedule_sweep) -- a sweep in the last 2 minutes.
+    IF NOT pg_is_in_recovery() THEN
+        SELECT s.last_sweep_at INTO last_ FROM lease_sched.portable_sweep_state s;
+    END IF;
+    swept := coalesce(last_ > clock_timestamp() - interval '2 minutes', false);
+    state := CASE WHEN swept THEN 'sweeping (portable: lease_sched.sweep() calls)'
+                  ELSE 'not swept (portable: schedule lease_sched.sweep(), see portable_schedule_sweep)' END;
+    sweeper_pid := NULL;
+    last_sweep_at := last_;
+    RETURN NEXT;
 END;
-$defaults$;
+$status$;
+
+-- twin: sys_sweeper_announce
+CREATE FUNCTION lease_sched.sys_sweeper_announce()
+RETURNS void
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $announce$
+BEGIN
+    -- Nothing to wake: say what sweeps this database.
+    RAISE NOTICE 'lease_sched (portable edition): nothing sweeps this database until lease_sched.sweep() is scheduled'
+          USING HINT = 'SELECT lease_sched.portable_schedule_sweep(''10 seconds'') (pg_cron), or call lease_sched.sweep() from your own scheduler.';
+END;
+$announce$;

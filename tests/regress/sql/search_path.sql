@@ -163,6 +163,8 @@ SELECT p.proname FROM pg_catalog.pg_proc p
                          -- internals of the above
                          'lease_fence_check', 'lock_fence_check', 'lease_fence_passed', 'lock_fence_passed',
                          'run_arm_deadline', 'run_disarm_deadline'])
+   -- the portable edition's internals (docs/portable.md), called by its twins of the above
+   AND p.proname::pg_catalog.text OPERATOR(pg_catalog.!~~) 'portable\_%'
  ORDER BY 1;
 
 DROP TABLE public.sp_leader_writes, public.sp_lease_writes;
