@@ -102,9 +102,10 @@ if want integration && [ -n "${LEASE_PORTABLE_CARGO_TESTS:-}" ]; then
   # The sweep, as pg_cron's '1 seconds' schedule would call it (pg_cron 1.4 has only minutes),
   # as the owner. A test pauses it as it pauses the native worker: lease_sched.sweep_interval
   # set (ALTER SYSTEM) to more than a minute.
-  # (Every name qualified: the statement runs with the database's search_path, which a test
-  # makes hostile, as a pg_cron command would.)
-  sweep_sql="SELECT CASE WHEN coalesce(nullif(pg_catalog.current_setting('lease_sched.sweep_interval', true), ''), '1s')::interval
+  # (Every name and operator qualified, and no NULLIF or IN, which look up = on the path: the
+  # statement runs with the database's search_path, which a test makes hostile, as a pg_cron
+  # command would.)
+  sweep_sql="SELECT CASE WHEN coalesce(pg_catalog.current_setting('lease_sched.sweep_interval', true), '1s')::interval
                              OPERATOR(pg_catalog.<=) interval '1 minute'
                         THEN (SELECT pg_catalog.count(*) FROM lease_sched.sweep()) END"
   ( while "$pgbin/psql" -X -q -h 127.0.0.1 -p "$port" -U lease_admin -d lease_sched -c "$sweep_sql" >/dev/null 2>&1 || sleep 1; do sleep 1; done ) &
