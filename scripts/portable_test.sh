@@ -111,6 +111,13 @@ if want integration && [ -n "${LEASE_PORTABLE_CARGO_TESTS:-}" ]; then
   ( while "$pgbin/psql" -X -q -h 127.0.0.1 -p "$port" -U lease_admin -d lease_sched -c "$sweep_sql" >/dev/null 2>&1 || sleep 1; do sleep 1; done ) &
   sweeper=$!
   trap 'kill $sweeper 2>/dev/null; cluster_stop "$dir" "$pgbin" immediate' EXIT
+  # The Python the native run uses (scripts/test.sh), for the examples and clients.
+  if [ -z "${LEASE_SCHED_PYTHON:-}" ]; then
+    venv=/tmp/lease_sched_venv
+    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg" 2>/dev/null \
+      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
+    export LEASE_SCHED_PYTHON="$venv/bin/python"
+  fi
   args=()
   for t in ${LEASE_PORTABLE_CARGO_TESTS//,/ }; do args+=(--test "$t"); done
   LEASE_SCHED_EDITION=portable LEASE_SCHED_DSN="host=127.0.0.1 port=$port dbname=lease_sched user=postgres" \
