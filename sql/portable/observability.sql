@@ -193,7 +193,8 @@ BEGIN
     RETURN QUERY SELECT v.name, v.value FROM (VALUES
         (1, 'claims_won', 0::bigint), (2, 'claims_stole', 0), (3, 'claims_conflicted', 0),
         (4, 'heartbeats_ok', 0), (5, 'heartbeats_lost', 0), (6, 'finishes', 0), (7, 'finishes_lost', 0),
-        (8, 'touches_buffered', 0), (9, 'touches_direct', 0), (10, 'touches_restored', 0), (11, 'touches_lost', 0),
+        (8, 'touches_buffered', 0), (9, 'touches_direct', 0),
+        (10, 'touches_restored', 0), (11, 'touches_lost', 0),
         (12, 'flushes', coalesce(s.flushes, 0)),
         (13, 'sweeps', coalesce(s.sweeps, 0)),
         (14, 'sweep_errors', coalesce(s.sweep_errors, 0)),
@@ -201,10 +202,51 @@ BEGIN
         (16, 'databases_over_limit', 0),
         (17, 'last_sweep_unix_seconds', coalesce(floor(extract(epoch FROM s.last_sweep_at))::bigint, 0)),
         (18, 'last_sweep_duration_us', coalesce(s.last_sweep_duration_us, 0)),
-        (19, 'preloaded', 0)) AS v(n, name, value)
+        (19, 'databases_swept', (SELECT w.swept::int FROM lease_sched.sweeper_status() w)),
+        (20, 'swept', (SELECT w.swept::int FROM lease_sched.sweeper_status() w)),
+        (21, 'preloaded', 0)) AS v(n, name, value)
     ORDER BY v.n;
 END;
 $stats$;
+
+-- twin: sweeper_status
+CREATE FUNCTION lease_sched.sweeper_status()
+RETURNS TABLE (swept boolean, state text, sweeper_pid integer, last_sweep_at timestamptz)
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1
+AS $status$
+DECLARE
+    last timestamptz;
+BEGIN
+    -- No background worker here: the database is swept while something keeps calling
+    -- sweep() (pg_cron through portable_schedule_sweep). Swept: a sweep since the server
+    -- started, within the last two minutes (pg_cron's coarsest schedule is a minute).
+    IF NOT pg_is_in_recovery() THEN
+        SELECT st.last_sweep_at INTO last FROM lease_sched.portable_sweep_state st
+         WHERE st.server_started = pg_postmaster_start_time();
+    END IF;
+    swept := last IS NOT NULL AND clock_timestamp() - last < interval '2 minutes';
+    state := CASE WHEN swept THEN 'sweeping' ELSE 'not scheduled' END;
+    sweeper_pid := NULL;
+    last_sweep_at := last;
+    RETURN NEXT;
+END;
+$status$;
+
+-- twin: sys_sweeper_announce
+CREATE FUNCTION lease_sched.sys_sweeper_announce()
+RETURNS void
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $announce$
+BEGIN
+    -- Run by the install script: nothing sweeps this database until sweep() is scheduled.
+    IF NOT (SELECT w.swept FROM lease_sched.sweeper_status() w) THEN
+        RAISE WARNING 'lease_sched: nothing sweeps database "%" yet: abandoned leases stay RUNNING and silent runtimes stay online',
+                      current_database()
+              USING HINT = 'Run SELECT lease_sched.portable_schedule_sweep(); (pg_cron), or call SELECT lease_sched.sweep(); every few seconds from a scheduler of your own.';
+    END IF;
+END;
+$announce$;
 
 -- Schedule lease_sched.sweep() with pg_cron, in place of the native background worker:
 -- every `every` (whole seconds from 1 to 59 where pg_cron supports second schedules,
@@ -283,40 +325,3 @@ END;
 $unschedule$;
 COMMENT ON FUNCTION lease_sched.portable_unschedule_sweep() IS
     'Portable edition: remove the pg_cron schedule of lease_sched.sweep() in this database.';
-
-
--- twin: sweeper_status
-CREATE FUNCTION lease_sched.sweeper_status()
-RETURNS TABLE (swept boolean, state text, sweeper_pid integer, last_sweep_at timestamptz)
-LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1
-AS $status$
-#variable_conflict use_column
-DECLARE
-    last_ timestamptz;
-BEGIN
-    -- No background worker here: this database is swept while lease_sched.sweep() runs
-    -- (from pg_cron, portable_schedule_sweep) -- a sweep in the last 2 minutes.
-    IF NOT pg_is_in_recovery() THEN
-        SELECT s.last_sweep_at INTO last_ FROM lease_sched.portable_sweep_state s;
-    END IF;
-    swept := coalesce(last_ > clock_timestamp() - interval '2 minutes', false);
-    state := CASE WHEN swept THEN 'sweeping (portable: lease_sched.sweep() calls)'
-                  ELSE 'not swept (portable: schedule lease_sched.sweep(), see portable_schedule_sweep)' END;
-    sweeper_pid := NULL;
-    last_sweep_at := last_;
-    RETURN NEXT;
-END;
-$status$;
-
--- twin: sys_sweeper_announce
-CREATE FUNCTION lease_sched.sys_sweeper_announce()
-RETURNS void
-LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
-AS $announce$
-BEGIN
-    -- Nothing to wake: say what sweeps this database.
-    RAISE NOTICE 'lease_sched (portable edition): nothing sweeps this database until lease_sched.sweep() is scheduled'
-          USING HINT = 'SELECT lease_sched.portable_schedule_sweep(''10 seconds'') (pg_cron), or call lease_sched.sweep() from your own scheduler.';
-END;
-$announce$;
