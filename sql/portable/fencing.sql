@@ -1,6 +1,12 @@
 -- Portable edition: the PL/pgSQL twins of the fence checks (native: src/fencing.rs,
 -- src/api/fence.rs, src/xact.rs).
 --
+-- Given the holder's secret (lease_token / lock_token) a fence keeps the row locked FOR
+-- KEY SHARE until the transaction ends; given only the public fencing token it keeps
+-- nothing: the row is read FOR KEY SHARE (so the check sees the newest version) in a
+-- subtransaction rolled back at once, so a stranger who knows the token cannot hold off a
+-- steal, a takeover or the sweep.
+--
 -- The fences a transaction passed (what require_lease / require_lock check) are rows of a
 -- temporary table, `pg_temp.lease_sched_fences`, created in each session by the first
 -- fence and owned by the role that owns lease_sched: rows written in a subtransaction that
@@ -48,13 +54,26 @@ LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER 
 AS $check$
 #variable_conflict use_column
 DECLARE
-    r record;
+    r      record;
+    found_ boolean;
 BEGIN
     PERFORM lease_sched.portable_required(lease_fence_check.execution_id IS NULL, 'execution_id');
     PERFORM lease_sched.portable_required(lease_fence_check.fencing_token IS NULL, 'fencing_token');
-    SELECT e.job_name, e.status, e.fencing_token, e.lease_token INTO r
-      FROM lease_sched.sys_cron_executions e WHERE e.id = lease_fence_check.execution_id FOR KEY SHARE;
-    IF NOT FOUND THEN
+    IF lease_fence_check.lease_token IS NOT NULL THEN
+        SELECT e.job_name, e.status, e.fencing_token, e.lease_token INTO r
+          FROM lease_sched.sys_cron_executions e WHERE e.id = lease_fence_check.execution_id FOR KEY SHARE;
+        found_ := FOUND;
+    ELSE
+        BEGIN
+            SELECT e.job_name, e.status, e.fencing_token, e.lease_token INTO r
+              FROM lease_sched.sys_cron_executions e WHERE e.id = lease_fence_check.execution_id FOR KEY SHARE;
+            found_ := FOUND;
+            RAISE EXCEPTION USING ERRCODE = 'LS998';  -- roll back: release the row lock now
+        EXCEPTION WHEN SQLSTATE 'LS998' THEN
+            NULL;
+        END;
+    END IF;
+    IF NOT found_ THEN
         RETURN format('lease_sched: fenced out: there is no lease %s', lease_fence_check.execution_id);
     END IF;
     IF r.fencing_token <> lease_fence_check.fencing_token THEN
@@ -82,13 +101,26 @@ LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER 
 AS $check$
 #variable_conflict use_column
 DECLARE
-    r record;
+    r      record;
+    found_ boolean;
 BEGIN
     PERFORM lease_sched.portable_name(lock_fence_check.lock_name, 'lock_name');
     PERFORM lease_sched.portable_required(lock_fence_check.fencing_token IS NULL, 'fencing_token');
-    SELECT l.fencing_token, l.lock_token INTO r
-      FROM lease_sched.locks l WHERE l.name = lock_fence_check.lock_name FOR KEY SHARE;
-    IF NOT FOUND THEN
+    IF lock_fence_check.lock_token IS NOT NULL THEN
+        SELECT l.fencing_token, l.lock_token INTO r
+          FROM lease_sched.locks l WHERE l.name = lock_fence_check.lock_name FOR KEY SHARE;
+        found_ := FOUND;
+    ELSE
+        BEGIN
+            SELECT l.fencing_token, l.lock_token INTO r
+              FROM lease_sched.locks l WHERE l.name = lock_fence_check.lock_name FOR KEY SHARE;
+            found_ := FOUND;
+            RAISE EXCEPTION USING ERRCODE = 'LS998';  -- roll back: release the row lock now
+        EXCEPTION WHEN SQLSTATE 'LS998' THEN
+            NULL;
+        END;
+    END IF;
+    IF NOT found_ THEN
         RETURN format('lease_sched: fenced out: the lock "%s" is not held (fencing token %s no longer holds it)',
                       lock_fence_check.lock_name, lock_fence_check.fencing_token);
     END IF;
