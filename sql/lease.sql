@@ -14,18 +14,17 @@ CREATE FUNCTION lease_sched.lease_try_claim(
     scope_id            text     DEFAULT '',
     stale_timeout       interval DEFAULT '5 minutes',
     max_attempts        int      DEFAULT 3,
-    allow_stale_reentry boolean  DEFAULT true
-)
-RETURNS TABLE (
-    outcome       text,
-    execution_id  uuid,
-    lease_token   uuid,
-    attempt       int,
-    fencing_token bigint,
-    stale_after   timestamptz
+    allow_stale_reentry boolean  DEFAULT true,
+    -- One row, always: OUT parameters make it a plain function returning a record, not a
+    -- set (no set-returning protocol per call); SELECT * FROM it reads it as before.
+    OUT outcome       text,
+    OUT execution_id  uuid,
+    OUT lease_token   uuid,
+    OUT attempt       int,
+    OUT fencing_token bigint,
+    OUT stale_after   timestamptz
 )
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
-ROWS 1
 AS 'MODULE_PATHNAME', 'lease_try_claim_wrapper';
 COMMENT ON FUNCTION lease_sched.lease_try_claim(text, timestamptz, text, text, text, interval, int, boolean) IS
     'Claim one scheduled run: won (new row), stole (stale RUNNING lease or due FAILED retry), or conflicted. Always one row.';

@@ -24,10 +24,11 @@ COMMENT ON TABLE lease_sched.locks IS 'Held (or expired, not yet taken over) nam
 SELECT pg_catalog.pg_extension_config_dump('lease_sched.locks', '');
 REVOKE ALL ON lease_sched.locks FROM PUBLIC;
 
-CREATE FUNCTION lease_sched.lock_acquire(lock_name text, holder text, ttl interval DEFAULT '60 seconds')
-RETURNS TABLE (acquired boolean, lock_token uuid, fencing_token bigint, holder text, expires_at timestamptz)
+-- One row, always: OUT parameters, not a set (see lease_try_claim).
+CREATE FUNCTION lease_sched.lock_acquire(lock_name text, holder text, ttl interval DEFAULT '60 seconds',
+                                         OUT acquired boolean, OUT lock_token uuid, OUT fencing_token bigint,
+                                         OUT holder text, OUT expires_at timestamptz)
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1
 AS 'MODULE_PATHNAME', 'lock_acquire_row_wrapper';
 COMMENT ON FUNCTION lease_sched.lock_acquire(text, text, interval) IS
     'Take the lock if free, released or expired. Always one row: acquired with the secret lock_token and a new fencing token, or not acquired with the current holder and its expiry.';

@@ -13,18 +13,17 @@ CREATE FUNCTION lease_sched.lease_try_claim(
     scope_id            text     DEFAULT '',
     stale_timeout       interval DEFAULT '5 minutes',
     max_attempts        int      DEFAULT 3,
-    allow_stale_reentry boolean  DEFAULT true
-)
-RETURNS TABLE (
-    outcome       text,
-    execution_id  uuid,
-    lease_token   uuid,
-    attempt       int,
-    fencing_token bigint,
-    stale_after   timestamptz
+    allow_stale_reentry boolean  DEFAULT true,
+    -- One row, always: OUT parameters make it a plain function returning a record, not a
+    -- set (no set-returning protocol per call); SELECT * FROM it reads it as before.
+    OUT outcome       text,
+    OUT execution_id  uuid,
+    OUT lease_token   uuid,
+    OUT attempt       int,
+    OUT fencing_token bigint,
+    OUT stale_after   timestamptz
 )
 LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1
 AS $claim$
 #variable_conflict use_column
 DECLARE
@@ -82,7 +81,6 @@ BEGIN
             IF FOUND THEN
                 outcome := 'won'; execution_id := got.id; lease_token := got.lease_token; attempt := got.attempt;
                 fencing_token := got.fencing_token; stale_after := got.stale_after;
-                RETURN NEXT;
                 RETURN;
             END IF;
             CONTINUE;  -- lost the insert race: decide again on the winner's row
@@ -129,7 +127,6 @@ BEGIN
                 END IF;
                 outcome := 'stole'; execution_id := got.id; lease_token := got.lease_token; attempt := got.attempt;
                 fencing_token := got.fencing_token; stale_after := got.stale_after;
-                RETURN NEXT;
                 RETURN;
             END IF;
             -- Someone changed the row first: report it as it is now.
@@ -138,7 +135,8 @@ BEGIN
              WHERE e.job_name = lease_try_claim.job_name AND e.scope_kind = lease_try_claim.scope_kind
                AND e.scope_id = lease_try_claim.scope_id AND e.plan_time = lease_try_claim.plan_time;
             IF NOT FOUND THEN
-                RETURN QUERY SELECT 'conflicted'::text, NULL::uuid, NULL::uuid, NULL::int, NULL::bigint, NULL::timestamptz;
+                outcome := 'conflicted'; execution_id := NULL; lease_token := NULL; attempt := NULL;
+                fencing_token := NULL; stale_after := NULL;
                 RETURN;
             END IF;
         END IF;
@@ -146,10 +144,10 @@ BEGIN
         IF found_.status = 'RUNNING' THEN
             stale_after := found_.stale_after;
         END IF;
-        RETURN NEXT;
         RETURN;
     END LOOP;
-    RETURN QUERY SELECT 'conflicted'::text, NULL::uuid, NULL::uuid, NULL::int, NULL::bigint, NULL::timestamptz;
+    outcome := 'conflicted'; execution_id := NULL; lease_token := NULL; attempt := NULL;
+    fencing_token := NULL; stale_after := NULL;
 END;
 $claim$;
 
