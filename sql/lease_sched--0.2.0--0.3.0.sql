@@ -1028,14 +1028,15 @@ COMMENT ON FUNCTION lease_sched.lock_acquire(text, text, interval) IS
 
 -- Plan and claim in one round trip, for runner loops: the job's definition decides the
 -- plan (triggers first, then the schedule, its misfire policy, grace and pause) and its
--- stale_timeout and max_attempts. Always one row: outcome 'none' (every other column
--- NULL) when nothing is due, else lease_try_claim's row and the plan_time claimed.
+-- stale_timeout and max_attempts. Always one row (a record, not a set): outcome 'none'
+-- (every other column NULL) when nothing is due, else lease_try_claim's row and the
+-- plan_time claimed.
 CREATE FUNCTION lease_sched.lease_claim_next(job_name text, runner_id text, scope_kind text DEFAULT 'global',
-                                             scope_id text DEFAULT '')
-RETURNS TABLE (outcome text, execution_id uuid, lease_token uuid, attempt int, fencing_token bigint,
-               stale_after timestamptz, plan_time timestamptz)
+                                             scope_id text DEFAULT '',
+                                             OUT outcome text, OUT execution_id uuid, OUT lease_token uuid,
+                                             OUT attempt int, OUT fencing_token bigint,
+                                             OUT stale_after timestamptz, OUT plan_time timestamptz)
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1
 AS $$
 DECLARE
     d record;
@@ -1056,11 +1057,11 @@ BEGIN
     END IF;
     p := lease_sched.lease_next_plan(job_name => $1, every => NULL, scope_kind => $3, scope_id => $4, catch_up => false);
     IF p IS NULL THEN
-        RETURN QUERY SELECT 'none'::text, NULL::uuid, NULL::uuid, NULL::int, NULL::bigint, NULL::timestamptz, NULL::timestamptz;
+        outcome := 'none';
         RETURN;
     END IF;
-    RETURN QUERY
     SELECT c.outcome, c.execution_id, c.lease_token, c.attempt, c.fencing_token, c.stale_after, p
+      INTO outcome, execution_id, lease_token, attempt, fencing_token, stale_after, plan_time
       FROM lease_sched.lease_try_claim(job_name => $1, plan_time => p, runner_id => $2, scope_kind => $3,
                                        scope_id => $4, stale_timeout => d.stale_timeout,
                                        max_attempts => d.max_attempts) AS c;
