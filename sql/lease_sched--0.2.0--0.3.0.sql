@@ -983,6 +983,30 @@ $$;
 COMMENT ON FUNCTION lease_sched.job_next_runs(text, int, text, text) IS
     'The next n slots of a defined job after the database clock, with their wall time in the job''s time zone.';
 
+-- runtime_touch buffers a touch of a runtime known online without reading its row
+-- (src/runtime/mod.rs). Every write that takes a row out of 'online' removes that
+-- knowledge here, before it commits, so the next touch of an offline runtime reads the
+-- row and brings it back online at once. ENABLE ALWAYS: also under
+-- session_replication_role = replica (a restore, a replication apply).
+CREATE FUNCTION lease_sched.runtime_left_online()
+RETURNS trigger
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'runtime_left_online_wrapper';
+COMMENT ON FUNCTION lease_sched.runtime_left_online() IS
+    'Trigger: runtimes leaving online (status or id changed, deleted, truncated) are no longer known online to runtime_touch.';
+CREATE TRIGGER runtimes_left_online AFTER UPDATE OF status, id ON lease_sched.runtimes
+    FOR EACH ROW WHEN (OLD.status OPERATOR(pg_catalog.=) 'online'
+                       AND (NEW.status OPERATOR(pg_catalog.<>) 'online' OR NEW.id OPERATOR(pg_catalog.<>) OLD.id))
+    EXECUTE FUNCTION lease_sched.runtime_left_online();
+CREATE TRIGGER runtimes_deleted AFTER DELETE ON lease_sched.runtimes
+    FOR EACH ROW WHEN (OLD.status OPERATOR(pg_catalog.=) 'online')
+    EXECUTE FUNCTION lease_sched.runtime_left_online();
+CREATE TRIGGER runtimes_truncated AFTER TRUNCATE ON lease_sched.runtimes
+    FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.runtime_left_online();
+ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_left_online;
+ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_deleted;
+ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_truncated;
+
 -- lease_try_claim and lock_acquire return one row as a record (OUT parameters) instead of
 -- a set: the executor calls them once per statement, without the set-returning protocol.
 -- A function's result type cannot be changed in place, so both are re-created, keeping the
@@ -1350,6 +1374,7 @@ $intervals$;
 REVOKE EXECUTE ON FUNCTION lease_sched.job_define(text, interval, text, interval, int, interval, text, text, text, text), lease_sched.job_definition(text, text, text),
     lease_sched.lease_try_claim(text, timestamptz, text, text, text, interval, int, boolean),
     lease_sched.lock_acquire(text, text, interval),
+    lease_sched.runtime_left_online(),
     lease_sched.cron_error,
     lease_sched.cron_value,
     lease_sched.cron_field,

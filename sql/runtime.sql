@@ -22,6 +22,30 @@ CREATE INDEX runtimes_online_idx ON lease_sched.runtimes (id) WHERE status = 'on
 SELECT pg_catalog.pg_extension_config_dump('lease_sched.runtimes', '');
 REVOKE ALL ON lease_sched.runtimes FROM PUBLIC;
 
+-- runtime_touch buffers a touch of a runtime known online without reading its row
+-- (src/runtime/mod.rs). Every write that takes a row out of 'online' removes that
+-- knowledge here, before it commits, so the next touch of an offline runtime reads the
+-- row and brings it back online at once. ENABLE ALWAYS: also under
+-- session_replication_role = replica (a restore, a replication apply).
+CREATE FUNCTION lease_sched.runtime_left_online()
+RETURNS trigger
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'runtime_left_online_wrapper';
+COMMENT ON FUNCTION lease_sched.runtime_left_online() IS
+    'Trigger: runtimes leaving online (status or id changed, deleted, truncated) are no longer known online to runtime_touch.';
+CREATE TRIGGER runtimes_left_online AFTER UPDATE OF status, id ON lease_sched.runtimes
+    FOR EACH ROW WHEN (OLD.status OPERATOR(pg_catalog.=) 'online'
+                       AND (NEW.status OPERATOR(pg_catalog.<>) 'online' OR NEW.id OPERATOR(pg_catalog.<>) OLD.id))
+    EXECUTE FUNCTION lease_sched.runtime_left_online();
+CREATE TRIGGER runtimes_deleted AFTER DELETE ON lease_sched.runtimes
+    FOR EACH ROW WHEN (OLD.status OPERATOR(pg_catalog.=) 'online')
+    EXECUTE FUNCTION lease_sched.runtime_left_online();
+CREATE TRIGGER runtimes_truncated AFTER TRUNCATE ON lease_sched.runtimes
+    FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.runtime_left_online();
+ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_left_online;
+ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_deleted;
+ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_truncated;
+
 CREATE FUNCTION lease_sched.runtime_register(name text, metadata jsonb DEFAULT '{}')
 RETURNS uuid
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp

@@ -38,3 +38,41 @@ fn runtime_flush() -> i64 {
 fn runtime_pending() -> i64 {
     runtime::pending() as i64
 }
+
+crate::finfo_v1!(pg_finfo_runtime_left_online_wrapper);
+
+/// The trigger on lease_sched.runtimes for every write that takes a row out of `online`
+/// (UPDATE of status or id, DELETE: the old row; TRUNCATE: all): its runtime is no longer
+/// known online, and its next touch reads the row (`runtime::touch`). Written by hand
+/// because `#[pg_trigger]` cannot leave the SQL declaration to sql/runtime.sql.
+///
+/// # Safety
+/// Called by PostgreSQL as a trigger on lease_sched.runtimes.
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub unsafe extern "C-unwind" fn runtime_left_online_wrapper(fcinfo: pgrx::pg_sys::FunctionCallInfo) -> pgrx::pg_sys::Datum {
+    use pgrx::pg_sys;
+    unsafe {
+        pg_sys::submodules::panic::pgrx_extern_c_guard(|| {
+            let context = (*fcinfo).context;
+            if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
+                pgrx::error!("lease_sched.runtime_left_online() is a trigger function: it runs only as a trigger");
+            }
+            let data = context as *mut pg_sys::TriggerData;
+            let old = (*data).tg_trigtuple;
+            if old.is_null() {
+                runtime::forget_online(None);
+            } else {
+                let desc = (*(*data).tg_relation).rd_att;
+                let attnum = pg_sys::SPI_fnumber(desc, c"id".as_ptr());
+                let mut isnull = false;
+                let datum = pg_sys::SPI_getbinval(old, desc, attnum, &mut isnull);
+                match Uuid::from_datum(datum, isnull) {
+                    Some(id) => runtime::forget_online(Some(&[id])),
+                    None => runtime::forget_online(None),
+                }
+            }
+            pg_sys::Datum::from(0)
+        })
+    }
+}
