@@ -994,13 +994,14 @@ LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'runtime_left_online_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_left_online() IS
     'Trigger: runtimes leaving online (status or id changed, deleted, truncated) are no longer known online to runtime_touch.';
+-- The function itself checks that the row was online and left (no WHEN clause:
+-- PostgreSQL would read and prepare it again in every statement that writes the table).
+-- The touches name status only when they flip an offline row online, and the flushes
+-- never: neither fires it on its common path.
 CREATE TRIGGER runtimes_left_online AFTER UPDATE OF status, id ON lease_sched.runtimes
-    FOR EACH ROW WHEN (OLD.status OPERATOR(pg_catalog.=) 'online'
-                       AND (NEW.status OPERATOR(pg_catalog.<>) 'online' OR NEW.id OPERATOR(pg_catalog.<>) OLD.id))
-    EXECUTE FUNCTION lease_sched.runtime_left_online();
+    FOR EACH ROW EXECUTE FUNCTION lease_sched.runtime_left_online();
 CREATE TRIGGER runtimes_deleted AFTER DELETE ON lease_sched.runtimes
-    FOR EACH ROW WHEN (OLD.status OPERATOR(pg_catalog.=) 'online')
-    EXECUTE FUNCTION lease_sched.runtime_left_online();
+    FOR EACH ROW EXECUTE FUNCTION lease_sched.runtime_left_online();
 CREATE TRIGGER runtimes_truncated AFTER TRUNCATE ON lease_sched.runtimes
     FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.runtime_left_online();
 ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_left_online;

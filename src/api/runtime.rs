@@ -59,17 +59,38 @@ pub unsafe extern "C-unwind" fn runtime_left_online_wrapper(fcinfo: pgrx::pg_sys
                 pgrx::error!("lease_sched.runtime_left_online() is a trigger function: it runs only as a trigger");
             }
             let data = context as *mut pg_sys::TriggerData;
+            let event = (*data).tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
             let old = (*data).tg_trigtuple;
-            if old.is_null() {
+            if event == pg_sys::TRIGGER_EVENT_TRUNCATE || old.is_null() {
                 runtime::forget_online(None);
             } else {
                 let desc = (*(*data).tg_relation).rd_att;
-                let attnum = pg_sys::SPI_fnumber(desc, c"id".as_ptr());
-                let mut isnull = false;
-                let datum = pg_sys::SPI_getbinval(old, desc, attnum, &mut isnull);
-                match Uuid::from_datum(datum, isnull) {
-                    Some(id) => runtime::forget_online(Some(&[id])),
-                    None => runtime::forget_online(None),
+                let column = |tuple: pg_sys::HeapTuple, name: &std::ffi::CStr| {
+                    let mut isnull = false;
+                    let datum = pg_sys::SPI_getbinval(tuple, desc, pg_sys::SPI_fnumber(desc, name.as_ptr()), &mut isnull);
+                    (datum, isnull)
+                };
+                let status = |tuple| {
+                    let (d, isnull) = column(tuple, c"status");
+                    String::from_datum(d, isnull)
+                };
+                let id = |tuple| {
+                    let (d, isnull) = column(tuple, c"id");
+                    Uuid::from_datum(d, isnull)
+                };
+                // Only a row that was online can have been known online. (No WHEN clause:
+                // PostgreSQL would read and prepare it again for every statement that
+                // writes the table, the touch's own UPDATE included.)
+                let left = status(old).as_deref() == Some("online")
+                    && (event == pg_sys::TRIGGER_EVENT_DELETE || {
+                        let new = (*data).tg_newtuple;
+                        new.is_null() || status(new).as_deref() != Some("online") || id(new) != id(old)
+                    });
+                if left {
+                    match id(old) {
+                        Some(id) => runtime::forget_online(Some(&[id])),
+                        None => runtime::forget_online(None),
+                    }
                 }
             }
             pg_sys::Datum::from(0)

@@ -49,6 +49,13 @@ pub enum Known {
 /// Buffer a touch without reading the row, if its runtime is known online.
 pub fn record_if_known_online(id: RuntimeId, seen_at: SeenAt) -> Known {
     let Some(shared) = shared() else { return Known::Unknown(0) };
+    // Without a sweeper nothing is buffered (the usual case in a database the buffer does
+    // not serve): skip the lock. A racy read only costs this touch its mark (an epoch no
+    // removal ever produces never matches).
+    // SAFETY: a plain read of a bool in shared memory that only changes under the lock.
+    if !unsafe { std::ptr::read_volatile(&shared.touches.accepting) } {
+        return Known::Unknown(u64::MAX);
+    }
     with_tables(shared, LW_EXCLUSIVE, |t, online, epoch| {
         if t.header.accepting && t.header.is_mine() && online.header.is_mine() && online.get(&id).is_some() {
             Known::Buffered(t.record(id, seen_at))

@@ -25,8 +25,12 @@ fn id_bytes(id: &Uuid) -> RuntimeId {
     *id.as_bytes()
 }
 
-fn write_now(client: &mut SpiClient<'_>, id: Uuid, now: DbTime) {
-    execute(client, &store::TOUCH_NOW, &[id.into(), timestamptz(now).into()]);
+/// Write a touch directly: `online` when the row was read (or is known) online, so the
+/// write need not set status (and fires no trigger) unless the row left online since.
+fn write_now(client: &mut SpiClient<'_>, id: Uuid, now: DbTime, online: bool) {
+    if !online || execute(client, &store::TOUCH_ONLINE, &[id.into(), timestamptz(now).into()]).len() == 0 {
+        execute(client, &store::TOUCH_NOW, &[id.into(), timestamptz(now).into()]);
+    }
     stats::add(|s| &s.touches_direct, 1);
 }
 
@@ -52,7 +56,7 @@ pub fn touch(id: Uuid) -> bool {
             return true;
         }
         buffer::Known::Buffered(Recorded::Full) => {
-            Spi::connect_mut(|client| write_now(client, id, now));
+            Spi::connect_mut(|client| write_now(client, id, now, true));
             return true;
         }
         buffer::Known::Unknown(epoch) => epoch,
@@ -70,7 +74,7 @@ pub fn touch(id: Uuid) -> bool {
     let Some((online, settled)) = read else { return false };
     match online.then(|| buffer::record_read_online(key, now, epoch, settled)).flatten() {
         Some(Recorded::New | Recorded::Coalesced) => stats::add(|s| &s.touches_buffered, 1),
-        Some(Recorded::Full) | None => Spi::connect_mut(|client| write_now(client, id, now)),
+        Some(Recorded::Full) | None => Spi::connect_mut(|client| write_now(client, id, now, online)),
     }
     true
 }
