@@ -984,24 +984,23 @@ COMMENT ON FUNCTION lease_sched.job_next_runs(text, int, text, text) IS
     'The next n slots of a defined job after the database clock, with their wall time in the job''s time zone.';
 
 -- runtime_touch buffers a touch of a runtime known online without reading its row
--- (src/runtime/mod.rs). Every write that takes a row out of 'online' removes that
--- knowledge here, before it commits, so the next touch of an offline runtime reads the
--- row and brings it back online at once. ENABLE ALWAYS: also under
+-- (src/runtime/mod.rs). Every statement that may take a row out of 'online' forgets all
+-- that knowledge here, after changing the rows and before it commits, so the next touch
+-- of an offline runtime reads the row and brings it back online at once. Statement
+-- triggers: a row trigger would make every UPDATE of the table (each touch and flush)
+-- fetch the old row again for it; the touches name status only when they flip an offline
+-- row online, and the flushes never. ENABLE ALWAYS: also under
 -- session_replication_role = replica (a restore, a replication apply).
 CREATE FUNCTION lease_sched.runtime_left_online()
 RETURNS trigger
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'runtime_left_online_wrapper';
 COMMENT ON FUNCTION lease_sched.runtime_left_online() IS
-    'Trigger: runtimes leaving online (status or id changed, deleted, truncated) are no longer known online to runtime_touch.';
--- The function itself checks that the row was online and left (no WHEN clause:
--- PostgreSQL would read and prepare it again in every statement that writes the table).
--- The touches name status only when they flip an offline row online, and the flushes
--- never: neither fires it on its common path.
+    'Trigger: after a statement that may take runtimes out of online (status or id updated, rows deleted, truncated), no runtime is known online to runtime_touch.';
 CREATE TRIGGER runtimes_left_online AFTER UPDATE OF status, id ON lease_sched.runtimes
-    FOR EACH ROW EXECUTE FUNCTION lease_sched.runtime_left_online();
+    FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.runtime_left_online();
 CREATE TRIGGER runtimes_deleted AFTER DELETE ON lease_sched.runtimes
-    FOR EACH ROW EXECUTE FUNCTION lease_sched.runtime_left_online();
+    FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.runtime_left_online();
 CREATE TRIGGER runtimes_truncated AFTER TRUNCATE ON lease_sched.runtimes
     FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.runtime_left_online();
 ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_left_online;

@@ -33,13 +33,13 @@ pub struct Shared {
     pub stats: Stats,
     pub touches: TouchBuffer,
     /// The runtimes of the buffer's database known to be online: a touch of one of them is
-    /// buffered without reading its row (`runtime::touch`). Its `seen_at` values are only
-    /// "present" marks. Every write that takes a row out of `online` (the sweep's offline
-    /// pass, any UPDATE of status or id, DELETE, TRUNCATE) removes the mark through the
-    /// table's trigger (`runtime::forget_online`).
+    /// buffered without reading its row (`runtime::touch`). Each slot holds the generation
+    /// its mark was set in; only marks of the current generation count.
     pub online: TouchBuffer,
-    /// Bumped, under the lock, whenever marks are removed: a touch sets a mark only when no
-    /// removal happened since before it read the row.
+    /// The marks' generation, under the lock. Every statement that may take a row out of
+    /// `online` (the sweep's offline pass, any UPDATE naming status or id, DELETE,
+    /// TRUNCATE) moves it on through the table's statement triggers
+    /// (`runtime::forget_online`); a touch sets a mark only in the generation it read in.
     pub online_epoch: u64,
     // `touches.slot_count` slots follow in the same allocation, then `online.slot_count`.
 }

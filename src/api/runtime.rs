@@ -41,9 +41,11 @@ fn runtime_pending() -> i64 {
 
 crate::finfo_v1!(pg_finfo_runtime_left_online_wrapper);
 
-/// The trigger on lease_sched.runtimes for every write that takes a row out of `online`
-/// (UPDATE of status or id, DELETE: the old row; TRUNCATE: all): its runtime is no longer
-/// known online, and its next touch reads the row (`runtime::touch`). Written by hand
+/// The statement trigger on lease_sched.runtimes for every statement that may take rows
+/// out of `online` (UPDATE naming status or id, DELETE, TRUNCATE): no runtime is known
+/// online any more, and each one's next touch reads its row (`runtime::touch`). Statement
+/// level: a row trigger would make every UPDATE of the table fetch each old row again for
+/// it (the touch's and the flush's included), and offline writes are rare. Written by hand
 /// because `#[pg_trigger]` cannot leave the SQL declaration to sql/runtime.sql.
 ///
 /// # Safety
@@ -58,41 +60,7 @@ pub unsafe extern "C-unwind" fn runtime_left_online_wrapper(fcinfo: pgrx::pg_sys
             if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
                 pgrx::error!("lease_sched.runtime_left_online() is a trigger function: it runs only as a trigger");
             }
-            let data = context as *mut pg_sys::TriggerData;
-            let event = (*data).tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
-            let old = (*data).tg_trigtuple;
-            if event == pg_sys::TRIGGER_EVENT_TRUNCATE || old.is_null() {
-                runtime::forget_online(None);
-            } else {
-                let desc = (*(*data).tg_relation).rd_att;
-                let column = |tuple: pg_sys::HeapTuple, name: &std::ffi::CStr| {
-                    let mut isnull = false;
-                    let datum = pg_sys::SPI_getbinval(tuple, desc, pg_sys::SPI_fnumber(desc, name.as_ptr()), &mut isnull);
-                    (datum, isnull)
-                };
-                let status = |tuple| {
-                    let (d, isnull) = column(tuple, c"status");
-                    String::from_datum(d, isnull)
-                };
-                let id = |tuple| {
-                    let (d, isnull) = column(tuple, c"id");
-                    Uuid::from_datum(d, isnull)
-                };
-                // Only a row that was online can have been known online. (No WHEN clause:
-                // PostgreSQL would read and prepare it again for every statement that
-                // writes the table, the touch's own UPDATE included.)
-                let left = status(old).as_deref() == Some("online")
-                    && (event == pg_sys::TRIGGER_EVENT_DELETE || {
-                        let new = (*data).tg_newtuple;
-                        new.is_null() || status(new).as_deref() != Some("online") || id(new) != id(old)
-                    });
-                if left {
-                    match id(old) {
-                        Some(id) => runtime::forget_online(Some(&[id])),
-                        None => runtime::forget_online(None),
-                    }
-                }
-            }
+            runtime::forget_online();
             pg_sys::Datum::from(0)
         })
     }

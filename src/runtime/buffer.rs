@@ -38,71 +38,81 @@ fn with_tables<R>(
 }
 
 /// A touch of a runtime known online is buffered at once; otherwise the caller reads the
-/// row and comes back with the epoch given here (`record_read_online`).
+/// row and comes back with the generation given here (`record_read_online`).
 pub enum Known {
     Buffered(Recorded),
-    /// Not known online (or no buffer): read the row. The epoch of the marks, read before
+    /// Not known online (or no buffer): read the row. The marks' generation, read before
     /// the row is.
     Unknown(u64),
+}
+
+/// A mark is valid only in the generation it was set in: forgetting every mark is one
+/// increment (`forget_online`), whatever the table holds. Generations start at 1 (a slot
+/// holding 0 is empty).
+fn current(generation: &mut u64) -> u64 {
+    if *generation == 0 {
+        *generation = 1;
+    }
+    *generation
 }
 
 /// Buffer a touch without reading the row, if its runtime is known online.
 pub fn record_if_known_online(id: RuntimeId, seen_at: SeenAt) -> Known {
     let Some(shared) = shared() else { return Known::Unknown(0) };
     // Without a sweeper nothing is buffered (the usual case in a database the buffer does
-    // not serve): skip the lock. A racy read only costs this touch its mark (an epoch no
-    // removal ever produces never matches).
+    // not serve): skip the lock. A racy read only costs this touch its mark (generation 0
+    // never matches).
     // SAFETY: a plain read of a bool in shared memory that only changes under the lock.
     if !unsafe { std::ptr::read_volatile(&shared.touches.accepting) } {
-        return Known::Unknown(u64::MAX);
+        return Known::Unknown(0);
     }
-    with_tables(shared, LW_EXCLUSIVE, |t, online, epoch| {
-        if t.header.accepting && t.header.is_mine() && online.header.is_mine() && online.get(&id).is_some() {
+    with_tables(shared, LW_EXCLUSIVE, |t, online, generation| {
+        let generation = current(generation);
+        if t.header.accepting && t.header.is_mine() && online.header.is_mine()
+            && online.get(&id) == Some(generation as SeenAt)
+        {
             Known::Buffered(t.record(id, seen_at))
         } else {
-            Known::Unknown(*epoch)
+            Known::Unknown(generation)
         }
     })
 }
 
 /// Buffer a touch of a runtime whose row was just read online. With `settled` (the row
-/// version read is the row's latest, committed by another transaction) and no mark removed
-/// since `epoch`, the runtime is marked known online, so its next touches skip the read.
-/// None when there is no buffer for this database right now.
-pub fn record_read_online(id: RuntimeId, seen_at: SeenAt, epoch: u64, settled: bool) -> Option<Recorded> {
+/// version read is the row's latest, committed by another transaction) and the marks still
+/// in `generation` (nothing forgotten since before the read), the runtime is marked known
+/// online, so its next touches skip the read. None when there is no buffer for this
+/// database right now.
+pub fn record_read_online(id: RuntimeId, seen_at: SeenAt, generation: u64, settled: bool) -> Option<Recorded> {
     let shared = shared()?;
-    with_tables(shared, LW_EXCLUSIVE, |t, online, now_epoch| {
+    with_tables(shared, LW_EXCLUSIVE, |t, online, now| {
         if !(t.header.accepting && t.header.is_mine()) {
             return None;
         }
-        if settled && *now_epoch == epoch && online.header.is_mine() {
-            // A full table of marks only means more reads.
-            let _ = online.record(id, 1);
+        let now = current(now);
+        if settled && generation == now && online.header.is_mine() {
+            // A later generation replaces an earlier one (the table keeps the larger value).
+            // Full of marks, most of them stale: start over (a rare O(size) pass).
+            if let Recorded::Full = online.record(id, now as SeenAt) {
+                online.drain(&mut Vec::new());
+                online.record(id, now as SeenAt);
+            }
         }
         Some(t.record(id, seen_at))
     })
 }
 
-/// These runtimes (None: all) may be offline or gone from now on: their next touch reads
-/// the row. Called by the table's trigger right after the row changed, before commit,
-/// so every reader from then on sees the change in progress and sets no mark on it
-/// (`record_read_online`'s `settled`), and every reader that read the row before it bumped
-/// the epoch sets none either.
-pub fn forget_online(ids: Option<&[RuntimeId]>) {
+/// Forget every runtime known online: their next touches read their rows. Called by the
+/// table's statement triggers after a statement that may have taken rows out of online
+/// (status or id updated, rows deleted, the table truncated) changed them and before it
+/// commits: every reader from then on sees the change in progress on the row version and
+/// sets no mark on it (`record_read_online`'s `settled`), and every reader that read the
+/// row before finds the generation moved on and sets none either.
+pub fn forget_online() {
     if let Some(shared) = shared() {
-        with_tables(shared, LW_EXCLUSIVE, |_, online, epoch| {
-            if !online.header.is_mine() {
-                return;
-            }
-            *epoch = epoch.wrapping_add(1);
-            match ids {
-                Some(ids) => {
-                    for id in ids {
-                        online.take(id);
-                    }
-                }
-                None => online.drain(&mut Vec::new()),
-            }
+        with_tables(shared, LW_EXCLUSIVE, |_, _, generation| {
+            let next = current(generation).wrapping_add(1);
+            *generation = next.max(1);
         });
     }
 }
@@ -191,7 +201,7 @@ pub fn open() {
             // The marks start empty with every sweeper: nothing is known online until read.
             online.drain(&mut Vec::new());
             online.header.database = t.header.database;
-            *epoch = epoch.wrapping_add(1);
+            *epoch = current(epoch).wrapping_add(1).max(1);
             t.header.accepting = true;
         });
     }
@@ -205,7 +215,7 @@ pub fn close() {
         with_tables(shared, LW_EXCLUSIVE, |t, online, epoch| {
             t.header.accepting = false;
             online.drain(&mut Vec::new());
-            *epoch = epoch.wrapping_add(1);
+            *epoch = current(epoch).wrapping_add(1).max(1);
         });
     }
 }

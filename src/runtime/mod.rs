@@ -39,11 +39,11 @@ fn write_now(client: &mut SpiClient<'_>, id: Uuid, now: DbTime, online: bool) {
 /// False for an unknown id.
 ///
 /// A runtime known online (marked by an earlier touch that read its row online) is
-/// buffered without reading the row at all. Every write that takes a row out of
-/// `online` — the sweep's offline pass, any UPDATE of status or id, DELETE, TRUNCATE —
-/// removes the mark from the table's trigger (`forget_online`) before it commits, so the
-/// next touch of an offline runtime reads the row and flips it online at once, as
-/// without marks. A touch marks only a settled row version (the row's latest committed
+/// buffered without reading the row at all. Every statement that may take a row out of
+/// `online` — the sweep's offline pass, any UPDATE naming status or id, DELETE, TRUNCATE —
+/// forgets all marks from the table's statement triggers (`forget_online`) before it
+/// commits, so the next touch of an offline runtime reads the row and flips it online at
+/// once, as without marks. A touch marks only a settled row version (the row's latest committed
 /// state, see `lookup::by_unique_key_settled`), and only if no mark was removed since
 /// before it read: a read that raced a change to offline leaves no mark behind.
 pub fn touch(id: Uuid) -> bool {
@@ -79,13 +79,10 @@ pub fn touch(id: Uuid) -> bool {
     true
 }
 
-/// The table's trigger saw these runtimes (None: all, a TRUNCATE) leave `online` or
-/// disappear: forget that they were known online (see `touch`).
-pub fn forget_online(ids: Option<&[Uuid]>) {
-    match ids {
-        Some(ids) => buffer::forget_online(Some(&ids.iter().map(id_bytes).collect::<Vec<_>>())),
-        None => buffer::forget_online(None),
-    }
+/// The table's statement triggers saw a statement that may have taken rows out of
+/// online: forget every runtime known online (see `touch`).
+pub fn forget_online() {
+    buffer::forget_online();
 }
 
 /// Bump every online runtime among `ids` in one statement; returns the ids not
