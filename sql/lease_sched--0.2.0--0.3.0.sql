@@ -1007,8 +1007,8 @@ ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_left_online;
 ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_deleted;
 ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_truncated;
 
--- lease_try_claim and lock_acquire return one row as a record (OUT parameters) instead of
--- a set: the executor calls them once per statement, without the set-returning protocol.
+-- lease_try_claim and lock_acquire return one row of a named composite type instead of a
+-- set: the executor calls them once per statement, without the set-returning protocol.
 -- A function's result type cannot be changed in place, so both are re-created, keeping the
 -- grants users made on them (restored below, with job_define's).
 SELECT pg_catalog.set_config('lease_sched_upgrade.acl_lease_try_claim', coalesce(p.proacl::pg_catalog.text, ''), true)
@@ -1018,6 +1018,20 @@ SELECT pg_catalog.set_config('lease_sched_upgrade.acl_lock_acquire', coalesce(p.
 DROP FUNCTION lease_sched.lease_try_claim(text, timestamptz, text, text, text, interval, int, boolean);
 DROP FUNCTION lease_sched.lock_acquire(text, text, interval);
 
+-- The claim's one row. A named composite type, not RETURNS TABLE or OUT parameters: the
+-- executor then calls the function once per statement, without the set-returning
+-- protocol, and finds its result's shape in the type cache instead of rebuilding it from
+-- pg_proc for every statement (docs/benchmarks.md, "0.3.0 levers").
+CREATE TYPE lease_sched.claim_result AS (
+    outcome       text,
+    execution_id  uuid,
+    lease_token   uuid,
+    attempt       int,
+    fencing_token bigint,
+    stale_after   timestamptz
+);
+COMMENT ON TYPE lease_sched.claim_result IS 'The row lease_try_claim returns.';
+
 CREATE FUNCTION lease_sched.lease_try_claim(
     job_name            text,
     plan_time           timestamptz,
@@ -1026,25 +1040,21 @@ CREATE FUNCTION lease_sched.lease_try_claim(
     scope_id            text     DEFAULT '',
     stale_timeout       interval DEFAULT '5 minutes',
     max_attempts        int      DEFAULT 3,
-    allow_stale_reentry boolean  DEFAULT true,
-    -- One row, always: OUT parameters make it a plain function returning a record, not a
-    -- set (no set-returning protocol per call); SELECT * FROM it reads it as before.
-    OUT outcome       text,
-    OUT execution_id  uuid,
-    OUT lease_token   uuid,
-    OUT attempt       int,
-    OUT fencing_token bigint,
-    OUT stale_after   timestamptz
+    allow_stale_reentry boolean  DEFAULT true
 )
+RETURNS lease_sched.claim_result
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
 AS 'MODULE_PATHNAME', 'lease_try_claim_wrapper';
 COMMENT ON FUNCTION lease_sched.lease_try_claim(text, timestamptz, text, text, text, interval, int, boolean) IS
     'Claim one scheduled run: won (new row), stole (stale RUNNING lease or due FAILED retry), or conflicted. Always one row.';
 
--- One row, always: OUT parameters, not a set (see lease_try_claim).
-CREATE FUNCTION lease_sched.lock_acquire(lock_name text, holder text, ttl interval DEFAULT '60 seconds',
-                                         OUT acquired boolean, OUT lock_token uuid, OUT fencing_token bigint,
-                                         OUT holder text, OUT expires_at timestamptz)
+-- One row, always: a named composite type, not a set (see lease_sched.claim_result).
+CREATE TYPE lease_sched.lock_acquire_result AS (acquired boolean, lock_token uuid, fencing_token bigint, holder text,
+                                                expires_at timestamptz);
+COMMENT ON TYPE lease_sched.lock_acquire_result IS 'The row lock_acquire returns.';
+
+CREATE FUNCTION lease_sched.lock_acquire(lock_name text, holder text, ttl interval DEFAULT '60 seconds')
+RETURNS lease_sched.lock_acquire_result
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'lock_acquire_row_wrapper';
 COMMENT ON FUNCTION lease_sched.lock_acquire(text, text, interval) IS
@@ -1052,19 +1062,21 @@ COMMENT ON FUNCTION lease_sched.lock_acquire(text, text, interval) IS
 
 -- Plan and claim in one round trip, for runner loops: the job's definition decides the
 -- plan (triggers first, then the schedule, its misfire policy, grace and pause) and its
--- stale_timeout and max_attempts. Always one row (a record, not a set): outcome 'none'
+-- stale_timeout and max_attempts. Always one row (not a set): outcome 'none'
 -- (every other column NULL) when nothing is due, else lease_try_claim's row and the
 -- plan_time claimed.
+CREATE TYPE lease_sched.claim_next_result AS (outcome text, execution_id uuid, lease_token uuid, attempt int,
+                                              fencing_token bigint, stale_after timestamptz, plan_time timestamptz);
+COMMENT ON TYPE lease_sched.claim_next_result IS 'The row lease_claim_next returns.';
 CREATE FUNCTION lease_sched.lease_claim_next(job_name text, runner_id text, scope_kind text DEFAULT 'global',
-                                             scope_id text DEFAULT '',
-                                             OUT outcome text, OUT execution_id uuid, OUT lease_token uuid,
-                                             OUT attempt int, OUT fencing_token bigint,
-                                             OUT stale_after timestamptz, OUT plan_time timestamptz)
+                                             scope_id text DEFAULT '')
+RETURNS lease_sched.claim_next_result
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     d record;
     p timestamptz;
+    r lease_sched.claim_next_result;
 BEGIN
     IF runner_id IS NULL THEN
         RAISE EXCEPTION 'runner_id must not be NULL' USING ERRCODE = '22004';
@@ -1081,14 +1093,15 @@ BEGIN
     END IF;
     p := lease_sched.lease_next_plan(job_name => $1, every => NULL, scope_kind => $3, scope_id => $4, catch_up => false);
     IF p IS NULL THEN
-        outcome := 'none';
-        RETURN;
+        r.outcome := 'none';
+        RETURN r;
     END IF;
     SELECT c.outcome, c.execution_id, c.lease_token, c.attempt, c.fencing_token, c.stale_after, p
-      INTO outcome, execution_id, lease_token, attempt, fencing_token, stale_after, plan_time
+      INTO r
       FROM lease_sched.lease_try_claim(job_name => $1, plan_time => p, runner_id => $2, scope_kind => $3,
                                        scope_id => $4, stale_timeout => d.stale_timeout,
                                        max_attempts => d.max_attempts) AS c;
+    RETURN r;
 END;
 $$;
 COMMENT ON FUNCTION lease_sched.lease_claim_next(text, text, text, text) IS

@@ -13,16 +13,9 @@ CREATE FUNCTION lease_sched.lease_try_claim(
     scope_id            text     DEFAULT '',
     stale_timeout       interval DEFAULT '5 minutes',
     max_attempts        int      DEFAULT 3,
-    allow_stale_reentry boolean  DEFAULT true,
-    -- One row, always: OUT parameters make it a plain function returning a record, not a
-    -- set (no set-returning protocol per call); SELECT * FROM it reads it as before.
-    OUT outcome       text,
-    OUT execution_id  uuid,
-    OUT lease_token   uuid,
-    OUT attempt       int,
-    OUT fencing_token bigint,
-    OUT stale_after   timestamptz
+    allow_stale_reentry boolean  DEFAULT true
 )
+RETURNS lease_sched.claim_result
 LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $claim$
 #variable_conflict use_column
@@ -30,6 +23,13 @@ DECLARE
     now_   timestamptz := clock_timestamp();
     found_ record;
     got    record;
+    -- The result's columns, returned as one lease_sched.claim_result.
+    outcome       text;
+    execution_id  uuid;
+    lease_token   uuid;
+    attempt       int;
+    fencing_token bigint;
+    stale_after   timestamptz;
 BEGIN
     -- The checks in the native order; one test on the fast path, the precise error after.
     IF lease_try_claim.job_name IS NULL OR lease_try_claim.job_name = '' OR octet_length(lease_try_claim.job_name) > 512
@@ -81,7 +81,7 @@ BEGIN
             IF FOUND THEN
                 outcome := 'won'; execution_id := got.id; lease_token := got.lease_token; attempt := got.attempt;
                 fencing_token := got.fencing_token; stale_after := got.stale_after;
-                RETURN;
+                RETURN ROW(outcome, execution_id, lease_token, attempt, fencing_token, stale_after)::lease_sched.claim_result;
             END IF;
             CONTINUE;  -- lost the insert race: decide again on the winner's row
         END IF;
@@ -127,7 +127,7 @@ BEGIN
                 END IF;
                 outcome := 'stole'; execution_id := got.id; lease_token := got.lease_token; attempt := got.attempt;
                 fencing_token := got.fencing_token; stale_after := got.stale_after;
-                RETURN;
+                RETURN ROW(outcome, execution_id, lease_token, attempt, fencing_token, stale_after)::lease_sched.claim_result;
             END IF;
             -- Someone changed the row first: report it as it is now.
             SELECT e.id, e.status, e.attempt, e.stale_after INTO found_
@@ -137,17 +137,18 @@ BEGIN
             IF NOT FOUND THEN
                 outcome := 'conflicted'; execution_id := NULL; lease_token := NULL; attempt := NULL;
                 fencing_token := NULL; stale_after := NULL;
-                RETURN;
+                RETURN ROW(outcome, execution_id, lease_token, attempt, fencing_token, stale_after)::lease_sched.claim_result;
             END IF;
         END IF;
         outcome := 'conflicted'; execution_id := found_.id; attempt := found_.attempt;
         IF found_.status = 'RUNNING' THEN
             stale_after := found_.stale_after;
         END IF;
-        RETURN;
+        RETURN ROW(outcome, execution_id, lease_token, attempt, fencing_token, stale_after)::lease_sched.claim_result;
     END LOOP;
     outcome := 'conflicted'; execution_id := NULL; lease_token := NULL; attempt := NULL;
     fencing_token := NULL; stale_after := NULL;
+    RETURN ROW(outcome, execution_id, lease_token, attempt, fencing_token, stale_after)::lease_sched.claim_result;
 END;
 $claim$;
 

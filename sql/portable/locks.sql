@@ -4,9 +4,8 @@
 -- twin: lock_acquire
 -- An SQL function around portable_lock_acquire: PL/pgSQL refuses a parameter named like a
 -- result column (holder), which the native signature has.
-CREATE FUNCTION lease_sched.lock_acquire(lock_name text, holder text, ttl interval DEFAULT '60 seconds',
-                                         OUT acquired boolean, OUT lock_token uuid, OUT fencing_token bigint,
-                                         OUT holder text, OUT expires_at timestamptz)
+CREATE FUNCTION lease_sched.lock_acquire(lock_name text, holder text, ttl interval DEFAULT '60 seconds')
+RETURNS lease_sched.lock_acquire_result
 LANGUAGE sql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $acquire$
 SELECT * FROM lease_sched.portable_lock_acquire(lock_name, holder, ttl);

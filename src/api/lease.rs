@@ -10,7 +10,7 @@ use crate::lease::{self, ClaimRequest, Finish};
 
 crate::finfo_v1!(pg_finfo_lease_try_claim_wrapper);
 
-/// lease_try_claim: one row (OUT parameters, not a set; see `super::row`).
+/// lease_try_claim: one row of a composite type, not a set (see `super::row`).
 ///
 /// # Safety
 /// Called by PostgreSQL through the declaration in sql/lease.sql, eight arguments.

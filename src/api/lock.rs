@@ -8,7 +8,7 @@ use crate::lock;
 
 crate::finfo_v1!(pg_finfo_lock_acquire_row_wrapper);
 
-/// lock_acquire: one row (OUT parameters, not a set; see `super::row`).
+/// lock_acquire: one row of a composite type, not a set (see `super::row`).
 ///
 /// # Safety
 /// Called by PostgreSQL through the declaration in sql/locks.sql, three arguments.

@@ -1,7 +1,9 @@
 //! One-row results without the set-returning protocol. lease_try_claim and lock_acquire
-//! always return exactly one row, so their SQL declarations use OUT parameters (a record,
-//! not SETOF): the executor calls them once, with no multi-call context, no per-call
-//! result descriptor and no end-of-set call. Their C entry points are written here by hand
+//! always return exactly one row, so their SQL declarations return a named composite type
+//! (lease_sched.claim_result, lease_sched.lock_acquire_result), not SETOF: the executor
+//! calls them once, with no multi-call context and no end-of-set call, and finds the
+//! result's shape in the type cache (a record with OUT parameters would have it rebuilt
+//! from pg_proc for every statement). Their C entry points are written here by hand
 //! because `#[pg_extern]` shapes a one-row result only as a set (`TableIterator`).
 //!
 //! The same entry point also serves a 0.2.0 declaration (RETURNS TABLE, still in place
