@@ -110,9 +110,12 @@ pub fn record_read_online(id: RuntimeId, seen_at: SeenAt, generation: u64, settl
 /// row before finds the generation moved on and sets none either.
 pub fn forget_online() {
     if let Some(shared) = shared() {
-        with_tables(shared, LW_EXCLUSIVE, |_, _, generation| {
-            let next = current(generation).wrapping_add(1);
-            *generation = next.max(1);
+        with_tables(shared, LW_EXCLUSIVE, |_, online, generation| {
+            // Marks are of the buffer's database only: a statement in another one (its own
+            // sweep) leaves them.
+            if online.header.is_mine() {
+                *generation = current(generation).wrapping_add(1).max(1);
+            }
         });
     }
 }

@@ -162,7 +162,8 @@ SELECT p.proname FROM pg_catalog.pg_proc p
                          'require_lock', 'require_lease',
                          -- internals of the above
                          'lease_fence_check', 'lock_fence_check', 'lease_fence_passed', 'lock_fence_passed',
-                         'run_arm_deadline', 'run_disarm_deadline'])
+                         'run_arm_deadline', 'run_disarm_deadline',
+                         'runtime_left_online'])
  ORDER BY 1;
 
 DROP TABLE public.sp_leader_writes, public.sp_lease_writes;
