@@ -56,7 +56,7 @@ CREATE FUNCTION lease_sched.job_define(job_name text, every interval DEFAULT NUL
                                        cron text DEFAULT NULL, timezone text DEFAULT 'UTC')
 RETURNS boolean
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'job_define_wrapper';
+AS 'MODULE_PATHNAME', 'job_define_every_or_cron_wrapper';
 COMMENT ON FUNCTION lease_sched.job_define(text, interval, text, interval, int, interval, text, text, text, text) IS
     'Create or replace the definition of a job (and scope): every interval or a cron expression in a time zone (exactly one); true when it is new. Keeps its paused state.';
 

@@ -181,16 +181,59 @@ BEGIN
         (1, 'claims_won', 0::bigint), (2, 'claims_stole', 0), (3, 'claims_conflicted', 0),
         (4, 'heartbeats_ok', 0), (5, 'heartbeats_lost', 0), (6, 'finishes', 0), (7, 'finishes_lost', 0),
         (8, 'touches_buffered', 0), (9, 'touches_direct', 0),
-        (10, 'flushes', coalesce(s.flushes, 0)),
-        (11, 'sweeps', coalesce(s.sweeps, 0)),
-        (12, 'sweep_errors', coalesce(s.sweep_errors, 0)),
-        (13, 'rows_swept', coalesce(s.rows_swept, 0)),
-        (14, 'last_sweep_unix_seconds', coalesce(floor(extract(epoch FROM s.last_sweep_at))::bigint, 0)),
-        (15, 'last_sweep_duration_us', coalesce(s.last_sweep_duration_us, 0)),
-        (16, 'preloaded', 0)) AS v(n, name, value)
+        (10, 'touches_restored', 0), (11, 'touches_lost', 0),
+        (12, 'flushes', coalesce(s.flushes, 0)),
+        (13, 'sweeps', coalesce(s.sweeps, 0)),
+        (14, 'sweep_errors', coalesce(s.sweep_errors, 0)),
+        (15, 'rows_swept', coalesce(s.rows_swept, 0)),
+        (16, 'databases_over_limit', 0),
+        (17, 'last_sweep_unix_seconds', coalesce(floor(extract(epoch FROM s.last_sweep_at))::bigint, 0)),
+        (18, 'last_sweep_duration_us', coalesce(s.last_sweep_duration_us, 0)),
+        (19, 'databases_swept', (SELECT w.swept::int FROM lease_sched.sweeper_status() w)),
+        (20, 'swept', (SELECT w.swept::int FROM lease_sched.sweeper_status() w)),
+        (21, 'preloaded', 0)) AS v(n, name, value)
     ORDER BY v.n;
 END;
 $stats$;
+
+-- twin: sweeper_status
+CREATE FUNCTION lease_sched.sweeper_status()
+RETURNS TABLE (swept boolean, state text, sweeper_pid integer, last_sweep_at timestamptz)
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1
+AS $status$
+DECLARE
+    last timestamptz;
+BEGIN
+    -- No background worker here: the database is swept while something keeps calling
+    -- sweep() (pg_cron through portable_schedule_sweep). Swept: a sweep since the server
+    -- started, within the last two minutes (pg_cron's coarsest schedule is a minute).
+    IF NOT pg_is_in_recovery() THEN
+        SELECT st.last_sweep_at INTO last FROM lease_sched.portable_sweep_state st
+         WHERE st.server_started = pg_postmaster_start_time();
+    END IF;
+    swept := last IS NOT NULL AND clock_timestamp() - last < interval '2 minutes';
+    state := CASE WHEN swept THEN 'sweeping' ELSE 'not scheduled' END;
+    sweeper_pid := NULL;
+    last_sweep_at := last;
+    RETURN NEXT;
+END;
+$status$;
+
+-- twin: sys_sweeper_announce
+CREATE FUNCTION lease_sched.sys_sweeper_announce()
+RETURNS void
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $announce$
+BEGIN
+    -- Run by the install script: nothing sweeps this database until sweep() is scheduled.
+    IF NOT (SELECT w.swept FROM lease_sched.sweeper_status() w) THEN
+        RAISE WARNING 'lease_sched: nothing sweeps database "%" yet: abandoned leases stay RUNNING and silent runtimes stay online',
+                      current_database()
+              USING HINT = 'Run SELECT lease_sched.portable_schedule_sweep(); (pg_cron), or call SELECT lease_sched.sweep(); every few seconds from a scheduler of your own.';
+    END IF;
+END;
+$announce$;
 
 -- Schedule lease_sched.sweep() with pg_cron, in place of the native background worker:
 -- every `every` (whole seconds from 1 to 59 where pg_cron supports second schedules,

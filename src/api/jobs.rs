@@ -18,7 +18,7 @@ fn key<'a>(job_name: Option<&'a str>, scope_kind: Option<&'a str>, scope_id: Opt
 
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
-fn job_define(
+fn job_define_every_or_cron(
     job_name: Option<&str>,
     every: Option<Interval>,
     misfire: Option<&str>,
@@ -104,4 +104,13 @@ fn job_definition(
     TableIterator::new(d.map(|d| {
         (d.every, d.misfire.as_sql().to_string(), d.grace, d.max_attempts, d.stale_timeout, d.paused, d.cron, d.timezone)
     }))
+}
+
+// 0.2.0's entry point (eight arguments, no calendar). `ALTER EXTENSION lease_sched UPDATE`
+// re-creates job_define on job_define_every_or_cron; until it has run, a database still on
+// 0.2.0's SQL reaches this symbol, which refuses with the instruction instead of reading
+// arguments of another shape.
+#[pg_extern(sql = false)]
+fn job_define() -> bool {
+    crate::error::schema_out_of_date()
 }
