@@ -143,7 +143,7 @@ fi
 grants_sql="SELECT string_agg(f, ',' ORDER BY f) FROM (
               SELECT p.proname || ':' || pg_catalog.pg_get_function_identity_arguments(p.oid)
                      || CASE WHEN pg_catalog.has_function_privilege('upgrade_runner', p.oid, 'EXECUTE WITH GRANT OPTION')
-                             THEN ':grantable' ELSE '' END AS f
+                             THEN ' (grantable)' ELSE '' END AS f
                 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
                WHERE n.nspname = 'lease_sched' AND pg_catalog.has_function_privilege('upgrade_runner', p.oid, 'EXECUTE')
                  AND p.proname IN ('lease_try_claim', 'lease_heartbeat', 'lease_finish', 'lock_acquire')) g"
