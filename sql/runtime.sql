@@ -45,6 +45,11 @@ CREATE TRIGGER runtimes_truncated AFTER TRUNCATE ON lease_sched.runtimes
 ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_left_online;
 ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_deleted;
 ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_truncated;
+-- An installation that follows a dropped one in this database: the old table's runtimes may
+-- still be known online in shared memory (this database's sweeper keeps its buffer across
+-- DROP EXTENSION, which fires no trigger). Forget them, as every TRUNCATE does; the table
+-- is empty.
+TRUNCATE lease_sched.runtimes;
 
 CREATE FUNCTION lease_sched.runtime_register(name text, metadata jsonb DEFAULT '{}')
 RETURNS uuid
