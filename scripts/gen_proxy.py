@@ -86,6 +86,7 @@ ROUTES = {
     "cron_next_slot": ("local", None),
     "runtime_flush": ("local", None),
     "runtime_pending": ("local", None),
+    "runtime_left_online": ("local", None),
     # bound to the caller's transaction on the partition
     "lease_fence_check": ("local", None),
     "lock_fence_check": ("local", None),
@@ -174,6 +175,21 @@ def functions():
                     returns = " ".join(re.match(r"(.+?)\s+(?:LANGUAGE|AS|IMMUTABLE|STABLE|VOLATILE|SECURITY)\b",
                                                 rest, re.S).group(1).split())
             found.append((m.group(1), m.group(2), args, returns))
+    return found
+
+
+def composite_types():
+    """{name: "CREATE TYPE ..." statement} for the composite types of schema lease_sched
+    (the one-row results of lease_try_claim and others): the proxy needs them too."""
+    found = {}
+    for path in sorted((ROOT / "sql").glob("*.sql")):
+        if path.stem.startswith("lease_sched--"):
+            continue
+        sql = re.sub(r"--[^\n]*", "", path.read_text())
+        for m in re.finditer(r"CREATE\s+TYPE\s+lease_sched\.(\w+)\s+AS\s*\(", sql):
+            end = matching_paren(sql, m.end() - 1)
+            found[m.group(1)] = (f"CREATE TYPE lease_sched.{m.group(1)} AS ("
+                                 + ", ".join(split_top(sql[m.end():end])) + ");\n")
     return found
 
 
@@ -480,6 +496,7 @@ def generate():
     out = [HEADER]
     local = []
     seen = set()
+    types, types_made = composite_types(), set()
     for _kind, name, args, returns in functions():
         if name in seen:
             continue
@@ -491,6 +508,10 @@ def generate():
             local.append(name)
             continue
         out.append(f"-- lease_sched.{name}: {route}" + (f" ({key})" if key else "") + "\n")
+        t = re.fullmatch(r"lease_sched\.(\w+)", returns or "")
+        if t and t.group(1) in types and t.group(1) not in types_made:
+            out.append(types[t.group(1)])
+            types_made.add(t.group(1))
         out.append(proxy_function(name, args, returns, route, key))
         out.append("\n")
     missing = set(ROUTES) - seen

@@ -133,12 +133,21 @@ fi
 q -c "DROP ROLE IF EXISTS upgrade_runner; CREATE ROLE upgrade_runner LOGIN;
       GRANT USAGE ON SCHEMA lease_sched TO upgrade_runner;
       GRANT EXECUTE ON FUNCTION lease_sched.lease_try_claim, lease_sched.lease_heartbeat, lease_sched.lease_finish TO upgrade_runner"
+# From 0.2.0 on, also lock_acquire (its arguments are 0.3.0's) with the grant option: the
+# update re-creates lease_try_claim and lock_acquire and must give back both kinds of grant.
+granted=3
+if [ "$old_version" != 0.1.0 ]; then
+  q -c "GRANT EXECUTE ON FUNCTION lease_sched.lock_acquire(text, text, interval) TO upgrade_runner WITH GRANT OPTION"
+  granted=4
+fi
 grants_sql="SELECT string_agg(f, ',' ORDER BY f) FROM (
-              SELECT p.proname || ':' || pg_catalog.pg_get_function_identity_arguments(p.oid) AS f
+              SELECT p.proname || ':' || pg_catalog.pg_get_function_identity_arguments(p.oid)
+                     || CASE WHEN pg_catalog.has_function_privilege('upgrade_runner', p.oid, 'EXECUTE WITH GRANT OPTION')
+                             THEN ' (grantable)' ELSE '' END AS f
                 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
                WHERE n.nspname = 'lease_sched' AND pg_catalog.has_function_privilege('upgrade_runner', p.oid, 'EXECUTE')
-                 AND p.proname IN ('lease_try_claim', 'lease_heartbeat', 'lease_finish')) g"
-[ "$(q -c "$grants_sql" | tr ',' '\n' | grep -c :)" = 3 ] || die "could not grant to upgrade_runner"
+                 AND p.proname IN ('lease_try_claim', 'lease_heartbeat', 'lease_finish', 'lock_acquire')) g"
+[ "$(q -c "$grants_sql" | tr ',' '\n' | grep -c :)" = $granted ] || die "could not grant to upgrade_runner"
 # Buffered runtime touches: they sit in shared memory while the sweeper runs.
 mapfile -t runtimes < <(q -c "SELECT lease_sched.runtime_register('rt-' || g) FROM generate_series(1, 3) g ORDER BY g")
 sleep 1.2

@@ -6,6 +6,20 @@
 -- instead, so a hostile search_path cannot redirect them either.
 -- None is STRICT: a NULL argument is an error that names it, never a silent NULL.
 
+-- The claim's one row. A named composite type, not RETURNS TABLE or OUT parameters: the
+-- executor then calls the function once per statement, without the set-returning
+-- protocol, and finds its result's shape in the type cache instead of rebuilding it from
+-- pg_proc for every statement (docs/benchmarks.md, "0.3.0 levers").
+CREATE TYPE lease_sched.claim_result AS (
+    outcome       text,
+    execution_id  uuid,
+    lease_token   uuid,
+    attempt       int,
+    fencing_token bigint,
+    stale_after   timestamptz
+);
+COMMENT ON TYPE lease_sched.claim_result IS 'The row lease_try_claim returns.';
+
 CREATE FUNCTION lease_sched.lease_try_claim(
     job_name            text,
     plan_time           timestamptz,
@@ -16,16 +30,8 @@ CREATE FUNCTION lease_sched.lease_try_claim(
     max_attempts        int      DEFAULT 3,
     allow_stale_reentry boolean  DEFAULT true
 )
-RETURNS TABLE (
-    outcome       text,
-    execution_id  uuid,
-    lease_token   uuid,
-    attempt       int,
-    fencing_token bigint,
-    stale_after   timestamptz
-)
+RETURNS lease_sched.claim_result
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
-ROWS 1
 AS 'MODULE_PATHNAME', 'lease_try_claim_wrapper';
 COMMENT ON FUNCTION lease_sched.lease_try_claim(text, timestamptz, text, text, text, interval, int, boolean) IS
     'Claim one scheduled run: won (new row), stole (stale RUNNING lease or due FAILED retry), or conflicted. Always one row.';

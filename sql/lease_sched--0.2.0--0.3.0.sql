@@ -983,20 +983,100 @@ $$;
 COMMENT ON FUNCTION lease_sched.job_next_runs(text, int, text, text) IS
     'The next n slots of a defined job after the database clock, with their wall time in the job''s time zone.';
 
+-- runtime_touch buffers a touch of a runtime known online without reading its row
+-- (src/runtime/mod.rs). Every statement that may take a row out of 'online' forgets all
+-- that knowledge here, after changing the rows and before it commits, so the next touch
+-- of an offline runtime reads the row and brings it back online at once. Statement
+-- triggers: a row trigger would make every UPDATE of the table (each touch and flush)
+-- fetch the old row again for it; the touches name status only when they flip an offline
+-- row online, and the flushes never. ENABLE ALWAYS: also under
+-- session_replication_role = replica (a restore, a replication apply).
+CREATE FUNCTION lease_sched.runtime_left_online()
+RETURNS trigger
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'runtime_left_online_wrapper';
+COMMENT ON FUNCTION lease_sched.runtime_left_online() IS
+    'Trigger: after a statement that may take runtimes out of online (status or id updated, rows deleted, truncated), no runtime is known online to runtime_touch.';
+CREATE TRIGGER runtimes_left_online AFTER UPDATE OF status, id ON lease_sched.runtimes
+    FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.runtime_left_online();
+CREATE TRIGGER runtimes_deleted AFTER DELETE ON lease_sched.runtimes
+    FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.runtime_left_online();
+CREATE TRIGGER runtimes_truncated AFTER TRUNCATE ON lease_sched.runtimes
+    FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.runtime_left_online();
+ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_left_online;
+ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_deleted;
+ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_truncated;
+
+-- lease_try_claim and lock_acquire return one row of a named composite type instead of a
+-- set: the executor calls them once per statement, without the set-returning protocol.
+-- A function's result type cannot be changed in place, so both are re-created, keeping the
+-- grants users made on them (restored below, with job_define's).
+SELECT pg_catalog.set_config('lease_sched_upgrade.acl_lease_try_claim', coalesce(p.proacl::pg_catalog.text, ''), true)
+  FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) 'lease_sched.lease_try_claim(text, timestamptz, text, text, text, interval, int, boolean)'::pg_catalog.regprocedure;
+SELECT pg_catalog.set_config('lease_sched_upgrade.acl_lock_acquire', coalesce(p.proacl::pg_catalog.text, ''), true)
+  FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) 'lease_sched.lock_acquire(text, text, interval)'::pg_catalog.regprocedure;
+DROP FUNCTION lease_sched.lease_try_claim(text, timestamptz, text, text, text, interval, int, boolean);
+DROP FUNCTION lease_sched.lock_acquire(text, text, interval);
+
+-- The claim's one row. A named composite type, not RETURNS TABLE or OUT parameters: the
+-- executor then calls the function once per statement, without the set-returning
+-- protocol, and finds its result's shape in the type cache instead of rebuilding it from
+-- pg_proc for every statement (docs/benchmarks.md, "0.3.0 levers").
+CREATE TYPE lease_sched.claim_result AS (
+    outcome       text,
+    execution_id  uuid,
+    lease_token   uuid,
+    attempt       int,
+    fencing_token bigint,
+    stale_after   timestamptz
+);
+COMMENT ON TYPE lease_sched.claim_result IS 'The row lease_try_claim returns.';
+
+CREATE FUNCTION lease_sched.lease_try_claim(
+    job_name            text,
+    plan_time           timestamptz,
+    runner_id           text,
+    scope_kind          text     DEFAULT 'global',
+    scope_id            text     DEFAULT '',
+    stale_timeout       interval DEFAULT '5 minutes',
+    max_attempts        int      DEFAULT 3,
+    allow_stale_reentry boolean  DEFAULT true
+)
+RETURNS lease_sched.claim_result
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER
+AS 'MODULE_PATHNAME', 'lease_try_claim_wrapper';
+COMMENT ON FUNCTION lease_sched.lease_try_claim(text, timestamptz, text, text, text, interval, int, boolean) IS
+    'Claim one scheduled run: won (new row), stole (stale RUNNING lease or due FAILED retry), or conflicted. Always one row.';
+
+-- One row, always: a named composite type, not a set (see lease_sched.claim_result).
+CREATE TYPE lease_sched.lock_acquire_result AS (acquired boolean, lock_token uuid, fencing_token bigint, holder text,
+                                                expires_at timestamptz);
+COMMENT ON TYPE lease_sched.lock_acquire_result IS 'The row lock_acquire returns.';
+
+CREATE FUNCTION lease_sched.lock_acquire(lock_name text, holder text, ttl interval DEFAULT '60 seconds')
+RETURNS lease_sched.lock_acquire_result
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'lock_acquire_row_wrapper';
+COMMENT ON FUNCTION lease_sched.lock_acquire(text, text, interval) IS
+    'Take the lock if free, released or expired. Always one row: acquired with the secret lock_token and a new fencing token, or not acquired with the current holder and its expiry.';
+
 -- Plan and claim in one round trip, for runner loops: the job's definition decides the
 -- plan (triggers first, then the schedule, its misfire policy, grace and pause) and its
--- stale_timeout and max_attempts. Always one row: outcome 'none' (every other column
--- NULL) when nothing is due, else lease_try_claim's row and the plan_time claimed.
+-- stale_timeout and max_attempts. Always one row (not a set): outcome 'none'
+-- (every other column NULL) when nothing is due, else lease_try_claim's row and the
+-- plan_time claimed.
+CREATE TYPE lease_sched.claim_next_result AS (outcome text, execution_id uuid, lease_token uuid, attempt int,
+                                              fencing_token bigint, stale_after timestamptz, plan_time timestamptz);
+COMMENT ON TYPE lease_sched.claim_next_result IS 'The row lease_claim_next returns.';
 CREATE FUNCTION lease_sched.lease_claim_next(job_name text, runner_id text, scope_kind text DEFAULT 'global',
                                              scope_id text DEFAULT '')
-RETURNS TABLE (outcome text, execution_id uuid, lease_token uuid, attempt int, fencing_token bigint,
-               stale_after timestamptz, plan_time timestamptz)
+RETURNS lease_sched.claim_next_result
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1
 AS $$
 DECLARE
     d record;
     p timestamptz;
+    r lease_sched.claim_next_result;
 BEGIN
     IF runner_id IS NULL THEN
         RAISE EXCEPTION 'runner_id must not be NULL' USING ERRCODE = '22004';
@@ -1013,14 +1093,15 @@ BEGIN
     END IF;
     p := lease_sched.lease_next_plan(job_name => $1, every => NULL, scope_kind => $3, scope_id => $4, catch_up => false);
     IF p IS NULL THEN
-        RETURN QUERY SELECT 'none'::text, NULL::uuid, NULL::uuid, NULL::int, NULL::bigint, NULL::timestamptz, NULL::timestamptz;
-        RETURN;
+        r.outcome := 'none';
+        RETURN r;
     END IF;
-    RETURN QUERY
     SELECT c.outcome, c.execution_id, c.lease_token, c.attempt, c.fencing_token, c.stale_after, p
+      INTO r
       FROM lease_sched.lease_try_claim(job_name => $1, plan_time => p, runner_id => $2, scope_kind => $3,
                                        scope_id => $4, stale_timeout => d.stale_timeout,
                                        max_attempts => d.max_attempts) AS c;
+    RETURN r;
 END;
 $$;
 COMMENT ON FUNCTION lease_sched.lease_claim_next(text, text, text, text) IS
@@ -1304,6 +1385,9 @@ $intervals$;
 
 -- As finalize.sql does for a fresh install.
 REVOKE EXECUTE ON FUNCTION lease_sched.job_define(text, interval, text, interval, int, interval, text, text, text, text), lease_sched.job_definition(text, text, text),
+    lease_sched.lease_try_claim(text, timestamptz, text, text, text, interval, int, boolean),
+    lease_sched.lock_acquire(text, text, interval),
+    lease_sched.runtime_left_online(),
     lease_sched.cron_error,
     lease_sched.cron_value,
     lease_sched.cron_field,
@@ -1339,59 +1423,40 @@ GRANT EXECUTE ON FUNCTION lease_sched.cron_next_slot(bigint[], text, timestamptz
                           lease_sched.cron_next_runs(text, text, int, timestamptz)
    TO PUBLIC;
 
+-- Every function this update re-creates (DROP and CREATE: its arguments or result changed)
+-- gets back the grants users made on it, saved from pg_proc before the drop into
+-- lease_sched_upgrade.acl_<name>.
 DO $acl$
 DECLARE
-    saved   pg_catalog.text := pg_catalog.current_setting('lease_sched_upgrade.acl_job_define');
-    fn      pg_catalog.regprocedure := 'lease_sched.job_define(text, interval, text, interval, int, interval, text, text, text, text)'::pg_catalog.regprocedure;
+    f       record;
+    saved   pg_catalog.text;
     initial pg_catalog.aclitem[];
     g       record;
 BEGIN
-    SELECT p.proacl INTO initial FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) fn;
-    IF saved OPERATOR(pg_catalog.=) '' THEN
-        RETURN;
-    END IF;
-    FOR g IN SELECT x.grantee, x.is_grantable
-               FROM pg_catalog.aclexplode(saved::pg_catalog.aclitem[]) AS x, pg_catalog.pg_proc p
-              WHERE p.oid OPERATOR(pg_catalog.=) fn AND x.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
-                AND x.grantee OPERATOR(pg_catalog.<>) p.proowner LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s%s', fn,
-                    CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-                         ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
-                    CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    FOR f IN SELECT v.setting, v.signature::pg_catalog.regprocedure AS fn
+               FROM (VALUES
+                   ('job_define', 'lease_sched.job_define(text, interval, text, interval, int, interval, text, text, text, text)'),
+                   ('job_definition', 'lease_sched.job_definition(text, text, text)'),
+                   ('lease_try_claim', 'lease_sched.lease_try_claim(text, timestamptz, text, text, text, interval, int, boolean)'),
+                   ('lock_acquire', 'lease_sched.lock_acquire(text, text, interval)')) AS v(setting, signature) LOOP
+        saved := pg_catalog.current_setting('lease_sched_upgrade.acl_' OPERATOR(pg_catalog.||) f.setting);
+        SELECT p.proacl INTO initial FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) f.fn;
+        CONTINUE WHEN saved OPERATOR(pg_catalog.=) '';
+        FOR g IN SELECT x.grantee, x.is_grantable
+                   FROM pg_catalog.aclexplode(saved::pg_catalog.aclitem[]) AS x, pg_catalog.pg_proc p
+                  WHERE p.oid OPERATOR(pg_catalog.=) f.fn AND x.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
+                    AND x.grantee OPERATOR(pg_catalog.<>) p.proowner LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s%s', f.fn,
+                        CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                             ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
+                        CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+        -- A GRANT inside an extension script is recorded as the extension's initial privileges
+        -- (and so left out of pg_dump): the initial privileges stay those of a fresh install,
+        -- and the users' grants stay theirs.
+        UPDATE pg_catalog.pg_init_privs i SET initprivs = initial
+         WHERE i.objoid OPERATOR(pg_catalog.=) f.fn AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+           AND i.objsubid OPERATOR(pg_catalog.=) 0;
     END LOOP;
-    -- A GRANT inside an extension script is recorded as the extension's initial privileges
-    -- (and so left out of pg_dump): the initial privileges stay those of a fresh install,
-    -- and the users' grants stay theirs.
-    UPDATE pg_catalog.pg_init_privs i SET initprivs = initial
-     WHERE i.objoid OPERATOR(pg_catalog.=) fn AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
-       AND i.objsubid OPERATOR(pg_catalog.=) 0;
-END;
-$acl$;
-DO $acl$
-DECLARE
-    saved   pg_catalog.text := pg_catalog.current_setting('lease_sched_upgrade.acl_job_definition');
-    fn      pg_catalog.regprocedure := 'lease_sched.job_definition(text, text, text)'::pg_catalog.regprocedure;
-    initial pg_catalog.aclitem[];
-    g       record;
-BEGIN
-    SELECT p.proacl INTO initial FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) fn;
-    IF saved OPERATOR(pg_catalog.=) '' THEN
-        RETURN;
-    END IF;
-    FOR g IN SELECT x.grantee, x.is_grantable
-               FROM pg_catalog.aclexplode(saved::pg_catalog.aclitem[]) AS x, pg_catalog.pg_proc p
-              WHERE p.oid OPERATOR(pg_catalog.=) fn AND x.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE'
-                AND x.grantee OPERATOR(pg_catalog.<>) p.proowner LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s%s', fn,
-                    CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
-                         ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)) END,
-                    CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
-    -- A GRANT inside an extension script is recorded as the extension's initial privileges
-    -- (and so left out of pg_dump): the initial privileges stay those of a fresh install,
-    -- and the users' grants stay theirs.
-    UPDATE pg_catalog.pg_init_privs i SET initprivs = initial
-     WHERE i.objoid OPERATOR(pg_catalog.=) fn AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
-       AND i.objsubid OPERATOR(pg_catalog.=) 0;
 END;
 $acl$;

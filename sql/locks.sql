@@ -24,10 +24,14 @@ COMMENT ON TABLE lease_sched.locks IS 'Held (or expired, not yet taken over) nam
 SELECT pg_catalog.pg_extension_config_dump('lease_sched.locks', '');
 REVOKE ALL ON lease_sched.locks FROM PUBLIC;
 
+-- One row, always: a named composite type, not a set (see lease_sched.claim_result).
+CREATE TYPE lease_sched.lock_acquire_result AS (acquired boolean, lock_token uuid, fencing_token bigint, holder text,
+                                                expires_at timestamptz);
+COMMENT ON TYPE lease_sched.lock_acquire_result IS 'The row lock_acquire returns.';
+
 CREATE FUNCTION lease_sched.lock_acquire(lock_name text, holder text, ttl interval DEFAULT '60 seconds')
-RETURNS TABLE (acquired boolean, lock_token uuid, fencing_token bigint, holder text, expires_at timestamptz)
+RETURNS lease_sched.lock_acquire_result
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1
 AS 'MODULE_PATHNAME', 'lock_acquire_row_wrapper';
 COMMENT ON FUNCTION lease_sched.lock_acquire(text, text, interval) IS
     'Take the lock if free, released or expired. Always one row: acquired with the secret lock_token and a new fencing token, or not acquired with the current holder and its expiry.';

@@ -22,6 +22,35 @@ CREATE INDEX runtimes_online_idx ON lease_sched.runtimes (id) WHERE status = 'on
 SELECT pg_catalog.pg_extension_config_dump('lease_sched.runtimes', '');
 REVOKE ALL ON lease_sched.runtimes FROM PUBLIC;
 
+-- runtime_touch buffers a touch of a runtime known online without reading its row
+-- (src/runtime/mod.rs). Every statement that may take a row out of 'online' forgets all
+-- that knowledge here, after changing the rows and before it commits, so the next touch
+-- of an offline runtime reads the row and brings it back online at once. Statement
+-- triggers: a row trigger would make every UPDATE of the table (each touch and flush)
+-- fetch the old row again for it; the touches name status only when they flip an offline
+-- row online, and the flushes never. ENABLE ALWAYS: also under
+-- session_replication_role = replica (a restore, a replication apply).
+CREATE FUNCTION lease_sched.runtime_left_online()
+RETURNS trigger
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'runtime_left_online_wrapper';
+COMMENT ON FUNCTION lease_sched.runtime_left_online() IS
+    'Trigger: after a statement that may take runtimes out of online (status or id updated, rows deleted, truncated), no runtime is known online to runtime_touch.';
+CREATE TRIGGER runtimes_left_online AFTER UPDATE OF status, id ON lease_sched.runtimes
+    FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.runtime_left_online();
+CREATE TRIGGER runtimes_deleted AFTER DELETE ON lease_sched.runtimes
+    FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.runtime_left_online();
+CREATE TRIGGER runtimes_truncated AFTER TRUNCATE ON lease_sched.runtimes
+    FOR EACH STATEMENT EXECUTE FUNCTION lease_sched.runtime_left_online();
+ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_left_online;
+ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_deleted;
+ALTER TABLE lease_sched.runtimes ENABLE ALWAYS TRIGGER runtimes_truncated;
+-- An installation that follows a dropped one in this database: the old table's runtimes may
+-- still be known online in shared memory (this database's sweeper keeps its buffer across
+-- DROP EXTENSION, which fires no trigger). Forget them, as every TRUNCATE does; the table
+-- is empty.
+TRUNCATE lease_sched.runtimes;
+
 CREATE FUNCTION lease_sched.runtime_register(name text, metadata jsonb DEFAULT '{}')
 RETURNS uuid
 LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp

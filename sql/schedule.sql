@@ -238,18 +238,21 @@ COMMENT ON FUNCTION lease_sched.job_next_runs(text, int, text, text) IS
 
 -- Plan and claim in one round trip, for runner loops: the job's definition decides the
 -- plan (triggers first, then the schedule, its misfire policy, grace and pause) and its
--- stale_timeout and max_attempts. Always one row: outcome 'none' (every other column
--- NULL) when nothing is due, else lease_try_claim's row and the plan_time claimed.
+-- stale_timeout and max_attempts. Always one row (not a set): outcome 'none'
+-- (every other column NULL) when nothing is due, else lease_try_claim's row and the
+-- plan_time claimed.
+CREATE TYPE lease_sched.claim_next_result AS (outcome text, execution_id uuid, lease_token uuid, attempt int,
+                                              fencing_token bigint, stale_after timestamptz, plan_time timestamptz);
+COMMENT ON TYPE lease_sched.claim_next_result IS 'The row lease_claim_next returns.';
 CREATE FUNCTION lease_sched.lease_claim_next(job_name text, runner_id text, scope_kind text DEFAULT 'global',
                                              scope_id text DEFAULT '')
-RETURNS TABLE (outcome text, execution_id uuid, lease_token uuid, attempt int, fencing_token bigint,
-               stale_after timestamptz, plan_time timestamptz)
+RETURNS lease_sched.claim_next_result
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1
 AS $$
 DECLARE
     d record;
     p timestamptz;
+    r lease_sched.claim_next_result;
 BEGIN
     IF runner_id IS NULL THEN
         RAISE EXCEPTION 'runner_id must not be NULL' USING ERRCODE = '22004';
@@ -266,14 +269,15 @@ BEGIN
     END IF;
     p := lease_sched.lease_next_plan(job_name => $1, every => NULL, scope_kind => $3, scope_id => $4, catch_up => false);
     IF p IS NULL THEN
-        RETURN QUERY SELECT 'none'::text, NULL::uuid, NULL::uuid, NULL::int, NULL::bigint, NULL::timestamptz, NULL::timestamptz;
-        RETURN;
+        r.outcome := 'none';
+        RETURN r;
     END IF;
-    RETURN QUERY
     SELECT c.outcome, c.execution_id, c.lease_token, c.attempt, c.fencing_token, c.stale_after, p
+      INTO r
       FROM lease_sched.lease_try_claim(job_name => $1, plan_time => p, runner_id => $2, scope_kind => $3,
                                        scope_id => $4, stale_timeout => d.stale_timeout,
                                        max_attempts => d.max_attempts) AS c;
+    RETURN r;
 END;
 $$;
 COMMENT ON FUNCTION lease_sched.lease_claim_next(text, text, text, text) IS

@@ -47,6 +47,20 @@ pub fn by_unique_key<R>(
     columns: &[&CStr],
     read: impl FnOnce(&[Option<Datum>]) -> R,
 ) -> Option<R> {
+    by_unique_key_settled(table, index, keys, columns, |values, _| read(values))
+}
+
+/// As `by_unique_key`, and `read` also learns whether the row version it got is *settled*:
+/// written by a committed transaction other than this one, with no deleter, updater or
+/// locker recorded on it (xmax invalid). A settled version was, when read, the row's latest
+/// committed state; any change begun since shows on the version as its xmax.
+pub fn by_unique_key_settled<R>(
+    table: &CStr,
+    index: &CStr,
+    keys: &[Key],
+    columns: &[&CStr],
+    read: impl FnOnce(&[Option<Datum>], bool) -> R,
+) -> Option<R> {
     let table_oid = relation_oid(table);
     let index_oid = relation_oid(index);
     // SAFETY: every pointer below comes from PostgreSQL for this call and is released
@@ -108,7 +122,7 @@ pub fn by_unique_key<R>(
                     (!*(*slot).tts_isnull.add(i)).then(|| *(*slot).tts_values.add(i))
                 })
                 .collect();
-            Some(read(&values))
+            Some(read(&values, settled(slot)))
         } else {
             None
         };
@@ -127,4 +141,26 @@ pub fn by_unique_key<R>(
 /// `datum` must be a value of the SQL type `T` reads, from a row still pinned.
 pub unsafe fn value<T: FromDatum>(datum: Option<Datum>) -> Option<T> {
     datum.and_then(|d| unsafe { T::from_datum(d, false) })
+}
+
+/// Is the heap tuple in `slot` settled (see `by_unique_key_settled`)? False for any slot
+/// that is not a buffer heap tuple slot.
+///
+/// # Safety
+/// `slot` holds a tuple fetched by an index scan, its buffer still pinned.
+unsafe fn settled(slot: *mut pg_sys::TupleTableSlot) -> bool {
+    unsafe {
+        if !std::ptr::eq((*slot).tts_ops, &raw const pg_sys::TTSOpsBufferHeapTuple) {
+            return false;
+        }
+        let tuple = (*(slot as *mut pg_sys::BufferHeapTupleTableSlot)).base.tuple;
+        if tuple.is_null() || (*tuple).t_data.is_null() {
+            return false;
+        }
+        let header = (*tuple).t_data;
+        let heap = (*header).t_choice.t_heap;
+        let xmax_invalid = (*header).t_infomask as u32 & pg_sys::HEAP_XMAX_INVALID != 0
+            || heap.t_xmax == pg_sys::InvalidTransactionId;
+        xmax_invalid && !pg_sys::TransactionIdIsCurrentTransactionId(heap.t_xmin)
+    }
 }

@@ -1,6 +1,6 @@
 //! The shared-memory segment, present only when lease_sched is in
 //! `shared_preload_libraries`: one LWLock, the sweeper slots, the statistics counters, and
-//! the runtime touch buffer. Sized at postmaster start from `lease_sched.touch_buffer_size`.
+//! the runtime touch buffer with its marks of runtimes known online. Sized at postmaster start from `lease_sched.touch_buffer_size`.
 //!
 //! The counters (`stats`) and the table layout (`touch_table`) are defined by leaf modules
 //! that know nothing of this segment; `stats::attach` hands the counters their place.
@@ -32,7 +32,16 @@ pub struct Shared {
     pub sweepers: Sweepers,
     pub stats: Stats,
     pub touches: TouchBuffer,
-    // `touches.slot_count` slots follow in the same allocation.
+    /// The runtimes of the buffer's database known to be online: a touch of one of them is
+    /// buffered without reading its row (`runtime::touch`). Each slot holds the generation
+    /// its mark was set in; only marks of the current generation count.
+    pub online: TouchBuffer,
+    /// The marks' generation, under the lock. Every statement that may take a row out of
+    /// `online` (the sweep's offline pass, any UPDATE naming status or id, DELETE,
+    /// TRUNCATE) moves it on through the table's statement triggers
+    /// (`runtime::forget_online`); a touch sets a mark only in the generation it read in.
+    pub online_epoch: u64,
+    // `touches.slot_count` slots follow in the same allocation, then `online.slot_count`.
 }
 
 // Set in the postmaster by the startup hook and inherited by every forked child.
@@ -47,7 +56,7 @@ pub fn shared() -> Option<&'static Shared> {
 }
 
 fn segment_size() -> usize {
-    std::mem::size_of::<Shared>() + touch_table::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()) * std::mem::size_of::<Slot>()
+    std::mem::size_of::<Shared>() + 2 * touch_table::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()) * std::mem::size_of::<Slot>()
 }
 
 /// Install the hooks; call from `_PG_init` while shared_preload_libraries loads.
@@ -89,6 +98,7 @@ unsafe extern "C-unwind" fn startup() {
             ptr::write_bytes(shared as *mut u8, 0, size);
             (*shared).lock = &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE_NAME.as_ptr())).lock;
             (*shared).touches.init(touch_table::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()), settings::TOUCH_BUFFER_SIZE.get());
+            (*shared).online.init(touch_table::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()), settings::TOUCH_BUFFER_SIZE.get());
         }
         SHARED = shared;
         stats::attach(&(*shared).stats);

@@ -15,22 +15,21 @@ CREATE FUNCTION lease_sched.lease_try_claim(
     max_attempts        int      DEFAULT 3,
     allow_stale_reentry boolean  DEFAULT true
 )
-RETURNS TABLE (
-    outcome       text,
-    execution_id  uuid,
-    lease_token   uuid,
-    attempt       int,
-    fencing_token bigint,
-    stale_after   timestamptz
-)
+RETURNS lease_sched.claim_result
 LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1
 AS $claim$
 #variable_conflict use_column
 DECLARE
     now_   timestamptz := clock_timestamp();
     found_ record;
     got    record;
+    -- The result's columns, returned as one lease_sched.claim_result.
+    outcome       text;
+    execution_id  uuid;
+    lease_token   uuid;
+    attempt       int;
+    fencing_token bigint;
+    stale_after   timestamptz;
 BEGIN
     -- The checks in the native order; one test on the fast path, the precise error after.
     IF lease_try_claim.job_name IS NULL OR lease_try_claim.job_name = '' OR octet_length(lease_try_claim.job_name) > 512
@@ -96,8 +95,7 @@ BEGIN
                 END IF;
                 outcome := 'won'; execution_id := got.id; lease_token := got.lease_token; attempt := got.attempt;
                 fencing_token := got.fencing_token; stale_after := got.stale_after;
-                RETURN NEXT;
-                RETURN;
+                RETURN ROW(outcome, execution_id, lease_token, attempt, fencing_token, stale_after)::lease_sched.claim_result;
             END IF;
             CONTINUE;  -- lost the insert race: decide again on the winner's row
         END IF;
@@ -162,8 +160,7 @@ BEGIN
                 END IF;
                 outcome := 'stole'; execution_id := got.id; lease_token := got.lease_token; attempt := got.attempt;
                 fencing_token := got.fencing_token; stale_after := got.stale_after;
-                RETURN NEXT;
-                RETURN;
+                RETURN ROW(outcome, execution_id, lease_token, attempt, fencing_token, stale_after)::lease_sched.claim_result;
             END IF;
             -- Someone changed the row first: report it as it is now.
             SELECT e.id, e.status, e.attempt, e.stale_after INTO found_
@@ -171,18 +168,20 @@ BEGIN
              WHERE e.job_name = lease_try_claim.job_name AND e.scope_kind = lease_try_claim.scope_kind
                AND e.scope_id = lease_try_claim.scope_id AND e.plan_time = lease_try_claim.plan_time;
             IF NOT FOUND THEN
-                RETURN QUERY SELECT 'conflicted'::text, NULL::uuid, NULL::uuid, NULL::int, NULL::bigint, NULL::timestamptz;
-                RETURN;
+                outcome := 'conflicted'; execution_id := NULL; lease_token := NULL; attempt := NULL;
+                fencing_token := NULL; stale_after := NULL;
+                RETURN ROW(outcome, execution_id, lease_token, attempt, fencing_token, stale_after)::lease_sched.claim_result;
             END IF;
         END IF;
         outcome := 'conflicted'; execution_id := found_.id; attempt := found_.attempt;
         IF found_.status = 'RUNNING' THEN
             stale_after := found_.stale_after;
         END IF;
-        RETURN NEXT;
-        RETURN;
+        RETURN ROW(outcome, execution_id, lease_token, attempt, fencing_token, stale_after)::lease_sched.claim_result;
     END LOOP;
-    RETURN QUERY SELECT 'conflicted'::text, NULL::uuid, NULL::uuid, NULL::int, NULL::bigint, NULL::timestamptz;
+    outcome := 'conflicted'; execution_id := NULL; lease_token := NULL; attempt := NULL;
+    fencing_token := NULL; stale_after := NULL;
+    RETURN ROW(outcome, execution_id, lease_token, attempt, fencing_token, stale_after)::lease_sched.claim_result;
 END;
 $claim$;
 

@@ -5,9 +5,8 @@
 -- An SQL function around portable_lock_acquire: PL/pgSQL refuses a parameter named like a
 -- result column (holder), which the native signature has.
 CREATE FUNCTION lease_sched.lock_acquire(lock_name text, holder text, ttl interval DEFAULT '60 seconds')
-RETURNS TABLE (acquired boolean, lock_token uuid, fencing_token bigint, holder text, expires_at timestamptz)
+RETURNS lease_sched.lock_acquire_result
 LANGUAGE sql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-ROWS 1
 AS $acquire$
 SELECT * FROM lease_sched.portable_lock_acquire(lock_name, holder, ttl);
 $acquire$;

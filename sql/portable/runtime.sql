@@ -245,3 +245,15 @@ END;
 $write$;
 CREATE TRIGGER runtimes_write INSTEAD OF INSERT OR UPDATE OR DELETE ON lease_sched.runtimes
     FOR EACH ROW EXECUTE FUNCTION lease_sched.portable_runtimes_write();
+
+-- twin: runtime_left_online
+-- The portable edition keeps no knowledge of runtimes known online (every touch reads its
+-- row), so there is nothing to forget.
+CREATE FUNCTION lease_sched.runtime_left_online()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS $left$
+BEGIN
+    RETURN NULL;
+END;
+$left$;

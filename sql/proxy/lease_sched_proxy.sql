@@ -201,6 +201,7 @@ COMMENT ON FUNCTION lease_sched_proxy.locate_runtimes(uuid) IS
     'The partition whose lease_sched.runtimes has this id, or NULL when none has it.';
 
 -- lease_sched.lease_try_claim: job (job_name)
+CREATE TYPE lease_sched.claim_result AS (outcome text, execution_id uuid, lease_token uuid, attempt int, fencing_token bigint, stale_after timestamptz);
 CREATE FUNCTION lease_sched.lease_try_claim(
     job_name text,
     plan_time timestamptz,
@@ -211,7 +212,7 @@ CREATE FUNCTION lease_sched.lease_try_claim(
     max_attempts int DEFAULT 3,
     allow_stale_reentry boolean DEFAULT true
 )
-RETURNS TABLE (outcome text, execution_id uuid, lease_token uuid, attempt int, fencing_token bigint, stale_after timestamptz)
+RETURNS lease_sched.claim_result
 LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(job_name);
@@ -372,12 +373,13 @@ COMMENT ON FUNCTION lease_sched.runtime_touch_batch(uuid[]) IS
     'Sent to every partition; returns the ids that no partition touched (docs/scaling.md).';
 
 -- lease_sched.lock_acquire: lock (lock_name)
+CREATE TYPE lease_sched.lock_acquire_result AS (acquired boolean, lock_token uuid, fencing_token bigint, holder text, expires_at timestamptz);
 CREATE FUNCTION lease_sched.lock_acquire(
     lock_name text,
     holder text,
     ttl interval DEFAULT '60 seconds'
 )
-RETURNS TABLE (acquired boolean, lock_token uuid, fencing_token bigint, holder text, expires_at timestamptz)
+RETURNS lease_sched.lock_acquire_result
 LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(lock_name);
@@ -606,13 +608,14 @@ COMMENT ON FUNCTION lease_sched.job_next_runs(text, int, text, text) IS
     'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
 
 -- lease_sched.lease_claim_next: job (job_name)
+CREATE TYPE lease_sched.claim_next_result AS (outcome text, execution_id uuid, lease_token uuid, attempt int, fencing_token bigint, stale_after timestamptz, plan_time timestamptz);
 CREATE FUNCTION lease_sched.lease_claim_next(
     job_name text,
     runner_id text,
     scope_kind text DEFAULT 'global',
     scope_id text DEFAULT ''
 )
-RETURNS TABLE (outcome text, execution_id uuid, lease_token uuid, attempt int, fencing_token bigint, stale_after timestamptz, plan_time timestamptz)
+RETURNS lease_sched.claim_next_result
 LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(job_name);
@@ -620,7 +623,7 @@ $proxy$;
 COMMENT ON FUNCTION lease_sched.lease_claim_next(text, text, text, text) IS
     'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
 
--- Not proxied (call them on each partition): runtime_flush, runtime_pending, sweep, stats, sweeper_status, sys_sweeper_announce, run_arm_deadline, run_disarm_deadline, run, lease_fence_check, lock_fence_check, lock_fence_passed, lease_fence_passed, require_lock, require_lease, cron_error, cron_value, cron_field, cron_parse, cron_check_timezone, cron_day_matches, cron_next_bit, cron_next_wall, cron_utc_offset, cron_transition, cron_next_slot, calendar_next_plan, job_trigger_due, schedule, unschedule.
+-- Not proxied (call them on each partition): runtime_left_online, runtime_flush, runtime_pending, sweep, stats, sweeper_status, sys_sweeper_announce, run_arm_deadline, run_disarm_deadline, run, lease_fence_check, lock_fence_check, lock_fence_passed, lease_fence_passed, require_lock, require_lease, cron_error, cron_value, cron_field, cron_parse, cron_check_timezone, cron_day_matches, cron_next_bit, cron_next_wall, cron_utc_offset, cron_transition, cron_next_slot, calendar_next_plan, job_trigger_due, schedule, unschedule.
 
 -- As on one primary, PUBLIC runs nothing; grant runner and reader roles (see the top).
 REVOKE ALL ON SCHEMA lease_sched, lease_sched_proxy FROM PUBLIC;

@@ -8,47 +8,42 @@ use crate::error::{bad_argument, invalid_argument};
 use crate::lease::{self, ClaimRequest, Finish};
 
 
-#[allow(clippy::too_many_arguments)]
-#[pg_extern(sql = false)]
-fn lease_try_claim(
-    job_name: Option<&str>,
-    plan_time: Option<TimestampWithTimeZone>,
-    runner_id: Option<&str>,
-    scope_kind: Option<&str>,
-    scope_id: Option<&str>,
-    stale_timeout: Option<Interval>,
-    max_attempts: Option<i32>,
-    allow_stale_reentry: Option<bool>,
-) -> TableIterator<
-    'static,
-    (
-        name!(outcome, String),
-        name!(execution_id, Option<Uuid>),
-        name!(lease_token, Option<Uuid>),
-        name!(attempt, Option<i32>),
-        name!(fencing_token, Option<i64>),
-        name!(stale_after, Option<TimestampWithTimeZone>),
-    ),
-> {
-    let req = ClaimRequest {
-        job_name: non_empty(job_name, "job_name"),
-        plan_time: finite_time(plan_time, "plan_time"),
-        runner_id: non_empty(runner_id, "runner_id"),
-        scope_kind: non_empty(scope_kind, "scope_kind"),
-        scope_id: short_name(scope_id, "scope_id"),
-        stale_timeout: positive_interval(stale_timeout, "stale_timeout"),
-        max_attempts: at_least_one(max_attempts, "max_attempts"),
-        allow_stale_reentry: required(allow_stale_reentry, "allow_stale_reentry"),
-    };
-    let c = lease::claim(&req);
-    TableIterator::once((
-        c.outcome.as_sql().to_string(),
-        c.execution_id,
-        c.lease_token,
-        c.attempt,
-        c.fencing_token,
-        c.stale_after,
-    ))
+crate::finfo_v1!(pg_finfo_lease_try_claim_wrapper);
+
+/// lease_try_claim: one row of a composite type, not a set (see `super::row`).
+///
+/// # Safety
+/// Called by PostgreSQL through the declaration in sql/lease.sql, eight arguments.
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub unsafe extern "C-unwind" fn lease_try_claim_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        pg_sys::submodules::panic::pgrx_extern_c_guard(|| {
+            use pgrx::fcinfo::pg_getarg;
+            let req = ClaimRequest {
+                job_name: non_empty(pg_getarg::<&str>(fcinfo, 0), "job_name"),
+                plan_time: finite_time(pg_getarg::<TimestampWithTimeZone>(fcinfo, 1), "plan_time"),
+                runner_id: non_empty(pg_getarg::<&str>(fcinfo, 2), "runner_id"),
+                scope_kind: non_empty(pg_getarg::<&str>(fcinfo, 3), "scope_kind"),
+                scope_id: short_name(pg_getarg::<&str>(fcinfo, 4), "scope_id"),
+                stale_timeout: positive_interval(pg_getarg::<Interval>(fcinfo, 5), "stale_timeout"),
+                max_attempts: at_least_one(pg_getarg::<i32>(fcinfo, 6), "max_attempts"),
+                allow_stale_reentry: required(pg_getarg::<bool>(fcinfo, 7), "allow_stale_reentry"),
+            };
+            let c = lease::claim(&req);
+            super::row::one_row(
+                fcinfo,
+                &[
+                    c.outcome.as_sql().into_datum(),
+                    c.execution_id.into_datum(),
+                    c.lease_token.into_datum(),
+                    c.attempt.into_datum(),
+                    c.fencing_token.into_datum(),
+                    c.stale_after.into_datum(),
+                ],
+            )
+        })
+    }
 }
 
 #[pg_extern(sql = false)]

@@ -6,23 +6,35 @@ use pgrx::Uuid;
 use super::args::{non_empty, positive_interval, required};
 use crate::lock;
 
-#[pg_extern(sql = false)]
-fn lock_acquire_row(
-    lock_name: Option<&str>,
-    holder: Option<&str>,
-    ttl: Option<Interval>,
-) -> TableIterator<
-    'static,
-    (
-        name!(acquired, bool),
-        name!(lock_token, Option<Uuid>),
-        name!(fencing_token, Option<i64>),
-        name!(holder, Option<String>),
-        name!(expires_at, Option<TimestampWithTimeZone>),
-    ),
-> {
-    let a = lock::acquire(non_empty(lock_name, "lock_name"), non_empty(holder, "holder"), positive_interval(ttl, "ttl"));
-    TableIterator::once((a.acquired, a.lock_token, a.fencing_token, a.holder, a.expires_at))
+crate::finfo_v1!(pg_finfo_lock_acquire_row_wrapper);
+
+/// lock_acquire: one row of a composite type, not a set (see `super::row`).
+///
+/// # Safety
+/// Called by PostgreSQL through the declaration in sql/locks.sql, three arguments.
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub unsafe extern "C-unwind" fn lock_acquire_row_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        pg_sys::submodules::panic::pgrx_extern_c_guard(|| {
+            use pgrx::fcinfo::pg_getarg;
+            let a = lock::acquire(
+                non_empty(pg_getarg::<&str>(fcinfo, 0), "lock_name"),
+                non_empty(pg_getarg::<&str>(fcinfo, 1), "holder"),
+                positive_interval(pg_getarg::<Interval>(fcinfo, 2), "ttl"),
+            );
+            super::row::one_row(
+                fcinfo,
+                &[
+                    a.acquired.into_datum(),
+                    a.lock_token.into_datum(),
+                    a.fencing_token.into_datum(),
+                    a.holder.into_datum(),
+                    a.expires_at.into_datum(),
+                ],
+            )
+        })
+    }
 }
 
 #[pg_extern(sql = false)]

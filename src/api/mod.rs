@@ -7,6 +7,7 @@ pub mod lease;
 pub mod lock;
 pub mod observability;
 pub mod planner;
+mod row;
 pub mod run;
 pub mod runtime;
 

@@ -25,33 +25,64 @@ fn id_bytes(id: &Uuid) -> RuntimeId {
     *id.as_bytes()
 }
 
-fn write_now(client: &mut SpiClient<'_>, id: Uuid, now: DbTime) {
-    execute(client, &store::TOUCH_NOW, &[id.into(), timestamptz(now).into()]);
+/// Write a touch directly: `online` when the row was read (or is known) online, so the
+/// write need not set status (and fires no trigger) unless the row left online since.
+fn write_now(client: &mut SpiClient<'_>, id: Uuid, now: DbTime, online: bool) {
+    if !online || execute(client, &store::TOUCH_ONLINE, &[id.into(), timestamptz(now).into()]).len() == 0 {
+        execute(client, &store::TOUCH_NOW, &[id.into(), timestamptz(now).into()]);
+    }
     stats::add(|s| &s.touches_direct, 1);
 }
 
 /// A live heartbeat. Offline rows flip online at once (the synchronous path); online
 /// rows are buffered when the buffer exists and has room, else written directly.
 /// False for an unknown id.
+///
+/// A runtime known online (marked by an earlier touch that read its row online) is
+/// buffered without reading the row at all. Every statement that may take a row out of
+/// `online` — the sweep's offline pass, any UPDATE naming status or id, DELETE, TRUNCATE —
+/// forgets all marks from the table's statement triggers (`forget_online`) before it
+/// commits, so the next touch of an offline runtime reads the row and flips it online at
+/// once, as without marks. A touch marks only a settled row version (the row's latest committed
+/// state, see `lookup::by_unique_key_settled`), and only if no mark was removed since
+/// before it read: a read that raced a change to offline leaves no mark behind.
 pub fn touch(id: Uuid) -> bool {
     let now = db_clock();
     crate::spi_plans::check_schema_once();
+    let key = id_bytes(&id);
+    let epoch = match buffer::record_if_known_online(key, now) {
+        buffer::Known::Buffered(Recorded::New | Recorded::Coalesced) => {
+            stats::add(|s| &s.touches_buffered, 1);
+            return true;
+        }
+        buffer::Known::Buffered(Recorded::Full) => {
+            Spi::connect_mut(|client| write_now(client, id, now, true));
+            return true;
+        }
+        buffer::Known::Unknown(epoch) => epoch,
+    };
     // The row's status, read through the primary key without SPI (src/lookup.rs): the
     // buffered path is then an index probe and a hash insert, no statement at all.
-    let online = crate::lookup::by_unique_key(
+    let read = crate::lookup::by_unique_key_settled(
         c"runtimes",
         c"runtimes_pkey",
         &[crate::lookup::Key { eq_proc: pgrx::pg_sys::F_UUID_EQ, value: id.into_datum().unwrap() }],
         &[c"status"],
         // SAFETY: status is a text column.
-        |values| unsafe { crate::lookup::value::<String>(values[0]) }.as_deref() == Some("online"),
+        |values, settled| (unsafe { crate::lookup::value::<String>(values[0]) }.as_deref() == Some("online"), settled),
     );
-    let Some(online) = online else { return false };
-    match online.then(|| buffer::record(id_bytes(&id), now)).flatten() {
+    let Some((online, settled)) = read else { return false };
+    match online.then(|| buffer::record_read_online(key, now, epoch, settled)).flatten() {
         Some(Recorded::New | Recorded::Coalesced) => stats::add(|s| &s.touches_buffered, 1),
-        Some(Recorded::Full) | None => Spi::connect_mut(|client| write_now(client, id, now)),
+        Some(Recorded::Full) | None => Spi::connect_mut(|client| write_now(client, id, now, online)),
     }
     true
+}
+
+/// The table's statement triggers saw a statement that may have taken rows out of
+/// online: forget every runtime known online (see `touch`).
+pub fn forget_online() {
+    buffer::forget_online();
 }
 
 /// Bump every online runtime among `ids` in one statement; returns the ids not

@@ -26,6 +26,15 @@ pub static TOUCH_NOW: Statement = Statement {
     arg_types: &[UUIDOID, TIMESTAMPTZOID],
 };
 
+/// The direct path for a row read online: names no status, so the table's trigger on
+/// status (runtimes_left_online) does not fire. Touches nothing (0 rows) when the row
+/// left online since; the caller then takes TOUCH_NOW.
+pub static TOUCH_ONLINE: Statement = Statement {
+    sql: "UPDATE lease_sched.runtimes SET last_seen_at = greatest(last_seen_at, $2)
+           WHERE id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.=) 'online'",
+    arg_types: &[UUIDOID, TIMESTAMPTZOID],
+};
+
 /// One set-based bump of the online rows among $1; returns the ids it did not touch.
 pub static TOUCH_BATCH: Query<Vec<Uuid>> = Query { row: |r| r.get(1).ok()?, statement: Statement {
     sql: "WITH touched AS (

@@ -114,6 +114,70 @@ fn a_runtime_raced_to_offline_stays_offline_until_its_next_beat() {
     assert_eq!(runtime_state(&mut c, id).0, "online");
 }
 
+// A runtime touched before is known online: its touches are buffered without reading the
+// row. Whatever takes the row out of online must undo that, or the runtime would keep
+// beating into the buffer while it stays offline.
+#[test]
+fn a_runtime_the_sweep_marked_offline_comes_back_at_its_next_touch() {
+    let _g = serial();
+    let mut c = connect();
+    let id = register_runtime(&mut c);
+    for _ in 0..3 {
+        assert!(touch(&mut c, id)); // read online, then known online
+    }
+    flush(&mut c);
+    set_last_seen_ago(&mut c, id, 3600);
+    assert!(wait_until(Duration::from_secs(10), || runtime_state(&mut c, id).0 == "offline"));
+    assert!(touch(&mut c, id));
+    assert_eq!(runtime_state(&mut c, id).0, "online", "the touch after the sweep takes the synchronous path");
+    assert!(touch(&mut c, id));
+    assert_eq!(runtime_state(&mut c, id).0, "online");
+}
+
+#[test]
+fn a_deleted_runtime_is_unknown_to_its_next_touch() {
+    let _g = serial();
+    let mut c = connect();
+    let id = register_runtime(&mut c);
+    assert!(touch(&mut c, id));
+    assert!(touch(&mut c, id));
+    flush(&mut c);
+    c.execute("DELETE FROM lease_sched.runtimes WHERE id = $1", &[&id]).unwrap();
+    assert!(!touch(&mut c, id), "an unknown id is false, known online before or not");
+}
+
+#[test]
+fn an_offline_write_in_replica_mode_or_rolled_back_keeps_touches_right() {
+    let _g = serial();
+    let mut c = connect();
+    let id = register_runtime(&mut c);
+    assert!(touch(&mut c, id));
+    assert!(touch(&mut c, id));
+    flush(&mut c);
+    // A rolled-back offline write changes nothing the touch relies on.
+    c.batch_execute(&format!("BEGIN; UPDATE lease_sched.runtimes SET status = 'offline' WHERE id = '{id}'; ROLLBACK;")).unwrap();
+    assert!(touch(&mut c, id));
+    assert_eq!(runtime_state(&mut c, id).0, "online");
+    // A restore or replication apply writes with session_replication_role = replica.
+    c.batch_execute(&format!(
+        "SET session_replication_role = replica; UPDATE lease_sched.runtimes SET status = 'offline' WHERE id = '{id}'; \
+         RESET session_replication_role;"
+    ))
+    .unwrap();
+    assert!(touch(&mut c, id));
+    assert_eq!(runtime_state(&mut c, id).0, "online");
+    // The runtime's own transaction flips it online and touches again before it commits,
+    // then rolls back: the second touch must not leave it known online.
+    c.execute("UPDATE lease_sched.runtimes SET status = 'offline' WHERE id = $1", &[&id]).unwrap();
+    c.batch_execute(&format!(
+        "BEGIN; SELECT lease_sched.runtime_touch('{id}'); SELECT lease_sched.runtime_touch('{id}'); ROLLBACK;"
+    ))
+    .unwrap();
+    assert_eq!(runtime_state(&mut c, id).0, "offline");
+    assert!(touch(&mut c, id));
+    assert_eq!(runtime_state(&mut c, id).0, "online");
+}
+
 #[test]
 fn touch_batch_bumps_online_rows_and_returns_the_rest() {
     let _g = serial();

@@ -206,6 +206,7 @@ const CALLED_INSIDE: &[&str] = &[
     "run_disarm_deadline",
     "sweeper_status",
     "sys_sweeper_announce",
+    "runtime_left_online",
     "calendar_next_plan",
     "job_trigger_due",
     "cron_error",

@@ -178,7 +178,9 @@ SELECT p.proname FROM pg_catalog.pg_proc p
                          'cron_error', 'cron_field', 'cron_next_bit', 'cron_next_slot', 'cron_next_wall',
                          'cron_parse', 'cron_transition', 'cron_utc_offset', 'cron_value',
                          -- run by CREATE EXTENSION; schedule/unschedule need pg_cron (calendars.rs)
-                         'sys_sweeper_announce', 'schedule', 'unschedule'])
+                         'sys_sweeper_announce', 'schedule', 'unschedule',
+                         -- a trigger function of lease_sched.runtimes (fired by the sweep and by hand)
+                         'runtime_left_online'])
    -- the portable edition's internals (docs/portable.md), called by its twins of the above
    AND p.proname::pg_catalog.text OPERATOR(pg_catalog.!~~) 'portable\_%'
  ORDER BY 1;
