@@ -2,7 +2,7 @@
 #   make demo   build, install, start a scratch cluster and run the demo scenario
 #   make test   every test of the project (what CI runs), on PostgreSQL 15 and 18
 #               (LEASE_TEST_MAJORS=18 make test: one major only)
-.PHONY: demo test install torture faults bench clean package scaleout demo-scaleout
+.PHONY: demo test install torture faults bench clean package scaleout demo-scaleout portable
 
 demo:
 	demo/run.sh
@@ -18,12 +18,17 @@ torture:
 
 faults:
 	LEASE_TEST_ONLY=integration LEASE_HOSTILE_CASES=$${CASES:-5000} \
-	  LEASE_TEST_CARGO_ARGS="--release --test restarts --test failover --test hostile_input --test runtimes" scripts/test.sh --nocapture
+	  LEASE_TEST_CARGO_ARGS="--release --test restarts --test failover --test hostile_input --test runtimes --test disk_full" scripts/test.sh --nocapture
 
 # lease_sched against the SQL users write by hand (docs/benchmarks.md); about 45 minutes.
 # bench/run.sh --quick is the one-minute smoke run of the same scripts.
 bench:
 	scripts/setup.sh && bench/run.sh
+
+# The portable edition (docs/portable.md): SQL and PL/pgSQL only, for managed PostgreSQL.
+# Writes dist/lease_sched_portable--<version>.sql; needs python3 only (no Rust, no server).
+portable:
+	python3 scripts/portable.py
 
 # Into PostgreSQL 15 (Debian's); MAJORS="15 18" make install for both.
 install:

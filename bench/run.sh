@@ -30,6 +30,10 @@
 #   --set "NAME = VALUE"          one more postgresql.conf line for the cluster (repeatable;
 #                                 e.g. --set "lease_sched.notify_lost = off")
 #   --no-install                  use the lease_sched already installed (no cargo build)
+#   --portable SCRIPT             the portable edition (docs/portable.md) instead: nothing is
+#                                 built or preloaded, SCRIPT (dist/lease_sched_portable--*.sql,
+#                                 `make portable`) is installed, and lease_sched.sweep() is
+#                                 called every 10 s as a pg_cron schedule would
 #   --keep                        leave the cluster running afterwards
 set -euo pipefail
 orig_args="$*"
@@ -42,7 +46,7 @@ PORT=${LEASE_BENCH_PORT:-55460}
 
 quick=0 duration=10 rounds=3 clients=8 threads=2 sync_modes="on off"
 history_sizes="1000 100000 1000000" history_duration=5 scale_duration=300
-cases=all chart="docs/benchmarks.svg" install=1 keep=0 breakdown_duration=3 extra_conf=()
+cases=all chart="docs/benchmarks.svg" install=1 keep=0 breakdown_duration=3 extra_conf=() portable=
 set_quick() { quick=1 duration=2 rounds=1 sync_modes="on" history_sizes="1000 10000" history_duration=1
               scale_duration=10 breakdown_duration=1 chart=""; }
 # --quick first, so that explicit options override what it sets.
@@ -61,6 +65,7 @@ while [ $# -gt 0 ]; do
     --chart) chart=$2; shift ;;
     --set) extra_conf+=("$2"); shift ;;
     --no-install) install=0 ;;
+    --portable) portable=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); install=0; shift ;;
     --keep) keep=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -115,7 +120,9 @@ conf=(
 # Other work on this machine may install another build of lease_sched at any time; make
 # sure the server runs the one installed above (it keeps it mapped even if replaced later).
 LIB=$("$PGBIN/pg_config" --pkglibdir)/lease_sched.so
+[ -n "$portable" ] && export LEASE_CLUSTER_PRELOAD=""
 for attempt in 1 2 3; do
+  if [ -n "$portable" ]; then scripts/cluster.sh start "$DIR" "$PORT" "${conf[@]}"; pm=$(head -1 "$DIR/data/postmaster.pid"); break; fi
   inode=$(stat -c %i "$LIB")
   scripts/cluster.sh start "$DIR" "$PORT" "${conf[@]}"
   pm=$(head -1 "$DIR/data/postmaster.pid")
@@ -139,11 +146,23 @@ PSQL=("$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -d lease_sched -X -q -v 
 q() { "${PSQL[@]}" -At -c "$1"; }
 PGB=(env PGDATABASE=lease_sched "$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n -M prepared -r)
 
-q "CREATE EXTENSION lease_sched"
+if [ -n "$portable" ]; then
+  "${PSQL[@]}" -f "$portable" >/dev/null
+  echo "bench: the portable edition ($portable)"
+else
+  q "CREATE EXTENSION lease_sched"
+fi
 "${PSQL[@]}" -f bench/fixtures/baseline.sql
 "${PSQL[@]}" -f bench/fixtures/helpers.sql
 # Touches are buffered only while the sweeper is attached; it attaches right after
 # CREATE EXTENSION and its first sweep follows. Wait for that sweep.
+# (The portable edition: the sweeps pg_cron would run, every 10 s, the native default.)
+if [ -n "$portable" ]; then
+  ( while "${PSQL[@]}" -c "SELECT lease_sched.sweep()" >/dev/null 2>&1 || sleep 10; do sleep 10; done ) &
+  sweeper=$!
+  trap 'kill $sweeper 2>/dev/null; cleanup' EXIT
+  q "SELECT lease_sched.sweep()" >/dev/null
+fi
 for _ in $(seq 100); do
   [ "$(q "SELECT value FROM lease_sched.stats() WHERE name = 'sweeps'")" -gt 0 ] && break
   sleep 0.1
@@ -187,7 +206,7 @@ case_start() {
   # The fresh claims of case 1 finish here, on both sides: left RUNNING, they would go
   # stale after 5 minutes and the sweep would fail them in the middle of a later case.
   q "SELECT bench.settle('fresh')" >/dev/null
-  q "VACUUM ANALYZE lease_sched.sys_cron_executions, lease_sched.runtimes,
+  q "VACUUM ANALYZE lease_sched.sys_cron_executions, $(q "SELECT bench.runtimes_table()"),
                     baseline.sys_cron_executions, baseline.runtimes"
   q "CHECKPOINT"
 }

@@ -1,7 +1,7 @@
 """A lease_sched runner in Python (psycopg 3): claim the due plan of a job, heartbeat
 from a thread while the work runs, finish with the token.
 
-    python3 examples/runner.py "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres" example-report
+    python3 examples/runner.py "host=127.0.0.1 port=55450 dbname=lease_sched user=postgres" example-report
 """
 import json
 import os

@@ -2,7 +2,7 @@
 //! on a timer while the work runs, finish with the token.
 //!
 //!     cargo run -p lease_sched_examples --bin runner -- \
-//!         "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres" example-report
+//!         "host=127.0.0.1 port=55450 dbname=lease_sched user=postgres" example-report
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
@@ -17,7 +17,7 @@ async fn work() -> serde_json::Value {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), tokio_postgres::Error> {
     let mut args = std::env::args().skip(1);
-    let dsn = args.next().unwrap_or_else(|| "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres".into());
+    let dsn = args.next().unwrap_or_else(|| "host=127.0.0.1 port=55450 dbname=lease_sched user=postgres".into());
     let job = args.next().unwrap_or_else(|| "example-report".into());
     let (client, connection) = tokio_postgres::connect(&dsn, NoTls).await?;
     tokio::spawn(connection);

@@ -1,8 +1,10 @@
 """The runner of examples/runner.py, with the lease_sched client library (clients/python):
 heartbeats, loss detection, FAILED-on-exception and never-finish-after-loss come with it.
+Against the demo cluster (make demo listens on 55450), from the repository root (Debian 12
+has no system pip: a virtualenv is the way; apt-get install python3-venv if it is missing):
 
-    pip install ./clients/python
-    python3 examples/runner_client.py "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres" example-report
+    python3 -m venv /tmp/lease_venv && /tmp/lease_venv/bin/pip install ./clients/python
+    /tmp/lease_venv/bin/python examples/runner_client.py "host=127.0.0.1 port=55450 dbname=lease_sched user=postgres" example-report
 """
 import sys
 import time

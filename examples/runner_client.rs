@@ -3,7 +3,7 @@
 //! consumes it (a lost lease is never finished).
 //!
 //!     cargo run -p lease_sched_examples --bin runner_client -- \
-//!         "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres" example-report
+//!         "host=127.0.0.1 port=55450 dbname=lease_sched user=postgres" example-report
 use std::time::Duration;
 
 use lease_sched_client::{Client, Error, Outcome};
@@ -17,7 +17,7 @@ async fn work(conn: &tokio_postgres::Client, fencing_token: i64) -> Result<serde
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let mut args = std::env::args().skip(1);
-    let dsn = args.next().unwrap_or_else(|| "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres".into());
+    let dsn = args.next().unwrap_or_else(|| "host=127.0.0.1 port=55450 dbname=lease_sched user=postgres".into());
     let job = args.next().unwrap_or_else(|| "example-report".into());
     let client = Client::connect(&dsn).await?;
 

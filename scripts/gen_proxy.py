@@ -76,6 +76,12 @@ ROUTES = {
 }
 
 # Where the owner of an id is looked up on each partition (readable without any secret).
+# Every function the proxy installs runs with this search_path, whatever the caller's: PL/Proxy
+# evaluates RUN ON lease_sched_proxy.hash32(...) and the wrappers' SQL with the caller's
+# settings, and a look-alike `||`, `&` or `=` ahead of pg_catalog would otherwise move a key
+# to another partition. The bodies also name every operator with its schema.
+PINNED = " SET search_path = pg_catalog, pg_temp"
+
 OWNER_TABLE = {"executions": ("lease_sched.executions", "execution_id"),
                "runtimes": ("lease_sched.runtimes", "runtime_id")}
 
@@ -166,16 +172,16 @@ def proxy_function(name, args, returns, route, key):
     types = ", ".join(arg_type(a) for a in args)
     if route in ("job", "lock", "name"):
         assert key in [arg_name(a) for a in args], (name, key)
-        return (f"CREATE FUNCTION {sig}\nRETURNS {returns}\nLANGUAGE plproxy VOLATILE AS $proxy$\n"
+        return (f"CREATE FUNCTION {sig}\nRETURNS {returns}\nLANGUAGE plproxy VOLATILE{PINNED} AS $proxy$\n"
                 f"    CLUSTER 'lease_sched';\n    RUN ON lease_sched_proxy.hash32({key});\n$proxy$;\n"
                 f"COMMENT ON FUNCTION lease_sched.{name}({types}) IS\n"
                 f"    'Routed by {key} to partition lease_sched_proxy.partition_of({key}) (PL/Proxy; docs/scaling.md).';\n")
     if route == "any":
-        return (f"CREATE FUNCTION {sig}\nRETURNS {returns}\nLANGUAGE plproxy VOLATILE AS $proxy$\n"
+        return (f"CREATE FUNCTION {sig}\nRETURNS {returns}\nLANGUAGE plproxy VOLATILE{PINNED} AS $proxy$\n"
                 f"    CLUSTER 'lease_sched';\n    RUN ON ANY;\n$proxy$;\n"
                 f"COMMENT ON FUNCTION lease_sched.{name}({types}) IS 'A pure function: run on any partition.';\n")
     if route == "stub":
-        return (f"CREATE FUNCTION {sig}\nRETURNS {returns}\nLANGUAGE plpgsql VOLATILE AS $stub$\nBEGIN\n"
+        return (f"CREATE FUNCTION {sig}\nRETURNS {returns}\nLANGUAGE plpgsql VOLATILE{PINNED} AS $stub$\nBEGIN\n"
                 f"    RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',\n"
                 f"        MESSAGE = 'lease_sched.{name} cannot be called through the proxy',\n"
                 f"        DETAIL = 'A fence holds until the end of the transaction it ran in, and every call through PL/Proxy commits on its partition at once.',\n"
@@ -188,14 +194,14 @@ def proxy_function(name, args, returns, route, key):
         plain = ", ".join(arg_sig(a) for a in args)
         call = ", ".join(names)
         helper_on = (f"CREATE FUNCTION lease_sched_proxy.{name}_on(partition int, {plain})\nRETURNS {returns}\n"
-                     f"LANGUAGE plproxy VOLATILE AS $proxy$\n    CLUSTER 'lease_sched';\n    RUN ON partition;\n"
+                     f"LANGUAGE plproxy VOLATILE{PINNED} AS $proxy$\n    CLUSTER 'lease_sched';\n    RUN ON partition;\n"
                      f"    SELECT lease_sched.{name}({call}) AS {name}_on;\n$proxy$;\n")
         dollar = ", ".join(f"${i + 1}" for i in range(len(args)))
         none = "false" if returns == "boolean" else "NULL"
         nullcheck = " OR ".join(f"${i + 1} IS NULL" for i in range(min(2, len(args))))
         wrapper = f"""CREATE FUNCTION {sig}
 RETURNS {returns}
-LANGUAGE plpgsql VOLATILE AS $route$
+LANGUAGE plpgsql VOLATILE{PINNED} AS $route$
 DECLARE
     owner int;
 BEGIN
@@ -218,7 +224,7 @@ COMMENT ON FUNCTION lease_sched.{name}({types}) IS
         assert returns == "uuid[]" and [arg_name(a) for a in args] == ["runtime_ids"], (name, args)
         return f"""CREATE FUNCTION lease_sched_proxy.{name}_all(runtime_ids uuid[])
 RETURNS SETOF uuid[]
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE{PINNED} AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON ALL;
     SELECT lease_sched.{name}(runtime_ids) AS {name}_all;
@@ -226,14 +232,14 @@ $proxy$;
 
 CREATE FUNCTION {sig}
 RETURNS uuid[]
-LANGUAGE sql VOLATILE AS $batch$
+LANGUAGE sql VOLATILE{PINNED} AS $batch$
     -- Every partition touches the ids it has and returns the others: an id was touched
     -- somewhere unless every partition returned it.
-    SELECT coalesce(array_agg(id ORDER BY id), '{{}}')
+    SELECT coalesce(pg_catalog.array_agg(id ORDER BY id), '{{}}')
       FROM (SELECT id
-              FROM lease_sched_proxy.{name}_all($1) AS untouched, unnest(untouched) AS id
+              FROM lease_sched_proxy.{name}_all($1) AS untouched, pg_catalog.unnest(untouched) AS id
              GROUP BY id
-            HAVING count(*) = lease_sched_proxy.partition_count()) AS everywhere;
+            HAVING pg_catalog.count(*) OPERATOR(pg_catalog.=) lease_sched_proxy.partition_count()) AS everywhere;
 $batch$;
 COMMENT ON FUNCTION lease_sched.{name}(uuid[]) IS
     'Sent to every partition; returns the ids that no partition touched (docs/scaling.md).';
@@ -254,12 +260,25 @@ HEADER = """\
 --       connection_lifetime '1800', query_timeout '30',
 --       p0 'host=db0a,db0b port=5432,5432 dbname=lease_sched connect_timeout=2 target_session_attrs=read-write',
 --       p1 'host=db1a,db1b port=5432,5432 dbname=lease_sched connect_timeout=2 target_session_attrs=read-write');
---   CREATE USER MAPPING FOR PUBLIC SERVER lease_sched OPTIONS (user 'lease_proxy');
 --   \\i sql/proxy/lease_sched_proxy.sql
 --
--- The remote role needs, on every partition: USAGE on schema lease_sched, EXECUTE on its
--- functions, and SELECT on lease_sched.executions and lease_sched.runtimes (to find the
--- partition that holds an execution_id or runtime_id; neither holds a secret).
+-- Privileges as on one primary: PUBLIC may run nothing here (the end of this file revokes
+-- it). Grant a runner role what a runner gets on a primary, plus the server and a user
+-- mapping of its own (never FOR PUBLIC: every role with USAGE would act as that user):
+--
+--   GRANT USAGE ON SCHEMA lease_sched, lease_sched_proxy TO runner;
+--   GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA lease_sched, lease_sched_proxy TO runner;
+--   GRANT USAGE ON FOREIGN SERVER lease_sched TO runner;
+--   CREATE USER MAPPING FOR runner SERVER lease_sched OPTIONS (user 'lease_proxy', password '...');
+--
+-- A reader role reads the views on the partitions; on the proxy it needs only where a key
+-- lives: GRANT USAGE ON SCHEMA lease_sched_proxy TO reader; GRANT EXECUTE ON FUNCTION
+-- lease_sched_proxy.partition_of(text), lease_sched_proxy.hash32(text),
+-- lease_sched_proxy.partition_count() TO reader.
+--
+-- The remote role (lease_proxy) needs, on every partition: USAGE on schema lease_sched,
+-- EXECUTE on its functions, and SELECT on lease_sched.executions and lease_sched.runtimes
+-- (to find the partition that holds an execution_id or runtime_id; neither holds a secret).
 --
 -- Partition of a key (job_name, lock_name, runtime name) -- FROZEN: changing it moves
 -- every key to another partition. hash32 = the first 4 bytes of md5 of the key's UTF-8
@@ -281,25 +300,29 @@ CREATE SCHEMA lease_sched;
 CREATE SCHEMA lease_sched_proxy;
 
 CREATE FUNCTION lease_sched_proxy.hash32(key text) RETURNS int
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $hash$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $hash$
     -- A NULL key hashes to 0: the call reaches partition 0, which refuses it with the
-    -- extension's own error (22004).
-    SELECT coalesce(('x' || pg_catalog.substr(pg_catalog.md5(key), 1, 8))::bit(32)::int, 0)
+    -- extension's own error (22004). The pinned search_path also keeps this body from
+    -- being inlined into (and resolved in) a caller's query.
+    SELECT coalesce(('x' OPERATOR(pg_catalog.||) pg_catalog.substr(pg_catalog.md5(key), 1, 8))
+                    ::pg_catalog.bit(32)::pg_catalog.int4, 0)
 $hash$;
 COMMENT ON FUNCTION lease_sched_proxy.hash32(text) IS
     'FROZEN partition hash of a job, lock or runtime name: first 4 bytes of md5 (UTF-8), signed int4.';
 
+-- SECURITY DEFINER: the server's options (pg_foreign_server.srvoptions) are readable only
+-- by superusers; this reveals just how many partitions there are.
 CREATE FUNCTION lease_sched_proxy.partition_count() RETURNS int
-LANGUAGE sql STABLE AS $count$
-    SELECT count(*)::int
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $count$
+    SELECT pg_catalog.count(*)::pg_catalog.int4
       FROM pg_catalog.pg_foreign_server s, pg_catalog.unnest(s.srvoptions) AS o
-     WHERE s.srvname = 'lease_sched' AND o OPERATOR(pg_catalog.~) '^p[0-9]+='
+     WHERE s.srvname OPERATOR(pg_catalog.=) 'lease_sched' AND o OPERATOR(pg_catalog.~) '^p[0-9]+='
 $count$;
 COMMENT ON FUNCTION lease_sched_proxy.partition_count() IS 'Partitions of server lease_sched (a power of two).';
 
 CREATE FUNCTION lease_sched_proxy.partition_of(key text) RETURNS int
-LANGUAGE sql STABLE AS $of$
-    SELECT lease_sched_proxy.hash32(key) & (lease_sched_proxy.partition_count() - 1)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $of$
+    SELECT lease_sched_proxy.hash32(key) OPERATOR(pg_catalog.&) (lease_sched_proxy.partition_count() OPERATOR(pg_catalog.-) 1)
 $of$;
 COMMENT ON FUNCTION lease_sched_proxy.partition_of(text) IS
     'The partition (0-based: option p<N> of server lease_sched) that owns a job, lock or runtime name.';
@@ -312,23 +335,23 @@ COMMENT ON FUNCTION lease_sched_proxy.partition_of(text) IS
 -- so an error from another partition can never hide a write that committed.
 
 CREATE FUNCTION lease_sched_proxy.locate_executions_all(partitions int[], key_id uuid) RETURNS SETOF int
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     SPLIT partitions;
     RUN ON partitions;
     SELECT p AS locate_executions_all FROM pg_catalog.unnest(partitions) AS p
-     WHERE EXISTS (SELECT 1 FROM lease_sched.executions o WHERE o.id = key_id);
+     WHERE EXISTS (SELECT 1 FROM lease_sched.executions o WHERE o.id OPERATOR(pg_catalog.=) key_id);
 $proxy$;
 
 CREATE FUNCTION lease_sched_proxy.locate_executions_on(partition int, key_id uuid) RETURNS SETOF int
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON partition;
-    SELECT partition AS locate_executions_on WHERE EXISTS (SELECT 1 FROM lease_sched.executions o WHERE o.id = key_id);
+    SELECT partition AS locate_executions_on WHERE EXISTS (SELECT 1 FROM lease_sched.executions o WHERE o.id OPERATOR(pg_catalog.=) key_id);
 $proxy$;
 
 CREATE FUNCTION lease_sched_proxy.locate_executions(key_id uuid) RETURNS int
-LANGUAGE plpgsql VOLATILE AS $locate$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $locate$
 DECLARE
     owner int;
     p int;
@@ -337,13 +360,14 @@ BEGIN
     BEGIN
         SELECT l INTO owner
           FROM lease_sched_proxy.locate_executions_all(
-                   ARRAY(SELECT pg_catalog.generate_series(0, lease_sched_proxy.partition_count() - 1)), key_id) AS l
+                   ARRAY(SELECT pg_catalog.generate_series(0, lease_sched_proxy.partition_count() OPERATOR(pg_catalog.-) 1)),
+                   key_id) AS l
          LIMIT 1;
         RETURN owner;
     EXCEPTION WHEN OTHERS THEN
         NULL;   -- a partition is unreachable (failing over): ask them one at a time
     END;
-    FOR p IN 0 .. lease_sched_proxy.partition_count() - 1 LOOP
+    FOR p IN 0 .. lease_sched_proxy.partition_count() OPERATOR(pg_catalog.-) 1 LOOP
         BEGIN
             SELECT l INTO owner FROM lease_sched_proxy.locate_executions_on(p, key_id) AS l;
             IF owner IS NOT NULL THEN
@@ -369,23 +393,23 @@ COMMENT ON FUNCTION lease_sched_proxy.locate_executions(uuid) IS
     'The partition whose lease_sched.executions has this id, or NULL when none has it.';
 
 CREATE FUNCTION lease_sched_proxy.locate_runtimes_all(partitions int[], key_id uuid) RETURNS SETOF int
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     SPLIT partitions;
     RUN ON partitions;
     SELECT p AS locate_runtimes_all FROM pg_catalog.unnest(partitions) AS p
-     WHERE EXISTS (SELECT 1 FROM lease_sched.runtimes o WHERE o.id = key_id);
+     WHERE EXISTS (SELECT 1 FROM lease_sched.runtimes o WHERE o.id OPERATOR(pg_catalog.=) key_id);
 $proxy$;
 
 CREATE FUNCTION lease_sched_proxy.locate_runtimes_on(partition int, key_id uuid) RETURNS SETOF int
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON partition;
-    SELECT partition AS locate_runtimes_on WHERE EXISTS (SELECT 1 FROM lease_sched.runtimes o WHERE o.id = key_id);
+    SELECT partition AS locate_runtimes_on WHERE EXISTS (SELECT 1 FROM lease_sched.runtimes o WHERE o.id OPERATOR(pg_catalog.=) key_id);
 $proxy$;
 
 CREATE FUNCTION lease_sched_proxy.locate_runtimes(key_id uuid) RETURNS int
-LANGUAGE plpgsql VOLATILE AS $locate$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $locate$
 DECLARE
     owner int;
     p int;
@@ -394,13 +418,14 @@ BEGIN
     BEGIN
         SELECT l INTO owner
           FROM lease_sched_proxy.locate_runtimes_all(
-                   ARRAY(SELECT pg_catalog.generate_series(0, lease_sched_proxy.partition_count() - 1)), key_id) AS l
+                   ARRAY(SELECT pg_catalog.generate_series(0, lease_sched_proxy.partition_count() OPERATOR(pg_catalog.-) 1)),
+                   key_id) AS l
          LIMIT 1;
         RETURN owner;
     EXCEPTION WHEN OTHERS THEN
         NULL;   -- a partition is unreachable (failing over): ask them one at a time
     END;
-    FOR p IN 0 .. lease_sched_proxy.partition_count() - 1 LOOP
+    FOR p IN 0 .. lease_sched_proxy.partition_count() OPERATOR(pg_catalog.-) 1 LOOP
         BEGIN
             SELECT l INTO owner FROM lease_sched_proxy.locate_runtimes_on(p, key_id) AS l;
             IF owner IS NOT NULL THEN
@@ -450,6 +475,9 @@ def generate():
         print(f"gen_proxy: note: ROUTES classifies functions sql/*.sql does not have (yet): {sorted(missing)}",
               file=sys.stderr)
     out.append("-- Not proxied (call them on each partition): " + ", ".join(local) + ".\n\n")
+    out.append("-- As on one primary, PUBLIC runs nothing; grant runner and reader roles (see the top).\n"
+               "REVOKE ALL ON SCHEMA lease_sched, lease_sched_proxy FROM PUBLIC;\n"
+               "REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA lease_sched, lease_sched_proxy FROM PUBLIC;\n\n")
     out.append("RESET client_min_messages;\n")
     return "".join(out)
 

@@ -16,6 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+# Every mode in the package is set explicitly below; this umask only covers what a tool
+# creates on its own, so a builder's umask 077 cannot ship 0700 directories.
+umask 022
 
 majors=("$@")
 [ ${#majors[@]} -gt 0 ] || majors=(15 18)
@@ -66,13 +69,17 @@ for major in "${majors[@]}"; do
   libdir=$root/usr/lib/postgresql/$major/lib
   extdir=$root/usr/share/postgresql/$major/extension
   docdir=$root/usr/share/doc/$pkg
-  mkdir -p "$libdir" "$extdir" "$docdir" "$root/DEBIAN"
-  cp "$stage/pgrx$("$pg_config" --pkglibdir)"/lease_sched.so "$libdir/"
-  cp "$stage/pgrx$("$pg_config" --sharedir)"/extension/lease_sched* "$extdir/"
+  # Directories 0755 and files 0644 whatever the builder's umask: dpkg creates missing
+  # directories with the modes the package records.
+  install -d -m 0755 "$root" "$root/usr" "$root/usr/lib" "$root/usr/lib/postgresql" "$root/usr/lib/postgresql/$major" \
+    "$libdir" "$root/usr/share" "$root/usr/share/postgresql" "$root/usr/share/postgresql/$major" "$extdir" \
+    "$root/usr/share/doc" "$docdir" "$root/DEBIAN"
+  install -m 0644 "$stage/pgrx$("$pg_config" --pkglibdir)"/lease_sched.so "$libdir/"
+  install -m 0644 "$stage/pgrx$("$pg_config" --sharedir)"/extension/lease_sched* "$extdir/"
   # Every upgrade script must ship (cargo pgrx copies sql/lease_sched--*--*.sql; check it did).
   for f in sql/lease_sched--*--*.sql; do
     [ -e "$f" ] || continue
-    [ -f "$extdir/$(basename "$f")" ] || cp "$f" "$extdir/"
+    [ -f "$extdir/$(basename "$f")" ] || install -m 0644 "$f" "$extdir/"
   done
   [ -f "$extdir/lease_sched--$version.sql" ] || { echo "package: no lease_sched--$version.sql was generated" >&2; exit 1; }
   grep -q "^default_version = '$version'" "$extdir/lease_sched.control" \
@@ -80,7 +87,7 @@ for major in "${majors[@]}"; do
   strip --strip-unneeded "$libdir/lease_sched.so"
   chmod 0644 "$libdir"/* "$extdir"/*
 
-  cp README.md "$docdir/"
+  install -m 0644 README.md "$docdir/"
   gzip -9n -c CHANGELOG.md > "$docdir/changelog.gz"
   cat > "$docdir/copyright" <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
@@ -109,10 +116,18 @@ Description: job-execution leases inside PostgreSQL $major
  silent, with every expiry decided on the database clock. Named locks with a TTL,
  a catch-up planner and a procedure for pg_cron come with it.
  .
- Add lease_sched to shared_preload_libraries (and set lease_sched.database),
+ Add lease_sched to shared_preload_libraries,
  restart PostgreSQL, then CREATE EXTENSION lease_sched.
 EOF
+  # postinst and prerm say when a running server needs a restart (scripts/debian/*.in).
+  for script in postinst prerm; do
+    awk -v major="$major" -v version="$version" '
+      /^@COMMON@$/ { while ((getline line < "scripts/debian/common.sh.in") > 0) { gsub(/@MAJOR@/, major, line); print line }; next }
+      { gsub(/@MAJOR@/, major); gsub(/@VERSION@/, version); print }' "scripts/debian/$script.in" > "$root/DEBIAN/$script"
+    chmod 0755 "$root/DEBIAN/$script"
+  done
   ( cd "$root" && find usr -type f | sort | xargs md5sum ) > "$root/DEBIAN/md5sums"
+  chmod 0644 "$docdir"/* "$root/DEBIAN/control" "$root/DEBIAN/md5sums"
   dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
   rm -rf "$stage"; trap - EXIT
   echo "package: $deb"

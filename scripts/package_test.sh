@@ -5,7 +5,9 @@
 #   apt-get install ./postgresql-15-lease-sched_<version>_<arch>.deb   (pulls postgresql-15)
 # then Debian's own cluster 15/main preloading lease_sched: CREATE EXTENSION, a claim, a
 # heartbeat, a finish, a sweep (and the background sweeper failing an abandoned lease), the
-# upgrade path from 0.1.0 on offer, and `apt-get remove` taking the files away again.
+# upgrade path from 0.1.0 on offer, a reinstall and an `apt-get remove` under the running
+# server (the maintainer scripts say a restart is needed), and the files gone again. The
+# package is built under umask 077 and must still carry 0755 directories and 0644 files.
 # First, without any of that: the committed META.json matches Cargo.toml (scripts/meta.sh).
 #
 # The bare root is built once with debootstrap (about a minute) and cached in
@@ -41,11 +43,23 @@ fi
 
 version=$(scripts/meta.sh --version)
 arch=$(dpkg --print-architecture)
-say "building the PostgreSQL 15 package"
-scripts/package.sh 15 >/tmp/lease_sched_package_test_build.log 2>&1 \
+say "building the PostgreSQL 15 package (under umask 077, as a careful builder's shell has)"
+(umask 077 && scripts/package.sh 15) >/tmp/lease_sched_package_test_build.log 2>&1 \
   || { tail -30 /tmp/lease_sched_package_test_build.log; die "scripts/package.sh 15 failed"; }
 deb=${LEASE_PACKAGE_DIR:-target/packages}/postgresql-15-lease-sched_${version}_${arch}.deb
 [ -f "$deb" ] || die "scripts/package.sh did not make $deb"
+# Modes are the package's, not the builder's umask: directories 0755, files 0644, the
+# maintainer scripts 0755.
+bad=$(dpkg-deb --contents "$deb" | awk '($1 ~ /^d/ && $1 != "drwxr-xr-x") || ($1 ~ /^-/ && $1 != "-rw-r--r--") {print "  " $1 " " $NF}')
+[ -z "$bad" ] || die "entries with modes other than 0755 (directories) and 0644 (files):
+$bad"
+ctl=$(mktemp -d)
+dpkg-deb --control "$deb" "$ctl"
+for script in postinst prerm; do
+  [ "$(stat -c %a "$ctl/$script" 2>/dev/null)" = 755 ] || { rm -rf "$ctl"; die "the package has no executable $script"; }
+done
+rm -rf "$ctl"
+say "modes: directories 0755, files 0644, postinst and prerm 0755"
 
 run=$top/run-$$
 cleanup() {
@@ -116,8 +130,21 @@ q -c "SELECT * FROM lease_sched.sweep()" | sed 's/^/  sweep(): /'
 echo "package test: the sweeper runs; the abandoned lease was swept to FAILED"
 q -c "SELECT '  update path: ' || source || ' -> ' || target FROM pg_extension_update_paths('lease_sched')
        WHERE path IS NOT NULL AND target = '$VERSION'"
+# Replacing the library under the running, preloading server: postinst says a restart is
+# needed and names the configuration that preloads it.
+dpkg -i "./$DEB" >/tmp/reinstall.log 2>&1 || { cat /tmp/reinstall.log; fail "dpkg -i (reinstall)"; }
+grep -q "Restart each server that preloads lease_sched" /tmp/reinstall.log \
+  || { cat /tmp/reinstall.log; fail "a reinstall under a running server did not say that it needs a restart"; }
+grep -q "/etc/postgresql/15/main/conf.d/lease_sched.conf" /tmp/reinstall.log \
+  || { cat /tmp/reinstall.log; fail "postinst did not name the configuration that preloads lease_sched"; }
+echo "package test: a reinstall under the running server says:"
+sed -n '/installed under running/,$p' /tmp/reinstall.log | sed 's/^/    /'
+# Removing it under the running server: prerm says what to do before the next start.
+apt-get remove -y -qq postgresql-15-lease-sched >/tmp/remove.log 2>&1 || { cat /tmp/remove.log; fail "apt-get remove"; }
+grep -q "remove lease_sched from" /tmp/remove.log && grep -q "shared_preload_libraries" /tmp/remove.log \
+  || { cat /tmp/remove.log; fail "a removal under a running server did not say what to do"; }
+echo "package test: apt-get remove under the running server says what to do before the next start"
 pg_ctlcluster 15 main stop
-apt-get remove -y -qq postgresql-15-lease-sched >/dev/null
 if ls /usr/lib/postgresql/15/lib/lease_sched.so /usr/share/postgresql/15/extension/lease_sched* 2>/dev/null; then
   fail "apt-get remove left the files above"
 fi

@@ -90,6 +90,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# dpkg may list plproxy while this PostgreSQL tree lacks its files (a private copy of the
+# tree, made before the package was installed): put them back.
+if [ ! -e "$("$PGBIN/pg_config" --pkglibdir)/plproxy.so" ]; then
+  echo "scaleout: plproxy.so is missing from $("$PGBIN/pg_config" --pkglibdir): reinstalling postgresql-15-plproxy" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall --no-install-recommends postgresql-15-plproxy >/dev/null
+fi
 if [ ! -e "$("$PGBIN/pg_config" --pkglibdir)/lease_sched.so" ]; then
   section "building and installing lease_sched into PostgreSQL 15 (it was missing)"
   PATH="$HOME/.cargo/bin:$PATH" cargo pgrx install --release --pg-config "$PGBIN/pg_config" \
@@ -110,13 +116,27 @@ if ! "$VENV/bin/python" -c "import psycopg, pytest" 2>/dev/null; then
   "$VENV/bin/pip" install -q --disable-pip-version-check 'psycopg[binary]>=3.1' 'pytest>=7'
 fi
 
+# The roles of docs/scaling.md, "Privileges": on each partition (primary) the remote role
+# lease_proxy with what the proxy needs there. $1: the partition's port.
+setup_partition_roles() {
+  psql_at "$1" -d lease_sched \
+    -c "CREATE ROLE lease_proxy LOGIN PASSWORD 'lease_proxy'" \
+    -c "GRANT USAGE ON SCHEMA lease_sched TO lease_proxy" \
+    -c "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA lease_sched TO lease_proxy" \
+    -c "GRANT SELECT ON lease_sched.executions, lease_sched.runtimes TO lease_proxy"
+}
+
 # The proxy: a cluster without lease_sched, database lease_sched holding the PL/Proxy
 # functions over every partition, and database lease_sched_1p over partition 0 only (the
-# throughput comparison). $1..: the partitions' connect strings.
+# throughput comparison). $1..: the partitions' connect strings. Roles as docs/scaling.md
+# documents them: lease_runner (a runner, mapped to lease_proxy on the partitions),
+# lease_reader (finds a key's partition, nothing else); the suite's own superuser postgres
+# is mapped to itself. No mapping FOR PUBLIC.
 setup_proxy() {
   LEASE_CLUSTER_PRELOAD= scripts/cluster.sh start "$DIR/proxy" "$PROXY_PORT" "log_min_messages = warning" \
     "max_connections = 100"
   as_pg "$PGBIN/createdb" -h 127.0.0.1 -p "$PROXY_PORT" lease_sched_1p
+  psql_at "$PROXY_PORT" -d postgres -c "CREATE ROLE lease_runner LOGIN" -c "CREATE ROLE lease_reader LOGIN"
   local db opts i
   for db in lease_sched lease_sched_1p; do
     opts="connection_lifetime '1800', query_timeout '30'"
@@ -128,7 +148,14 @@ setup_proxy() {
     done
     psql_at "$PROXY_PORT" -d "$db" -f "$PROXY_SQL"
     psql_at "$PROXY_PORT" -d "$db" -c "CREATE SERVER lease_sched FOREIGN DATA WRAPPER plproxy OPTIONS ($opts)" \
-      -c "CREATE USER MAPPING FOR PUBLIC SERVER lease_sched OPTIONS (user 'postgres')"
+      -c "CREATE USER MAPPING FOR postgres SERVER lease_sched OPTIONS (user 'postgres')" \
+      -c "GRANT USAGE ON SCHEMA lease_sched, lease_sched_proxy TO lease_runner" \
+      -c "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA lease_sched, lease_sched_proxy TO lease_runner" \
+      -c "GRANT USAGE ON FOREIGN SERVER lease_sched TO lease_runner" \
+      -c "CREATE USER MAPPING FOR lease_runner SERVER lease_sched OPTIONS (user 'lease_proxy', password 'lease_proxy')" \
+      -c "GRANT USAGE ON SCHEMA lease_sched_proxy TO lease_reader" \
+      -c "GRANT EXECUTE ON FUNCTION lease_sched_proxy.partition_of(text), lease_sched_proxy.hash32(text),
+                 lease_sched_proxy.partition_count() TO lease_reader"
   done
 }
 
@@ -138,6 +165,7 @@ if [ $mode = quick ]; then
   for i in 0 1; do
     scripts/cluster.sh start "$DIR/p$i" ${QUICK_PORTS[i]} "log_min_messages = warning" "lease_sched.sweep_interval = '1s'"
     psql_at ${QUICK_PORTS[i]} -d lease_sched -c "CREATE EXTENSION lease_sched"
+    setup_partition_roles ${QUICK_PORTS[i]}
   done
   parts=()
   for i in 0 1; do parts+=("host=127.0.0.1 port=${QUICK_PORTS[i]} dbname=lease_sched user=postgres connect_timeout=2"); done
@@ -243,6 +271,7 @@ for f in p0 p1; do
   port=$([ $f = p0 ] && echo 55510 || echo 55520)
   wait_pg "$port"
   psql_at "$port" -d lease_sched -c "CREATE EXTENSION IF NOT EXISTS lease_sched"
+  setup_partition_roles "$port"
 done
 for f in p0 p1; do
   port=$([ $f = p0 ] && echo 55511 || echo 55521)

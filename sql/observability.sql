@@ -17,6 +17,26 @@ LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL SAFE SECURITY DEFINER SET sear
 AS 'MODULE_PATHNAME', 'stats_wrapper';
 COMMENT ON FUNCTION lease_sched.stats() IS 'Counters since server start, from shared memory (zero unless lease_sched is preloaded).';
 
+-- Whether a background worker sweeps this database: the launcher keeps a sweeper in every
+-- database that has the extension (or only in lease_sched.database, when that is set), up
+-- to lease_sched.max_databases. Readable by every role (job_health shows it).
+CREATE FUNCTION lease_sched.sweeper_status()
+RETURNS TABLE (swept boolean, state text, sweeper_pid integer, last_sweep_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL SAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+ROWS 1
+AS 'MODULE_PATHNAME', 'sweeper_status_wrapper';
+COMMENT ON FUNCTION lease_sched.sweeper_status() IS
+    'Whether a background worker sweeps this database (swept), its state (sweeping, starting, waiting for update, over max_databases, not lease_sched.database, template, not preloaded), the sweeper''s pid and its last sweep.';
+
+-- Run by the install and update scripts: wakes the launcher at commit, and warns at once
+-- when nothing will sweep this database.
+CREATE FUNCTION lease_sched.sys_sweeper_announce()
+RETURNS void
+LANGUAGE c VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'sys_sweeper_announce_wrapper';
+COMMENT ON FUNCTION lease_sched.sys_sweeper_announce() IS
+    'Internal: run by CREATE EXTENSION and ALTER EXTENSION UPDATE (wakes the background worker; warns when this database will not be swept).';
+
 CREATE VIEW lease_sched.active_leases AS
 SELECT id AS execution_id, job_name, scope_kind, scope_id, plan_time, runner_id, attempt, max_attempts,
        fencing_token, started_at, heartbeat_at, stale_after,

@@ -78,7 +78,9 @@ BEGIN
     SELECT d.every, d.max_attempts, d.stale_timeout INTO job_every, job_max_attempts, job_stale_timeout
       FROM lease_sched.job_definition(job_name => run.job_name, scope_kind => run.scope_kind,
                                       scope_id => run.scope_id) AS d;
-    job_every := coalesce(run.every, job_every, '1 minute'::pg_catalog.interval);
+    -- (A defined job leaves every NULL when it runs on a cron calendar: the planner reads
+    -- it. max_attempts is NULL here only when the job has no definition.)
+    job_every := coalesce(run.every, job_every, CASE WHEN job_max_attempts IS NULL THEN '1 minute'::pg_catalog.interval END);
     job_max_attempts := coalesce(run.max_attempts, job_max_attempts, 3);
     job_stale_timeout := coalesce(run.stale_timeout, job_stale_timeout, '1 hour'::pg_catalog.interval);
     plan := lease_sched.lease_next_plan(job_name => run.job_name, every => job_every, scope_kind => run.scope_kind,
@@ -127,8 +129,17 @@ BEGIN
                                           ELSE err_msg END,
                         retry_in => CASE WHEN deadline THEN '0'::pg_catalog.interval END);
         COMMIT;  -- the FAILED row stays, then the caller (pg_cron) sees the error too
-        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg,
-                              DETAIL = coalesce(err_detail, ''), HINT = coalesce(err_hint, '');
+        -- Raised again as it was: DETAIL and HINT only when the error had them (an empty
+        -- one would print as an empty line, and RAISE refuses a NULL option).
+        IF err_detail OPERATOR(pg_catalog.<>) '' AND err_hint OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail, HINT = err_hint;
+        ELSIF err_detail OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail;
+        ELSIF err_hint OPERATOR(pg_catalog.<>) '' THEN
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, HINT = err_hint;
+        ELSE
+            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg;
+        END IF;
     END IF;
     finished := lease_sched.lease_finish(execution_id => lease.execution_id, lease_token => lease.lease_token,
                                          status => 'SUCCESS', rows_affected => affected);

@@ -20,6 +20,7 @@ mod spi_plans;
 mod stats;
 mod subxact;
 mod sweep;
+mod sweepers;
 mod touch_table;
 mod xact;
 mod worker;
@@ -38,7 +39,12 @@ extension_sql_file!("../sql/runtime.sql", name = "runtime_api", requires = ["sch
 extension_sql_file!("../sql/observability.sql", name = "observability", requires = ["schema"]);
 extension_sql_file!("../sql/locks.sql", name = "locks_api", requires = ["schema"]);
 extension_sql_file!("../sql/planner.sql", name = "planner_api", requires = ["schema"]);
-extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["schema"]);
+// Calendars (cron expressions in a time zone): pure PL/pgSQL, shared with the portable edition.
+extension_sql_file!("../sql/calendar.sql", name = "calendar", requires = ["schema"]);
+// job_health reads sweeper_status() and evaluates calendars.
+extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["schema", "observability", "calendar"]);
+// The cron planner, job_next_runs, job_trigger, lease_claim_next, schedule/unschedule.
+extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = ["jobs", "calendar", "lease_api", "planner_api"]);
 // run() calls the lease and planner functions and reads job definitions.
 extension_sql_file!("../sql/run.sql", name = "run_procedure", requires = ["lease_api", "planner_api", "jobs"]);
 // The fences read and lock rows of both the executions and the locks tables.

@@ -8,8 +8,11 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 pub static RETRY_BACKOFF_BASE_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// Upper bound of the exponential retry backoff.
 pub static RETRY_BACKOFF_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
-/// The database the background worker connects to.
-pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// When set, the one database the background worker sweeps; unset, it sweeps every
+/// database that has the extension.
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// The most databases swept at once (one sweeper each).
+pub static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(8);
 /// How often the worker sweeps.
 pub static SWEEP_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// How often the whole touch buffer is written out.
@@ -45,6 +48,16 @@ pub fn init(preloaded: bool) {
     if preloaded {
         define_postmaster_settings();
     }
+    GucRegistry::define_int_guc(
+        c"lease_sched.max_databases",
+        c"The most databases the background worker sweeps at once (one sweeper process each).",
+        c"A database with the extension beyond this many is not swept: the launcher logs it, stats() counts it in databases_over_limit and shows swept = 0 there. Each sweeper takes one of max_worker_processes.",
+        &MAX_DATABASES,
+        1,
+        crate::sweepers::MAX_SLOTS as i32,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     define_ms(
         c"lease_sched.sweep_interval",
         c"How often the background worker sweeps stale leases and silent runtimes.",
@@ -94,8 +107,8 @@ pub fn init(preloaded: bool) {
 fn define_postmaster_settings() {
     GucRegistry::define_string_guc(
         c"lease_sched.database",
-        c"Database the lease_sched background worker connects to.",
-        c"The worker sweeps only this database, and waits until CREATE EXTENSION lease_sched has run there.",
+        c"The only database the lease_sched background worker sweeps; empty: every database that has the extension.",
+        c"When set, the worker sweeps only this database, and waits there until CREATE EXTENSION lease_sched has run; the extension in any other database is not swept.",
         &DATABASE,
         GucContext::Postmaster,
         GucFlags::default(),
@@ -123,8 +136,9 @@ fn define_ms(
     GucRegistry::define_int_guc(name, short, long, setting, min, i32::MAX, context, GucFlags::UNIT_MS);
 }
 
-pub fn database() -> String {
-    DATABASE.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".into())
+/// The one database to sweep, when `lease_sched.database` names one.
+pub fn database() -> Option<String> {
+    DATABASE.get().map(|c| c.to_string_lossy().trim().to_string()).filter(|s| !s.is_empty())
 }
 
 /// The default retry backoff's base and cap, as `lease_sched.retry_backoff` takes them

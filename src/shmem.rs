@@ -1,6 +1,6 @@
 //! The shared-memory segment, present only when lease_sched is in
-//! `shared_preload_libraries`: one LWLock, the statistics counters, and the runtime
-//! touch buffer. Sized at postmaster start from `lease_sched.touch_buffer_size`.
+//! `shared_preload_libraries`: one LWLock, the sweeper slots, the statistics counters, and
+//! the runtime touch buffer. Sized at postmaster start from `lease_sched.touch_buffer_size`.
 //!
 //! The counters (`stats`) and the table layout (`touch_table`) are defined by leaf modules
 //! that know nothing of this segment; `stats::attach` hands the counters their place.
@@ -14,6 +14,7 @@ use pgrx::prelude::*;
 
 use crate::settings;
 use crate::stats::{self, Stats};
+use crate::sweepers::Sweepers;
 use crate::touch_table::{self, Slot, TouchBuffer};
 
 const SEGMENT_NAME: &std::ffi::CStr = c"lease_sched shared state";
@@ -22,9 +23,13 @@ const TRANCHE_NAME: &std::ffi::CStr = c"lease_sched";
 #[repr(C)]
 pub struct Shared {
     pub lock: *mut pg_sys::LWLock,
-    /// The pid of the one sweeper (0: none). A sweeper claims it at start and clears it
-    /// at exit; a second one finds it taken and leaves, so there is never more than one.
+    /// The pid of the sweeper that owns the touch buffer (0: none). The buffer serves one
+    /// database: the first sweeper to claim it at start, which clears it at exit; the
+    /// sweepers of other databases find it taken and sweep without it (touches there are
+    /// written directly).
     pub sweeper_pid: std::sync::atomic::AtomicI32,
+    /// Which sweeper sweeps which database (`crate::sweepers`).
+    pub sweepers: Sweepers,
     pub stats: Stats,
     pub touches: TouchBuffer,
     // `touches.slot_count` slots follow in the same allocation.
@@ -109,20 +114,14 @@ pub fn with_lock<R>(shared: &Shared, mode: pg_sys::LWLockMode::Type, f: impl FnO
     r
 }
 
-/// Become the sweeper; false when another live sweeper already is.
+/// Become the sweeper that owns the touch buffer; false when another live one already is.
 pub fn claim_sweeper(pid: i32) -> bool {
     use std::sync::atomic::Ordering;
     shared().is_some_and(|s| s.sweeper_pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire).is_ok())
 }
 
-/// Give the sweeper role up (only by the process that holds it); true when it did.
+/// Give the touch buffer up (only by the process that holds it); true when it did.
 pub fn release_sweeper(pid: i32) -> bool {
     use std::sync::atomic::Ordering;
     shared().is_some_and(|s| s.sweeper_pid.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire).is_ok())
-}
-
-/// The running sweeper's pid, if any.
-pub fn sweeper_pid() -> Option<i32> {
-    use std::sync::atomic::Ordering;
-    shared().map(|s| s.sweeper_pid.load(Ordering::Acquire)).filter(|pid| *pid != 0)
 }

@@ -40,10 +40,13 @@ counters! {
     finishes_lost,
     touches_buffered,
     touches_direct,
+    touches_restored,
+    touches_lost,
     flushes,
     sweeps,
     sweep_errors,
     rows_swept,
+    databases_over_limit,
 }
 
 // Set once in the postmaster (shmem's startup hook) and inherited by every child.

@@ -39,7 +39,7 @@ pub fn describe(e: &pg_sys::panic::CaughtError) -> String {
         pg_sys::panic::CaughtError::PostgresError(r)
         | pg_sys::panic::CaughtError::ErrorReport(r)
         | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-            format!("{} (SQLSTATE {:?})", r.message(), r.sql_error_code())
+            format!("{} (SQLSTATE {})", r.message(), sqlstate(r.sql_error_code()))
         }
     }
 }
@@ -65,4 +65,18 @@ pub fn rolled_back<R>(f: impl FnOnce() -> R) -> R {
             Err(e) => e.rethrow(),
         }
     }
+}
+
+/// The five-character SQLSTATE PostgreSQL prints (`53100`), not the name of pgrx's enum
+/// variant: operators grep logs for the codes of PostgreSQL's errcodes table. The code is
+/// packed six bits per character, as PostgreSQL's `unpack_sql_state` reads it.
+pub fn sqlstate(code: pg_sys::errcodes::PgSqlErrorCode) -> String {
+    let mut packed = code as i32;
+    (0..5)
+        .map(|_| {
+            let c = char::from(b'0' + (packed & 0x3F) as u8);
+            packed >>= 6;
+            c
+        })
+        .collect()
 }

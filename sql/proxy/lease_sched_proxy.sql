@@ -10,12 +10,25 @@
 --       connection_lifetime '1800', query_timeout '30',
 --       p0 'host=db0a,db0b port=5432,5432 dbname=lease_sched connect_timeout=2 target_session_attrs=read-write',
 --       p1 'host=db1a,db1b port=5432,5432 dbname=lease_sched connect_timeout=2 target_session_attrs=read-write');
---   CREATE USER MAPPING FOR PUBLIC SERVER lease_sched OPTIONS (user 'lease_proxy');
 --   \i sql/proxy/lease_sched_proxy.sql
 --
--- The remote role needs, on every partition: USAGE on schema lease_sched, EXECUTE on its
--- functions, and SELECT on lease_sched.executions and lease_sched.runtimes (to find the
--- partition that holds an execution_id or runtime_id; neither holds a secret).
+-- Privileges as on one primary: PUBLIC may run nothing here (the end of this file revokes
+-- it). Grant a runner role what a runner gets on a primary, plus the server and a user
+-- mapping of its own (never FOR PUBLIC: every role with USAGE would act as that user):
+--
+--   GRANT USAGE ON SCHEMA lease_sched, lease_sched_proxy TO runner;
+--   GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA lease_sched, lease_sched_proxy TO runner;
+--   GRANT USAGE ON FOREIGN SERVER lease_sched TO runner;
+--   CREATE USER MAPPING FOR runner SERVER lease_sched OPTIONS (user 'lease_proxy', password '...');
+--
+-- A reader role reads the views on the partitions; on the proxy it needs only where a key
+-- lives: GRANT USAGE ON SCHEMA lease_sched_proxy TO reader; GRANT EXECUTE ON FUNCTION
+-- lease_sched_proxy.partition_of(text), lease_sched_proxy.hash32(text),
+-- lease_sched_proxy.partition_count() TO reader.
+--
+-- The remote role (lease_proxy) needs, on every partition: USAGE on schema lease_sched,
+-- EXECUTE on its functions, and SELECT on lease_sched.executions and lease_sched.runtimes
+-- (to find the partition that holds an execution_id or runtime_id; neither holds a secret).
 --
 -- Partition of a key (job_name, lock_name, runtime name) -- FROZEN: changing it moves
 -- every key to another partition. hash32 = the first 4 bytes of md5 of the key's UTF-8
@@ -37,25 +50,29 @@ CREATE SCHEMA lease_sched;
 CREATE SCHEMA lease_sched_proxy;
 
 CREATE FUNCTION lease_sched_proxy.hash32(key text) RETURNS int
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $hash$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $hash$
     -- A NULL key hashes to 0: the call reaches partition 0, which refuses it with the
-    -- extension's own error (22004).
-    SELECT coalesce(('x' || pg_catalog.substr(pg_catalog.md5(key), 1, 8))::bit(32)::int, 0)
+    -- extension's own error (22004). The pinned search_path also keeps this body from
+    -- being inlined into (and resolved in) a caller's query.
+    SELECT coalesce(('x' OPERATOR(pg_catalog.||) pg_catalog.substr(pg_catalog.md5(key), 1, 8))
+                    ::pg_catalog.bit(32)::pg_catalog.int4, 0)
 $hash$;
 COMMENT ON FUNCTION lease_sched_proxy.hash32(text) IS
     'FROZEN partition hash of a job, lock or runtime name: first 4 bytes of md5 (UTF-8), signed int4.';
 
+-- SECURITY DEFINER: the server's options (pg_foreign_server.srvoptions) are readable only
+-- by superusers; this reveals just how many partitions there are.
 CREATE FUNCTION lease_sched_proxy.partition_count() RETURNS int
-LANGUAGE sql STABLE AS $count$
-    SELECT count(*)::int
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $count$
+    SELECT pg_catalog.count(*)::pg_catalog.int4
       FROM pg_catalog.pg_foreign_server s, pg_catalog.unnest(s.srvoptions) AS o
-     WHERE s.srvname = 'lease_sched' AND o OPERATOR(pg_catalog.~) '^p[0-9]+='
+     WHERE s.srvname OPERATOR(pg_catalog.=) 'lease_sched' AND o OPERATOR(pg_catalog.~) '^p[0-9]+='
 $count$;
 COMMENT ON FUNCTION lease_sched_proxy.partition_count() IS 'Partitions of server lease_sched (a power of two).';
 
 CREATE FUNCTION lease_sched_proxy.partition_of(key text) RETURNS int
-LANGUAGE sql STABLE AS $of$
-    SELECT lease_sched_proxy.hash32(key) & (lease_sched_proxy.partition_count() - 1)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $of$
+    SELECT lease_sched_proxy.hash32(key) OPERATOR(pg_catalog.&) (lease_sched_proxy.partition_count() OPERATOR(pg_catalog.-) 1)
 $of$;
 COMMENT ON FUNCTION lease_sched_proxy.partition_of(text) IS
     'The partition (0-based: option p<N> of server lease_sched) that owns a job, lock or runtime name.';
@@ -68,23 +85,23 @@ COMMENT ON FUNCTION lease_sched_proxy.partition_of(text) IS
 -- so an error from another partition can never hide a write that committed.
 
 CREATE FUNCTION lease_sched_proxy.locate_executions_all(partitions int[], key_id uuid) RETURNS SETOF int
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     SPLIT partitions;
     RUN ON partitions;
     SELECT p AS locate_executions_all FROM pg_catalog.unnest(partitions) AS p
-     WHERE EXISTS (SELECT 1 FROM lease_sched.executions o WHERE o.id = key_id);
+     WHERE EXISTS (SELECT 1 FROM lease_sched.executions o WHERE o.id OPERATOR(pg_catalog.=) key_id);
 $proxy$;
 
 CREATE FUNCTION lease_sched_proxy.locate_executions_on(partition int, key_id uuid) RETURNS SETOF int
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON partition;
-    SELECT partition AS locate_executions_on WHERE EXISTS (SELECT 1 FROM lease_sched.executions o WHERE o.id = key_id);
+    SELECT partition AS locate_executions_on WHERE EXISTS (SELECT 1 FROM lease_sched.executions o WHERE o.id OPERATOR(pg_catalog.=) key_id);
 $proxy$;
 
 CREATE FUNCTION lease_sched_proxy.locate_executions(key_id uuid) RETURNS int
-LANGUAGE plpgsql VOLATILE AS $locate$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $locate$
 DECLARE
     owner int;
     p int;
@@ -93,13 +110,14 @@ BEGIN
     BEGIN
         SELECT l INTO owner
           FROM lease_sched_proxy.locate_executions_all(
-                   ARRAY(SELECT pg_catalog.generate_series(0, lease_sched_proxy.partition_count() - 1)), key_id) AS l
+                   ARRAY(SELECT pg_catalog.generate_series(0, lease_sched_proxy.partition_count() OPERATOR(pg_catalog.-) 1)),
+                   key_id) AS l
          LIMIT 1;
         RETURN owner;
     EXCEPTION WHEN OTHERS THEN
         NULL;   -- a partition is unreachable (failing over): ask them one at a time
     END;
-    FOR p IN 0 .. lease_sched_proxy.partition_count() - 1 LOOP
+    FOR p IN 0 .. lease_sched_proxy.partition_count() OPERATOR(pg_catalog.-) 1 LOOP
         BEGIN
             SELECT l INTO owner FROM lease_sched_proxy.locate_executions_on(p, key_id) AS l;
             IF owner IS NOT NULL THEN
@@ -125,23 +143,23 @@ COMMENT ON FUNCTION lease_sched_proxy.locate_executions(uuid) IS
     'The partition whose lease_sched.executions has this id, or NULL when none has it.';
 
 CREATE FUNCTION lease_sched_proxy.locate_runtimes_all(partitions int[], key_id uuid) RETURNS SETOF int
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     SPLIT partitions;
     RUN ON partitions;
     SELECT p AS locate_runtimes_all FROM pg_catalog.unnest(partitions) AS p
-     WHERE EXISTS (SELECT 1 FROM lease_sched.runtimes o WHERE o.id = key_id);
+     WHERE EXISTS (SELECT 1 FROM lease_sched.runtimes o WHERE o.id OPERATOR(pg_catalog.=) key_id);
 $proxy$;
 
 CREATE FUNCTION lease_sched_proxy.locate_runtimes_on(partition int, key_id uuid) RETURNS SETOF int
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON partition;
-    SELECT partition AS locate_runtimes_on WHERE EXISTS (SELECT 1 FROM lease_sched.runtimes o WHERE o.id = key_id);
+    SELECT partition AS locate_runtimes_on WHERE EXISTS (SELECT 1 FROM lease_sched.runtimes o WHERE o.id OPERATOR(pg_catalog.=) key_id);
 $proxy$;
 
 CREATE FUNCTION lease_sched_proxy.locate_runtimes(key_id uuid) RETURNS int
-LANGUAGE plpgsql VOLATILE AS $locate$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $locate$
 DECLARE
     owner int;
     p int;
@@ -150,13 +168,14 @@ BEGIN
     BEGIN
         SELECT l INTO owner
           FROM lease_sched_proxy.locate_runtimes_all(
-                   ARRAY(SELECT pg_catalog.generate_series(0, lease_sched_proxy.partition_count() - 1)), key_id) AS l
+                   ARRAY(SELECT pg_catalog.generate_series(0, lease_sched_proxy.partition_count() OPERATOR(pg_catalog.-) 1)),
+                   key_id) AS l
          LIMIT 1;
         RETURN owner;
     EXCEPTION WHEN OTHERS THEN
         NULL;   -- a partition is unreachable (failing over): ask them one at a time
     END;
-    FOR p IN 0 .. lease_sched_proxy.partition_count() - 1 LOOP
+    FOR p IN 0 .. lease_sched_proxy.partition_count() OPERATOR(pg_catalog.-) 1 LOOP
         BEGIN
             SELECT l INTO owner FROM lease_sched_proxy.locate_runtimes_on(p, key_id) AS l;
             IF owner IS NOT NULL THEN
@@ -193,7 +212,7 @@ CREATE FUNCTION lease_sched.lease_try_claim(
     allow_stale_reentry boolean DEFAULT true
 )
 RETURNS TABLE (outcome text, execution_id uuid, lease_token uuid, attempt int, fencing_token bigint, stale_after timestamptz)
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(job_name);
 $proxy$;
@@ -203,7 +222,7 @@ COMMENT ON FUNCTION lease_sched.lease_try_claim(text, timestamptz, text, text, t
 -- lease_sched.lease_heartbeat: owner (executions)
 CREATE FUNCTION lease_sched_proxy.lease_heartbeat_on(partition int, execution_id uuid, lease_token uuid)
 RETURNS boolean
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON partition;
     SELECT lease_sched.lease_heartbeat(execution_id, lease_token) AS lease_heartbeat_on;
@@ -214,7 +233,7 @@ CREATE FUNCTION lease_sched.lease_heartbeat(
     lease_token uuid
 )
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE AS $route$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $route$
 DECLARE
     owner int;
 BEGIN
@@ -235,7 +254,7 @@ COMMENT ON FUNCTION lease_sched.lease_heartbeat(uuid, uuid) IS
 -- lease_sched.lease_finish: owner (executions)
 CREATE FUNCTION lease_sched_proxy.lease_finish_on(partition int, execution_id uuid, lease_token uuid, status text, result jsonb, rows_affected bigint, error_code text, error_msg text, retry_in interval)
 RETURNS boolean
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON partition;
     SELECT lease_sched.lease_finish(execution_id, lease_token, status, result, rows_affected, error_code, error_msg, retry_in) AS lease_finish_on;
@@ -252,7 +271,7 @@ CREATE FUNCTION lease_sched.lease_finish(
     retry_in interval DEFAULT NULL
 )
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE AS $route$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $route$
 DECLARE
     owner int;
 BEGIN
@@ -277,7 +296,7 @@ CREATE FUNCTION lease_sched.retry_backoff(
     max interval
 )
 RETURNS interval
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON ANY;
 $proxy$;
@@ -289,7 +308,7 @@ CREATE FUNCTION lease_sched.runtime_register(
     metadata jsonb DEFAULT '{}'
 )
 RETURNS uuid
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(name);
 $proxy$;
@@ -299,7 +318,7 @@ COMMENT ON FUNCTION lease_sched.runtime_register(text, jsonb) IS
 -- lease_sched.runtime_touch: owner (runtimes)
 CREATE FUNCTION lease_sched_proxy.runtime_touch_on(partition int, runtime_id uuid)
 RETURNS boolean
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON partition;
     SELECT lease_sched.runtime_touch(runtime_id) AS runtime_touch_on;
@@ -309,7 +328,7 @@ CREATE FUNCTION lease_sched.runtime_touch(
     runtime_id uuid
 )
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE AS $route$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $route$
 DECLARE
     owner int;
 BEGIN
@@ -330,7 +349,7 @@ COMMENT ON FUNCTION lease_sched.runtime_touch(uuid) IS
 -- lease_sched.runtime_touch_batch: batch
 CREATE FUNCTION lease_sched_proxy.runtime_touch_batch_all(runtime_ids uuid[])
 RETURNS SETOF uuid[]
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON ALL;
     SELECT lease_sched.runtime_touch_batch(runtime_ids) AS runtime_touch_batch_all;
@@ -340,14 +359,14 @@ CREATE FUNCTION lease_sched.runtime_touch_batch(
     runtime_ids uuid[]
 )
 RETURNS uuid[]
-LANGUAGE sql VOLATILE AS $batch$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $batch$
     -- Every partition touches the ids it has and returns the others: an id was touched
     -- somewhere unless every partition returned it.
-    SELECT coalesce(array_agg(id ORDER BY id), '{}')
+    SELECT coalesce(pg_catalog.array_agg(id ORDER BY id), '{}')
       FROM (SELECT id
-              FROM lease_sched_proxy.runtime_touch_batch_all($1) AS untouched, unnest(untouched) AS id
+              FROM lease_sched_proxy.runtime_touch_batch_all($1) AS untouched, pg_catalog.unnest(untouched) AS id
              GROUP BY id
-            HAVING count(*) = lease_sched_proxy.partition_count()) AS everywhere;
+            HAVING pg_catalog.count(*) OPERATOR(pg_catalog.=) lease_sched_proxy.partition_count()) AS everywhere;
 $batch$;
 COMMENT ON FUNCTION lease_sched.runtime_touch_batch(uuid[]) IS
     'Sent to every partition; returns the ids that no partition touched (docs/scaling.md).';
@@ -359,7 +378,7 @@ CREATE FUNCTION lease_sched.lock_acquire(
     ttl interval DEFAULT '60 seconds'
 )
 RETURNS TABLE (acquired boolean, lock_token uuid, fencing_token bigint, holder text, expires_at timestamptz)
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(lock_name);
 $proxy$;
@@ -372,7 +391,7 @@ CREATE FUNCTION lease_sched.lock_heartbeat(
     lock_token uuid
 )
 RETURNS boolean
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(lock_name);
 $proxy$;
@@ -385,7 +404,7 @@ CREATE FUNCTION lease_sched.lock_release(
     lock_token uuid
 )
 RETURNS boolean
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(lock_name);
 $proxy$;
@@ -397,7 +416,7 @@ CREATE FUNCTION lease_sched.lock_info(
     lock_name text
 )
 RETURNS TABLE (holder text, fencing_token bigint, acquired_at timestamptz, heartbeat_at timestamptz, expires_at timestamptz, expired boolean)
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(lock_name);
 $proxy$;
@@ -411,7 +430,7 @@ CREATE FUNCTION lease_sched.lease_latest_plan(
     scope_id text DEFAULT ''
 )
 RETURNS TABLE (plan_time timestamptz, status text, attempt int, max_attempts int, next_retry_at timestamptz, retry_eligible boolean)
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(job_name);
 $proxy$;
@@ -427,7 +446,7 @@ CREATE FUNCTION lease_sched.lease_next_plan(
     catch_up boolean DEFAULT true
 )
 RETURNS timestamptz
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(job_name);
 $proxy$;
@@ -441,7 +460,7 @@ CREATE FUNCTION lease_sched.lease_fence(
     lease_token uuid DEFAULT NULL
 )
 RETURNS void
-LANGUAGE plpgsql VOLATILE AS $stub$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $stub$
 BEGIN
     RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',
         MESSAGE = 'lease_sched.lease_fence cannot be called through the proxy',
@@ -457,7 +476,7 @@ CREATE FUNCTION lease_sched.lock_fence(
     lock_token uuid DEFAULT NULL
 )
 RETURNS void
-LANGUAGE plpgsql VOLATILE AS $stub$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $stub$
 BEGIN
     RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',
         MESSAGE = 'lease_sched.lock_fence cannot be called through the proxy',
@@ -478,7 +497,7 @@ CREATE FUNCTION lease_sched.job_define(
     scope_id text DEFAULT ''
 )
 RETURNS boolean
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(job_name);
 $proxy$;
@@ -492,7 +511,7 @@ CREATE FUNCTION lease_sched.job_pause(
     scope_id text DEFAULT ''
 )
 RETURNS boolean
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(job_name);
 $proxy$;
@@ -506,7 +525,7 @@ CREATE FUNCTION lease_sched.job_resume(
     scope_id text DEFAULT ''
 )
 RETURNS boolean
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(job_name);
 $proxy$;
@@ -520,7 +539,7 @@ CREATE FUNCTION lease_sched.job_drop(
     scope_id text DEFAULT ''
 )
 RETURNS boolean
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(job_name);
 $proxy$;
@@ -534,7 +553,7 @@ CREATE FUNCTION lease_sched.job_definition(
     scope_id text DEFAULT ''
 )
 RETURNS TABLE (every interval, misfire text, grace interval, max_attempts int, stale_timeout interval, paused boolean)
-LANGUAGE plproxy VOLATILE AS $proxy$
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(job_name);
 $proxy$;
@@ -542,5 +561,9 @@ COMMENT ON FUNCTION lease_sched.job_definition(text, text, text) IS
     'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
 
 -- Not proxied (call them on each partition): runtime_flush, runtime_pending, sweep, stats, run_arm_deadline, run_disarm_deadline, run, lease_fence_check, lock_fence_check, lock_fence_passed, lease_fence_passed, require_lock, require_lease.
+
+-- As on one primary, PUBLIC runs nothing; grant runner and reader roles (see the top).
+REVOKE ALL ON SCHEMA lease_sched, lease_sched_proxy FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA lease_sched, lease_sched_proxy FROM PUBLIC;
 
 RESET client_min_messages;

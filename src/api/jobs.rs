@@ -18,7 +18,7 @@ fn key<'a>(job_name: Option<&'a str>, scope_kind: Option<&'a str>, scope_id: Opt
 
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
-fn job_define(
+fn job_define_every_or_cron(
     job_name: Option<&str>,
     every: Option<Interval>,
     misfire: Option<&str>,
@@ -27,15 +27,31 @@ fn job_define(
     stale_timeout: Option<Interval>,
     scope_kind: Option<&str>,
     scope_id: Option<&str>,
+    cron: Option<&str>,
+    timezone: Option<&str>,
 ) -> bool {
     let job_name = non_empty(job_name, "job_name");
-    let every = positive_interval(every, "every");
-    // A slot shorter than a second cannot be run in time by any scheduler, and its missed
-    // slots (one SKIPPED row each, at most 1000 per call) would pile up faster than calls
-    // can record them: the job would never run again after a gap.
-    if stride(every, "every") < crate::clock::MICROS_PER_SECOND {
-        invalid_argument("every", "must be at least 1 second for a job definition", None);
+    // The schedule: every interval, or a cron calendar (parsed and checked by the SQL
+    // that stores it, sql/calendar.sql), never both.
+    let every = match (every, cron) {
+        (Some(_), Some(_)) | (None, None) => invalid_argument(
+            "cron",
+            "and every: give exactly one of them",
+            Some("every => '1 hour' runs in buckets from the epoch; cron => '0 3 * * *' on a calendar in timezone."),
+        ),
+        (Some(every), None) => Some(every),
+        (None, Some(_)) => None,
+    };
+    if let Some(every) = every {
+        positive_interval(Some(every), "every");
+        // A slot shorter than a second cannot be run in time by any scheduler, and its missed
+        // slots (one SKIPPED row each, at most 1000 per call) would pile up faster than calls
+        // can record them: the job would never run again after a gap.
+        if stride(every, "every") < crate::clock::MICROS_PER_SECOND {
+            invalid_argument("every", "must be at least 1 second for a job definition", None);
+        }
     }
+    let timezone = required(timezone, "timezone");
     let misfire = Misfire::from_sql(required(misfire, "misfire")).unwrap_or_else(|| {
         invalid_argument("misfire", "must be 'all', 'latest' or 'skip'", Some("See docs/api.md, \"Jobs\"."))
     });
@@ -47,7 +63,7 @@ fn job_define(
     let max_attempts = at_least_one(max_attempts, "max_attempts");
     let stale_timeout = positive_interval(stale_timeout, "stale_timeout");
     let key = key(Some(job_name), scope_kind, scope_id);
-    jobs::define(&Settings { every, misfire, grace, max_attempts, stale_timeout, key })
+    jobs::define(&Settings { every, cron, timezone, misfire, grace, max_attempts, stale_timeout, key })
 }
 
 #[pg_extern(sql = false)]
@@ -74,16 +90,27 @@ fn job_definition(
 ) -> TableIterator<
     'static,
     (
-        name!(every, Interval),
+        name!(every, Option<Interval>),
         name!(misfire, String),
         name!(grace, Option<Interval>),
         name!(max_attempts, i32),
         name!(stale_timeout, Interval),
         name!(paused, bool),
+        name!(cron, Option<String>),
+        name!(timezone, String),
     ),
 > {
     let d = jobs::definition(&key(job_name, scope_kind, scope_id));
-    TableIterator::new(
-        d.map(|d| (d.every, d.misfire.as_sql().to_string(), d.grace, d.max_attempts, d.stale_timeout, d.paused)),
-    )
+    TableIterator::new(d.map(|d| {
+        (d.every, d.misfire.as_sql().to_string(), d.grace, d.max_attempts, d.stale_timeout, d.paused, d.cron, d.timezone)
+    }))
+}
+
+// 0.2.0's entry point (eight arguments, no calendar). `ALTER EXTENSION lease_sched UPDATE`
+// re-creates job_define on job_define_every_or_cron; until it has run, a database still on
+// 0.2.0's SQL reaches this symbol, which refuses with the instruction instead of reading
+// arguments of another shape.
+#[pg_extern(sql = false)]
+fn job_define() -> bool {
+    crate::error::schema_out_of_date()
 }

@@ -70,8 +70,24 @@ fn lease_next_plan(
         });
         return planner::next_plan(latest.as_ref(), every, now, catch_up).map(timestamptz);
     };
+    // A "run now" plan (job_trigger) goes first; none is offered while paused.
+    if let Some(t) = d.pending_trigger {
+        return Some(t);
+    }
+    // A calendar job: the one implementation of calendars, in SQL (sql/schedule.sql).
+    if d.cron.is_some() {
+        if every.is_some() {
+            invalid_argument(
+                "every",
+                "must not be given for a job defined with cron",
+                Some("Leave every NULL: the job's calendar decides its plans."),
+            );
+        }
+        return planner::calendar_next_plan(job_name, scope_kind, scope_id);
+    }
     // A definition: its misfire policy (catch_up does not apply), its every unless one
     // is given here.
+    let defined_every = d.every.unwrap_or_else(|| invalid_argument("every", "is missing from the job's definition", None));
     let policy = planner::Policy {
         // An override below a second would make each call record up to 1000 SKIPPED slots
         // and run none of them, as job_define's own bound explains.
@@ -81,7 +97,7 @@ fn lease_next_plan(
                     invalid_argument("every", "must be at least 1 second for a job with a definition", None);
                 }
             })
-            .unwrap_or_else(|| stride(d.every, "every")),
+            .unwrap_or_else(|| stride(defined_every, "every")),
         misfire: d.misfire,
         grace: d.grace.map(|g| stride(g, "grace")),
         paused: d.paused,

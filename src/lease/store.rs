@@ -249,17 +249,31 @@ pub static FAIL_ABANDONED: Statement = Statement {
 /// Retention: one bounded batch of the oldest finished rows, through the finished index.
 /// Never a row that may still run (a FAILED run with attempts left waits for its retry),
 /// and never the latest plan (at or before now, $3) of its (job, scope): the planner's cursor lives there, and
-/// deleting it would let lease_next_plan hand out that plan again.
+/// deleting it would let lease_next_plan hand out that plan again. A "run now" plan
+/// (job_trigger) is not the cursor, so a later one does not count; and its trigger row goes
+/// with its execution row (a trigger without one is a pending "run now").
 pub static PRUNE_BATCH: Statement = Statement {
-    sql: "DELETE FROM lease_sched.sys_cron_executions
+    sql: "WITH pruned AS (
+          DELETE FROM lease_sched.sys_cron_executions
            WHERE id IN (SELECT e.id FROM lease_sched.sys_cron_executions e
                          WHERE e.status <> 'RUNNING' AND e.finished_at < $1
                            AND (e.status = 'SUCCESS' OR e.attempt >= e.max_attempts)
                            AND EXISTS (SELECT 1 FROM lease_sched.sys_cron_executions later
                                         WHERE later.job_name = e.job_name AND later.scope_kind = e.scope_kind
                                           AND later.scope_id = e.scope_id AND later.plan_time > e.plan_time
-                                          AND later.plan_time <= $3)
+                                          AND later.plan_time <= $3
+                                          AND NOT EXISTS (SELECT 1 FROM lease_sched.job_triggers t
+                                                           WHERE t.job_name = later.job_name
+                                                             AND t.scope_kind = later.scope_kind
+                                                             AND t.scope_id = later.scope_id
+                                                             AND t.plan_time = later.plan_time))
                          ORDER BY e.finished_at LIMIT $2
-                         FOR UPDATE OF e SKIP LOCKED)",
+                         FOR UPDATE OF e SKIP LOCKED)
+          RETURNING job_name, scope_kind, scope_id, plan_time),
+          triggers AS (
+          DELETE FROM lease_sched.job_triggers t USING pruned p
+           WHERE t.job_name = p.job_name AND t.scope_kind = p.scope_kind AND t.scope_id = p.scope_id
+             AND t.plan_time = p.plan_time)
+          SELECT 1 FROM pruned",
     arg_types: &[TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID],
 };

@@ -22,6 +22,19 @@ pub fn latest_plan(job_name: &str, scope_kind: &str, scope_id: &str, now: DbTime
     })
 }
 
+/// The plan of a job defined with cron, decided by `lease_sched.calendar_next_plan`
+/// (sql/schedule.sql), which also records its skipped slots.
+pub fn calendar_next_plan(job_name: &str, scope_kind: &str, scope_id: &str) -> Option<TimestampWithTimeZone> {
+    Spi::connect_mut(|client| {
+        crate::fencing::ensure_token_floor(client);
+        execute(client, &store::CALENDAR_NEXT_PLAN, &[job_name.into(), scope_kind.into(), scope_id.into()])
+            .first()
+            .get::<TimestampWithTimeZone>(1)
+            .ok()
+            .flatten()
+    })
+}
+
 fn skip_message(reason: SkipReason, policy: &Policy) -> String {
     match reason {
         SkipReason::Misfire => format!("missed slot skipped by misfire policy '{}'", policy.misfire.as_sql()),

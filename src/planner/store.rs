@@ -8,13 +8,16 @@ use lease_model::planner::LatestPlan;
 use lease_model::Status;
 
 /// The latest execution of (job, scope) by plan_time at or before $4, through the unique
-/// index.
+/// index. The plans of job_trigger ("run now") are not the schedule's cursor.
 pub static LATEST: Query<LatestPlan> = Query {
     statement: Statement {
-        sql: "SELECT plan_time, status, attempt, max_attempts, next_retry_at, stale_after
-                FROM lease_sched.sys_cron_executions
-               WHERE job_name = $1 AND scope_kind = $2 AND scope_id = $3 AND plan_time <= $4
-               ORDER BY plan_time DESC LIMIT 1",
+        sql: "SELECT e.plan_time, e.status, e.attempt, e.max_attempts, e.next_retry_at, e.stale_after
+                FROM lease_sched.sys_cron_executions e
+               WHERE e.job_name = $1 AND e.scope_kind = $2 AND e.scope_id = $3 AND e.plan_time <= $4
+                 AND NOT EXISTS (SELECT 1 FROM lease_sched.job_triggers t
+                                  WHERE t.job_name = $1 AND t.scope_kind = $2 AND t.scope_id = $3
+                                    AND t.plan_time = e.plan_time)
+               ORDER BY e.plan_time DESC LIMIT 1",
         arg_types: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
     },
     row: |r| {
@@ -28,6 +31,12 @@ pub static LATEST: Query<LatestPlan> = Query {
             stale_after: ts(6),
         })
     },
+};
+
+/// The planner of a job defined with cron (sql/schedule.sql).
+pub static CALENDAR_NEXT_PLAN: Statement = Statement {
+    sql: "SELECT lease_sched.calendar_next_plan($1, $2, $3)",
+    arg_types: &[TEXTOID, TEXTOID, TEXTOID],
 };
 
 /// Skipped slots: final rows nobody holds (attempt 1 of max_attempts 1, so retention

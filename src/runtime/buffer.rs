@@ -51,6 +51,19 @@ pub fn copy_all(now: SeenAt) -> Vec<(RuntimeId, SeenAt)> {
     out
 }
 
+/// Copy every entry of this database, changing nothing.
+pub fn copy_pending() -> Vec<(RuntimeId, SeenAt)> {
+    let mut out = Vec::new();
+    if let Some(shared) = shared() {
+        with_table(shared, LW_SHARED, |t| {
+            if t.header.is_mine() {
+                t.copy_into(&mut out);
+            }
+        });
+    }
+    out
+}
+
 /// Copy the entries of just these ids (they stay buffered).
 pub fn copy_some(ids: &[RuntimeId]) -> Vec<(RuntimeId, SeenAt)> {
     match shared() {

@@ -1,6 +1,7 @@
 //! Runtimes (the processes that run jobs) and their heartbeats: register, touch (buffered in shared memory
 //! when preloaded), touch_batch, flush, and the sweep's offline pass.
 mod buffer;
+mod spill;
 pub mod store;
 
 use pgrx::datum::{DatumWithOid, JsonB, TimestampWithTimeZone};
@@ -138,4 +139,76 @@ pub fn start_buffering() {
 /// for its last flush.
 pub fn stop_buffering() {
     buffer::close();
+}
+
+/// What the sweeper's exit drain left in the buffer (a full disk, a row someone holds
+/// locked) is saved to a file in the data directory, for the next sweeper of this database
+/// to read back: shared memory does not survive the shutdown. When the file cannot be
+/// written either, the loss is said loudly and counted (see `spill`). Call after the drain,
+/// with buffering stopped.
+pub fn save_left() {
+    let entries = buffer::copy_pending();
+    if entries.is_empty() {
+        return;
+    }
+    let n = entries.len();
+    match spill::save(&entries) {
+        Ok(()) => log!(
+            "lease_sched sweeper saved {n} buffered runtime touches it could not write to \"{}\" in the data \
+             directory; the next sweeper of this database writes them",
+            spill::path()
+        ),
+        Err(e) => {
+            stats::add(|s| &s.touches_lost, n as u64);
+            let noted = spill::note_lost(n as u64);
+            warning!(
+                "lease_sched sweeper: {n} acknowledged runtime touches are lost: they could not be written to \
+                 lease_sched.runtimes and saving them to \"{}\" failed: {e}{}",
+                spill::path(),
+                if noted.is_ok() { "; the next start reports the count (touches_lost)" } else { "" }
+            );
+        }
+    }
+}
+
+/// The sweeper starts: read back the touches an earlier sweeper saved (`save_left`) into
+/// the buffer, and report touches an earlier sweeper had to give up. Returns how many
+/// were restored; the caller writes them out at once.
+pub fn restore_saved() -> usize {
+    let lost = spill::take_lost();
+    if lost > 0 {
+        stats::add(|s| &s.touches_lost, lost);
+        warning!(
+            "lease_sched sweeper: {lost} acknowledged runtime touches were lost at an earlier shutdown \
+             (neither lease_sched.runtimes nor the data directory could take them); those runtimes' \
+             last_seen_at is older than their last touch"
+        );
+    }
+    let entries = match spill::take() {
+        Ok(Some(entries)) => entries,
+        Ok(None) => return 0,
+        Err(e) => {
+            warning!("lease_sched sweeper: the saved runtime touches in \"{}\" are unreadable and were discarded: {e}", spill::path());
+            return 0;
+        }
+    };
+    let mut restored = 0;
+    let mut dropped = 0u64;
+    for (id, seen) in entries {
+        match buffer::record(id, seen) {
+            Some(Recorded::New | Recorded::Coalesced) => restored += 1,
+            // The buffer is smaller now than when they were saved (touch_buffer_size).
+            Some(Recorded::Full) | None => dropped += 1,
+        }
+    }
+    stats::add(|s| &s.touches_restored, restored as u64);
+    log!("lease_sched sweeper restored {restored} runtime touches saved at the last shutdown");
+    if dropped > 0 {
+        stats::add(|s| &s.touches_lost, dropped);
+        warning!(
+            "lease_sched sweeper: {dropped} saved runtime touches did not fit in the touch buffer \
+             (lease_sched.touch_buffer_size) and are lost"
+        );
+    }
+    restored
 }

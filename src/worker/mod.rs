@@ -1,47 +1,45 @@
 //! The background workers, registered when lease_sched is preloaded.
 //!
-//! - The *launcher* (static, connected to no database) waits until the database named by
-//!   `lease_sched.database` exists, starts the sweeper there, and starts it again whenever
-//!   it stops (database dropped and recreated, an exit after an error, a crash).
-//! - The *sweeper* (dynamic, connected to that database) waits quietly until
-//!   `CREATE EXTENSION lease_sched` has run, then sweeps every `lease_sched.sweep_interval`
+//! - The *launcher* (static, connected to no database; `launcher`) finds the databases
+//!   that have lease_sched installed (or only `lease_sched.database`, when that is set)
+//!   and keeps one sweeper in each, up to `lease_sched.max_databases`, starting it again
+//!   whenever it stops (an exit after an error, a crash, a terminate).
+//! - A *sweeper* (dynamic, connected to one database) looks whether the extension is
+//!   there: if not, it leaves at once (or, in the database `lease_sched.database` names,
+//!   waits quietly for CREATE EXTENSION). Then it sweeps every `lease_sched.sweep_interval`
 //!   in its own transaction, each pass of it in its own subtransaction: an error in one pass
-//!   is logged and rolled back and the other passes still run. While it runs, runtime
-//!   touches in its database are buffered; on SIGTERM it stops buffering and writes the
-//!   buffer out (skipping rows someone holds locked: the exit never waits) before it exits.
+//!   is logged and rolled back and the other passes still run. It leaves when the
+//!   extension is dropped. The sweeper that owns the touch buffer (the first to claim it)
+//!   buffers the runtime touches of its database; on SIGTERM it stops buffering and writes
+//!   the buffer out (skipping rows someone holds locked: the exit never waits) before it
+//!   exits.
 //!
-//! There is exactly one sweeper: it claims `shmem::Shared::sweeper_pid` at start (a second
-//! one leaves at once) and gives it up at exit. The launcher comes back after
-//! `pg_terminate_backend` (it exits with code 1, so the postmaster restarts it) and ignores
-//! `pg_cancel_backend`; a cancel of the sweeper cancels the sweep in progress (rolled back,
-//! the next one runs) and is forgotten when it arrives while the sweeper is idle. The
-//! sweeper runs every statement with `search_path = pg_catalog,
-//! pg_temp`, whatever the database or any role sets, so no object a role creates can
-//! stand in for one its SQL calls (it runs as the bootstrap superuser).
+//! There is at most one sweeper per database: the launcher assigns each its slot
+//! (`crate::sweepers`) and never two to one database, and adopts the running ones when it
+//! is restarted. The launcher comes back after `pg_terminate_backend` (it exits with code
+//! 1, so the postmaster restarts it) and ignores `pg_cancel_backend`; a cancel of a
+//! sweeper cancels the sweep in progress (rolled back, the next one runs) and is forgotten
+//! when it arrives while the sweeper is idle. A sweeper runs every statement with
+//! `search_path = pg_catalog, pg_temp`, whatever the database or any role sets, so no
+//! object a role creates can stand in for one its SQL calls (it runs as the bootstrap
+//! superuser).
+mod launcher;
+
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime, DynamicBackgroundWorker,
-    SignalWakeFlags,
-};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::runtime;
-use crate::{settings, shmem, spi_plans, stats};
+use crate::{settings, shmem, spi_plans, stats, sweepers};
 
 /// The launcher is restarted this soon after a crash.
 const LAUNCHER_RESTART_AFTER: Duration = Duration::from_secs(1);
-/// How often the launcher looks for the database / the sweeper, and how often a sweeper
-/// waiting for CREATE EXTENSION looks again.
+/// How often the launcher looks at its sweepers, and how often a sweeper waiting for
+/// CREATE EXTENSION looks again.
 const POLL: Duration = Duration::from_millis(100);
-/// The least time between two starts of the sweeper, so a failing one cannot spin.
-const SWEEPER_RESTART_AFTER: Duration = Duration::from_secs(1);
-/// How long the database is left without a sweeper after one stopped. Longer than the 5 s
-/// CREATE DATABASE ... TEMPLATE, ALTER DATABASE ... RENAME and DROP DATABASE wait for other
-/// sessions to leave: terminating the sweeper lets such a command through (operations.md).
-const SWEEPER_STEP_ASIDE: Duration = Duration::from_secs(6);
 
 /// A worker of this library: `name` is also its type (what pg_stat_activity shows), and
 /// `function` the exported entry point below.
@@ -73,38 +71,8 @@ pub extern "C-unwind" fn lease_sched_launcher_main(_arg: pg_sys::Datum) {
     ignore_cancel();
     // No database: only shared catalogs (pg_database) are needed here.
     BackgroundWorker::connect_worker_to_spi(None, None);
-    let database = settings::database();
-    let mut sweeper: Option<DynamicBackgroundWorker> = None;
-    let mut last_start: Option<Instant> = None;
-    let mut last_seen_running: Option<Instant> = None;
-    while BackgroundWorker::wait_latch(Some(POLL)) {
-        reload_on_sighup();
-        // A sweeper left by an earlier launcher (this one was terminated and restarted)
-        // counts as running: it holds the sweeper slot in shared memory.
-        let running = shmem::sweeper_pid().is_some()
-            || sweeper.as_ref().is_some_and(|w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
-        if running {
-            last_seen_running = Some(Instant::now());
-        }
-        if running
-            || last_start.is_some_and(|t| t.elapsed() < SWEEPER_RESTART_AFTER)
-            || last_seen_running.is_some_and(|t| t.elapsed() < SWEEPER_STEP_ASIDE)
-        {
-            continue;
-        }
-        let Some(oid) = database_oid(&database) else { continue };
-        last_start = Some(Instant::now());
-        sweeper = builder("lease_sched sweeper", "lease_sched_sweeper_main")
-            .set_argument(Some(oid.into()))
-            // SAFETY: MyProcPid is this process's pid.
-            .set_notify_pid(unsafe { pg_sys::MyProcPid })
-            .load_dynamic()
-            .ok();
-        if sweeper.is_none() {
-            warning!("lease_sched: could not start the sweeper (max_worker_processes too low?)");
-        }
-    }
-    // SIGTERM. At shutdown the postmaster stops the sweeper by itself and restarts nobody.
+    launcher::main();
+    // SIGTERM. At shutdown the postmaster stops the sweepers by themselves and restarts nobody.
     // Otherwise (pg_terminate_backend) exit code 1 makes the postmaster start the launcher
     // again after LAUNCHER_RESTART_AFTER; a return (code 0) would unregister it for good.
     // SAFETY: ends this process the way PostgreSQL expects.
@@ -140,35 +108,6 @@ fn ignore_cancel() {
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
 }
 
-/// The database's oid, or None while it does not exist. A plain heap scan of the shared
-/// catalog pg_database: a process with no database cannot use catalog indexes.
-fn database_oid(name: &str) -> Option<pg_sys::Oid> {
-    let mut oid = None;
-    in_transaction("database lookup", || {
-        // SAFETY: the scan autovacuum's launcher does (get_database_list), inside a
-        // transaction, reading each tuple's fixed-size prefix as FormData_pg_database.
-        unsafe {
-            let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as i32);
-            let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
-            loop {
-                let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
-                if tuple.is_null() {
-                    break;
-                }
-                let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
-                let datname = std::ffi::CStr::from_ptr((*form).datname.data.as_ptr());
-                if datname.to_bytes() == name.as_bytes() {
-                    oid = Some((*form).oid);
-                    break;
-                }
-            }
-            pg_sys::table_endscan(scan);
-            pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
-        }
-    });
-    oid
-}
-
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
@@ -178,27 +117,37 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     // discarded by `idle_wait`; one during a sweep cancels that sweep, which is rolled back.
     // SAFETY: MyProcPid is this process's pid.
     let pid = unsafe { pg_sys::MyProcPid };
-    if !shmem::claim_sweeper(pid) {
-        // Another sweeper runs already (started by a launcher before a restart of it).
+    let Some((slot, oid)) = sweepers::attach(arg.value() as u64, pid) else {
+        // The launcher that assigned this slot was restarted and gave it up meanwhile.
         return;
-    }
-    let oid = pg_sys::Oid::from(arg.value() as u32);
-    // However this process ends, stop buffering and free the sweeper slot: touches must
-    // never wait in a buffer that nobody will drain.
+    };
+    // However this process ends, leave the slot (its state says why) and, if this sweeper
+    // owns the touch buffer, stop buffering: touches must never wait in a buffer that
+    // nobody will drain.
     // SAFETY: registers a plain callback; it only takes the buffer lock briefly.
-    unsafe { pg_sys::before_shmem_exit(Some(stop_buffering), pg_sys::Datum::from(0)) };
+    unsafe { pg_sys::before_shmem_exit(Some(stop_buffering), pg_sys::Datum::from(slot)) };
+    // In the database lease_sched.database names, wait for CREATE EXTENSION; anywhere
+    // else, a database without the extension is left at once (the launcher comes back
+    // when CREATE EXTENSION commits there).
+    let named = settings::database().is_some();
+    // The touch buffer serves one database. The sweeper of the named database takes it
+    // from the first moment (runtime_touch can only buffer once the extension's SQL is
+    // current, and this process drains whatever is buffered before it exits); otherwise
+    // the first sweeper that finds its extension current takes it, below.
+    let mut owns_buffer = named && shmem::claim_sweeper(pid);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(oid), None);
     pin_search_path();
-    // Buffer from the first moment: runtime_touch can only buffer once the extension's
-    // SQL is current, and this process drains whatever is buffered before it exits.
-    runtime::start_buffering();
-    log!("lease_sched sweeper started on database \"{}\"", settings::database());
-    warn_about_settings();
+    if owns_buffer {
+        runtime::start_buffering();
+        in_transaction("restored touch flush", restore_saved_touches);
+    }
 
     let mut installed = false;
+    let mut announced = false;
+    let mut leave = false;
     let mut warned_out_of_date = false;
     let mut last_sweep: Option<Instant> = None;
-    loop {
+    while !leave {
         // Recomputed every turn, so a reloaded sweep_interval takes effect at once.
         let interval = Duration::from_millis(settings::SWEEP_INTERVAL_MS.get().max(100) as u64);
         let due = match last_sweep {
@@ -219,7 +168,27 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
         last_sweep = Some(Instant::now());
         in_transaction("sweep", || {
             let state = schema_state();
+            let max = settings::MAX_DATABASES.get().max(1) as usize;
+            let stays = match state {
+                SchemaState::Missing if named => sweepers::take_place(slot, sweepers::State::Waiting, max),
+                SchemaState::Missing => {
+                    sweepers::set_state(slot, sweepers::State::Absent);
+                    false
+                }
+                SchemaState::OutOfDate => sweepers::take_place(slot, sweepers::State::OutOfDate, max),
+                SchemaState::Current => sweepers::take_place(slot, sweepers::State::Sweeping, max),
+            };
+            if !stays {
+                leave = true;
+                return;
+            }
             installed = state == SchemaState::Current;
+            if installed && !announced {
+                announced = true;
+                let name = Spi::get_one::<String>("SELECT pg_catalog.current_database()::pg_catalog.text").ok().flatten();
+                log!("lease_sched sweeper started on database \"{}\"", name.unwrap_or_default());
+                warn_about_settings();
+            }
             if state == SchemaState::OutOfDate && !warned_out_of_date {
                 warning!(
                     "lease_sched sweeper: this database's lease_sched objects are older than the library ({}); \
@@ -229,8 +198,14 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
             }
             warned_out_of_date = state == SchemaState::OutOfDate;
             if installed {
+                if !owns_buffer && shmem::claim_sweeper(pid) {
+                    owns_buffer = true;
+                    runtime::start_buffering();
+                    restore_saved_touches();
+                }
                 set_local_timeout("lock_timeout", settings::SWEEP_INTERVAL_MS.get().max(1000));
                 let report = crate::sweep::sweep();
+                sweepers::record_sweep(slot, crate::clock::db_clock());
                 if report.leases_failed + report.runtimes_offline > 0 {
                     debug1!("lease_sched sweep: {report:?}");
                 }
@@ -242,10 +217,13 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
         // SAFETY: outside any transaction, as pgstat_report_stat requires.
         unsafe { pg_sys::pgstat_report_stat(true) };
     }
+    if !owns_buffer {
+        return; // nothing buffered here: nothing to drain
+    }
     // SIGTERM (fast or smart shutdown, or pg_terminate_backend): drain, then leave. The
     // drain skips rows someone holds locked (a prepared transaction, say) instead of
     // waiting, and is bounded by a statement timeout: a shutdown never hangs on it. What
-    // it could not write stays in shared memory for the next sweeper of this database.
+    // it could not write is saved for the next sweeper of this database (below).
     // Buffering stops first, so no touch can slip in after this last flush.
     runtime::stop_buffering();
     let mut written = None;
@@ -259,6 +237,18 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
         // Counted after the commit, which is when written touches leave the buffer.
         let left = runtime::pending();
         log!("lease_sched sweeper wrote the touch buffer ({written} rows) before exit; {left} left for a locked row");
+    }
+    // Shared memory ends with the server: what the drain left (a failed drain, a locked
+    // row) is saved in the data directory for the next sweeper of this database.
+    runtime::save_left();
+}
+
+/// Touches that the last buffer-owning sweeper of this database saved at its exit
+/// (runtime::save_left) go back into the buffer and are written at once; what cannot be
+/// written now stays buffered. Called in a transaction, right after taking the buffer.
+fn restore_saved_touches() {
+    if runtime::restore_saved() > 0 && schema_state() == SchemaState::Current {
+        runtime::flush_all();
     }
 }
 
@@ -281,11 +271,13 @@ fn pin_search_path() {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn stop_buffering(_code: i32, _arg: pg_sys::Datum) {
+unsafe extern "C-unwind" fn stop_buffering(_code: i32, slot: pg_sys::Datum) {
     // SAFETY: MyProcPid is this process's pid.
-    if shmem::release_sweeper(unsafe { pg_sys::MyProcPid }) {
+    let pid = unsafe { pg_sys::MyProcPid };
+    if shmem::release_sweeper(pid) {
         runtime::stop_buffering();
     }
+    sweepers::detach(slot.value(), pid);
 }
 
 fn warn_about_settings() {
@@ -337,6 +329,7 @@ fn in_transaction(what: &str, f: impl FnOnce()) {
         stats::add(|s| &s.sweep_errors, 1);
         // SAFETY: the error has been copied and flushed by the catch; abort what is left.
         unsafe { pg_sys::AbortCurrentTransaction() };
-        warning!("lease_sched {what} failed and was rolled back; the next sweep retries: {}", crate::subxact::describe(&e));
+        let then = if what == "drain" { "what it could not write is saved for the next start" } else { "the next sweep retries" };
+        warning!("lease_sched {what} failed and was rolled back; {then}: {}", crate::subxact::describe(&e));
     }
 }

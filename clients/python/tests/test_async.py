@@ -131,3 +131,27 @@ def test_async_leaders_and_runtime_and_run_due(db: DB) -> None:
         assert (await client.run_due(job, timedelta(minutes=1), fn)).outcome == "nothing_due"
 
     asyncio.run(main())
+
+
+def test_async_unstorable_result_still_finishes(db: DB) -> None:
+    from decimal import Decimal
+    holder: List[Any] = []
+
+    async def main() -> None:
+        client, job = AsyncClient(DSN), unique("apy_unstored")
+        async with client.lease(job, plan()) as lease:
+            lease.result = Decimal("1.5")
+        holder.append(lease)
+        with pytest.raises(KeyError):
+            async with client.lease(job, plan(1)) as failing:
+                holder.append(failing)
+                failing.result = "x" * 20000
+                raise KeyError("own")
+
+    asyncio.run(main())
+    ok, failed = holder
+    assert ok.finished == "SUCCESS" and ok.result_error
+    status, _, _, _, _, result, _ = row_of(db, ok.execution_id)
+    assert status == "SUCCESS" and "result_not_stored" in result
+    status, _, _, code, _, result, _ = row_of(db, failed.execution_id)
+    assert (status, code) == ("FAILED", "KeyError") and "result_not_stored" in result

@@ -279,3 +279,62 @@ def test_run_due_runs_each_plan_once(db: DB) -> None:
     r = db.execute("SELECT status, result FROM lease_sched.sys_cron_executions WHERE job_name = %s",
                    (job,)).fetchall()
     assert r == [("SUCCESS", {"ok": True})]
+
+
+def test_a_result_that_cannot_be_stored_still_finishes_the_run(db: DB) -> None:
+    """Not JSON (a Decimal, as psycopg returns numeric; a datetime; NaN), over 16 KiB, or
+    refused by jsonb (a \\u0000): the run still finishes SUCCESS, with
+    {"result_not_stored": why} as its result; nothing is left RUNNING to run again."""
+    from datetime import datetime, timezone
+    from decimal import Decimal
+    client, job = Client(DSN), unique("py_unstored")
+    values = [Decimal("1.5"), datetime(2026, 1, 1, tzinfo=timezone.utc), float("nan"),
+              "x" * (17 * 1024), "nul \u0000 inside"]
+    for i, value in enumerate(values):
+        with client.lease(job, plan(i), stale_timeout=timedelta(seconds=3)) as lease:
+            lease.result = value
+            lease.rows_affected = 7
+        assert lease.finished == "SUCCESS" and lease.result_error, value
+        status, _, _, code, _, result, rows = row_of(db, lease.execution_id)
+        assert (status, code, rows) == ("SUCCESS", None, 7), value
+        assert set(result) == {"result_not_stored"} and result["result_not_stored"], result
+    # the last one passed the client's checks and was refused by the database (22P05)
+    assert "lease_finish refused the result" in lease.result_error
+    # a stored result is untouched
+    with client.lease(job, plan(30)) as ok:
+        ok.result = {"n": 1}
+    assert ok.result_error is None and row_of(db, ok.execution_id)[5] == {"n": 1}
+
+
+def test_an_unstorable_result_on_the_failed_path_keeps_the_bodys_exception(db: DB) -> None:
+    from decimal import Decimal
+    client, job = Client(DSN), unique("py_unstored_fail")
+    with pytest.raises(ValueError, match="the body's own error") as e:
+        with client.lease(job, plan()) as lease:
+            lease.result = {"total": Decimal("12.50")}
+            raise ValueError("the body's own error")
+    status, _, _, code, msg, result, _ = row_of(db, lease.execution_id)
+    assert (status, code, msg) == ("FAILED", "ValueError", "the body's own error")
+    assert "result_not_stored" in result
+    notes = getattr(e.value, "__notes__", None)
+    if notes is not None:  # Python >= 3.11
+        assert any("result was not stored" in n for n in notes), notes
+
+
+def test_run_due_with_a_decimal_result_finishes_and_does_not_run_again(db: DB) -> None:
+    from decimal import Decimal
+    client, job = Client(DSN), unique("py_due_decimal")
+    calls: List[int] = []
+
+    def fn(lease: Any) -> Any:
+        calls.append(1)
+        return lease.connection().execute("SELECT 12.50::numeric").fetchone()[0]  # a Decimal
+
+    first = client.run_due(job, timedelta(minutes=1), fn, stale_timeout=timedelta(seconds=1))
+    assert first.outcome == "success" and first.value == Decimal("12.50")
+    time.sleep(1.5)  # past the stale_timeout: a RUNNING run would be offered again now
+    again = client.run_due(job, timedelta(minutes=1), fn, stale_timeout=timedelta(seconds=1))
+    assert again.outcome == "nothing_due" and len(calls) == 1
+    r = db.execute("SELECT status FROM lease_sched.sys_cron_executions WHERE job_name = %s",
+                   (job,)).fetchall()
+    assert r == [("SUCCESS",)]

@@ -609,33 +609,71 @@ impl LeaseGuard {
     /// Stops the heartbeat and writes the terminal state. After loss it writes nothing and
     /// returns `Err(Error::Lost)`; a `false` finish (taken over since the last heartbeat)
     /// also returns `Err(Error::Lost)`.
+    ///
+    /// A result the database cannot store (over [`RESULT_MAX_BYTES`] of JSON, or refused by
+    /// `jsonb`, e.g. a `\u0000`) does not leave the run RUNNING (it would run again after
+    /// `stale_timeout`): the run is finished all the same, with
+    /// `{"result_not_stored": "<why>"}` as its result.
     pub async fn finish(mut self, outcome: Outcome) -> Result<(), Error> {
-        if self.keeper.stop().await {
-            return Err(Error::Lost(self.keeper.reason()));
-        }
-        let (status, result, rows, code, msg, retry_in) = match outcome {
+        let (status, mut result, rows, code, msg, retry_in) = match outcome {
             Outcome::Success { result, rows_affected } => ("SUCCESS", result, rows_affected, None, None, None),
             Outcome::Failed { code, message, retry_in } => {
                 ("FAILED", None, None, Some(code), Some(message), retry_in.map(interval))
             }
         };
-        let ok: bool = self
-            .client
-            .client
-            .query_one(
-                "SELECT lease_sched.lease_finish(execution_id => $1, lease_token => $2, status => $3,
-                     result => $4, rows_affected => $5, error_code => $6, error_msg => $7,
-                     retry_in => $8::text::interval)",
-                &[&self.execution_id, &self.lease_token, &status, &result, &rows, &code, &msg, &retry_in],
-            )
-            .await?
-            .get(0);
-        if ok {
+        // Checked while the heartbeat still runs: an oversized result is replaced, never a
+        // reason to leave the run unfinished.
+        if let Some(r) = &result {
+            let size = r.to_string().len();
+            if size > RESULT_MAX_BYTES {
+                result = Some(unstored_result(&format!(
+                    "result is {size} bytes of JSON, over the {RESULT_MAX_BYTES} bytes lease_finish stores"
+                )));
+            }
+        }
+        if self.keeper.stop().await {
+            return Err(Error::Lost(self.keeper.reason()));
+        }
+        let finish = |result: Option<serde_json::Value>| {
+            let (client, id, token) = (self.client.client.clone(), self.execution_id, self.lease_token);
+            let (code, msg, retry_in) = (code.clone(), msg.clone(), retry_in.clone());
+            async move {
+                client
+                    .query_one(
+                        "SELECT lease_sched.lease_finish(execution_id => $1, lease_token => $2, status => $3,
+                             result => $4, rows_affected => $5, error_code => $6, error_msg => $7,
+                             retry_in => $8::text::interval)",
+                        &[&id, &token, &status, &result, &rows, &code, &msg, &retry_in],
+                    )
+                    .await
+            }
+        };
+        let had_result = result.is_some();
+        let row = match finish(result).await {
+            // Refused by the database (too large as jsonb prints it, or not valid jsonb): the
+            // lease is still RUNNING; finish it with the substitute.
+            Err(e) if had_result && e.code().map_or(false, |c| c.code().starts_with("22")) => {
+                let why = format!("lease_finish refused the result: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_string()));
+                finish(Some(unstored_result(&why))).await?
+            }
+            r => r?,
+        };
+        if row.get::<_, bool>(0) {
             Ok(())
         } else {
             Err(Error::Lost("finish returned false: taken over since the last heartbeat".into()))
         }
     }
+}
+
+/// What `lease_finish` stores at most as a result (bytes of JSON as `jsonb` prints it; larger
+/// is refused with SQLSTATE 22001).
+pub const RESULT_MAX_BYTES: usize = 16 * 1024;
+
+/// The result stored in place of one that cannot be stored: `{"result_not_stored": why}`.
+fn unstored_result(why: &str) -> serde_json::Value {
+    let why: String = why.chars().take(1000).collect();
+    serde_json::json!({ "result_not_stored": why })
 }
 
 async fn fence(

@@ -316,3 +316,23 @@ async fn runtime_touches_in_the_background_and_fence_is_clear_when_missing() {
     }
     leader.release().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_that_cannot_be_stored_still_finishes_the_run() {
+    // Over 16 KiB, or refused by jsonb (a \u0000): finished SUCCESS all the same, with
+    // {"result_not_stored": why}; nothing is left RUNNING to run again after stale_timeout.
+    let (client, db, job) = (Client::connect(&dsn()).await.unwrap(), db().await, unique("rs_unstored"));
+    let values = [serde_json::json!({"blob": "x".repeat(17 * 1024)}), serde_json::json!("nul \u{0} inside")];
+    for (i, value) in values.into_iter().enumerate() {
+        let lease = client.try_claim(&job, plan(i as u32), "holder", Duration::from_secs(3)).await.unwrap().unwrap();
+        let id = lease.execution_id();
+        lease.finish(Outcome::success_with(value, Some(7))).await.unwrap();
+        let r = db
+            .query_one("SELECT status, result, rows_affected FROM lease_sched.sys_cron_executions WHERE id = $1", &[&id])
+            .await
+            .unwrap();
+        assert_eq!((r.get::<_, String>(0).as_str(), r.get::<_, Option<i64>>(2)), ("SUCCESS", Some(7)));
+        let result: serde_json::Value = r.get(1);
+        assert!(result["result_not_stored"].as_str().map_or(false, |w| !w.is_empty()), "{result}");
+    }
+}

@@ -272,3 +272,24 @@ pub fn skip_without_pg_cron(test: &str) -> bool {
     skip(test, &format!("PostgreSQL {} here has no pg_cron", pg_major()));
     true
 }
+
+/// The edition under test: `portable` when scripts/portable_test.sh runs these tests against
+/// the portable edition (SQL and PL/pgSQL only, docs/portable.md), else `native`.
+pub fn edition() -> String {
+    std::env::var("LEASE_SCHED_EDITION").unwrap_or_else(|_| "native".into())
+}
+
+pub fn portable() -> bool {
+    edition() == "portable"
+}
+
+/// True (after printing a skip line with the reason) when the edition under test is the
+/// portable one and the test checks behaviour only the native edition has (shared memory,
+/// the background worker, its counters, the statement timer of run()).
+pub fn native_only(test: &str, why: &str) -> bool {
+    if !portable() {
+        return false;
+    }
+    skip(test, &format!("native edition only: {why}"));
+    true
+}

@@ -2,8 +2,12 @@
 //! - the Python package's pytest suite (sync and asyncio) and `mypy --strict`, in a venv this
 //!   file creates under /tmp (psycopg[binary], psycopg_pool, pytest, mypy from PyPI);
 //! - the Rust crate's own tests (`cargo test --manifest-path clients/rust/Cargo.toml`);
-//! - examples/runner_client.py, examples/runner_client.rs and examples/runner.go (the Go one is
-//!   skipped, saying so, when `go` or Debian's pgx v4 is not installed).
+//! - the Go module's tests (`go test` in clients/go, with Debian's pgx v4 in GOPATH mode) and
+//!   the Node package's tests (`node --test`) and type check (`tsc`, dev dependencies from
+//!   `npm ci`); each is skipped, saying so, when its toolchain is not installed
+//!   (scripts/setup.sh installs both);
+//! - examples/runner_client.py, examples/runner_client.rs and examples/runner.go (on the Go
+//!   client).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -110,7 +114,7 @@ fn the_rust_client_test_suite_passes() {
         .unwrap();
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    assert!(all.contains("test result: ok. 8 passed"), "{all}");
+    assert!(all.contains("test result: ok. 9 passed"), "{all}");
 }
 
 #[test]
@@ -139,39 +143,131 @@ fn the_rust_client_runner_example_claims_heartbeats_and_finishes() {
     assert!(succeeded_once(&job));
 }
 
-/// The Go runner built once with Debian's go and pgx v4 (GOPATH=/usr/share/gocode, no
-/// modules); None (and a "skipped test:" line) when they are not installed.
-fn go_runner(test: &str) -> Option<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let go = Command::new("go").arg("version").output();
-        if !go.map(|o| o.status.success()).unwrap_or(false) {
-            return Err("go is not installed (apt-get install golang-go golang-github-jackc-pgx-v4-dev)".into());
-        }
-        if !Path::new("/usr/share/gocode/src/github.com/jackc/pgx/v4").exists() {
-            return Err("pgx v4 is not installed (apt-get install golang-github-jackc-pgx-v4-dev)".into());
-        }
-        let bin = std::env::temp_dir().join(format!("lease_sched_runner_go_{}", std::process::id()));
-        let out = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg(repo("examples/runner.go"))
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GO111MODULE", "off")
-            .env("GOFLAGS", "")
-            .env("GOCACHE", "/tmp/lease_sched_gocache")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "go build examples/runner.go: {}", text(&out));
-        Ok(bin)
-    });
-    match built {
-        Ok(bin) => Some(bin.clone()),
-        Err(why) => {
-            println!("skipped test: {test}: {why}");
-            None
-        }
+/// Why Go tests cannot run here (None: they can): `go` and Debian's pgx v4 are needed.
+fn go_missing() -> Option<String> {
+    let go = Command::new("go").arg("version").output();
+    if !go.map(|o| o.status.success()).unwrap_or(false) {
+        return Some("go is not installed (apt-get install golang-go golang-github-jackc-pgx-v4-dev)".into());
     }
+    if !Path::new("/usr/share/gocode/src/github.com/jackc/pgx/v4").exists() {
+        return Some("pgx v4 is not installed (apt-get install golang-github-jackc-pgx-v4-dev)".into());
+    }
+    None
+}
+
+/// A GOPATH (next to Debian's /usr/share/gocode) in which clients/go is the package
+/// `lease_sched/clients/go`: the module depends on nothing, its tests and the example use
+/// Debian's pgx v4, so nothing is downloaded.
+fn gopath() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("lease_sched_gopath_{}", std::process::id()));
+        let parent = dir.join("src/lease_sched/clients");
+        std::fs::create_dir_all(&parent).unwrap();
+        let link = parent.join("go");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(repo("clients/go").canonicalize().unwrap(), &link).unwrap();
+        dir
+    })
+    .clone()
+}
+
+fn go(args: &[&str]) -> Command {
+    let mut c = Command::new("go");
+    c.args(args)
+        .env("GOPATH", format!("{}:/usr/share/gocode", gopath().display()))
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "")
+        .env("GOCACHE", "/tmp/lease_sched_gocache");
+    c
+}
+
+#[test]
+fn the_go_client_test_suite_passes() {
+    if let Some(why) = go_missing() {
+        println!("skipped test: the_go_client_test_suite_passes: {why}");
+        return;
+    }
+    let out = go(&["test", "-count=1", "-v", "lease_sched/clients/go"])
+        .env("LEASE_SCHED_DSN", dsn())
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let passed = all.lines().filter(|l| l.starts_with("--- PASS")).count();
+    assert_eq!(passed, 8, "{all}");
+    println!("go client: {passed} passed");
+}
+
+/// The Node package with its dev dependencies (`npm ci` from the committed lock file, which
+/// scripts/setup.sh has usually done already); None and a "skipped test:" line without node.
+fn node_package(test: &str) -> Option<PathBuf> {
+    let dir = repo("clients/node");
+    let node = Command::new("node").arg("--version").output();
+    if !node.map(|o| o.status.success()).unwrap_or(false) {
+        println!("skipped test: {test}: node is not installed (apt-get install nodejs npm)");
+        return None;
+    }
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        if dir.join("node_modules/pg").exists() && dir.join("node_modules/typescript").exists() {
+            return Ok(());
+        }
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() { Ok(()) } else { Err(text(&out)) }
+    });
+    if let Err(e) = ready {
+        panic!("npm ci in clients/node failed: {e}");
+    }
+    Some(dir)
+}
+
+#[test]
+fn the_node_client_test_suite_passes() {
+    let Some(dir) = node_package("the_node_client_test_suite_passes") else { return };
+    let out = Command::new("node")
+        .args(["--test", "test/client.test.js"])
+        .current_dir(&dir)
+        .env("LEASE_SCHED_DSN", dsn())
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    // node prints TAP ("# pass 8") when its output is not a terminal, or "ℹ pass 8".
+    let pass = all.lines().find(|l| l.trim_start_matches(['#', 'ℹ', ' ']).starts_with("pass ")).unwrap_or("");
+    assert!(pass.trim_end().ends_with("pass 8"), "{all}");
+    println!("node client: {}", pass.trim());
+}
+
+#[test]
+fn the_node_client_type_declarations_pass_tsc_strict() {
+    let Some(dir) = node_package("the_node_client_type_declarations_pass_tsc_strict") else { return };
+    let out = Command::new("node").args(["node_modules/typescript/bin/tsc", "-p", "tsconfig.json"]).current_dir(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// The Go runner (examples/runner.go, on the Go client) built once; None (and a "skipped
+/// test:" line) when go or pgx v4 is not installed.
+fn go_runner(test: &str) -> Option<PathBuf> {
+    if let Some(why) = go_missing() {
+        println!("skipped test: {test}: {why}");
+        return None;
+    }
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    Some(
+        BUILT
+            .get_or_init(|| {
+                let bin = std::env::temp_dir().join(format!("lease_sched_runner_go_{}", std::process::id()));
+                let out = go(&["build", "-o"]).arg(&bin).arg(repo("examples/runner.go")).output().unwrap();
+                assert!(out.status.success(), "go build examples/runner.go: {}", text(&out));
+                bin
+            })
+            .clone(),
+    )
 }
 
 #[test]

@@ -182,3 +182,24 @@ fn a_cancelled_command_ends_the_plan_failed() {
     let (status, _, code, _) = plan_row(&mut c, &job);
     assert_eq!((status.as_str(), code.as_deref()), ("FAILED", Some("57014")));
 }
+
+/// A failed command's error reaches the caller as it was: its DETAIL and HINT when it had
+/// them, and no empty DETAIL or HINT line when it had none.
+#[test]
+fn a_failed_command_is_raised_again_with_its_own_detail_and_hint_only() {
+    let mut c = connect();
+    let e = call_run(&mut c, &unique("bare_error"), "SELECT 1/0", "1 minute").expect_err("division by zero");
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "22012");
+    assert_eq!((db.detail(), db.hint()), (None, None), "no empty DETAIL or HINT: {db:?}");
+
+    let command = "DO $$ BEGIN RAISE EXCEPTION 'nope' USING DETAIL = 'the detail', HINT = 'the hint'; END $$";
+    let e = call_run(&mut c, &unique("full_error"), command, "1 minute").expect_err("raised");
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!((db.message(), db.detail(), db.hint()), ("nope", Some("the detail"), Some("the hint")));
+
+    let command = "DO $$ BEGIN RAISE EXCEPTION 'only a hint' USING HINT = 'h'; END $$";
+    let e = call_run(&mut c, &unique("hint_error"), command, "1 minute").expect_err("raised");
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!((db.detail(), db.hint()), (None, Some("h")));
+}

@@ -212,6 +212,36 @@ fn an_error_in_a_sweep_does_not_stop_the_worker() {
     assert_eq!(sweeper_pid(&mut c), before, "the same worker process kept sweeping");
 }
 
+/// The sweeper's warnings name the error by PostgreSQL's SQLSTATE (what operators grep
+/// for), never by a Rust enum name such as ERRCODE_LOCK_NOT_AVAILABLE.
+#[test]
+fn a_failed_sweep_logs_the_sqlstate_code() {
+    let _g = serial();
+    let Ok(log) = std::env::var("LEASE_SCHED_LOG") else {
+        skip("a_failed_sweep_logs_the_sqlstate_code", "LEASE_SCHED_LOG is not set (run through scripts/test.sh)");
+        return;
+    };
+    let mut c = connect();
+    assert!(wait_until(Duration::from_secs(10), || sweeper_pid(&mut c).is_some()));
+    let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let errors_before = stat(&mut c, "sweep_errors");
+    let mut locker = connect();
+    let mut tx = locker.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE lease_sched.runtimes IN ACCESS EXCLUSIVE MODE").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || stat(&mut c, "sweep_errors") > errors_before));
+    tx.rollback().unwrap();
+    let written = || {
+        let all = std::fs::read(&log).unwrap_or_default();
+        String::from_utf8_lossy(&all[(from as usize).min(all.len())..]).into_owned()
+    };
+    // The warning reaches the log file a moment after the counter moves.
+    assert!(wait_until(Duration::from_secs(10), || written().contains("failed and was rolled back")), "{}", written());
+    let text = written();
+    let warning = text.lines().find(|l| l.contains("failed and was rolled back")).unwrap();
+    assert!(warning.contains("(SQLSTATE 55P03)"), "lock_timeout is 55P03: {warning}");
+    assert!(!text.contains("ERRCODE_"), "no Rust enum names in the log: {text}");
+}
+
 #[test]
 fn sweep_on_demand_reports_what_it_did() {
     let _g = serial();

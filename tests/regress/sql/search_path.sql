@@ -104,6 +104,15 @@ BEGIN
     PERFORM * FROM lease_sched.executions;
     PERFORM * FROM lease_sched.job_definitions;
     PERFORM * FROM lease_sched.token_floor;
+    PERFORM * FROM lease_sched.sweeper_status();
+    -- A calendar job: its definition, its slots, a run-now plan, the one-call claim.
+    PERFORM lease_sched.job_define(job OPERATOR(pg_catalog.||) '-cal', cron => '*/5 * * * *', timezone => 'Europe/Berlin');
+    PERFORM * FROM lease_sched.job_next_runs(job OPERATOR(pg_catalog.||) '-cal', 3);
+    PERFORM * FROM lease_sched.cron_next_runs('0 3 LW * ?', 'America/New_York', 3, '2024-11-01 00:00+00');
+    PERFORM lease_sched.job_trigger(job OPERATOR(pg_catalog.||) '-cal');
+    PERFORM * FROM lease_sched.lease_claim_next(job OPERATOR(pg_catalog.||) '-cal', 'sp-runner');
+    PERFORM lease_sched.lease_next_plan(job OPERATOR(pg_catalog.||) '-cal');
+    PERFORM lease_sched.job_drop(job OPERATOR(pg_catalog.||) '-cal');
 END $$;
 
 CREATE FUNCTION pg_temp.fence_everything(plan pg_catalog.timestamptz) RETURNS pg_catalog.text LANGUAGE plpgsql AS $$
@@ -162,7 +171,14 @@ SELECT p.proname FROM pg_catalog.pg_proc p
                          'require_lock', 'require_lease',
                          -- internals of the above
                          'lease_fence_check', 'lock_fence_check', 'lease_fence_passed', 'lock_fence_passed',
-                         'run_arm_deadline', 'run_disarm_deadline'])
+                         'run_arm_deadline', 'run_disarm_deadline', 'sweeper_status', 'job_next_runs',
+                         'cron_next_runs', 'job_trigger', 'lease_claim_next',
+                         -- the calendar's internals, reached through the calls above
+                         'calendar_next_plan', 'job_trigger_due', 'cron_check_timezone', 'cron_day_matches',
+                         'cron_error', 'cron_field', 'cron_next_bit', 'cron_next_slot', 'cron_next_wall',
+                         'cron_parse', 'cron_transition', 'cron_utc_offset', 'cron_value',
+                         -- run by CREATE EXTENSION; schedule/unschedule need pg_cron (calendars.rs)
+                         'sys_sweeper_announce', 'schedule', 'unschedule'])
  ORDER BY 1;
 
 DROP TABLE public.sp_leader_writes, public.sp_lease_writes;

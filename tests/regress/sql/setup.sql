@@ -1,7 +1,10 @@
 -- Runs first: the extension, and error_of(), which the other files use to show an error
 -- as a client gets it (SQLSTATE, message, hint) with the values that change from run to
 -- run (execution ids, fencing tokens) replaced by their names.
+-- No background worker sweeps this database (lease_sched.database names another), so every
+-- output below is exact; CREATE EXTENSION says so, and sweeper_status() shows it.
 CREATE EXTENSION lease_sched;
+SELECT swept, state FROM lease_sched.sweeper_status();
 CREATE SCHEMA regress;
 
 CREATE FUNCTION regress.error_of(statement text) RETURNS text LANGUAGE plpgsql AS $$

@@ -17,7 +17,8 @@ from ._common import (
     CLAIM_SQL, FINISH_SQL, HEARTBEAT_SQL, LEASE_FENCE_SQL, LOCK_ACQUIRE_SQL, LOCK_FENCE_SQL,
     LOCK_HEARTBEAT_SQL, LOCK_RELEASE_SQL, LOST_CHANNEL, NEXT_PLAN_SQL, RUNTIME_REGISTER_SQL,
     RUNTIME_TOUCH_SQL, UNDEFINED_FUNCTION, Claim, Conflicted, LeaseLost, LockState, NotLeader,
-    app_name, check_timing, pool_settings, error_code_of, error_msg_of, fence_unavailable, result_json,
+    app_name, check_timing, pool_settings, encode_result, error_code_of, error_msg_of, fence_unavailable,
+    refused_result, unstored_result,
 )
 from ._sync import DueRun, _add_note, default_runner_id
 
@@ -320,6 +321,8 @@ class AsyncLease(_AsyncHeld):
         self.rows_affected: Optional[int] = None
         self.retry_in: Optional[timedelta] = None
         self.finished: Optional[str] = None
+        #: Why ``result`` was not stored (``{"result_not_stored": ...}`` was, instead).
+        self.result_error: Optional[str] = None
         self._what = f"lease on {job_name} @ {plan_time}"
 
     @property
@@ -372,28 +375,49 @@ class AsyncLease(_AsyncHeld):
 
     async def __aexit__(self, exc_type: Optional[Type[BaseException]],
                         exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
+        # Encode while the heartbeat still runs: a result that cannot be stored is replaced,
+        # never a reason to leave the run unfinished (it would run again after stale_timeout).
+        result, self.result_error = encode_result(self.result)
         await self._leave_body()
         if self.lost.is_set():
             self._lost_exit(exc)
             return None
         claim = self.claim
-        if exc is None:
-            args: Tuple[Any, ...] = (claim.execution_id, claim.lease_token, "SUCCESS",
-                                     result_json(self.result), self.rows_affected, None, None, None)
-        else:
-            args = (claim.execution_id, claim.lease_token, "FAILED", result_json(self.result),
-                    self.rows_affected, error_code_of(exc), error_msg_of(exc), self.retry_in)
-        try:
+        status = "SUCCESS" if exc is None else "FAILED"
+
+        async def finish(result: Optional[str]) -> Any:
+            if exc is None:
+                args: Tuple[Any, ...] = (claim.execution_id, claim.lease_token, status, result,
+                                         self.rows_affected, None, None, None)
+            else:
+                args = (claim.execution_id, claim.lease_token, status, result, self.rows_affected,
+                        error_code_of(exc), error_msg_of(exc), self.retry_in)
             async with self._client._conn() as c:
                 cur = await c.execute(FINISH_SQL, args)
-                row = await cur.fetchone()
+                return await cur.fetchone()
+
+        try:
+            try:
+                row = await finish(result)
+            except psycopg.Error as e:
+                if result is None or not refused_result(e):
+                    raise
+                # Refused by the database (over 16 KiB as jsonb prints it, or not valid jsonb):
+                # the lease is still RUNNING; finish it with the substitute.
+                self.result_error = f"lease_finish refused the result: {e.sqlstate}: {e}"
+                row = await finish(unstored_result(self.result_error))
         except Exception as e:
             if exc is None:
                 raise
             _add_note(exc, f"lease_sched: finishing the lease FAILED failed too: {e!r}")
             return None
+        if self.result_error is not None:
+            log.warning("%s: the result could not be stored (%s); finished %s with "
+                        '{"result_not_stored": ...} instead', self._what, self.result_error, status)
+            if exc is not None:
+                _add_note(exc, f"lease_sched: the result was not stored: {self.result_error}")
         if row and row[0]:
-            self.finished = "SUCCESS" if exc is None else "FAILED"
+            self.finished = status
             return None
         self.lost.set()
         if exc is None:

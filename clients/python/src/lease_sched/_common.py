@@ -116,10 +116,40 @@ def error_msg_of(exc: BaseException) -> str:
     return msg if msg else type(exc).__name__
 
 
-def result_json(result: Any) -> Optional[str]:
+#: What ``lease_finish`` stores at most as ``result`` (as jsonb prints it); larger is refused
+#: with SQLSTATE 22001.
+RESULT_MAX_BYTES = 16 * 1024
+
+
+def unstored_result(reason: str) -> str:
+    """The result stored instead of one that cannot be stored (not JSON, too large): the run
+    still finishes, with ``{"result_not_stored": "<why>"}`` as its result."""
+    return json.dumps({"result_not_stored": reason[:1000]})
+
+
+def encode_result(result: Any) -> Tuple[Optional[str], Optional[str]]:
+    """``(json_text, None)``, or ``(substitute, why)`` when ``result`` is not JSON (a
+    ``Decimal``, a ``datetime``, NaN, a set...) or over :data:`RESULT_MAX_BYTES`. Called while
+    the heartbeat still runs, so that a result that cannot be stored never costs the finish."""
     if result is None:
-        return None
-    return json.dumps(result)
+        return None, None
+    try:
+        text = json.dumps(result, allow_nan=False)
+    except Exception as e:  # noqa: BLE001 - whatever the value does, the run must finish
+        why = f"{type(e).__name__}: {e}"
+        return unstored_result(why), why
+    size = len(text.encode())
+    if size > RESULT_MAX_BYTES:
+        why = f"result is {size} bytes of JSON, over the {RESULT_MAX_BYTES} bytes lease_finish stores"
+        return unstored_result(why), why
+    return text, None
+
+
+def refused_result(e: BaseException) -> bool:
+    """Whether a failed finish refused the result (22001 too large, or another data
+    exception of the JSON input): the lease is still RUNNING and the finish can be repeated
+    with :func:`unstored_result`."""
+    return isinstance(e, psycopg.Error) and (e.sqlstate or "").startswith("22")
 
 
 CLAIM_SQL = """SELECT outcome, execution_id, lease_token, attempt, fencing_token, stale_after

@@ -18,7 +18,8 @@ from ._common import (
     CLAIM_SQL, FINISH_SQL, HEARTBEAT_SQL, LEASE_FENCE_SQL, LOCK_ACQUIRE_SQL, LOCK_FENCE_SQL,
     LOCK_HEARTBEAT_SQL, LOCK_RELEASE_SQL, LOST_CHANNEL, NEXT_PLAN_SQL, RUNTIME_REGISTER_SQL,
     RUNTIME_TOUCH_SQL, UNDEFINED_FUNCTION, Claim, Conflicted, LeaseLost, LockState, NotLeader,
-    app_name, check_timing, pool_settings, error_code_of, error_msg_of, fence_unavailable, result_json,
+    app_name, check_timing, pool_settings, encode_result, error_code_of, error_msg_of, fence_unavailable,
+    refused_result, unstored_result,
 )
 
 if TYPE_CHECKING:
@@ -361,6 +362,9 @@ class Lease(_Held):
         self.rows_affected: Optional[int] = None
         self.retry_in: Optional[timedelta] = None
         self.finished: Optional[str] = None
+        #: Why ``result`` was not stored (``{"result_not_stored": ...}`` was, instead); None
+        #: when it was stored as given.
+        self.result_error: Optional[str] = None
         self._what = f"lease on {job_name} @ {plan_time}"
 
     @property
@@ -419,6 +423,9 @@ class Lease(_Held):
                  tb: Optional[TracebackType]) -> None:
         keeper = self._keeper
         assert keeper is not None
+        # Encode while the heartbeat still runs: a result that cannot be stored is replaced,
+        # never a reason to leave the run unfinished (it would run again after stale_timeout).
+        result, self.result_error = encode_result(self.result)
         keeper.stop()
         try:
             self._release_body_conn()
@@ -428,22 +435,40 @@ class Lease(_Held):
             self._lost_exit(exc)
             return None
         claim = self.claim
-        if exc is None:
-            args: Tuple[Any, ...] = (claim.execution_id, claim.lease_token, "SUCCESS",
-                                     result_json(self.result), self.rows_affected, None, None, None)
-        else:
-            args = (claim.execution_id, claim.lease_token, "FAILED", result_json(self.result),
-                    self.rows_affected, error_code_of(exc), error_msg_of(exc), self.retry_in)
-        try:
+        status = "SUCCESS" if exc is None else "FAILED"
+
+        def finish(result: Optional[str]) -> Any:
+            if exc is None:
+                args: Tuple[Any, ...] = (claim.execution_id, claim.lease_token, status, result,
+                                         self.rows_affected, None, None, None)
+            else:
+                args = (claim.execution_id, claim.lease_token, status, result, self.rows_affected,
+                        error_code_of(exc), error_msg_of(exc), self.retry_in)
             with self._client._conn() as c:
-                row = c.execute(FINISH_SQL, args).fetchone()
+                return c.execute(FINISH_SQL, args).fetchone()
+
+        try:
+            try:
+                row = finish(result)
+            except psycopg.Error as e:
+                if result is None or not refused_result(e):
+                    raise
+                # Refused by the database (over 16 KiB as jsonb prints it, or not valid jsonb):
+                # the lease is still RUNNING; finish it with the substitute.
+                self.result_error = f"lease_finish refused the result: {e.sqlstate}: {e}"
+                row = finish(unstored_result(self.result_error))
         except Exception as e:
             if exc is None:
                 raise
             _add_note(exc, f"lease_sched: finishing the lease FAILED failed too: {e!r}")
             return None
+        if self.result_error is not None:
+            log.warning("%s: the result could not be stored (%s); finished %s with "
+                        '{"result_not_stored": ...} instead', self._what, self.result_error, status)
+            if exc is not None:
+                _add_note(exc, f"lease_sched: the result was not stored: {self.result_error}")
         if row and row[0]:
-            self.finished = "SUCCESS" if exc is None else "FAILED"
+            self.finished = status
             return None
         self.lost.set()
         if exc is None:

@@ -1,0 +1,3 @@
+module lease_sched/clients/go
+
+go 1.19

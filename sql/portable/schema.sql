@@ -1,0 +1,244 @@
+-- Portable edition (docs/portable.md): what the native library provides to every concern,
+-- in PL/pgSQL. Appended to sql/schema.sql by scripts/portable.py.
+--
+-- The helpers below are SECURITY INVOKER and pin no search_path: they are called only by
+-- the API's SECURITY DEFINER functions, whose pinned search_path they run under, and they
+-- name every function and operator with its schema all the same (a caller who runs one
+-- directly runs it with their own rights, and a planted operator still cannot stand in).
+
+-- Argument checks: the same SQLSTATEs and messages as the native edition's
+-- (src/api/args.rs): 22004 "<argument> must not be NULL", 22023 for any other bad value.
+CREATE FUNCTION lease_sched.portable_required(is_null boolean, argument text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $check$
+BEGIN
+    IF is_null THEN
+        RAISE EXCEPTION '% must not be NULL', argument USING ERRCODE = '22004';
+    END IF;
+END;
+$check$;
+
+-- A name (job, scope, lock, runner, holder, runtime): at most 512 bytes, so that keys of
+-- three names and a plan time fit one btree entry; empty only where may_be_empty.
+CREATE FUNCTION lease_sched.portable_name(value text, argument text, may_be_empty boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $check$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', argument USING ERRCODE = '22004';
+    END IF;
+    IF NOT may_be_empty AND value OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION '% must not be empty', argument USING ERRCODE = '22023';
+    END IF;
+    IF pg_catalog.octet_length(value) OPERATOR(pg_catalog.>) 512 THEN
+        RAISE EXCEPTION '% must be at most 512 bytes (it is %)', argument, pg_catalog.octet_length(value)
+              USING ERRCODE = '22023';
+    END IF;
+    RETURN value;
+END;
+$check$;
+
+CREATE FUNCTION lease_sched.portable_finite_time(value timestamptz, argument text)
+RETURNS timestamptz
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $check$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', argument USING ERRCODE = '22004';
+    END IF;
+    IF NOT pg_catalog.isfinite(value) THEN
+        RAISE EXCEPTION '% must be a finite timestamp', argument USING ERRCODE = '22023';
+    END IF;
+    RETURN value;
+END;
+$check$;
+
+-- Intervals compare as PostgreSQL compares them (a month counts as 30 days): positive (or
+-- not negative, when allow_zero) and at most 366 days.
+CREATE FUNCTION lease_sched.portable_interval(value interval, argument text, allow_zero boolean DEFAULT false)
+RETURNS interval
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $check$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', argument USING ERRCODE = '22004';
+    END IF;
+    IF allow_zero AND value OPERATOR(pg_catalog.<) interval '0' THEN
+        RAISE EXCEPTION '% must not be negative', argument
+              USING ERRCODE = '22023', HINT = 'Pass an interval such as ''30 seconds''.';
+    END IF;
+    IF NOT allow_zero AND value OPERATOR(pg_catalog.<=) interval '0' THEN
+        RAISE EXCEPTION '% must be positive', argument
+              USING ERRCODE = '22023', HINT = 'Pass an interval such as ''30 seconds''.';
+    END IF;
+    IF value OPERATOR(pg_catalog.>) interval '366 days' THEN
+        RAISE EXCEPTION '% must be at most 366 days', argument USING ERRCODE = '22023';
+    END IF;
+    RETURN value;
+END;
+$check$;
+
+CREATE FUNCTION lease_sched.portable_at_least_one(value int, argument text)
+RETURNS int
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $check$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', argument USING ERRCODE = '22004';
+    END IF;
+    IF value OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION '% must be at least 1', argument USING ERRCODE = '22023';
+    END IF;
+    RETURN value;
+END;
+$check$;
+
+-- An interval as microseconds, a month counting 30 days (as PostgreSQL compares them).
+-- (Functions with an SQL-standard body, RETURN ..., bind their operators and functions
+-- when they are created, under the install script's pinned search_path.)
+CREATE FUNCTION lease_sched.portable_micros(value interval)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ((EXTRACT(year FROM value) * 12 + EXTRACT(month FROM value))
+            * 2592000000000
+        + EXTRACT(day FROM value) * 86400000000
+        + EXTRACT(hour FROM value) * 3600000000
+        + EXTRACT(minute FROM value) * 60000000
+        + EXTRACT(microseconds FROM value));
+
+-- Microseconds as an interval of time only (no days or months), as the native edition
+-- builds its intervals.
+CREATE FUNCTION lease_sched.portable_interval_of(micros numeric)
+RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.trunc(micros / 1000000)::float8 * interval '1 second'
+       + pg_catalog.mod(micros, 1000000)::float8 * interval '1 microsecond';
+
+-- A stride: positive, without months or years (whose length depends on the calendar),
+-- in microseconds.
+CREATE FUNCTION lease_sched.portable_stride(value interval, argument text)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $check$
+DECLARE
+    micros numeric;
+BEGIN
+    IF EXTRACT(year FROM value) OPERATOR(pg_catalog.<>) 0 OR EXTRACT(month FROM value) OPERATOR(pg_catalog.<>) 0 THEN
+        RAISE EXCEPTION '% must not contain months or years', argument
+              USING ERRCODE = '22023', HINT = 'Use days instead, e.g. ''30 days''.';
+    END IF;
+    micros := lease_sched.portable_micros(value);
+    IF micros OPERATOR(pg_catalog.<=) 0 THEN
+        RAISE EXCEPTION '% must be positive', argument USING ERRCODE = '22023';
+    END IF;
+    RETURN micros::bigint;
+END;
+$check$;
+
+-- A lease_sched.* duration setting in milliseconds. The native library defines these
+-- settings; here they are placeholders (postgresql.conf, ALTER DATABASE ... SET,
+-- ALTER ROLE ... SET) read as PostgreSQL would read them: a bare number in the
+-- setting's unit, or a value with a unit ('10s', '5min').
+CREATE FUNCTION lease_sched.portable_setting_ms(name text, default_ms bigint, unit_ms bigint DEFAULT 1)
+RETURNS bigint
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $setting$
+DECLARE
+    raw text := pg_catalog.btrim(pg_catalog.current_setting(name, true));
+BEGIN
+    IF raw IS NULL OR raw OPERATOR(pg_catalog.=) '' THEN
+        RETURN default_ms;
+    END IF;
+    IF raw OPERATOR(pg_catalog.~) '^[0-9]+$' THEN
+        RETURN raw::bigint OPERATOR(pg_catalog.*) unit_ms;
+    END IF;
+    RETURN (lease_sched.portable_micros(pg_catalog.replace(raw, 'ms', ' milliseconds')::interval)
+            OPERATOR(pg_catalog./) 1000)::bigint;
+EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_text_representation
+               OR numeric_value_out_of_range THEN
+    RAISE WARNING 'lease_sched: setting % = % is not a duration; using % ms', name, raw, default_ms;
+    RETURN default_ms;
+END;
+$setting$;
+
+-- The database clock as the native edition counts it: microseconds since 2000-01-01
+-- (PostgreSQL's TimestampTz), so fencing-token floors agree between the two editions.
+CREATE FUNCTION lease_sched.portable_db_micros(t timestamptz)
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (EXTRACT(epoch FROM t) * 1000000)::bigint - 946684800000000;
+
+-- And back: microseconds since 2000-01-01 as a timestamptz.
+CREATE FUNCTION lease_sched.portable_time_of(micros bigint)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN timestamptz '2000-01-01 00:00:00+00' + lease_sched.portable_interval_of(micros);
+
+-- Fencing tokens that never repeat (the native src/fencing.rs): before the first grant
+-- after CREATE (token_floor_timeline = 0), on a new WAL timeline (a promotion, a
+-- point-in-time restore) or after a server start, the token sequence is floored at the
+-- database clock in microseconds. Everything is read without superuser: the timeline is
+-- the first 8 hex digits of the current WAL file's name, the start time
+-- pg_postmaster_start_time(). The start time is kept in its own sequence (setval is not
+-- transactional: recording a floor holds no row lock that other first grants would wait
+-- on). Floors are serialised by the native edition's advisory lock (19539 = 'LS', 1),
+-- held only around the floor itself.
+CREATE SEQUENCE lease_sched.portable_token_floor_start AS bigint MINVALUE 0 START 0 CACHE 1 NO CYCLE;
+COMMENT ON SEQUENCE lease_sched.portable_token_floor_start IS
+    'Portable edition: the server start (microseconds since 2000) after which fencing_token_seq was last floored.';
+REVOKE ALL ON lease_sched.portable_token_floor_start FROM PUBLIC;
+
+CREATE FUNCTION lease_sched.portable_token_floor()
+RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $floor$
+DECLARE
+    timeline bigint;
+    started bigint;
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RETURN;  -- a standby grants nothing: the write fails as read-only
+    END IF;
+    timeline := ('x' OPERATOR(pg_catalog.||)
+                 pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::bigint;
+    started := lease_sched.portable_db_micros(pg_catalog.pg_postmaster_start_time());
+    IF (SELECT s.last_value FROM lease_sched.token_floor_timeline s) OPERATOR(pg_catalog.=) timeline
+       AND (SELECT s.last_value FROM lease_sched.portable_token_floor_start s) OPERATOR(pg_catalog.=) started THEN
+        RETURN;
+    END IF;
+    PERFORM pg_catalog.pg_advisory_lock(19539, 1);
+    BEGIN
+        -- Re-read under the lock: another session may have floored meanwhile.
+        IF (SELECT s.last_value FROM lease_sched.token_floor_timeline s) OPERATOR(pg_catalog.<>) timeline
+           OR (SELECT s.last_value FROM lease_sched.portable_token_floor_start s) OPERATOR(pg_catalog.<>) started THEN
+            PERFORM pg_catalog.setval('lease_sched.fencing_token_seq',
+                        greatest((SELECT s.last_value FROM lease_sched.fencing_token_seq s),
+                                 lease_sched.portable_db_micros(pg_catalog.clock_timestamp()))),
+                    pg_catalog.setval('lease_sched.token_floor_timeline', timeline),
+                    pg_catalog.setval('lease_sched.portable_token_floor_start', started);
+        END IF;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_catalog.pg_advisory_unlock(19539, 1);
+        RAISE;
+    END;
+    PERFORM pg_catalog.pg_advisory_unlock(19539, 1);
+END;
+$floor$;
+
+-- Admin functions (sweep, runtime_flush) run with the caller's rights; refuse callers who
+-- may not write lease_sched's tables up front (the native src/api/mod.rs, require_admin).
+CREATE FUNCTION lease_sched.portable_require_admin(function_name text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+AS $admin$
+BEGIN
+    IF NOT (pg_catalog.has_table_privilege('lease_sched.sys_cron_executions', 'UPDATE, DELETE')
+            AND pg_catalog.has_table_privilege('lease_sched.runtimes', 'UPDATE')) THEN
+        RAISE EXCEPTION 'permission denied for %: it needs UPDATE and DELETE on lease_sched''s tables', function_name
+              USING ERRCODE = '42501',
+                    HINT = 'Admin functions run with the caller''s rights; call them as the extension owner or from pg_cron.';
+    END IF;
+END;
+$admin$;
