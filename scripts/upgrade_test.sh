@@ -266,10 +266,12 @@ else
     "require_lease|$(trigger_probe require_lease)"
   )
 fi
-# Every old function has a probe.
+# Every old function has a probe. (The list is printed once into a variable: piping printf
+# into grep -q under pipefail fails at random when grep exits before printf is done.)
+probe_list=$(printf '%s\n' "${probes[@]}")
 for f in $(q -c "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                   WHERE n.nspname = 'lease_sched' ORDER BY 1"); do
-  printf '%s\n' "${probes[@]}" | grep -q "^$f|" || die "no probe for the $old_version function $f: add one"
+  grep -q "^$f|" <<<"$probe_list" || die "no probe for the $old_version function $f: add one"
 done
 probe_failures=0
 say "calling every $old_version function on the new library, before the update:"
