@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Static check: no PL/pgSQL or SQL function that lease_sched installs (sql/*.sql, the
-upgrade scripts included) resolves a type through the caller's search_path.
+newest upgrade script and the portable edition in sql/portable) resolves a type through the
+caller's search_path. (An SQL-standard body, `RETURN ...` or `BEGIN ATOMIC`, is parsed when
+the function is created, its names bound then: only string bodies are checked.)
 
 A function that pins `SET search_path = pg_catalog, pg_temp` resolves every name in
 pg_catalog first. One that does not (run(): it must run the caller's command with the
@@ -24,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Type names the grammar maps to pg_catalog by itself (SystemTypeName), so `interval '1 s'`
 # or `x::int` cannot be redirected; everything else must be qualified.
 KEYWORD_TYPES = {
-    "int", "integer", "smallint", "bigint", "real", "float", "double", "decimal", "numeric", "boolean", "bool_kw",
+    "int", "integer", "smallint", "bigint", "real", "float", "double", "decimal", "numeric", "boolean",
     "char", "character", "varchar", "nchar", "national", "bit", "interval", "time", "timestamp", "dec",
 }
 START = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE)\s+([\w.]+)\s*\(", re.I)
@@ -38,10 +40,13 @@ def functions(text: str):
         while depth and i < len(text):
             depth += {"(": 1, ")": -1}.get(text[i], 0)
             i += 1
-        a = re.compile(r"\bAS\s+(\$\w*\$|')", re.I).search(text, i)
+        a = re.compile(r"\bAS\s+(\$\w*\$|')|\b(RETURN|BEGIN\s+ATOMIC)\b", re.I).search(text, i)
         if not a:
             continue
         header = text[i:a.start()]
+        if a.group(2):  # an SQL-standard body: parsed at CREATE, its names bound then
+            yield m.group(1), header, None
+            continue
         if a.group(1) == "'":
             yield m.group(1), header, None
             continue
@@ -66,10 +71,10 @@ def findings_in(path: pathlib.Path):
         if declare:
             for line in declare.group(1).split(";"):
                 d = re.match(r"\s*(\w+)\s+(?:CONSTANT\s+)?([\w.\"]+)", line, re.I)
-                if d and "." not in d.group(2):
+                if d and "." not in d.group(2) and d.group(2).lower() not in KEYWORD_TYPES:
                     yield f"{path.name}: {name}: variable {d.group(1)} is declared with unqualified type {d.group(2)}"
         for c in re.finditer(r"::\s*([\w\"]+)(\s*\.)?", code):
-            if not c.group(2):
+            if not c.group(2) and c.group(1).lower() not in KEYWORD_TYPES:
                 yield f"{path.name}: {name}: cast to unqualified type ::{c.group(1)}"
         for t in re.finditer(r"\b(\w+)\s+''", code):
             word = t.group(1).lower()
@@ -83,7 +88,9 @@ def scripts() -> list:
     the newest upgrade script replaces."""
     cargo = (ROOT / "Cargo.toml").read_text()
     version = re.search(r'^version\s*=\s*"([^"]+)"', cargo, re.M).group(1)
-    return [p for p in sorted((ROOT / "sql").glob("*.sql")) if "--" not in p.name or p.name.endswith(f"--{version}.sql")]
+    current = [p for p in sorted((ROOT / "sql").glob("*.sql")) if "--" not in p.name or p.name.endswith(f"--{version}.sql")]
+    # The portable edition (sql/portable, installed without the library) is held to the same rule.
+    return current + sorted((ROOT / "sql" / "portable").glob("*.sql"))
 
 
 def main() -> int:

@@ -158,6 +158,11 @@ for i in $(seq 50); do
   [ "$i" = 50 ] && die "touches were never buffered (is the sweeper running? see $cdir/server.log)"
   sleep 0.2
 done
+# A running lease whose stale_timeout has parts of opposite signs (accepted before 0.3.0):
+# the update rewrites it as its plain length (23 hours).
+[ "$(q -c "SELECT outcome FROM lease_sched.lease_try_claim('mixed-interval', '2026-01-01 00:00+00', 'runner-m',
+                                                            stale_timeout => '1 day -1 hour')")" = won ] \
+  || die "could not claim the lease with a mixed-sign stale_timeout on $old_version"
 # A reader granted the table, as 0.1.0's docs said (the table holds the secret lease_token):
 # the update must name it.
 q -c "SET client_min_messages = warning; DROP ROLE IF EXISTS upgrade_reader; CREATE ROLE upgrade_reader; GRANT SELECT ON lease_sched.sys_cron_executions TO upgrade_reader"
@@ -270,10 +275,12 @@ else
     "require_lease|$(trigger_probe require_lease)"
   )
 fi
-# Every old function has a probe.
+# Every old function has a probe. (The list is printed once into a variable: piping printf
+# into grep -q under pipefail fails at random when grep exits before printf is done.)
+probe_list=$(printf '%s\n' "${probes[@]}")
 for f in $(q -c "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                   WHERE n.nspname = 'lease_sched' ORDER BY 1"); do
-  printf '%s\n' "${probes[@]}" | grep -q "^$f|" || die "no probe for the $old_version function $f: add one"
+  grep -q "^$f|" <<<"$probe_list" || die "no probe for the $old_version function $f: add one"
 done
 probe_failures=0
 say "calling every $old_version function on the new library, before the update:"
@@ -365,6 +372,8 @@ grep -q "WARNING: .*upgrade_reader on sys_cron_executions" "$work/update.err" \
   || die "the update did not name the role granted SELECT on sys_cron_executions: $(cat "$work/update.err")"
 say "the update named the reader granted the table: $(grep -m1 WARNING "$work/update.err" | cut -c1-160)"
 q -c "REVOKE SELECT ON lease_sched.sys_cron_executions FROM upgrade_reader; DROP ROLE upgrade_reader"
+mixed=$(q -c "SELECT stale_timeout FROM lease_sched.sys_cron_executions WHERE job_name = 'mixed-interval'")
+[ "$mixed" = "23:00:00" ] || die "the mixed-sign stale_timeout of a running lease was not rewritten by the update: $mixed"
 [ "$(q -c "$history_sql")" = "$history_before" ] || die "finished history changed in the update"
 [ "$(q -c "$held_sql")" = "$held_before" ] || die "held leases changed in the update: before $held_before, after $(q -c "$held_sql")"
 [ "$(q -c "SELECT last_value >= $max_old FROM lease_sched.fencing_token_seq")" = t ] || die "the fencing sequence went backwards"

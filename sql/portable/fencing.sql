@@ -23,7 +23,7 @@ RETURNS boolean
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $table$
 DECLARE
-    owner_ oid;
+    owner_ pg_catalog.oid;
 BEGIN
     SELECT c.relowner INTO owner_ FROM pg_catalog.pg_class c
      WHERE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()

@@ -171,11 +171,11 @@ CREATE FUNCTION lease_sched.portable_sweep_offline(now_ timestamptz, OUT offline
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $offline$
 DECLARE
-    cutoff     timestamptz := now_ OPERATOR(pg_catalog.-)
+    cutoff     pg_catalog.timestamptz := now_ OPERATOR(pg_catalog.-)
                    (lease_sched.portable_setting_ms('lease_sched.runtime_offline_after', 150000)
                     OPERATOR(pg_catalog.*) interval '1 millisecond');
-    candidates uuid[];
-    rescued    uuid[];
+    candidates pg_catalog.uuid[];
+    rescued    pg_catalog.uuid[];
 BEGIN
     offline := 0;
     touches_written := 0;

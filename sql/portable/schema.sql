@@ -171,7 +171,7 @@ RETURNS bigint
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $setting$
 DECLARE
-    raw text := pg_catalog.btrim(pg_catalog.current_setting(name, true));
+    raw pg_catalog.text := pg_catalog.btrim(pg_catalog.current_setting(name, true));
 BEGIN
     IF raw IS NULL OR raw OPERATOR(pg_catalog.=) '' THEN
         RETURN default_ms;

@@ -508,6 +508,9 @@ fn nothing_planted_on_a_search_path_runs_as_the_superuser() {
     )
     .unwrap();
     su.batch_execute(&every_call(&su_job)).unwrap();
+    // The dead-man's switch over the calendar job every_call defined (readers' view: the
+    // runner role has no grant on it).
+    su.batch_execute("SELECT * FROM lease_sched.job_health").unwrap();
     su.batch_execute(&run_call(&su_job)).unwrap();
     // run() of a cron job with slots due, as pg_cron calls it (its planner is PL/pgSQL).
     su.batch_execute(&format!(
