@@ -20,10 +20,12 @@ faults:
 	LEASE_TEST_ONLY=integration LEASE_HOSTILE_CASES=$${CASES:-5000} \
 	  LEASE_TEST_CARGO_ARGS="--release --test restarts --test failover --test hostile_input --test runtimes --test disk_full" scripts/test.sh --nocapture
 
-# lease_sched against the SQL users write by hand (docs/benchmarks.md); about 45 minutes.
-# bench/run.sh --quick is the one-minute smoke run of the same scripts.
-bench:
-	scripts/setup.sh && bench/run.sh
+# lease_sched against the SQL users write by hand (docs/benchmarks.md), the native edition
+# then the portable one (docs/portable.md), each side by side with the same hand-written
+# SQL; about 45 minutes each. bench/run.sh --quick is the one-minute smoke run.
+bench: portable
+	scripts/setup.sh && bench/run.sh \
+	  && bench/run.sh --portable dist/lease_sched_portable--$$(scripts/meta.sh --version).sql --chart docs/benchmarks-portable.svg
 
 # The portable edition (docs/portable.md): SQL and PL/pgSQL only, for managed PostgreSQL.
 # Writes dist/lease_sched_portable--<version>.sql, and the same as a pg_tle extension
