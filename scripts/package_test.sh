@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The PostgreSQL 15 package on a bare Debian 12 (issue 10): no Rust, no compiler, no
+# The PostgreSQL 15 package on a bare Debian 12: no Rust, no compiler, no
 # PostgreSQL, only what debootstrap's minbase variant installs. Inside a throwaway copy of
 # that root (chroot), the way a user would:
 #   apt-get install ./postgresql-15-lease-sched_<version>_<arch>.deb   (pulls postgresql-15)

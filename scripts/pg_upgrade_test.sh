@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# pg_upgrade from PostgreSQL 15 to 18 with lease_sched installed and leases held (issue 10):
+# pg_upgrade from PostgreSQL 15 to 18 with lease_sched installed and leases held:
 #   1. the current tree built for both majors and installed into private copies of both
 #      installations (never the system 15 nor scripts/setup.sh's 18: other runs use them);
 #   2. a 15 cluster preloading lease_sched, with held leases, a FAILED run waiting for its

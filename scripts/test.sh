@@ -97,7 +97,7 @@ run_all() {
       fi
     fi
   done
-  # The shortened scale-out suite (issue 14): routing through PL/Proxy over two plain
+  # The shortened scale-out suite: routing through PL/Proxy over two plain
   # partitions of the PostgreSQL 15 install (`make scaleout` runs the failover suite).
   if want scaleout && [ -x scripts/scaleout.sh ]; then
     section "scale-out routing through PL/Proxy (scripts/scaleout.sh --quick)"

@@ -1206,7 +1206,7 @@ BEGIN
     END IF;
     -- The job's definition (job_define), when it has one, fills in every argument left
     -- NULL; an argument given explicitly wins. Without a definition: '1 minute', 3 and
-    -- '1 hour', as in 0.1. A paused job gets no plan from lease_next_plan.
+    -- '1 hour'. A paused job gets no plan from lease_next_plan.
     SELECT d.every, d.max_attempts, d.stale_timeout INTO job_every, job_max_attempts, job_stale_timeout
       FROM lease_sched.job_definition(job_name => run.job_name, scope_kind => run.scope_kind,
                                       scope_id => run.scope_id) AS d;

@@ -45,7 +45,7 @@ BREAKDOWN = [
     ("ext_heartbeat", "`lease_sched.lease_heartbeat(id, token)`"),
     ("base_heartbeat", "baseline: the hand-written heartbeat UPDATE"),
 ]
-# Issue 13's targets: every case at least as fast as the hand-written SQL, under either
+# The targets: every case at least as fast as the hand-written SQL, under either
 # synchronous_commit, and the buffered touch at 80 % of the SELECT 1 ceiling.
 RATIO_TARGET = {case: 1.0 for case in ("claim_fresh", "claim_contended", "steal", "heartbeat", "finish",
                                        "touch", "touch_batch")}

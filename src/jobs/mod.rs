@@ -1,4 +1,4 @@
-//! Job definitions (`lease_sched.jobs`, issue 15): what a job is, said once, read by the
+//! Job definitions (`lease_sched.jobs`): what a job is, said once, read by the
 //! planner (`lease_next_plan`) and by `run()`. Arguments arrive validated (`api::jobs`).
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::pg_sys::{INT4OID, INTERVALOID, TEXTOID, TIMESTAMPTZOID};

@@ -1,4 +1,4 @@
-//! Issue 9, items 7, 10, 11, 12 and 13: buffered touches survive failed and rolled-back
+//! Buffered touches survive failed and rolled-back
 //! flushes and locked rows; retry backoff saturates and errors carry no Rust internals;
 //! `result` is stored exactly; retention keeps what may still run and each job's cursor; a
 //! plan in the future does not silence the planner.

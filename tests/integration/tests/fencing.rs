@@ -1,4 +1,4 @@
-//! Issue 11, fencing that protects data (docs/api.md, "Fences"; docs/reliability.md):
+//! Fencing that protects data (docs/api.md, "Fences"; docs/reliability.md):
 //! - leader-only tables (`require_lock`, `require_lease` triggers): a deposed holder's
 //!   write fails with LS001 naming the newer token, the current holder's succeeds; a fence
 //!   counts only in its own transaction, not after the savepoint that passed it rolls back;

@@ -1,4 +1,4 @@
-//! Job definitions, misfire policies and job_health (issue 15). Outages are simulated with
+//! Job definitions, misfire policies and job_health. Outages are simulated with
 //! history rows in the past (claimed and finished plans days ago, as a runner that stopped
 //! would leave them) or with `every => '1 second'` and a few seconds of waiting.
 use std::time::Duration;

@@ -211,7 +211,7 @@ fn a_lock_survives_reconnects_through_transaction_pooling() {
     // lent: after a reconnect through the pooler, node-a cannot tell whether it still holds one.
 }
 
-/// Issue 9, item 5: per lock, every granted fencing token is higher than every token granted
+/// Per lock, every granted fencing token is higher than every token granted
 /// before it in real time, also when an acquirer waited on a holder's open transaction that
 /// released and re-acquired the lock meanwhile (0.1.0 drew the waiter's token before the wait).
 #[test]

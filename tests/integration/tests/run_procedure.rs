@@ -1,4 +1,4 @@
-//! Issue 9, items 2 and 3: `lease_sched.run` never commits the work of a lost lease, is
+//! `lease_sched.run` never commits the work of a lost lease, is
 //! bounded by its lease, and every failure (cancel, timeout, deferred constraint) ends the
 //! plan FAILED with the real SQLSTATE, which also reaches the caller.
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! Issue 9, items 4 and 6: what a role with only the documented grants can do to others.
+//! What a role with only the documented grants can do to others.
 //!  - 4: a runner role cannot heartbeat or release another role's lock, knowing everything
 //!    lock_info (and the refusal of lock_acquire) shows; the 0.1 bigint signatures are gone.
 //!  - 6: a reader granted SELECT on the documented views reads the history but can obtain no

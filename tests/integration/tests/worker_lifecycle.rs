@@ -1,4 +1,4 @@
-//! Issue 9, items 8 and 9: the launcher and the sweeper come back after being terminated
+//! The launcher and the sweeper come back after being terminated
 //! (in either order), cancelling the launcher changes nothing (exactly one sweeper, same
 //! launcher), and a fast shutdown finishes while a prepared transaction holds a runtime row
 //! whose touch is buffered. Some tests restart the server, so they run one at a time (SERIAL).

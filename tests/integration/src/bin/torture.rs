@@ -1281,7 +1281,7 @@ mod tests {
 
     #[test]
     fn lock_tokens_going_backwards_are_caught() {
-        // token 12 returned before 11 was even requested (issue 9, item 5)
+        // token 12 returned before 11 was even requested
         let a = analyze_lock_logs(&logs(&["lgrant L 12 0 100 1 2", "lrel L 12 1 3", "lgrant L 11 200 300 4 5"]));
         assert!(a.violations.iter().any(|v| v.contains("returned before")), "{:?}", a.violations);
         // and a token shared by a lease and a lock
