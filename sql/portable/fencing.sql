@@ -10,6 +10,14 @@
 -- passed fences) is refused, never read. PostgreSQL refuses to PREPARE a transaction
 -- that used a temporary table (SQLSTATE 0A000), which keeps the native guarantee that a
 -- fenced transaction cannot be prepared.
+--
+-- Only a fence given the holder's secret (lease_token / lock_token) keeps the row locked
+-- FOR KEY SHARE until the transaction ends. Given only the public fencing token, which
+-- anyone who can read lock_info() or active_leases knows, the check locks the row in a
+-- block that is rolled back at once (a subtransaction, as the native edition does): the
+-- lock makes the check see the newest row version (READ COMMITTED waits for an uncommitted
+-- steal and reads its result; REPEATABLE READ fails with 40001 on a row changed since its
+-- snapshot), and the rollback keeps a stranger from pinning anything.
 
 -- The session's fence table, created when missing; NULL-safe owner check every time.
 CREATE FUNCTION lease_sched.portable_fence_table(create_missing boolean)
@@ -48,13 +56,26 @@ LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER 
 AS $check$
 #variable_conflict use_column
 DECLARE
-    r record;
+    r      record;
+    found_ boolean;
 BEGIN
     PERFORM lease_sched.portable_required(lease_fence_check.execution_id IS NULL, 'execution_id');
     PERFORM lease_sched.portable_required(lease_fence_check.fencing_token IS NULL, 'fencing_token');
-    SELECT e.job_name, e.status, e.fencing_token, e.lease_token INTO r
-      FROM lease_sched.sys_cron_executions e WHERE e.id = lease_fence_check.execution_id FOR KEY SHARE;
-    IF NOT FOUND THEN
+    IF lease_fence_check.lease_token IS NOT NULL THEN
+        SELECT e.job_name, e.status, e.fencing_token, e.lease_token INTO r
+          FROM lease_sched.sys_cron_executions e WHERE e.id = lease_fence_check.execution_id FOR KEY SHARE;
+        found_ := FOUND;
+    ELSE
+        BEGIN
+            SELECT e.job_name, e.status, e.fencing_token, e.lease_token INTO r
+              FROM lease_sched.sys_cron_executions e WHERE e.id = lease_fence_check.execution_id FOR KEY SHARE;
+            found_ := FOUND;
+            RAISE EXCEPTION USING ERRCODE = 'LSRB0';  -- roll the row lock back, keep what was read
+        EXCEPTION WHEN SQLSTATE 'LSRB0' THEN
+            NULL;
+        END;
+    END IF;
+    IF NOT found_ THEN
         RETURN format('lease_sched: fenced out: there is no lease %s', lease_fence_check.execution_id);
     END IF;
     IF r.fencing_token <> lease_fence_check.fencing_token THEN
@@ -82,13 +103,26 @@ LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER 
 AS $check$
 #variable_conflict use_column
 DECLARE
-    r record;
+    r      record;
+    found_ boolean;
 BEGIN
     PERFORM lease_sched.portable_name(lock_fence_check.lock_name, 'lock_name');
     PERFORM lease_sched.portable_required(lock_fence_check.fencing_token IS NULL, 'fencing_token');
-    SELECT l.fencing_token, l.lock_token INTO r
-      FROM lease_sched.locks l WHERE l.name = lock_fence_check.lock_name FOR KEY SHARE;
-    IF NOT FOUND THEN
+    IF lock_fence_check.lock_token IS NOT NULL THEN
+        SELECT l.fencing_token, l.lock_token INTO r
+          FROM lease_sched.locks l WHERE l.name = lock_fence_check.lock_name FOR KEY SHARE;
+        found_ := FOUND;
+    ELSE
+        BEGIN
+            SELECT l.fencing_token, l.lock_token INTO r
+              FROM lease_sched.locks l WHERE l.name = lock_fence_check.lock_name FOR KEY SHARE;
+            found_ := FOUND;
+            RAISE EXCEPTION USING ERRCODE = 'LSRB0';  -- roll the row lock back, keep what was read
+        EXCEPTION WHEN SQLSTATE 'LSRB0' THEN
+            NULL;
+        END;
+    END IF;
+    IF NOT found_ THEN
         RETURN format('lease_sched: fenced out: the lock "%s" is not held (fencing token %s no longer holds it)',
                       lock_fence_check.lock_name, lock_fence_check.fencing_token);
     END IF;

@@ -14,10 +14,11 @@ END;
 $key$;
 
 -- twin: job_define
-CREATE FUNCTION lease_sched.job_define(job_name text, every interval, misfire text DEFAULT 'latest',
+CREATE FUNCTION lease_sched.job_define(job_name text, every interval DEFAULT NULL, misfire text DEFAULT 'latest',
                                        grace interval DEFAULT NULL, max_attempts int DEFAULT 3,
                                        stale_timeout interval DEFAULT '5 minutes',
-                                       scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
+                                       scope_kind text DEFAULT 'global', scope_id text DEFAULT '',
+                                       cron text DEFAULT NULL, timezone text DEFAULT 'UTC')
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $define$
@@ -27,12 +28,21 @@ DECLARE
     fresh boolean;
 BEGIN
     PERFORM lease_sched.portable_name(job_define.job_name, 'job_name');
-    PERFORM lease_sched.portable_interval(job_define.every, 'every');
-    -- A slot shorter than a second cannot be run in time by any scheduler, and its missed
-    -- slots would pile up faster than calls can record them.
-    IF lease_sched.portable_stride(job_define.every, 'every') < 1000000 THEN
-        RAISE EXCEPTION 'every must be at least 1 second for a job definition' USING ERRCODE = '22023';
+    -- The schedule: every interval, or a cron calendar (parsed and checked by the SQL that
+    -- stores it, sql/calendar.sql), never both.
+    IF (job_define.every IS NULL) = (job_define.cron IS NULL) THEN
+        RAISE EXCEPTION 'cron and every: give exactly one of them' USING ERRCODE = '22023',
+              HINT = 'every => ''1 hour'' runs in buckets from the epoch; cron => ''0 3 * * *'' on a calendar in timezone.';
     END IF;
+    IF job_define.every IS NOT NULL THEN
+        PERFORM lease_sched.portable_interval(job_define.every, 'every');
+        -- A slot shorter than a second cannot be run in time by any scheduler, and its missed
+        -- slots would pile up faster than calls can record them.
+        IF lease_sched.portable_stride(job_define.every, 'every') < 1000000 THEN
+            RAISE EXCEPTION 'every must be at least 1 second for a job definition' USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    PERFORM lease_sched.portable_required(job_define.timezone IS NULL, 'timezone');
     PERFORM lease_sched.portable_required(job_define.misfire IS NULL, 'misfire');
     IF job_define.misfire NOT IN ('all', 'latest', 'skip') THEN
         RAISE EXCEPTION 'misfire must be ''all'', ''latest'' or ''skip''' USING ERRCODE = '22023', HINT = 'See docs/api.md, "Jobs".';
@@ -45,15 +55,20 @@ BEGIN
     PERFORM lease_sched.portable_interval(job_define.stale_timeout, 'stale_timeout');
     PERFORM lease_sched.portable_job_key(job_define.job_name, job_define.scope_kind, job_define.scope_id);
     -- Create or replace: every setting is the caller's; the paused state, paused_at,
-    -- resumed_at and created_at are kept.
+    -- resumed_at and created_at are kept. A cron expression is parsed here, once
+    -- (cron_parse raises 22023 naming cron and the position of the error), and the time
+    -- zone checked against the server's tz database; the row keeps the parsed form.
     INSERT INTO lease_sched.jobs AS j (job_name, scope_kind, scope_id, every, misfire, grace, max_attempts,
-                                       stale_timeout, paused, created_at, updated_at)
+                                       stale_timeout, paused, created_at, updated_at, cron, timezone, cron_spec)
     VALUES (job_define.job_name, job_define.scope_kind, job_define.scope_id, job_define.every, job_define.misfire,
-            job_define.grace, job_define.max_attempts, job_define.stale_timeout, false, now_, now_)
+            job_define.grace, job_define.max_attempts, job_define.stale_timeout, false, now_, now_, job_define.cron,
+            lease_sched.cron_check_timezone(job_define.timezone, 'timezone'),
+            CASE WHEN job_define.cron IS NOT NULL THEN lease_sched.cron_parse(job_define.cron, 'cron') END)
     ON CONFLICT (job_name, scope_kind, scope_id) DO UPDATE
        SET every = excluded.every, misfire = excluded.misfire, grace = excluded.grace,
            max_attempts = excluded.max_attempts, stale_timeout = excluded.stale_timeout,
-           updated_at = excluded.updated_at
+           updated_at = excluded.updated_at, cron = excluded.cron, timezone = excluded.timezone,
+           cron_spec = excluded.cron_spec
     RETURNING j.xmax = 0 INTO fresh;
     RETURN coalesce(fresh, false);
 END;
@@ -114,14 +129,15 @@ $drop$;
 
 -- twin: job_definition
 CREATE FUNCTION lease_sched.job_definition(job_name text, scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
-RETURNS TABLE (every interval, misfire text, grace interval, max_attempts int, stale_timeout interval, paused boolean)
+RETURNS TABLE (every interval, misfire text, grace interval, max_attempts int, stale_timeout interval, paused boolean,
+               cron text, timezone text)
 LANGUAGE plpgsql STABLE CALLED ON NULL INPUT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 ROWS 1
 AS $definition$
 #variable_conflict use_column
 BEGIN
     PERFORM lease_sched.portable_job_key(job_definition.job_name, job_definition.scope_kind, job_definition.scope_id);
-    RETURN QUERY SELECT j.every, j.misfire, j.grace, j.max_attempts, j.stale_timeout, j.paused
+    RETURN QUERY SELECT j.every, j.misfire, j.grace, j.max_attempts, j.stale_timeout, j.paused, j.cron, j.timezone
                    FROM lease_sched.jobs j
                   WHERE j.job_name = job_definition.job_name AND j.scope_kind = job_definition.scope_kind
                     AND j.scope_id = job_definition.scope_id;

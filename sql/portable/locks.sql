@@ -30,7 +30,7 @@ BEGIN
         -- Take over an expired lock: the row locked FOR UPDATE first (waiting for every
         -- transaction that passed lock_fence on it), the new holder's times read after.
         WITH held AS (
-            SELECT l.name FROM lease_sched.locks l
+            SELECT l.name, l.fencing_token AS previous_token FROM lease_sched.locks l
              WHERE l.name = portable_lock_acquire.lock_name AND l.expires_at <= now_ FOR UPDATE)
         UPDATE lease_sched.locks l
            SET holder = portable_lock_acquire.holder_name, fencing_token = nextval('lease_sched.fencing_token_seq'),
@@ -39,8 +39,18 @@ BEGIN
                ttl = portable_lock_acquire.ttl
           FROM held
          WHERE l.name = held.name
-        RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at INTO got;
+        RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at,
+                  CASE WHEN l.fencing_token <= held.previous_token THEN held.previous_token END AS redraw_above
+             INTO got;
         IF FOUND THEN
+            IF got.redraw_above IS NOT NULL THEN
+                -- The lock carries a token the sequence never reached (restored from a
+                -- database whose sequence was further on): a takeover gets a token above it.
+                PERFORM lease_sched.portable_floor_above(got.redraw_above);
+                UPDATE lease_sched.locks l SET fencing_token = nextval('lease_sched.fencing_token_seq')
+                 WHERE l.name = portable_lock_acquire.lock_name
+                RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at INTO got;
+            END IF;
             -- The expired holder never released: tell it (delivered at commit).
             IF lease_sched.portable_notify_lost() THEN
                 PERFORM pg_notify('lease_sched_lost', 'lock:' || portable_lock_acquire.lock_name);

@@ -127,22 +127,35 @@ BEGIN
     END;
 
     -- 4. Retention, in bounded batches (10 of 1000 rows): never a row that may still run,
-    --    never the latest plan of its job (the planner's cursor).
+    --    never the latest plan of its job (the planner's cursor). A "run now" plan
+    --    (job_trigger) is not the cursor, so a later one does not count; and its trigger
+    --    row goes with its execution row (a trigger without one is a pending "run now").
     retention := lease_sched.portable_setting_ms('lease_sched.retention', 30 * 86400 * 1000::bigint, 1000) / 1000;
     IF retention > 0 THEN
         BEGIN
             FOR batch IN 1..10 LOOP
-                DELETE FROM lease_sched.sys_cron_executions
-                 WHERE id IN (SELECT e.id FROM lease_sched.sys_cron_executions e
-                               WHERE e.status <> 'RUNNING' AND e.finished_at < now_ - retention * interval '1 second'
-                                 AND (e.status = 'SUCCESS' OR e.attempt >= e.max_attempts)
-                                 AND EXISTS (SELECT 1 FROM lease_sched.sys_cron_executions later
-                                              WHERE later.job_name = e.job_name AND later.scope_kind = e.scope_kind
-                                                AND later.scope_id = e.scope_id AND later.plan_time > e.plan_time
-                                                AND later.plan_time <= now_)
-                               ORDER BY e.finished_at LIMIT 1000
-                               FOR UPDATE OF e SKIP LOCKED);
-                GET DIAGNOSTICS pass_rows = ROW_COUNT;
+                WITH pruned AS (
+                    DELETE FROM lease_sched.sys_cron_executions
+                     WHERE id IN (SELECT e.id FROM lease_sched.sys_cron_executions e
+                                   WHERE e.status <> 'RUNNING' AND e.finished_at < now_ - retention * interval '1 second'
+                                     AND (e.status = 'SUCCESS' OR e.attempt >= e.max_attempts)
+                                     AND EXISTS (SELECT 1 FROM lease_sched.sys_cron_executions later
+                                                  WHERE later.job_name = e.job_name AND later.scope_kind = e.scope_kind
+                                                    AND later.scope_id = e.scope_id AND later.plan_time > e.plan_time
+                                                    AND later.plan_time <= now_
+                                                    AND NOT EXISTS (SELECT 1 FROM lease_sched.job_triggers t
+                                                                     WHERE t.job_name = later.job_name
+                                                                       AND t.scope_kind = later.scope_kind
+                                                                       AND t.scope_id = later.scope_id
+                                                                       AND t.plan_time = later.plan_time))
+                                   ORDER BY e.finished_at LIMIT 1000
+                                   FOR UPDATE OF e SKIP LOCKED)
+                    RETURNING job_name, scope_kind, scope_id, plan_time),
+                triggers AS (
+                    DELETE FROM lease_sched.job_triggers t USING pruned p
+                     WHERE t.job_name = p.job_name AND t.scope_kind = p.scope_kind AND t.scope_id = p.scope_id
+                       AND t.plan_time = p.plan_time)
+                SELECT count(*) INTO pass_rows FROM pruned;
                 pruned_n := pruned_n + pass_rows;
                 EXIT WHEN pass_rows < 1000;
             END LOOP;

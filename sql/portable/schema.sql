@@ -55,15 +55,30 @@ BEGIN
 END;
 $check$;
 
--- Intervals compare as PostgreSQL compares them (a month counts as 30 days): positive (or
--- not negative, when allow_zero) and at most 366 days.
+-- An interval argument that becomes an instant (now + value) or a stride (the native
+-- src/api/args.rs, interval_in_range). PostgreSQL compares intervals by their total (a
+-- month counting 30 days) but adds them part by part, so a value whose parts have opposite
+-- signs can pass a check of its total and still overflow or land before now when added.
+-- So: no months (a month has no fixed length; an infinite interval, PostgreSQL 17+, has
+-- infinite months and is refused with them), a total that is positive (or not negative,
+-- when allow_zero) and at most 366 days, and days and time of the total's sign.
 CREATE FUNCTION lease_sched.portable_interval(value interval, argument text, allow_zero boolean DEFAULT false)
 RETURNS interval
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $check$
+DECLARE
+    days numeric;
 BEGIN
     IF value IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', argument USING ERRCODE = '22004';
+    END IF;
+    IF NOT pg_catalog.isfinite(value) THEN
+        RAISE EXCEPTION '% must not contain months or years', argument
+              USING ERRCODE = '22023', HINT = 'Use days instead, e.g. ''30 days''.';
+    END IF;
+    IF EXTRACT(year FROM value) OPERATOR(pg_catalog.<>) 0 OR EXTRACT(month FROM value) OPERATOR(pg_catalog.<>) 0 THEN
+        RAISE EXCEPTION '% must not contain months or years', argument
+              USING ERRCODE = '22023', HINT = 'Use days instead, e.g. ''30 days''.';
     END IF;
     IF allow_zero AND value OPERATOR(pg_catalog.<) interval '0' THEN
         RAISE EXCEPTION '% must not be negative', argument
@@ -73,12 +88,30 @@ BEGIN
         RAISE EXCEPTION '% must be positive', argument
               USING ERRCODE = '22023', HINT = 'Pass an interval such as ''30 seconds''.';
     END IF;
+    days := EXTRACT(day FROM value);
+    IF days OPERATOR(pg_catalog.<) 0
+       OR value OPERATOR(pg_catalog.-) (days::pg_catalog.int4 OPERATOR(pg_catalog.*) interval '1 day')
+          OPERATOR(pg_catalog.<) interval '0' THEN
+        RAISE EXCEPTION '% must not have parts of opposite signs', argument
+              USING ERRCODE = '22023',
+                    HINT = 'Write the interval with one sign, e.g. ''23 hours'' rather than ''1 day -1 hour''.';
+    END IF;
     IF value OPERATOR(pg_catalog.>) interval '366 days' THEN
         RAISE EXCEPTION '% must be at most 366 days', argument USING ERRCODE = '22023';
     END IF;
     RETURN value;
 END;
 $check$;
+
+-- The fast test of the API's hot paths (one expression, inlined): true when value passes
+-- portable_interval(value, ...) with allow_zero false; the precise error comes from
+-- portable_interval when it does not.
+CREATE FUNCTION lease_sched.portable_interval_ok(value interval)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN value > interval '0' AND value <= interval '366 days' AND isfinite(value)
+       AND EXTRACT(year FROM value) = 0 AND EXTRACT(month FROM value) = 0 AND EXTRACT(day FROM value) >= 0
+       AND value - EXTRACT(day FROM value)::int4 * interval '1 day' >= interval '0';
 
 CREATE FUNCTION lease_sched.portable_at_least_one(value int, argument text)
 RETURNS int
@@ -181,15 +214,11 @@ RETURN timestamptz '2000-01-01 00:00:00+00' + lease_sched.portable_interval_of(m
 -- point-in-time restore) or after a server start, the token sequence is floored at the
 -- database clock in microseconds. Everything is read without superuser: the timeline is
 -- the first 8 hex digits of the current WAL file's name, the start time
--- pg_postmaster_start_time(). The start time is kept in its own sequence (setval is not
--- transactional: recording a floor holds no row lock that other first grants would wait
--- on). Floors are serialised by the native edition's advisory lock (19539 = 'LS', 1),
--- held only around the floor itself.
-CREATE SEQUENCE lease_sched.portable_token_floor_start AS bigint MINVALUE 0 START 0 CACHE 1 NO CYCLE;
-COMMENT ON SEQUENCE lease_sched.portable_token_floor_start IS
-    'Portable edition: the server start (microseconds since 2000) after which fencing_token_seq was last floored.';
-REVOKE ALL ON lease_sched.portable_token_floor_start FROM PUBLIC;
-
+-- pg_postmaster_start_time(). The last floor is kept in the native edition's sequences,
+-- token_floor_timeline and token_floor_server_start (setval is not transactional:
+-- recording a floor holds no row lock that other first grants would wait on). Floors are
+-- serialised by the native edition's advisory lock (19539 = 'LS', 1), held only around the
+-- floor itself.
 CREATE FUNCTION lease_sched.portable_token_floor()
 RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
@@ -205,19 +234,19 @@ BEGIN
                  pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::bigint;
     started := lease_sched.portable_db_micros(pg_catalog.pg_postmaster_start_time());
     IF (SELECT s.last_value FROM lease_sched.token_floor_timeline s) OPERATOR(pg_catalog.=) timeline
-       AND (SELECT s.last_value FROM lease_sched.portable_token_floor_start s) OPERATOR(pg_catalog.=) started THEN
+       AND (SELECT s.last_value FROM lease_sched.token_floor_server_start s) OPERATOR(pg_catalog.=) started THEN
         RETURN;
     END IF;
     PERFORM pg_catalog.pg_advisory_lock(19539, 1);
     BEGIN
         -- Re-read under the lock: another session may have floored meanwhile.
         IF (SELECT s.last_value FROM lease_sched.token_floor_timeline s) OPERATOR(pg_catalog.<>) timeline
-           OR (SELECT s.last_value FROM lease_sched.portable_token_floor_start s) OPERATOR(pg_catalog.<>) started THEN
+           OR (SELECT s.last_value FROM lease_sched.token_floor_server_start s) OPERATOR(pg_catalog.<>) started THEN
             PERFORM pg_catalog.setval('lease_sched.fencing_token_seq',
                         greatest((SELECT s.last_value FROM lease_sched.fencing_token_seq s),
                                  lease_sched.portable_db_micros(pg_catalog.clock_timestamp()))),
                     pg_catalog.setval('lease_sched.token_floor_timeline', timeline),
-                    pg_catalog.setval('lease_sched.portable_token_floor_start', started);
+                    pg_catalog.setval('lease_sched.token_floor_server_start', started);
         END IF;
     EXCEPTION WHEN OTHERS OR query_canceled THEN
         PERFORM pg_catalog.pg_advisory_unlock(19539, 1);
@@ -226,6 +255,28 @@ BEGIN
     PERFORM pg_catalog.pg_advisory_unlock(19539, 1);
 END;
 $floor$;
+
+-- Move the token sequence above `token`, a token a row already carries although the
+-- sequence never reached it (rows restored from a database floored later than this one):
+-- to the clock, or to `token` if that is higher, as a floor does (the native
+-- fencing::floor_above), under the floor lock, so the next token drawn is above both.
+CREATE FUNCTION lease_sched.portable_floor_above(token bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $above$
+BEGIN
+    PERFORM pg_catalog.pg_advisory_lock(19539, 1);
+    BEGIN
+        PERFORM pg_catalog.setval('lease_sched.fencing_token_seq',
+                    greatest((SELECT s.last_value FROM lease_sched.fencing_token_seq s), token,
+                             lease_sched.portable_db_micros(pg_catalog.clock_timestamp())));
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_catalog.pg_advisory_unlock(19539, 1);
+        RAISE;
+    END;
+    PERFORM pg_catalog.pg_advisory_unlock(19539, 1);
+END;
+$above$;
 
 -- Admin functions (sweep, runtime_flush) run with the caller's rights; refuse callers who
 -- may not write lease_sched's tables up front (the native src/api/mod.rs, require_admin).
