@@ -26,9 +26,11 @@ bench:
 	scripts/setup.sh && bench/run.sh
 
 # The portable edition (docs/portable.md): SQL and PL/pgSQL only, for managed PostgreSQL.
-# Writes dist/lease_sched_portable--<version>.sql; needs python3 only (no Rust, no server).
+# Writes dist/lease_sched_portable--<version>.sql, and the same as a pg_tle extension
+# (.pg_tle.sql, untested); needs python3 only (no Rust, no server).
 portable:
 	python3 scripts/portable.py
+	python3 scripts/portable.py --pg-tle
 
 # Into PostgreSQL 15 (Debian's); MAJORS="15 18" make install for both.
 install:

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Assemble the portable edition's install script (docs/portable.md).
 
-    scripts/portable.py [OUTPUT]      # default: dist/lease_sched_portable--<version>.sql
+    scripts/portable.py [OUTPUT]            # default: dist/lease_sched_portable--<version>.sql
+    scripts/portable.py --pg-tle [OUTPUT]   # the same as a pg_tle extension (untested here):
+                                            # dist/lease_sched_portable--<version>.pg_tle.sql
 
 The portable edition is the native extension's SQL with every function the native edition
 implements in Rust (`LANGUAGE c ... AS 'MODULE_PATHNAME', '..._wrapper'`) replaced by its
@@ -126,7 +128,7 @@ def version():
     return m.group(1)
 
 
-def assemble():
+def assemble(for_extension=False):
     ver = version()
     portable_dir = os.path.join(ROOT, "sql", "portable")
     # Every twin, by function name, and the file it lives in.
@@ -180,7 +182,7 @@ def assemble():
                 out.append(leading)
                 out.append(twin.lstrip("\n"))
                 used.add(fn)
-            elif re.search(r"pg_extension_config_dump", code):
+            elif re.search(r"pg_extension_config_dump", code) and not for_extension:
                 # Only CREATE EXTENSION may mark tables for pg_dump; a plain script's tables
                 # are dumped anyway.
                 leading, body = split_leading(stmt)
@@ -192,7 +194,7 @@ def assemble():
     if unused:
         die(f"twins without a C original: {', '.join(sorted(unused))}")
     body = "".join(out)
-    return ver, wrap(ver, body)
+    return ver, (pg_tle(ver, body) if for_extension else wrap(ver, body))
 
 
 def wrap(ver, body):
@@ -209,9 +211,28 @@ def wrap(ver, body):
             "\n-- ===== " + rest.rstrip() + "\n\nCOMMIT;\n")
 
 
+def pg_tle(ver, body):
+    """The same SQL as a pg_tle extension (RDS, Aurora, Supabase): CREATE EXTENSION
+    lease_sched after running this script once. UNTESTED here (pg_tle cannot be installed
+    on the test machines); docs/portable.md says so."""
+    head, _, rest = body.partition("\n-- ===== ")
+    ext = ("SET LOCAL check_function_bodies = off;\nCREATE SCHEMA lease_sched;\n\n-- ===== " + rest.rstrip() + "\n")
+    if "$_pgtle_$" in ext:
+        die("the script contains the pg_tle quote $_pgtle_$")
+    return (head.replace("Run it as the role that will own lease_sched", "pg_tle packaging (UNTESTED). Run it as the role that will own lease_sched")
+            + "\n-- Registers the portable edition with pg_tle; then: CREATE EXTENSION lease_sched;\n"
+            f"SELECT pgtle.install_extension('lease_sched', '{ver}',\n"
+            "    'Job-execution leases inside PostgreSQL (portable edition: SQL and PL/pgSQL only)',\n"
+            "$_pgtle_$\n" + ext + "$_pgtle_$);\n")
+
+
 def main():
-    ver, script = assemble()
-    target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "dist", f"lease_sched_portable--{ver}.sql")
+    args = sys.argv[1:]
+    for_extension = "--pg-tle" in args
+    args = [a for a in args if a != "--pg-tle"]
+    ver, script = assemble(for_extension)
+    suffix = ".pg_tle.sql" if for_extension else ".sql"
+    target = args[0] if args else os.path.join(ROOT, "dist", f"lease_sched_portable--{ver}{suffix}")
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     tmp = target + ".tmp"
     with open(tmp, "w") as f:

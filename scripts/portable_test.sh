@@ -44,7 +44,14 @@ python3 scripts/portable.py "$script" >/dev/null
 
 port=$(scripts/cluster.sh freeport)
 dir=$root/cluster
-conf=("max_prepared_transactions = 10" "log_min_messages = warning")
+# The settings of the native suite's cluster (scripts/test.sh): no periodic whole-buffer
+# flush during a run unless a test asks for one, silent = 20 minutes.
+conf=("max_prepared_transactions = 10" "log_min_messages = warning" "max_connections = 200"
+      "lease_sched.touch_flush_interval = '10min'" "lease_sched.runtime_offline_after = '20min'"
+      # The other settings at the native defaults: without the library they are placeholders,
+      # which SHOW (and ALTER SYSTEM) know only when set somewhere.
+      "lease_sched.sweep_interval = '1s'" "lease_sched.retry_backoff_base = '10s'"
+      "lease_sched.retry_backoff_max = '1h'" "lease_sched.retention = '30d'" "lease_sched.notify_lost = on")
 [ $has_cron = 1 ] && conf+=("shared_preload_libraries = 'pg_cron'" "cron.database_name = 'lease_sched'")
 cluster_init "$dir" "$pgbin" "$port" "${conf[@]}"
 cluster_start "$dir" "$pgbin"
@@ -95,11 +102,22 @@ if want integration && [ -n "${LEASE_PORTABLE_CARGO_TESTS:-}" ]; then
   # The sweep, as pg_cron's '1 seconds' schedule would call it (pg_cron 1.4 has only minutes),
   # as the owner. A test pauses it as it pauses the native worker: lease_sched.sweep_interval
   # set (ALTER SYSTEM) to more than a minute.
-  sweep_sql="SELECT CASE WHEN coalesce(nullif(current_setting('lease_sched.sweep_interval', true), ''), '1s')::interval
-                             <= interval '1 minute' THEN (SELECT count(*) FROM lease_sched.sweep()) END"
+  # (Every name and operator qualified, and no NULLIF or IN, which look up = on the path: the
+  # statement runs with the database's search_path, which a test makes hostile, as a pg_cron
+  # command would.)
+  sweep_sql="SELECT CASE WHEN coalesce(pg_catalog.current_setting('lease_sched.sweep_interval', true), '1s')::interval
+                             OPERATOR(pg_catalog.<=) interval '1 minute'
+                        THEN (SELECT pg_catalog.count(*) FROM lease_sched.sweep()) END"
   ( while "$pgbin/psql" -X -q -h 127.0.0.1 -p "$port" -U lease_admin -d lease_sched -c "$sweep_sql" >/dev/null 2>&1 || sleep 1; do sleep 1; done ) &
   sweeper=$!
   trap 'kill $sweeper 2>/dev/null; cluster_stop "$dir" "$pgbin" immediate' EXIT
+  # The Python the native run uses (scripts/test.sh), for the examples and clients.
+  if [ -z "${LEASE_SCHED_PYTHON:-}" ]; then
+    venv=/tmp/lease_sched_venv
+    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg" 2>/dev/null \
+      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
+    export LEASE_SCHED_PYTHON="$venv/bin/python"
+  fi
   args=()
   for t in ${LEASE_PORTABLE_CARGO_TESTS//,/ }; do args+=(--test "$t"); done
   LEASE_SCHED_EDITION=portable LEASE_SCHED_DSN="host=127.0.0.1 port=$port dbname=lease_sched user=postgres" \

@@ -1,6 +1,12 @@
 -- Portable edition: the PL/pgSQL twins of the fence checks (native: src/fencing.rs,
 -- src/api/fence.rs, src/xact.rs).
 --
+-- Given the holder's secret (lease_token / lock_token) a fence keeps the row locked FOR
+-- KEY SHARE until the transaction ends; given only the public fencing token it keeps
+-- nothing: the row is read FOR KEY SHARE (so the check sees the newest version) in a
+-- subtransaction rolled back at once, so a stranger who knows the token cannot hold off a
+-- steal, a takeover or the sweep.
+--
 -- The fences a transaction passed (what require_lease / require_lock check) are rows of a
 -- temporary table, `pg_temp.lease_sched_fences`, created in each session by the first
 -- fence and owned by the role that owns lease_sched: rows written in a subtransaction that
@@ -10,14 +16,6 @@
 -- passed fences) is refused, never read. PostgreSQL refuses to PREPARE a transaction
 -- that used a temporary table (SQLSTATE 0A000), which keeps the native guarantee that a
 -- fenced transaction cannot be prepared.
---
--- Only a fence given the holder's secret (lease_token / lock_token) keeps the row locked
--- FOR KEY SHARE until the transaction ends. Given only the public fencing token, which
--- anyone who can read lock_info() or active_leases knows, the check locks the row in a
--- block that is rolled back at once (a subtransaction, as the native edition does): the
--- lock makes the check see the newest row version (READ COMMITTED waits for an uncommitted
--- steal and reads its result; REPEATABLE READ fails with 40001 on a row changed since its
--- snapshot), and the rollback keeps a stranger from pinning anything.
 
 -- The session's fence table, created when missing; NULL-safe owner check every time.
 CREATE FUNCTION lease_sched.portable_fence_table(create_missing boolean)
@@ -70,8 +68,8 @@ BEGIN
             SELECT e.job_name, e.status, e.fencing_token, e.lease_token INTO r
               FROM lease_sched.sys_cron_executions e WHERE e.id = lease_fence_check.execution_id FOR KEY SHARE;
             found_ := FOUND;
-            RAISE EXCEPTION USING ERRCODE = 'LSRB0';  -- roll the row lock back, keep what was read
-        EXCEPTION WHEN SQLSTATE 'LSRB0' THEN
+            RAISE EXCEPTION USING ERRCODE = 'LS998';  -- roll back: release the row lock now
+        EXCEPTION WHEN SQLSTATE 'LS998' THEN
             NULL;
         END;
     END IF;
@@ -117,8 +115,8 @@ BEGIN
             SELECT l.fencing_token, l.lock_token INTO r
               FROM lease_sched.locks l WHERE l.name = lock_fence_check.lock_name FOR KEY SHARE;
             found_ := FOUND;
-            RAISE EXCEPTION USING ERRCODE = 'LSRB0';  -- roll the row lock back, keep what was read
-        EXCEPTION WHEN SQLSTATE 'LSRB0' THEN
+            RAISE EXCEPTION USING ERRCODE = 'LS998';  -- roll back: release the row lock now
+        EXCEPTION WHEN SQLSTATE 'LS998' THEN
             NULL;
         END;
     END IF;

@@ -36,8 +36,8 @@ BEGIN
     END IF;
     IF job_define.every IS NOT NULL THEN
         PERFORM lease_sched.portable_interval(job_define.every, 'every');
-        -- A slot shorter than a second cannot be run in time by any scheduler, and its missed
-        -- slots would pile up faster than calls can record them.
+        -- A slot shorter than a second cannot be run in time by any scheduler, and its
+        -- missed slots would pile up faster than calls can record them.
         IF lease_sched.portable_stride(job_define.every, 'every') < 1000000 THEN
             RAISE EXCEPTION 'every must be at least 1 second for a job definition' USING ERRCODE = '22023';
         END IF;
@@ -55,14 +55,14 @@ BEGIN
     PERFORM lease_sched.portable_interval(job_define.stale_timeout, 'stale_timeout');
     PERFORM lease_sched.portable_job_key(job_define.job_name, job_define.scope_kind, job_define.scope_id);
     -- Create or replace: every setting is the caller's; the paused state, paused_at,
-    -- resumed_at and created_at are kept. A cron expression is parsed here, once
-    -- (cron_parse raises 22023 naming cron and the position of the error), and the time
-    -- zone checked against the server's tz database; the row keeps the parsed form.
+    -- resumed_at and created_at are kept.
+    -- A cron expression is parsed here, once (cron_parse raises 22023 naming cron and the
+    -- position of the error), and the time zone checked against the server's tz database.
     INSERT INTO lease_sched.jobs AS j (job_name, scope_kind, scope_id, every, misfire, grace, max_attempts,
                                        stale_timeout, paused, created_at, updated_at, cron, timezone, cron_spec)
     VALUES (job_define.job_name, job_define.scope_kind, job_define.scope_id, job_define.every, job_define.misfire,
-            job_define.grace, job_define.max_attempts, job_define.stale_timeout, false, now_, now_, job_define.cron,
-            lease_sched.cron_check_timezone(job_define.timezone, 'timezone'),
+            job_define.grace, job_define.max_attempts, job_define.stale_timeout, false, now_, now_,
+            job_define.cron, lease_sched.cron_check_timezone(job_define.timezone, 'timezone'),
             CASE WHEN job_define.cron IS NOT NULL THEN lease_sched.cron_parse(job_define.cron, 'cron') END)
     ON CONFLICT (job_name, scope_kind, scope_id) DO UPDATE
        SET every = excluded.every, misfire = excluded.misfire, grace = excluded.grace,

@@ -31,7 +31,6 @@ DECLARE
     now_   timestamptz := clock_timestamp();
     found_ record;
     got    record;
-    t      timestamptz;
 BEGIN
     -- The checks in the native order; one test on the fast path, the precise error after.
     IF lease_try_claim.job_name IS NULL OR lease_try_claim.job_name = '' OR octet_length(lease_try_claim.job_name) > 512
@@ -39,7 +38,7 @@ BEGIN
        OR lease_try_claim.runner_id IS NULL OR lease_try_claim.runner_id = '' OR octet_length(lease_try_claim.runner_id) > 512
        OR lease_try_claim.scope_kind IS NULL OR lease_try_claim.scope_kind = '' OR octet_length(lease_try_claim.scope_kind) > 512
        OR lease_try_claim.scope_id IS NULL OR octet_length(lease_try_claim.scope_id) > 512
-       OR lease_try_claim.stale_timeout IS NULL OR NOT lease_sched.portable_interval_ok(lease_try_claim.stale_timeout)
+       OR NOT lease_sched.portable_interval_ok(lease_try_claim.stale_timeout)
        OR lease_try_claim.max_attempts IS NULL OR lease_try_claim.max_attempts < 1
        OR lease_try_claim.allow_stale_reentry IS NULL THEN
         PERFORM lease_sched.portable_name(lease_try_claim.job_name, 'job_name'),
@@ -78,23 +77,22 @@ BEGIN
                     lease_try_claim.allow_stale_reentry, lease_try_claim.stale_timeout,
                     now_, now_ + lease_try_claim.stale_timeout, now_, now_)
             ON CONFLICT (job_name, scope_kind, scope_id, plan_time) DO NOTHING
-            -- The token was drawn in VALUES, before the INSERT may have waited on a
-            -- concurrent insert of the same key; RETURNING, evaluated after that wait,
-            -- reads the sequence again: when another session drew meanwhile (a claim that
-            -- returned before this one may hold a higher token), or the wait outlasted
-            -- the lease, the token is drawn again, so tokens keep real-time order.
             RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after,
+                      -- The token was drawn in VALUES, before the INSERT may have waited on a
+                      -- concurrent insert of the same key: when another session drew
+                      -- meanwhile, or the wait outlasted the lease, draw again (REDRAW).
                       (SELECT s.last_value FROM lease_sched.fencing_token_seq s) <> e.fencing_token
-                      OR (SELECT clock_timestamp()) >= e.stale_after AS redraw
-                 INTO got;
+                        OR (SELECT clock_timestamp()) >= e.stale_after AS redraw
+            INTO got;
             IF FOUND THEN
                 IF got.redraw THEN
-                    t := clock_timestamp();
                     UPDATE lease_sched.sys_cron_executions e
-                       SET fencing_token = nextval('lease_sched.fencing_token_seq'), heartbeat_at = t,
-                           stale_after = t + e.stale_timeout, started_at = t, updated_at = t
+                       SET fencing_token = nextval('lease_sched.fencing_token_seq'),
+                           heartbeat_at = (SELECT clock_timestamp()),
+                           stale_after = (SELECT clock_timestamp()) + e.stale_timeout,
+                           started_at = (SELECT clock_timestamp()), updated_at = (SELECT clock_timestamp())
                      WHERE e.id = got.id
-                    RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after INTO got;
+                    RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after, false AS redraw INTO got;
                 END IF;
                 outcome := 'won'; execution_id := got.id; lease_token := got.lease_token; attempt := got.attempt;
                 fencing_token := got.fencing_token; stale_after := got.stale_after;
@@ -140,20 +138,20 @@ BEGIN
               FROM held
              WHERE e.id = held.id
             RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after, held.was_running,
-                      CASE WHEN e.fencing_token <= held.previous_token THEN held.previous_token END AS redraw_above
-                 INTO got;
+                      held.previous_token INTO got;
             IF FOUND THEN
-                IF got.redraw_above IS NOT NULL THEN
-                    -- The row carries a token the sequence never reached (restored from a
-                    -- database whose sequence was further on): a steal gets a token above
-                    -- the row's previous one.
-                    PERFORM lease_sched.portable_floor_above(got.redraw_above);
-                    t := clock_timestamp();
+                -- A row restored from a database whose sequence was further on: move the
+                -- sequence above its token (as a floor does) and draw again.
+                IF got.fencing_token <= got.previous_token THEN
+                    PERFORM lease_sched.portable_floor_above(got.previous_token);
                     UPDATE lease_sched.sys_cron_executions e
-                       SET fencing_token = nextval('lease_sched.fencing_token_seq'), heartbeat_at = t,
-                           stale_after = t + e.stale_timeout, started_at = t, updated_at = t
+                       SET fencing_token = nextval('lease_sched.fencing_token_seq'),
+                           heartbeat_at = (SELECT clock_timestamp()),
+                           stale_after = (SELECT clock_timestamp()) + e.stale_timeout,
+                           started_at = (SELECT clock_timestamp()), updated_at = (SELECT clock_timestamp())
                      WHERE e.id = got.id
-                    RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after, got.was_running INTO got;
+                    RETURNING e.id, e.lease_token, e.attempt, e.fencing_token, e.stale_after, got.was_running, 0::bigint
+                    INTO got;
                 END IF;
                 IF got.was_running AND lease_sched.portable_notify_lost() THEN
                     PERFORM pg_notify('lease_sched_lost', got.id::text);
@@ -245,7 +243,7 @@ BEGIN
                   USING ERRCODE = '22001', HINT = 'Keep results small; put large output in your own table or logs.';
         END IF;
     END IF;
-    IF lease_finish.retry_in IS NOT NULL THEN
+    IF lease_finish.retry_in IS NOT NULL AND NOT lease_sched.portable_interval_ok(lease_finish.retry_in, true) THEN
         PERFORM lease_sched.portable_interval(lease_finish.retry_in, 'retry_in', true);
     END IF;
     failed := lease_finish.status = 'FAILED';
@@ -258,8 +256,7 @@ BEGIN
            duration_ms = greatest(0, (extract(epoch FROM now_ - e.started_at) * 1000)::bigint),
            result = lease_finish.result, rows_affected = lease_finish.rows_affected,
            -- Error fields describe failures only; a SUCCESS clears them.
-           -- error_code is cut to 200 characters, error_msg to 4000: a finish is never
-           -- refused for its error text, which would leave the run RUNNING.
+           -- (cut at 200 characters, like error_msg at 4000: a finish is never refused for its error text)
            error_code = CASE WHEN failed THEN left(coalesce(nullif(lease_finish.error_code, ''), 'handler_error'), 200) END,
            error_msg = CASE WHEN failed THEN left(lease_finish.error_msg, 4000) END,
            next_retry_at = CASE WHEN failed AND e.attempt < e.max_attempts

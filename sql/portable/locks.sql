@@ -39,17 +39,15 @@ BEGIN
                ttl = portable_lock_acquire.ttl
           FROM held
          WHERE l.name = held.name
-        RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at,
-                  CASE WHEN l.fencing_token <= held.previous_token THEN held.previous_token END AS redraw_above
-             INTO got;
+        RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at, held.previous_token INTO got;
         IF FOUND THEN
-            IF got.redraw_above IS NOT NULL THEN
-                -- The lock carries a token the sequence never reached (restored from a
-                -- database whose sequence was further on): a takeover gets a token above it.
-                PERFORM lease_sched.portable_floor_above(got.redraw_above);
+            -- A row restored from a database whose sequence was further on: move the
+            -- sequence above its token (as a floor does) and draw again.
+            IF got.fencing_token <= got.previous_token THEN
+                PERFORM lease_sched.portable_floor_above(got.previous_token);
                 UPDATE lease_sched.locks l SET fencing_token = nextval('lease_sched.fencing_token_seq')
                  WHERE l.name = portable_lock_acquire.lock_name
-                RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at INTO got;
+                RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at, 0::bigint INTO got;
             END IF;
             -- The expired holder never released: tell it (delivered at commit).
             IF lease_sched.portable_notify_lost() THEN

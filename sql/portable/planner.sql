@@ -26,16 +26,16 @@ BEGIN
     PERFORM lease_sched.portable_name(lease_latest_plan.scope_kind, 'scope_kind');
     PERFORM lease_sched.portable_name(lease_latest_plan.scope_id, 'scope_id', true);
     -- The latest execution by plan_time at or before now: a row planned in the future is
-    -- not the cursor, nor are the plans of job_trigger ("run now").
+    -- not the cursor.
     RETURN QUERY
     SELECT e.plan_time, e.status, e.attempt, e.max_attempts, e.next_retry_at,
            e.status = 'FAILED' AND e.attempt < e.max_attempts AND coalesce(e.next_retry_at <= now_, true)
       FROM lease_sched.sys_cron_executions e
      WHERE e.job_name = lease_latest_plan.job_name AND e.scope_kind = lease_latest_plan.scope_kind
        AND e.scope_id = lease_latest_plan.scope_id AND e.plan_time <= now_
-       AND NOT EXISTS (SELECT 1 FROM lease_sched.job_triggers t
-                        WHERE t.job_name = lease_latest_plan.job_name AND t.scope_kind = lease_latest_plan.scope_kind
-                          AND t.scope_id = lease_latest_plan.scope_id AND t.plan_time = e.plan_time)
+       AND NOT EXISTS (SELECT 1 FROM lease_sched.job_triggers t   -- "run now" plans are not the cursor
+                        WHERE t.job_name = e.job_name AND t.scope_kind = e.scope_kind AND t.scope_id = e.scope_id
+                          AND t.plan_time = e.plan_time)
      ORDER BY e.plan_time DESC LIMIT 1;
 END;
 $latest$;
@@ -77,8 +77,6 @@ BEGIN
     PERFORM lease_sched.portable_name(lease_next_plan.scope_id, 'scope_id', true);
     PERFORM lease_sched.portable_required(lease_next_plan.catch_up IS NULL, 'catch_up');
 
-    -- The definition, and its oldest "run now" plan still to run (job_trigger; none while
-    -- paused): one probe of an index that is nearly always empty.
     SELECT j.every, j.misfire, j.grace, j.stale_timeout, j.paused, j.resumed_at, j.cron,
            CASE WHEN NOT j.paused AND EXISTS (
                      SELECT 1 FROM lease_sched.job_triggers t
@@ -94,9 +92,9 @@ BEGIN
       FROM lease_sched.sys_cron_executions x
      WHERE x.job_name = lease_next_plan.job_name AND x.scope_kind = lease_next_plan.scope_kind
        AND x.scope_id = lease_next_plan.scope_id AND x.plan_time <= now_
-       AND NOT EXISTS (SELECT 1 FROM lease_sched.job_triggers t
-                        WHERE t.job_name = lease_next_plan.job_name AND t.scope_kind = lease_next_plan.scope_kind
-                          AND t.scope_id = lease_next_plan.scope_id AND t.plan_time = x.plan_time)
+       AND NOT EXISTS (SELECT 1 FROM lease_sched.job_triggers t   -- "run now" plans are not the cursor
+                        WHERE t.job_name = x.job_name AND t.scope_kind = x.scope_kind AND t.scope_id = x.scope_id
+                          AND t.plan_time = x.plan_time)
      ORDER BY x.plan_time DESC LIMIT 1;
     has_l := FOUND;
 
@@ -107,7 +105,7 @@ BEGIN
                   HINT = 'Pass every => ''...'', or define the job once with lease_sched.job_define.';
         END IF;
     ELSE
-        -- A "run now" plan (job_trigger) goes first.
+        -- A "run now" plan (job_trigger) goes first; none is offered while paused.
         IF d.pending_trigger IS NOT NULL THEN
             RETURN d.pending_trigger;
         END IF;
@@ -124,12 +122,13 @@ BEGIN
         IF d.every IS NULL THEN
             RAISE EXCEPTION 'every is missing from the job''s definition' USING ERRCODE = '22023';
         END IF;
+        -- An override below a second would make each call record up to 1000 SKIPPED slots
+        -- and run none of them, as job_define's own bound explains.
+        IF e IS NOT NULL AND e < 1000000 THEN
+            RAISE EXCEPTION 'every must be at least 1 second for a job with a definition' USING ERRCODE = '22023';
+        END IF;
         IF e IS NULL THEN
             e := lease_sched.portable_stride(d.every, 'every');
-        ELSIF e < 1000000 THEN
-            -- An override below a second would make each call record up to 1000 SKIPPED
-            -- slots and run none of them, as job_define's own bound explains.
-            RAISE EXCEPTION 'every must be at least 1 second for a job with a definition' USING ERRCODE = '22023';
         END IF;
         IF d.grace IS NOT NULL THEN
             g := lease_sched.portable_stride(d.grace, 'grace');

@@ -209,11 +209,14 @@ $offline$;
 ALTER TABLE lease_sched.runtimes RENAME TO runtime_rows;
 CREATE VIEW lease_sched.runtimes AS
 SELECT r.id, r.name, r.status,
-       CASE WHEN b.server_started < pg_catalog.pg_postmaster_start_time() AND r.status = 'online'
-            THEN greatest(r.last_seen_at, b.seen_at) ELSE r.last_seen_at END AS last_seen_at,
+       -- (a subquery, not an outer join: SELECT ... FOR UPDATE on the view locks the row)
+       CASE WHEN r.status = 'online'
+            THEN greatest(r.last_seen_at, (SELECT b.seen_at FROM lease_sched.runtime_touch_buffer b
+                                            WHERE b.runtime_id = r.id
+                                              AND b.server_started < pg_catalog.pg_postmaster_start_time()))
+            ELSE r.last_seen_at END AS last_seen_at,
        r.registered_at, r.metadata
-  FROM lease_sched.runtime_rows r
-  LEFT JOIN lease_sched.runtime_touch_buffer b ON b.runtime_id = r.id;
+  FROM lease_sched.runtime_rows r;
 COMMENT ON VIEW lease_sched.runtimes IS
     'Runtimes and when they were last seen (portable edition: lease_sched.runtime_rows, with the touches a clean shutdown left buffered).';
 REVOKE ALL ON lease_sched.runtimes FROM PUBLIC;

@@ -56,27 +56,21 @@ END;
 $check$;
 
 -- An interval argument that becomes an instant (now + value) or a stride (the native
--- src/api/args.rs, interval_in_range). PostgreSQL compares intervals by their total (a
--- month counting 30 days) but adds them part by part, so a value whose parts have opposite
--- signs can pass a check of its total and still overflow or land before now when added.
--- So: no months (a month has no fixed length; an infinite interval, PostgreSQL 17+, has
--- infinite months and is refused with them), a total that is positive (or not negative,
--- when allow_zero) and at most 366 days, and days and time of the total's sign.
+-- src/api/args.rs, interval_in_range): no months (a month has no fixed length; an
+-- infinite interval has infinite months), positive (or not negative, when allow_zero),
+-- every part with the sign of the total (PostgreSQL adds intervals part by part, so
+-- '106751992 days -2562047784 hours' is one day in total and still overflows), and at most
+-- 366 days.
 CREATE FUNCTION lease_sched.portable_interval(value interval, argument text, allow_zero boolean DEFAULT false)
 RETURNS interval
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $check$
-DECLARE
-    days numeric;
 BEGIN
     IF value IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', argument USING ERRCODE = '22004';
     END IF;
-    IF NOT pg_catalog.isfinite(value) THEN
-        RAISE EXCEPTION '% must not contain months or years', argument
-              USING ERRCODE = '22023', HINT = 'Use days instead, e.g. ''30 days''.';
-    END IF;
-    IF EXTRACT(year FROM value) OPERATOR(pg_catalog.<>) 0 OR EXTRACT(month FROM value) OPERATOR(pg_catalog.<>) 0 THEN
+    IF value::pg_catalog.text OPERATOR(pg_catalog.~) 'infinity'
+       OR EXTRACT(year FROM value) OPERATOR(pg_catalog.<>) 0 OR EXTRACT(month FROM value) OPERATOR(pg_catalog.<>) 0 THEN
         RAISE EXCEPTION '% must not contain months or years', argument
               USING ERRCODE = '22023', HINT = 'Use days instead, e.g. ''30 days''.';
     END IF;
@@ -88,13 +82,10 @@ BEGIN
         RAISE EXCEPTION '% must be positive', argument
               USING ERRCODE = '22023', HINT = 'Pass an interval such as ''30 seconds''.';
     END IF;
-    days := EXTRACT(day FROM value);
-    IF days OPERATOR(pg_catalog.<) 0
-       OR value OPERATOR(pg_catalog.-) (days::pg_catalog.int4 OPERATOR(pg_catalog.*) interval '1 day')
-          OPERATOR(pg_catalog.<) interval '0' THEN
+    IF EXTRACT(day FROM value) OPERATOR(pg_catalog.<) 0
+       OR (value OPERATOR(pg_catalog.-) pg_catalog.date_trunc('day', value)) OPERATOR(pg_catalog.<) interval '0' THEN
         RAISE EXCEPTION '% must not have parts of opposite signs', argument
-              USING ERRCODE = '22023',
-                    HINT = 'Write the interval with one sign, e.g. ''23 hours'' rather than ''1 day -1 hour''.';
+              USING ERRCODE = '22023', HINT = 'Write the interval with one sign, e.g. ''23 hours'' rather than ''1 day -1 hour''.';
     END IF;
     IF value OPERATOR(pg_catalog.>) interval '366 days' THEN
         RAISE EXCEPTION '% must be at most 366 days', argument USING ERRCODE = '22023';
@@ -103,15 +94,16 @@ BEGIN
 END;
 $check$;
 
--- The fast test of the API's hot paths (one expression, inlined): true when value passes
--- portable_interval(value, ...) with allow_zero false; the precise error comes from
--- portable_interval when it does not.
-CREATE FUNCTION lease_sched.portable_interval_ok(value interval)
+-- The same checks as one test, for the fast path of the hot calls (the precise error comes
+-- from portable_interval).
+CREATE FUNCTION lease_sched.portable_interval_ok(value interval, allow_zero boolean DEFAULT false)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN value > interval '0' AND value <= interval '366 days' AND isfinite(value)
-       AND EXTRACT(year FROM value) = 0 AND EXTRACT(month FROM value) = 0 AND EXTRACT(day FROM value) >= 0
-       AND value - EXTRACT(day FROM value)::int4 * interval '1 day' >= interval '0';
+RETURN value IS NOT NULL AND value::text !~ 'infinity'
+       AND EXTRACT(year FROM value) = 0 AND EXTRACT(month FROM value) = 0
+       AND (value > interval '0' OR (allow_zero AND value = interval '0'))
+       AND EXTRACT(day FROM value) >= 0 AND value - date_trunc('day', value) >= interval '0'
+       AND value <= interval '366 days';
 
 CREATE FUNCTION lease_sched.portable_at_least_one(value int, argument text)
 RETURNS int
@@ -210,15 +202,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN timestamptz '2000-01-01 00:00:00+00' + lease_sched.portable_interval_of(micros);
 
 -- Fencing tokens that never repeat (the native src/fencing.rs): before the first grant
--- after CREATE (token_floor_timeline = 0), on a new WAL timeline (a promotion, a
--- point-in-time restore) or after a server start, the token sequence is floored at the
--- database clock in microseconds. Everything is read without superuser: the timeline is
--- the first 8 hex digits of the current WAL file's name, the start time
--- pg_postmaster_start_time(). The last floor is kept in the native edition's sequences,
--- token_floor_timeline and token_floor_server_start (setval is not transactional:
--- recording a floor holds no row lock that other first grants would wait on). Floors are
--- serialised by the native edition's advisory lock (19539 = 'LS', 1), held only around the
--- floor itself.
+-- after CREATE, after each server start and on each WAL timeline, the token sequence is
+-- floored at the database clock in microseconds. Everything is read without superuser: the
+-- timeline is the first 8 hex digits of the current WAL file's name, the start
+-- pg_postmaster_start_time(); the last floor is recorded in the native edition's sequences
+-- (token_floor_timeline, token_floor_server_start, sql/fencing.sql). Floors are
+-- serialised by the native edition's advisory lock (19539 = 'LS', 1), held only around
+-- the floor itself.
 CREATE FUNCTION lease_sched.portable_token_floor()
 RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
@@ -259,7 +249,9 @@ $floor$;
 -- Move the token sequence above `token`, a token a row already carries although the
 -- sequence never reached it (rows restored from a database floored later than this one):
 -- to the clock, or to `token` if that is higher, as a floor does (the native
--- fencing::floor_above), under the floor lock, so the next token drawn is above both.
+-- fencing::floor_above), so the next token drawn is above both. Under the floor lock,
+-- released on an error or a cancel too (a session-level lock left held would stop every
+-- other session's floor).
 CREATE FUNCTION lease_sched.portable_floor_above(token bigint)
 RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE

@@ -515,6 +515,9 @@ fn a_steal_notifies_the_loser_at_commit_and_a_rolled_back_steal_sends_nothing() 
 
 #[test]
 fn with_notify_lost_off_a_steal_sends_nothing_and_only_a_superuser_may_turn_it_off() {
+    if native_only("with_notify_lost_off_a_steal_sends_nothing_and_only_a_superuser_may_turn_it_off", "lease_sched.notify_lost is a superuser-only setting of the library; in the portable edition it is a placeholder any role may set for its own session (docs/portable.md)") {
+        return;
+    }
     let mut l = listener();
     let mut a = connect();
     let mut thief = connect();
@@ -634,6 +637,9 @@ fn assert_grants_above(c: &mut Client, floor: i64, what: &str) -> i64 {
 
 #[test]
 fn tokens_keep_increasing_across_drop_and_create_extension() {
+    if native_only("tokens_keep_increasing_across_drop_and_create_extension", "DROP and CREATE EXTENSION in scratch databases; the portable edition is installed by its script (the floor after a fresh install is checked by its regress suite, tokens.sql)") {
+        return;
+    }
     let db = ScratchDb::new("fence_recreate");
     let mut old_backend = db.connect();
     old_backend.batch_execute("CREATE EXTENSION lease_sched").unwrap();
@@ -659,6 +665,9 @@ fn tokens_keep_increasing_across_drop_and_create_extension() {
 /// session, and grants first after it.
 #[test]
 fn a_session_from_before_drop_and_create_extension_grants_first_above_the_old_tokens() {
+    if native_only("a_session_from_before_drop_and_create_extension_grants_first_above_the_old_tokens", "DROP and CREATE EXTENSION in scratch databases") {
+        return;
+    }
     let db = ScratchDb::new("fence_recreate2");
     let mut old = db.connect();
     old.batch_execute("CREATE EXTENSION lease_sched").unwrap();
@@ -673,6 +682,9 @@ fn a_session_from_before_drop_and_create_extension_grants_first_above_the_old_to
 /// for that transaction to end.
 #[test]
 fn the_first_grant_after_create_extension_does_not_hold_up_other_sessions_grants() {
+    if native_only("the_first_grant_after_create_extension_does_not_hold_up_other_sessions_grants", "CREATE EXTENSION in a scratch database") {
+        return;
+    }
     let db = ScratchDb::new("fence_floor_wait");
     let mut a = db.connect();
     a.batch_execute("CREATE EXTENSION lease_sched").unwrap();
@@ -706,6 +718,9 @@ fn pg_tool(tool: &str, args: &[&str]) -> Vec<u8> {
 
 #[test]
 fn tokens_keep_increasing_across_a_restore_without_the_sequence() {
+    if native_only("tokens_keep_increasing_across_a_restore_without_the_sequence", "dumps and restores the extension into scratch databases") {
+        return;
+    }
     let src = ScratchDb::new("fence_dump_src");
     let mut s = src.connect();
     s.batch_execute("CREATE EXTENSION lease_sched").unwrap();
@@ -800,6 +815,9 @@ impl Drop for FoClusters {
 
 #[test]
 fn tokens_keep_increasing_across_promotion_of_a_lagging_async_replica() {
+    if native_only("tokens_keep_increasing_across_promotion_of_a_lagging_async_replica", "starts its own primary and replica preloading the library") {
+        return;
+    }
     let [fo_primary, fo_replica] = *FO_PORTS;
     let fo_base = fo_base();
     let _clusters = FoClusters;
