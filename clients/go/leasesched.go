@@ -562,7 +562,7 @@ const finishSQL = `SELECT lease_sched.lease_finish(execution_id => $1::text::uui
        status => $3, result => $4::text::jsonb, rows_affected => $5, error_code => $6, error_msg => $7,
        retry_in => $8::text::interval)`
 
-// TryClaim is the bare claim row (the lease_token stays inside), for callers that only look.
+// tryClaim runs lease_try_claim: the claim row and, separately, the secret lease_token.
 func (c *Client) tryClaim(ctx context.Context, job string, plan time.Time, o LeaseOptions) (Claim, string, error) {
 	var cl Claim
 	var id, token sql.NullString

@@ -21,8 +21,9 @@ type DueOptions struct {
 	NoCatchUp bool
 }
 
-// DueRun is what RunDue did: Outcome is "nothing_due", "conflicted" or "success"; Value is
-// what fn returned.
+// DueRun is what RunDue did: Outcome is "nothing_due", "conflicted", "success", or "failed"
+// (fn returned an error, which RunDue returns too, or the lease was lost); Value is what fn
+// returned.
 type DueRun struct {
 	Outcome  string
 	PlanTime time.Time

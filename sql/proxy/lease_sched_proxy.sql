@@ -485,23 +485,39 @@ BEGIN
 END;
 $stub$;
 
+-- lease_sched.cron_next_runs: any
+CREATE FUNCTION lease_sched.cron_next_runs(
+    expression text,
+    timezone text DEFAULT 'UTC',
+    n int DEFAULT 10,
+    after timestamptz DEFAULT NULL
+)
+RETURNS TABLE (plan_time timestamptz, local_time timestamp)
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
+    CLUSTER 'lease_sched';
+    RUN ON ANY;
+$proxy$;
+COMMENT ON FUNCTION lease_sched.cron_next_runs(text, text, int, timestamptz) IS 'A pure function: run on any partition.';
+
 -- lease_sched.job_define: job (job_name)
 CREATE FUNCTION lease_sched.job_define(
     job_name text,
-    every interval,
+    every interval DEFAULT NULL,
     misfire text DEFAULT 'latest',
     grace interval DEFAULT NULL,
     max_attempts int DEFAULT 3,
     stale_timeout interval DEFAULT '5 minutes',
     scope_kind text DEFAULT 'global',
-    scope_id text DEFAULT ''
+    scope_id text DEFAULT '',
+    cron text DEFAULT NULL,
+    timezone text DEFAULT 'UTC'
 )
 RETURNS boolean
 LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(job_name);
 $proxy$;
-COMMENT ON FUNCTION lease_sched.job_define(text, interval, text, interval, int, interval, text, text) IS
+COMMENT ON FUNCTION lease_sched.job_define(text, interval, text, interval, int, interval, text, text, text, text) IS
     'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
 
 -- lease_sched.job_pause: job (job_name)
@@ -552,7 +568,7 @@ CREATE FUNCTION lease_sched.job_definition(
     scope_kind text DEFAULT 'global',
     scope_id text DEFAULT ''
 )
-RETURNS TABLE (every interval, misfire text, grace interval, max_attempts int, stale_timeout interval, paused boolean)
+RETURNS TABLE (every interval, misfire text, grace interval, max_attempts int, stale_timeout interval, paused boolean, cron text, timezone text)
 LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
     CLUSTER 'lease_sched';
     RUN ON lease_sched_proxy.hash32(job_name);
@@ -560,7 +576,51 @@ $proxy$;
 COMMENT ON FUNCTION lease_sched.job_definition(text, text, text) IS
     'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
 
--- Not proxied (call them on each partition): runtime_flush, runtime_pending, sweep, stats, run_arm_deadline, run_disarm_deadline, run, lease_fence_check, lock_fence_check, lock_fence_passed, lease_fence_passed, require_lock, require_lease.
+-- lease_sched.job_trigger: job (job_name)
+CREATE FUNCTION lease_sched.job_trigger(
+    job_name text,
+    scope_kind text DEFAULT 'global',
+    scope_id text DEFAULT ''
+)
+RETURNS timestamptz
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
+    CLUSTER 'lease_sched';
+    RUN ON lease_sched_proxy.hash32(job_name);
+$proxy$;
+COMMENT ON FUNCTION lease_sched.job_trigger(text, text, text) IS
+    'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
+
+-- lease_sched.job_next_runs: job (job_name)
+CREATE FUNCTION lease_sched.job_next_runs(
+    job_name text,
+    n int DEFAULT 10,
+    scope_kind text DEFAULT 'global',
+    scope_id text DEFAULT ''
+)
+RETURNS TABLE (plan_time timestamptz, local_time timestamp)
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
+    CLUSTER 'lease_sched';
+    RUN ON lease_sched_proxy.hash32(job_name);
+$proxy$;
+COMMENT ON FUNCTION lease_sched.job_next_runs(text, int, text, text) IS
+    'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
+
+-- lease_sched.lease_claim_next: job (job_name)
+CREATE FUNCTION lease_sched.lease_claim_next(
+    job_name text,
+    runner_id text,
+    scope_kind text DEFAULT 'global',
+    scope_id text DEFAULT ''
+)
+RETURNS TABLE (outcome text, execution_id uuid, lease_token uuid, attempt int, fencing_token bigint, stale_after timestamptz, plan_time timestamptz)
+LANGUAGE plproxy VOLATILE SET search_path = pg_catalog, pg_temp AS $proxy$
+    CLUSTER 'lease_sched';
+    RUN ON lease_sched_proxy.hash32(job_name);
+$proxy$;
+COMMENT ON FUNCTION lease_sched.lease_claim_next(text, text, text, text) IS
+    'Routed by job_name to partition lease_sched_proxy.partition_of(job_name) (PL/Proxy; docs/scaling.md).';
+
+-- Not proxied (call them on each partition): runtime_flush, runtime_pending, sweep, stats, sweeper_status, sys_sweeper_announce, run_arm_deadline, run_disarm_deadline, run, lease_fence_check, lock_fence_check, lock_fence_passed, lease_fence_passed, require_lock, require_lease, cron_error, cron_value, cron_field, cron_parse, cron_check_timezone, cron_day_matches, cron_next_bit, cron_next_wall, cron_utc_offset, cron_transition, cron_next_slot, calendar_next_plan, job_trigger_due, schedule, unschedule.
 
 -- As on one primary, PUBLIC runs nothing; grant runner and reader roles (see the top).
 REVOKE ALL ON SCHEMA lease_sched, lease_sched_proxy FROM PUBLIC;

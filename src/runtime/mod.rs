@@ -149,6 +149,7 @@ pub fn stop_buffering() {
 pub fn save_left() {
     let entries = buffer::copy_pending();
     if entries.is_empty() {
+        spill::remove(); // touches saved at an earlier exit are all written now
         return;
     }
     let n = entries.len();
@@ -173,7 +174,8 @@ pub fn save_left() {
 
 /// The sweeper starts: read back the touches an earlier sweeper saved (`save_left`) into
 /// the buffer, and report touches an earlier sweeper had to give up. Returns how many
-/// were restored; the caller writes them out at once.
+/// were restored; the caller writes them out at once, and calls `saved_written` after
+/// each transaction that may have written them.
 pub fn restore_saved() -> usize {
     let lost = spill::take_lost();
     if lost > 0 {
@@ -184,8 +186,11 @@ pub fn restore_saved() -> usize {
              last_seen_at is older than their last touch"
         );
     }
-    let entries = match spill::take() {
-        Ok(Some(entries)) => entries,
+    let entries = match spill::read() {
+        Ok(Some(entries)) => {
+            SAVED_FILE_KEPT.store(true, std::sync::atomic::Ordering::Relaxed);
+            entries
+        }
         Ok(None) => return 0,
         Err(e) => {
             warning!("lease_sched sweeper: the saved runtime touches in \"{}\" are unreadable and were discarded: {e}", spill::path());
@@ -211,4 +216,18 @@ pub fn restore_saved() -> usize {
         );
     }
     restored
+}
+
+/// Whether this process read a saved file that is still on disk (`restore_saved`).
+static SAVED_FILE_KEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Call after a transaction that may have written restored touches committed: once nothing
+/// is left in the buffer, the saved file has served and goes (until then it stays, so a
+/// crash reads it again). Costs nothing when no file was read.
+pub fn saved_written() {
+    use std::sync::atomic::Ordering;
+    if SAVED_FILE_KEPT.load(Ordering::Relaxed) && buffer::pending() == 0 {
+        spill::remove();
+        SAVED_FILE_KEPT.store(false, Ordering::Relaxed);
+    }
 }

@@ -93,18 +93,27 @@ pub fn save(entries: &[(RuntimeId, SeenAt)]) -> io::Result<()> {
     written
 }
 
-/// What the file holds, removing it: Ok(None) when there is none, Err when it is
-/// unreadable or damaged (it is removed then too: a damaged file would fail every start).
-pub fn take() -> io::Result<Option<Vec<(RuntimeId, SeenAt)>>> {
+/// What the file holds: Ok(None) when there is none, Err when it is unreadable or damaged
+/// (then it is removed: a damaged file would fail every start). The file stays until
+/// `remove`, once its touches are written: a crash before that reads it again.
+pub fn read() -> io::Result<Option<Vec<(RuntimeId, SeenAt)>>> {
     let mut bytes = Vec::new();
     match File::open(path()) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
         Ok(mut f) => f.read_to_end(&mut bytes)?,
     };
-    let _ = fs::remove_file(path());
-    let _ = sync_dir();
-    decode(&bytes).map(Some).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "damaged (bad length or checksum)"))
+    decode(&bytes).map(Some).ok_or_else(|| {
+        remove();
+        io::Error::new(io::ErrorKind::InvalidData, "damaged (bad length or checksum)")
+    })
+}
+
+/// The saved touches are written (or none were left): forget them.
+pub fn remove() {
+    if fs::remove_file(path()).is_ok() {
+        let _ = sync_dir();
+    }
 }
 
 /// Make sure the lost-touch counter file exists with its eight bytes allocated, and

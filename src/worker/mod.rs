@@ -140,6 +140,7 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
     if owns_buffer {
         runtime::start_buffering();
         in_transaction("restored touch flush", restore_saved_touches);
+        runtime::saved_written();
     }
 
     let mut installed = false;
@@ -211,6 +212,8 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
                 }
             }
         });
+        // Restored touches the sweep wrote: their saved file can go.
+        runtime::saved_written();
         // A worker never goes idle the way a client backend does, so PostgreSQL would not
         // publish its table statistics until it exits: autovacuum would never see the dead
         // rows that flushes and sweeps leave. Publish them after every sweep.

@@ -108,6 +108,12 @@ def test_every_proxied_function_answers_as_with_a_clean_path(hostile, parts):
         hostile.execute("SELECT lease_sched.job_pause(%s)", (job,))
         assert clean.execute("SELECT paused FROM lease_sched.job_definition(%s)", (job,)).fetchone()[0] is True
         hostile.execute("SELECT lease_sched.job_resume(%s)", (job,))
+        assert hostile.execute("SELECT count(*) FROM lease_sched.job_next_runs(%s, 3)", (job,)).fetchone()[0] == 3
+        triggered = hostile.execute("SELECT lease_sched.job_trigger(%s)", (job,)).fetchone()[0]
+        outcome, plan_time = hostile.execute(
+            "SELECT outcome, plan_time FROM lease_sched.lease_claim_next(%s, 'thief')", (job,)).fetchone()
+        assert (outcome, plan_time) == ("won", triggered)
+        assert rows_on(parts, "executions", "job_name", job) == [int(p == 0), int(p == 1)]
         hostile.execute("SELECT lease_sched.job_drop(%s)", (job,))
         assert rows_on(parts, "jobs", "job_name", job) == [0, 0]
         planned = job_on(p, f"planned{p}")
@@ -139,6 +145,9 @@ def test_every_proxied_function_answers_as_with_a_clean_path(hostile, parts):
             == [stranger]
     assert hostile.execute("SELECT lease_sched.retry_backoff(3, '10 seconds', '1 hour')").fetchone()[0] \
         == dt.timedelta(seconds=40)
+    after = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
+    runs = "SELECT array_agg(plan_time) FROM lease_sched.cron_next_runs('30 2 * * *', 'Europe/Berlin', 3, %s)"
+    assert hostile.execute(runs, (after,)).fetchone()[0] == clean.execute(runs, (after,)).fetchone()[0]
     with pytest.raises(psycopg.errors.FeatureNotSupported):
         hostile.execute("SELECT lease_sched.lease_fence(%s, 1)", (uuid.uuid4(),))
     with pytest.raises(psycopg.errors.FeatureNotSupported):

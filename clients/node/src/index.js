@@ -204,6 +204,27 @@ export class Client {
     return c
   }
 
+  /** Opens a heartbeat connection (named and LISTENing once a keeper adopts it). */
+  _openBeat(interval) {
+    const conn = new pg.Client({
+      ...this._config,
+      application_name: 'lease_sched heartbeat',
+      connectionTimeoutMillis: Math.max(1000, Math.round(interval)),
+      keepAlive: true,
+      keepAliveInitialDelayMillis: Math.max(1000, Math.round(interval)),
+    })
+    const broken = () => { conn._leaseBroken = true; conn._onBroken?.() }
+    conn.on('error', broken)
+    conn.on('end', broken)
+    const pending = conn.connect().then(() => conn, (e) => {
+      conn.end().catch(() => {})
+      throw e
+    })
+    pending.client = conn
+    pending.catch(() => {}) // whoever adopts it sees the error; nobody else must crash on it
+    return pending
+  }
+
   /** Closes the pool this client created. */
   async end() {
     if (this._ownPool) await this.pool.end()
@@ -243,15 +264,24 @@ export class Client {
     const o = this._leaseOpts(opts ?? {})
     const margin = checkTiming(o.staleTimeout, o.margin)
     const started = performance.now()
-    const { claim, leaseToken } = await this._claim(jobName, planTime, o)
+    const beat = this._openBeat(o.staleTimeout / 3)
+    const drop = () => beat.client.end().catch(() => {})
+    let claim, leaseToken
+    try {
+      ({ claim, leaseToken } = await this._claim(jobName, planTime, o))
+    } catch (e) {
+      drop()
+      throw e
+    }
     if (claim.outcome !== 'won' && claim.outcome !== 'stole') {
+      drop()
       throw new Conflicted(claim, `${jobName} @ ${planTime}: ${claim.outcome} ` +
         `(execution ${claim.executionId}, attempt ${claim.attempt})`)
     }
     const lease = new Lease(this, jobName, planTime, claim, leaseToken, opts?.cancelOnLoss ?? true)
     lease._keeper = new Keeper(this, appName('lease', claim.executionId), HEARTBEAT_SQL,
       [claim.executionId, leaseToken], claim.executionId, o.staleTimeout, margin, started,
-      (reason) => lease._onLost(reason))
+      (reason) => lease._onLost(reason), beat)
     lease._keeper.start()
     let failed = false
     let bodyError
@@ -331,7 +361,15 @@ export class Client {
     const ttl = opts.ttl ?? 60_000
     const margin = checkTiming(ttl, opts.margin)
     const started = performance.now()
-    const { rows } = await this.pool.query(LOCK_ACQUIRE_SQL, [name, holder, interval(ttl)])
+    const beat = this._openBeat(ttl / 3)
+    const drop = () => beat.client.end().catch(() => {})
+    let rows
+    try {
+      ({ rows } = await this.pool.query(LOCK_ACQUIRE_SQL, [name, holder, interval(ttl)]))
+    } catch (e) {
+      drop()
+      throw e
+    }
     const r = rows[0]
     const state = {
       acquired: r.acquired,
@@ -339,10 +377,11 @@ export class Client {
       holder: r.holder,
       expiresAt: r.expires_at,
     }
+    if (!state.acquired) drop()
     if (!state.acquired) throw new NotLeader(state, `lock ${name} is held by ${state.holder} until ${state.expiresAt?.toISOString?.()}`)
     const leader = new Leader(this, name, state, r.lock_token, opts.cancelOnLoss ?? true)
     leader._keeper = new Keeper(this, appName('lock', name), LOCK_HEARTBEAT_SQL, [name, r.lock_token],
-      `lock:${name}`, ttl, margin, started, (reason) => leader._onLost(reason))
+      `lock:${name}`, ttl, margin, started, (reason) => leader._onLost(reason), beat)
     leader._keeper.start()
     let failed = false
     let bodyError
@@ -368,8 +407,11 @@ export class Client {
 
 /** Heartbeats one lease or lock on its own connection, LISTENs, keeps the local deadline. */
 class Keeper {
-  constructor(client, app, sql, args, payload, ttl, margin, started, onLost) {
+  constructor(client, app, sql, args, payload, ttl, margin, started, onLost, pre) {
     Object.assign(this, { client, app, sql, args, payload, ttl, margin, onLost })
+    // The heartbeat connection, opened while the claim ran: a connect must not eat into the
+    // first deadline (stale_timeout - margin after the claim was sent).
+    this._pre = pre ?? null
     this.interval = ttl / 3
     this.deadline = started + ttl - margin
     this.lost = false
@@ -377,9 +419,16 @@ class Keeper {
     this.beats = 0
     this.stopped = false
     this._conn = null
-    this._timers = new Set()
     this._wake = null
     this._loop = null
+    // What stop() and a loss call to end every wait of the loop (_bounded) at once, so that
+    // stopping never waits for a connect or a query that does not settle (pg's connect()
+    // does not, once end() was called while it was connecting).
+    this._onHalt = new Set()
+  }
+
+  _halt() {
+    for (const f of [...this._onHalt]) f()
   }
 
   start() {
@@ -402,6 +451,7 @@ class Keeper {
     this.stopped = true
     clearTimeout(this._watchdog)
     this._wake?.()
+    this._halt()
     try {
       this.onLost(reason)
     } catch {
@@ -414,6 +464,7 @@ class Keeper {
     this.stopped = true
     clearTimeout(this._watchdog)
     this._wake?.()
+    this._halt()
     // Closing the connection ends a heartbeat or a reconnect in flight at once (the loop must
     // not hold the finish up until the deadline during a network partition).
     this._close()
@@ -434,34 +485,44 @@ class Keeper {
     })
   }
 
+  /** Adopts the connection opened while claiming (or opens one), names it and LISTENs. */
   async _connect() {
-    const conn = new pg.Client({
-      ...this.client._config,
-      application_name: this.app,
-      connectionTimeoutMillis: Math.max(1000, Math.round(this.interval)),
-      keepAlive: true,
-      keepAliveInitialDelayMillis: Math.max(1000, Math.round(this.interval)),
-    })
-    conn.on('error', () => { conn._leaseBroken = true; this._wake?.() })
-    conn.on('end', () => { conn._leaseBroken = true; this._wake?.() })
+    const pending = this._pre ?? this.client._openBeat(this.interval)
+    this._pre = null
+    let conn
+    try {
+      conn = await this._bounded(pending)
+    } catch (e) {
+      pending.client?.end().catch(() => {}) // ends a connect in flight (its socket)
+      pending.then((c) => c.end().catch(() => {}), () => {})
+      throw e
+    }
+    conn._onBroken = () => this._wake?.()
     conn.on('notification', (n) => {
       if (n.channel === LOST_CHANNEL && n.payload === this.payload) this._lose('notified on lease_sched_lost')
     })
     this._conn = conn
-    await conn.connect()
-    await conn.query(`LISTEN ${LOST_CHANNEL}`)
+    if (this.stopped) throw new Error('keeper stopped')
+    await this._bounded(conn.query(`SET application_name = ${conn.escapeLiteral(this.app)}; LISTEN ${LOST_CHANNEL}`))
     return conn
   }
 
-  /** A query bounded by the local deadline (the watchdog declares the loss; this only frees
-   * the loop from a call that never returns). */
+  /** A call bounded by the local deadline (the watchdog declares the loss; this only frees
+   * the loop from a call that never returns) and by stop(). */
   _bounded(promise) {
-    const wait = this.deadline - performance.now()
-    let t
-    return Promise.race([
-      promise,
-      new Promise((_, reject) => { t = setTimeout(() => reject(new Error('heartbeat timed out')), Math.max(0, wait)) }),
-    ]).finally(() => clearTimeout(t))
+    return new Promise((resolve, reject) => {
+      const finish = (settle, value) => {
+        clearTimeout(t)
+        this._onHalt.delete(onHalt)
+        settle(value)
+      }
+      const onHalt = () => finish(reject, new Error('keeper stopped'))
+      const t = setTimeout(() => finish(reject, new Error('heartbeat timed out')),
+        Math.max(0, this.deadline - performance.now()))
+      if (this.stopped) return onHalt()
+      this._onHalt.add(onHalt)
+      promise.then((v) => finish(resolve, v), (e) => finish(reject, e))
+    })
   }
 
   _close() {
@@ -478,7 +539,7 @@ class Keeper {
           if (!this._conn || this._conn._leaseBroken) {
             const reconnect = this._conn !== null
             this._close()
-            await this._bounded(this._connect())
+            await this._connect()
             // A heartbeat connection that broke is reopened and the heartbeat sent at once.
             if (reconnect) next = performance.now()
             continue

@@ -137,6 +137,28 @@ fn behind(c: &mut Client, ids: &[Uuid], t: DateTime<Utc>) -> i64 {
         .get(0)
 }
 
+/// Touch and flush these runtimes until a flush fails with 53100. Each flush writes a new
+/// version of every row (the pinned xmin horizon keeps the old ones); the pages' free space
+/// runs out within a few rounds, and from then on every write of these rows needs new space.
+/// (A touch that overflows the buffer writes directly and may meet the full disk first.)
+fn flush_until_the_disk_is_full(c: &mut Client, ids: &[Uuid]) {
+    for _ in 0..50 {
+        for id in ids {
+            match c.query_one("SELECT lease_sched.runtime_touch($1)", &[id]) {
+                Ok(r) => assert!(r.get::<_, bool>(0)),
+                Err(e) => {
+                    assert!(is_disk_full(&e), "a direct touch on a full disk fails with 53100: {e}");
+                }
+            }
+        }
+        if let Err(e) = c.query_one("SELECT lease_sched.runtime_flush()", &[]) {
+            assert!(is_disk_full(&e), "a flush on a full disk fails with 53100: {e}");
+            return;
+        }
+    }
+    panic!("the flushes kept finding space: the tablespace is not full");
+}
+
 /// `n` online runtimes, the buffer flushed, the tablespace filled, and touches flushed
 /// until a flush needs new space and fails with 53100. Returns the runtimes and the
 /// database time just before their last, acknowledged, still buffered touches.
@@ -150,23 +172,7 @@ fn touches_buffered_on_a_full_disk(c: &mut Client, space: &FullTablespace, n: us
         .collect();
     flush(c);
     space.fill();
-    // Each flush writes a new version of every row; the pages' free space runs out within a
-    // few rounds, and then a flush must extend the table.
-    let mut failed = false;
-    for _ in 0..30 {
-        for id in &ids {
-            assert!(touch(c, *id));
-        }
-        match c.query_one("SELECT lease_sched.runtime_flush()", &[]) {
-            Ok(_) => continue,
-            Err(e) => {
-                assert!(is_disk_full(&e), "a flush on a full disk fails with 53100: {e}");
-                failed = true;
-                break;
-            }
-        }
-    }
-    assert!(failed, "the flushes kept finding space: the tablespace is not full");
+    flush_until_the_disk_is_full(c, &ids);
     let acknowledged_after = now(c);
     std::thread::sleep(Duration::from_millis(20));
     for id in &ids {
@@ -375,6 +381,7 @@ fn load_on_a_full_tablespace(test: &str, per_client: usize) {
         (0..3).map(|_| (0..per_client).map(|_| register_runtime(&mut c)).collect()).collect();
     let gid = pin_xmin(&mut c);
     space.fill();
+    flush_until_the_disk_is_full(&mut c, &runtimes.concat());
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let clients: Vec<_> = (0..3)

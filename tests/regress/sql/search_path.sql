@@ -179,9 +179,8 @@ SELECT p.proname FROM pg_catalog.pg_proc p
                          'cron_parse', 'cron_transition', 'cron_utc_offset', 'cron_value',
                          -- run by CREATE EXTENSION; schedule/unschedule need pg_cron (calendars.rs)
                          'sys_sweeper_announce', 'schedule', 'unschedule'])
-   -- the portable edition's own helpers (docs/portable.md): internals of the calls above,
-   -- and its pg_cron schedule of the sweep
-   AND NOT p.proname::pg_catalog.text OPERATOR(pg_catalog.~~) 'portable\_%'
+   -- the portable edition's internals (docs/portable.md), called by its twins of the above
+   AND p.proname::pg_catalog.text OPERATOR(pg_catalog.!~~) 'portable\_%'
  ORDER BY 1;
 
 DROP TABLE public.sp_leader_writes, public.sp_lease_writes;
