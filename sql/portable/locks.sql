@@ -43,11 +43,7 @@ BEGIN
             -- A row restored from a database whose sequence was further on: move the
             -- sequence above its token (as a floor does) and draw again.
             IF got.fencing_token <= got.previous_token THEN
-                PERFORM pg_advisory_lock(19539, 1);
-                PERFORM setval('lease_sched.fencing_token_seq',
-                               greatest((SELECT s.last_value FROM lease_sched.fencing_token_seq s),
-                                        got.previous_token, lease_sched.portable_db_micros(clock_timestamp())));
-                PERFORM pg_advisory_unlock(19539, 1);
+                PERFORM lease_sched.portable_floor_above(got.previous_token);
                 UPDATE lease_sched.locks l SET fencing_token = nextval('lease_sched.fencing_token_seq')
                  WHERE l.name = portable_lock_acquire.lock_name
                 RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at, 0::bigint INTO got;

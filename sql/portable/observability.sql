@@ -127,13 +127,13 @@ BEGIN
     END;
 
     -- 4. Retention, in bounded batches (10 of 1000 rows): never a row that may still run,
-    --    never the latest plan of its job (the planner's cursor).
+    --    never the latest plan of its job (the planner's cursor). A "run now" plan
+    --    (job_trigger) is not the cursor, so a later one does not count; and its trigger
+    --    row goes with its execution row (a trigger without one is a pending "run now").
     retention := lease_sched.portable_setting_ms('lease_sched.retention', 30 * 86400 * 1000::bigint, 1000) / 1000;
     IF retention > 0 THEN
         BEGIN
             FOR batch IN 1..10 LOOP
-                -- A "run now" plan (job_trigger) is not the cursor; a pruned row's trigger
-                -- row goes with it.
                 WITH pruned AS (
                     DELETE FROM lease_sched.sys_cron_executions
                      WHERE id IN (SELECT e.id FROM lease_sched.sys_cron_executions e

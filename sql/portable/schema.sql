@@ -246,6 +246,30 @@ BEGIN
 END;
 $floor$;
 
+-- Move the token sequence above `token`, a token a row already carries although the
+-- sequence never reached it (rows restored from a database floored later than this one):
+-- to the clock, or to `token` if that is higher, as a floor does (the native
+-- fencing::floor_above), so the next token drawn is above both. Under the floor lock,
+-- released on an error or a cancel too (a session-level lock left held would stop every
+-- other session's floor).
+CREATE FUNCTION lease_sched.portable_floor_above(token bigint)
+RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $above$
+BEGIN
+    PERFORM pg_catalog.pg_advisory_lock(19539, 1);
+    BEGIN
+        PERFORM pg_catalog.setval('lease_sched.fencing_token_seq',
+                    greatest((SELECT s.last_value FROM lease_sched.fencing_token_seq s), token,
+                             lease_sched.portable_db_micros(pg_catalog.clock_timestamp())));
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM pg_catalog.pg_advisory_unlock(19539, 1);
+        RAISE;
+    END;
+    PERFORM pg_catalog.pg_advisory_unlock(19539, 1);
+END;
+$above$;
+
 -- Admin functions (sweep, runtime_flush) run with the caller's rights; refuse callers who
 -- may not write lease_sched's tables up front (the native src/api/mod.rs, require_admin).
 CREATE FUNCTION lease_sched.portable_require_admin(function_name text)

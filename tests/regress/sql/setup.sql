@@ -3,6 +3,7 @@
 -- run (execution ids, fencing tokens) replaced by their names.
 -- No background worker sweeps this database (lease_sched.database names another), so every
 -- output below is exact; CREATE EXTENSION says so, and sweeper_status() shows it.
+-- (The portable edition has no worker at all: expected/setup_1.out, docs/portable.md.)
 CREATE EXTENSION lease_sched;
 SELECT swept, state FROM lease_sched.sweeper_status();
 CREATE SCHEMA regress;
