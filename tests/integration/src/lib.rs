@@ -293,3 +293,40 @@ pub fn native_only(test: &str, why: &str) -> bool {
     skip(test, &format!("native edition only: {why}"));
     true
 }
+
+/// The released 0.2.0, by commit (releases are commits of main, not tags).
+pub const RELEASED_0_2_0: &str = "97628a9";
+
+/// The files under `paths` exactly as 0.2.0 released them, extracted from this checkout's git
+/// history into a fresh directory, with 0.2.0's Cargo.lock and a workspace root over
+/// clients/rust and examples (so released Rust code builds with the versions it was released
+/// with). None, after a skip line, when the checkout has no such history (a tarball, a
+/// shallow clone): nothing released can be run then.
+pub fn released_0_2_0(test: &str, paths: &[&str]) -> Option<std::path::PathBuf> {
+    use std::process::{Command, Stdio};
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let git = |args: &[&str]| Command::new("git").arg("-C").arg(&repo).args(args).stderr(Stdio::null()).output();
+    let have = git(&["cat-file", "-e", &format!("{RELEASED_0_2_0}^{{commit}}")]).map(|o| o.status.success());
+    if !have.unwrap_or(false) {
+        skip(test, &format!("this checkout has no git history with 0.2.0 ({RELEASED_0_2_0})"));
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("lease_sched_released_0_2_0_{}", unique("src")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut archive = vec!["archive", "--format=tar", RELEASED_0_2_0];
+    archive.extend_from_slice(paths);
+    let tar = git(&archive).expect("git archive");
+    assert!(tar.status.success(), "git archive {paths:?} failed");
+    let mut untar = Command::new("tar").arg("-x").arg("-C").arg(&dir).stdin(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(untar.stdin.as_mut().unwrap(), &tar.stdout).unwrap();
+    assert!(untar.wait().unwrap().success());
+    let lock = git(&["show", &format!("{RELEASED_0_2_0}:Cargo.lock")]).unwrap();
+    std::fs::write(dir.join("Cargo.lock"), lock.stdout).unwrap();
+    let members: Vec<String> = ["clients/rust", "examples"]
+        .iter()
+        .filter(|m| dir.join(m).join("Cargo.toml").exists())
+        .map(|m| format!("{m:?}"))
+        .collect();
+    std::fs::write(dir.join("Cargo.toml"), format!("[workspace]\nresolver = \"2\"\nmembers = [{}]\n", members.join(", "))).unwrap();
+    Some(dir)
+}

@@ -1,5 +1,7 @@
 //! The runner examples in examples/ (psql, Python, Rust) run for real against the test
-//! cluster. Each claims the current plan of its own job, heartbeats, and finishes.
+//! cluster. Each claims the current plan of its own job, heartbeats, and finishes. So do the
+//! runner examples 0.2.0 released, unchanged (from git history): code written for 0.2.0
+//! keeps working against this version.
 use std::process::Command;
 
 use lease_sched_integration::*;
@@ -59,4 +61,46 @@ fn the_rust_runner_claims_heartbeats_and_finishes() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout.trim(), "won success");
     assert!(succeeded(&job));
+}
+
+#[test]
+fn the_released_0_2_0_psql_python_and_rust_runners_run_unchanged() {
+    let test = "the_released_0_2_0_psql_python_and_rust_runners_run_unchanged";
+    let Some(dir) = released_0_2_0(test, &["examples", "clients/rust"]) else {
+        return;
+    };
+    let job = unique("ex02_psql");
+    let out = Command::new(format!("{}/psql", pgbin()))
+        .args(["-X", "-h", "127.0.0.1", "-p", &port(), "-U", "postgres", "-d", "lease_sched", "-v", &format!("job={job}"), "-f"])
+        .arg(dir.join("examples/runner.sql"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("claim: won") && stdout.contains("finished: t"), "{stdout}");
+    assert!(succeeded(&job));
+
+    let python = std::env::var("LEASE_SCHED_PYTHON").unwrap_or_else(|_| "python3".into());
+    let job = unique("ex02_py");
+    let out = Command::new(python).arg(dir.join("examples/runner.py")).arg(dsn()).arg(&job).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "won success");
+    assert!(succeeded(&job));
+
+    let job = unique("ex02_rs");
+    let out = Command::new(env!("CARGO"))
+        .args(["run", "-q", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .args(["-p", "lease_sched_examples", "--bin", "runner", "--"])
+        .arg(dsn())
+        .arg(&job)
+        .env("CARGO_TARGET_DIR", "/tmp/lease_sched_clients_target")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "won success");
+    assert!(succeeded(&job));
+    let _ = std::fs::remove_dir_all(&dir);
 }
