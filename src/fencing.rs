@@ -72,9 +72,12 @@ static FLOOR_ABOVE: Statement = Statement {
     arg_types: &[INT8OID],
 };
 
-/// The advisory lock (pg_locks: locktype advisory, classid 0x4c53 'LS', objid 1, objsubid 2)
+/// The advisory lock (pg_locks: locktype advisory, classid 0x4c53 'LS', objid 1, objsubid 3)
 /// that serialises floors in one database. Held only around the floor's one statement.
-const FLOOR_LOCK_KEY: (u32, u32) = (0x4c53, 1);
+/// objsubid 3 is a key no SQL function can take: pg_advisory_lock(bigint) takes objsubid 1
+/// and pg_advisory_lock(int4, int4) objsubid 2, open to any role that can connect, which
+/// could otherwise hold the floor lock for good and stop every grant after a server start.
+const FLOOR_LOCK_KEY: (u32, u32, u16) = (0x4c53, 1, 3);
 
 thread_local! {
     // (timeline, server start, oid of token_floor_timeline) this backend has seen floored.
@@ -112,15 +115,15 @@ fn floor_sequence_oid() -> u32 {
 
 /// Run `f` holding the floor lock (a session-level advisory lock, released on every path).
 fn with_floor_lock<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: SET_LOCKTAG_ADVISORY for an (int4, int4) key in this database, the tag
-    // pg_advisory_lock(int4, int4) uses; acquired and released as a session lock, so the
-    // release below is the only one, on success and on error alike.
+    // SAFETY: an advisory locktag in this database (SET_LOCKTAG_ADVISORY), with a fourth
+    // field SQL's advisory-lock functions never use; acquired and released as a session
+    // lock, so the release below is the only one, on success and on error alike.
     unsafe {
         let tag = pg_sys::LOCKTAG {
             locktag_field1: pg_sys::MyDatabaseId.to_u32(),
             locktag_field2: FLOOR_LOCK_KEY.0,
             locktag_field3: FLOOR_LOCK_KEY.1,
-            locktag_field4: 2,
+            locktag_field4: FLOOR_LOCK_KEY.2,
             locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
             locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
         };

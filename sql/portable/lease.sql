@@ -63,7 +63,9 @@ BEGIN
             IF NOT pg_is_in_recovery() AND NOT coalesce((
                    SELECT t.last_value = ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint
                           AND s.last_value = lease_sched.portable_db_micros(pg_postmaster_start_time())
-                     FROM lease_sched.token_floor_timeline t, lease_sched.token_floor_server_start s), false) THEN
+                          AND c.last_value = lease_sched.portable_database_copy()
+                     FROM lease_sched.token_floor_timeline t, lease_sched.token_floor_server_start s,
+                          lease_sched.token_floor_copy c), false) THEN
                 PERFORM lease_sched.portable_token_floor();
             END IF;
             INSERT INTO lease_sched.sys_cron_executions AS e (
@@ -107,7 +109,9 @@ BEGIN
             IF NOT pg_is_in_recovery() AND NOT coalesce((
                    SELECT t.last_value = ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint
                           AND s.last_value = lease_sched.portable_db_micros(pg_postmaster_start_time())
-                     FROM lease_sched.token_floor_timeline t, lease_sched.token_floor_server_start s), false) THEN
+                          AND c.last_value = lease_sched.portable_database_copy()
+                     FROM lease_sched.token_floor_timeline t, lease_sched.token_floor_server_start s,
+                          lease_sched.token_floor_copy c), false) THEN
                 PERFORM lease_sched.portable_token_floor();
             END IF;
             -- The native STEAL: the row locked FOR UPDATE first (waiting for every fenced

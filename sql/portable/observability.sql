@@ -105,28 +105,7 @@ BEGIN
         RAISE WARNING 'lease_sched sweep: the abandoned leases pass failed and was rolled back; the other passes ran: % (SQLSTATE %)', message, sqlstate_;
     END;
 
-    -- 3. The whole touch buffer, once per flush interval (the wait lets many touches of
-    --    one runtime coalesce), and at the first sweep after a server start (the native
-    --    sweeper drains the buffer when the server stops).
-    BEGIN
-        flush_ms := lease_sched.portable_setting_ms('lease_sched.touch_flush_interval', 60000);
-        offline_ms := lease_sched.portable_setting_ms('lease_sched.runtime_offline_after', 150000);
-        IF flush_ms >= offline_ms THEN
-            flush_ms := offline_ms / 2;  -- a flush must land inside the offline window
-        END IF;
-        IF state.last_flush_at IS NULL OR state.last_flush_at < started
-           OR now_ - state.last_flush_at >= flush_ms * interval '1 millisecond' THEN
-            flushed_n := flushed_n + lease_sched.portable_flush(NULL);
-            flushes_n := flushes_n + 1;
-            UPDATE lease_sched.portable_sweep_state SET last_flush_at = now_;
-        END IF;
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, sqlstate_ = RETURNED_SQLSTATE;
-        errors := errors + 1;
-        RAISE WARNING 'lease_sched sweep: the touch flush pass failed and was rolled back; the other passes ran: % (SQLSTATE %)', message, sqlstate_;
-    END;
-
-    -- 4. Retention, in bounded batches (10 of 1000 rows): never a row that may still run,
+    -- 3. Retention, in bounded batches (10 of 1000 rows): never a row that may still run,
     --    never the latest plan of its job (the planner's cursor). A "run now" plan
     --    (job_trigger) is not the cursor, so a later one does not count; and its trigger
     --    row goes with its execution row (a trigger without one is a pending "run now").
@@ -165,6 +144,30 @@ BEGIN
             RAISE WARNING 'lease_sched sweep: the retention pass failed and was rolled back; the other passes ran: % (SQLSTATE %)', message, sqlstate_;
         END;
     END IF;
+
+    -- 4. The whole touch buffer, once per flush interval (the wait lets many touches of
+    --    one runtime coalesce), and at the first sweep after a server start (the native
+    --    sweeper drains the buffer when the server stops). Last, unlike the native order:
+    --    a touch of a runtime whose buffered entry this takes waits for the sweep's commit
+    --    (the native buffer is shared memory, which nobody waits on), so nothing runs
+    --    between this pass and the commit.
+    BEGIN
+        flush_ms := lease_sched.portable_setting_ms('lease_sched.touch_flush_interval', 60000, min_ms => 100);
+        offline_ms := lease_sched.portable_setting_ms('lease_sched.runtime_offline_after', 150000, min_ms => 1000);
+        IF flush_ms >= offline_ms THEN
+            flush_ms := offline_ms / 2;  -- a flush must land inside the offline window
+        END IF;
+        IF state.last_flush_at IS NULL OR state.last_flush_at < started
+           OR now_ - state.last_flush_at >= flush_ms * interval '1 millisecond' THEN
+            flushed_n := flushed_n + lease_sched.portable_flush(NULL);
+            flushes_n := flushes_n + 1;
+            UPDATE lease_sched.portable_sweep_state SET last_flush_at = now_;
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, sqlstate_ = RETURNED_SQLSTATE;
+        errors := errors + 1;
+        RAISE WARNING 'lease_sched sweep: the touch flush pass failed and was rolled back; the other passes ran: % (SQLSTATE %)', message, sqlstate_;
+    END;
 
     UPDATE lease_sched.portable_sweep_state s
        SET last_sweep_at = now_,
@@ -252,9 +255,12 @@ $announce$;
 -- every `every` (whole seconds from 1 to 59 where pg_cron supports second schedules,
 -- 1.5 and later; otherwise whole minutes, at least one). Replaces an earlier schedule
 -- of this database's sweep; returns the pg_cron job id. Run it as the role that owns
--- lease_sched (the sweep runs with its rights), in the database lease_sched is in; where
--- pg_cron runs in another database (cron.database_name), cron.schedule_in_database is
--- used.
+-- lease_sched (the sweep runs with its rights), in the database lease_sched is in. pg_cron
+-- can be called only in the one database it is installed in (cron.database_name): where
+-- that is another database, this refuses (55000) with the cron.schedule_in_database call
+-- to run there instead (pg_cron lets only a superuser, or a role granted EXECUTE on it,
+-- schedule into another database; the job still runs as the owner). (cron.database_name itself is a superuser-only setting: it is
+-- read from pg_settings, which shows it only to roles allowed to read it.)
 CREATE FUNCTION lease_sched.portable_schedule_sweep(every interval DEFAULT '10 seconds')
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
@@ -266,20 +272,30 @@ DECLARE
     job_name     text := 'lease_sched sweep: ' || current_database();
     job_id       bigint;
     seconds_ok   boolean;
+    cron_database text;
 BEGIN
     IF every IS NULL THEN
         RAISE EXCEPTION 'every must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    SELECT e.extversion INTO cron_version FROM pg_extension e WHERE e.extname = 'pg_cron';
-    IF cron_version IS NULL THEN
-        RAISE EXCEPTION 'lease_sched.portable_schedule_sweep needs pg_cron, which is not installed'
-              USING ERRCODE = '55000',
-                    HINT = 'Enable pg_cron (docs/portable.md lists how on each service), or call lease_sched.sweep() from your own scheduler every few seconds.';
     END IF;
     seconds := lease_sched.portable_micros(every) / 1000000;
     IF seconds < 1 OR seconds > 86400 OR seconds <> trunc(seconds) OR extract(month FROM every) <> 0
        OR extract(year FROM every) <> 0 THEN
         RAISE EXCEPTION 'every must be whole seconds between 1 second and 1 day' USING ERRCODE = '22023';
+    END IF;
+    SELECT e.extversion INTO cron_version FROM pg_extension e WHERE e.extname = 'pg_cron';
+    IF cron_version IS NULL THEN
+        cron_database := (SELECT s.setting FROM pg_settings s WHERE s.name = 'cron.database_name');
+        RAISE EXCEPTION 'lease_sched.portable_schedule_sweep needs pg_cron in database "%", where it is not installed',
+                        current_database()
+              USING ERRCODE = '55000',
+                    HINT = format('Where pg_cron is installed (%s), as a role that may call cron.schedule_in_database '
+                                  '(a superuser, or one granted EXECUTE on it), run: SELECT cron.schedule_in_database(%L, %L, %L, %L, %L); '
+                                  '(pg_cron before 1.5: schedule ''* * * * *''). Without pg_cron (docs/portable.md lists how to '
+                                  'enable it on each service), call lease_sched.sweep() from your own scheduler every few seconds.',
+                                  coalesce('database "' || cron_database || '"', 'the database cron.database_name names'),
+                                  job_name, CASE WHEN seconds < 60 THEN seconds::int || ' seconds' ELSE '* * * * *' END,
+                                  'SELECT lease_sched.sweep()', current_database(),
+                                  (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace n WHERE n.nspname = 'lease_sched'));
     END IF;
     seconds_ok := string_to_array(split_part(cron_version, '-', 1), '.')::int[] >= ARRAY[1, 5];
     IF seconds < 60 AND seconds_ok THEN
@@ -290,13 +306,7 @@ BEGIN
     ELSE
         schedule := '0 * * * *';
     END IF;
-    IF to_regprocedure('cron.schedule_in_database(text,text,text,text,text,boolean)') IS NOT NULL
-       AND current_setting('cron.database_name', true) IS DISTINCT FROM current_database() THEN
-        EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
-           INTO job_id USING job_name, schedule, 'SELECT lease_sched.sweep()', current_database();
-    ELSE
-        EXECUTE 'SELECT cron.schedule($1, $2, $3)' INTO job_id USING job_name, schedule, 'SELECT lease_sched.sweep()';
-    END IF;
+    EXECUTE 'SELECT cron.schedule($1, $2, $3)' INTO job_id USING job_name, schedule, 'SELECT lease_sched.sweep()';
     IF seconds_ok IS FALSE AND seconds < 60 THEN
         RAISE NOTICE 'pg_cron % has no second schedules: lease_sched.sweep() runs once a minute', cron_version
               USING HINT = 'Leases go stale on the database clock regardless; only the FAILED marking and offline runtimes wait for the sweep.';

@@ -172,7 +172,7 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $offline$
 DECLARE
     cutoff     pg_catalog.timestamptz := now_ OPERATOR(pg_catalog.-)
-                   (lease_sched.portable_setting_ms('lease_sched.runtime_offline_after', 150000)
+                   (lease_sched.portable_setting_ms('lease_sched.runtime_offline_after', 150000, min_ms => 1000)
                     OPERATOR(pg_catalog.*) interval '1 millisecond');
     candidates pg_catalog.uuid[];
     rescued    pg_catalog.uuid[];

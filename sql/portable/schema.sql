@@ -165,24 +165,36 @@ $check$;
 -- A lease_sched.* duration setting in milliseconds. The native library defines these
 -- settings; here they are placeholders (postgresql.conf, ALTER DATABASE ... SET,
 -- ALTER ROLE ... SET) read as PostgreSQL would read them: a bare number in the
--- setting's unit, or a value with a unit ('10s', '5min').
-CREATE FUNCTION lease_sched.portable_setting_ms(name text, default_ms bigint, unit_ms bigint DEFAULT 1)
+-- setting's unit, or a value with a unit ('10s', '5min'). A value the native edition would
+-- refuse (not a duration, below the setting's minimum, above the largest int4 in its unit)
+-- is ignored with a WARNING, as the native edition ignores it in postgresql.conf: the
+-- default applies.
+CREATE FUNCTION lease_sched.portable_setting_ms(name text, default_ms bigint, unit_ms bigint DEFAULT 1,
+                                                min_ms bigint DEFAULT 0)
 RETURNS bigint
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $setting$
 DECLARE
     raw pg_catalog.text := pg_catalog.btrim(pg_catalog.current_setting(name, true));
+    ms  pg_catalog.numeric;
 BEGIN
     IF raw IS NULL OR raw OPERATOR(pg_catalog.=) '' THEN
         RETURN default_ms;
     END IF;
     IF raw OPERATOR(pg_catalog.~) '^[0-9]+$' THEN
-        RETURN raw::bigint OPERATOR(pg_catalog.*) unit_ms;
+        ms := raw::pg_catalog.numeric OPERATOR(pg_catalog.*) unit_ms;
+    ELSE
+        ms := lease_sched.portable_micros(pg_catalog.replace(raw, 'ms', ' milliseconds')::interval)
+              OPERATOR(pg_catalog./) 1000;
     END IF;
-    RETURN (lease_sched.portable_micros(pg_catalog.replace(raw, 'ms', ' milliseconds')::interval)
-            OPERATOR(pg_catalog./) 1000)::bigint;
+    IF ms OPERATOR(pg_catalog.<) min_ms OR ms OPERATOR(pg_catalog.>) (2147483647 OPERATOR(pg_catalog.*) unit_ms) THEN
+        RAISE WARNING 'lease_sched: setting % = % is outside the valid range (% to % ms); using % ms', name, raw, min_ms,
+                      (2147483647 OPERATOR(pg_catalog.*) unit_ms), default_ms;
+        RETURN default_ms;
+    END IF;
+    RETURN pg_catalog.round(ms)::bigint;
 EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_text_representation
-               OR numeric_value_out_of_range THEN
+               OR numeric_value_out_of_range OR interval_field_overflow THEN
     RAISE WARNING 'lease_sched: setting % = % is not a duration; using % ms', name, raw, default_ms;
     RETURN default_ms;
 END;
@@ -206,16 +218,46 @@ RETURN timestamptz '2000-01-01 00:00:00+00' + lease_sched.portable_interval_of(m
 -- floored at the database clock in microseconds. Everything is read without superuser: the
 -- timeline is the first 8 hex digits of the current WAL file's name, the start
 -- pg_postmaster_start_time(); the last floor is recorded in the native edition's sequences
--- (token_floor_timeline, token_floor_server_start, sql/fencing.sql). Floors are
--- serialised by the native edition's advisory lock (19539 = 'LS', 1), held only around
--- the floor itself.
+-- (token_floor_timeline, token_floor_server_start, sql/fencing.sql) and in
+-- token_floor_copy below.
+--
+-- The native edition's two records are extension members pg_dump leaves out, so a restored
+-- copy starts them at 0 and floors. Here they are plain sequences, dumped with their
+-- values: a dump restored on the same server (same start, same timeline) would carry them
+-- as "floored" and continue the token sequence from the dump, below every token the
+-- original granted after it. token_floor_copy tells the copies apart: it records the oids
+-- of the database and of fencing_token_seq at the last floor, which a restore (new
+-- objects) and CREATE DATABASE ... TEMPLATE (a new database) both change.
+CREATE SEQUENCE lease_sched.token_floor_copy AS bigint MINVALUE 0 START 0 CACHE 1 NO CYCLE;
+COMMENT ON SEQUENCE lease_sched.token_floor_copy IS
+    'Portable edition: the copy of the database (oid of the database << 32 | oid of fencing_token_seq) in which fencing_token_seq was last floored (0: not yet). A restore or a template copy floors again.';
+REVOKE ALL ON lease_sched.token_floor_copy FROM PUBLIC;
+
+-- This copy of the database, as token_floor_copy records it.
+CREATE FUNCTION lease_sched.portable_database_copy()
+RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN ((SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())::bigint << 32)
+       | 'lease_sched.fencing_token_seq'::regclass::oid::bigint;
+
+-- Floors are serialised by a lock on this empty table, taken in a subtransaction that is
+-- rolled back right after the floor (setval is not transactional: the floor stays, the
+-- lock goes). Not an advisory lock: any role that can connect may take any advisory lock
+-- and keep it, and every grant after a server start would wait for it; this table can be
+-- locked in a mode that conflicts only by roles that may write lease_sched's tables.
+CREATE TABLE lease_sched.token_floor_lock ();
+COMMENT ON TABLE lease_sched.token_floor_lock IS
+    'Portable edition: locked (EXCLUSIVE, for the length of one floor) to serialise fencing-token floors. Always empty.';
+REVOKE ALL ON lease_sched.token_floor_lock FROM PUBLIC;
+
 CREATE FUNCTION lease_sched.portable_token_floor()
 RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $floor$
 DECLARE
     timeline bigint;
-    started bigint;
+    started  bigint;
+    copy     bigint;
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
         RETURN;  -- a standby grants nothing: the write fails as read-only
@@ -223,50 +265,50 @@ BEGIN
     timeline := ('x' OPERATOR(pg_catalog.||)
                  pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::bigint;
     started := lease_sched.portable_db_micros(pg_catalog.pg_postmaster_start_time());
+    copy := lease_sched.portable_database_copy();
     IF (SELECT s.last_value FROM lease_sched.token_floor_timeline s) OPERATOR(pg_catalog.=) timeline
-       AND (SELECT s.last_value FROM lease_sched.token_floor_server_start s) OPERATOR(pg_catalog.=) started THEN
+       AND (SELECT s.last_value FROM lease_sched.token_floor_server_start s) OPERATOR(pg_catalog.=) started
+       AND (SELECT s.last_value FROM lease_sched.token_floor_copy s) OPERATOR(pg_catalog.=) copy THEN
         RETURN;
     END IF;
-    PERFORM pg_catalog.pg_advisory_lock(19539, 1);
     BEGIN
+        LOCK TABLE lease_sched.token_floor_lock IN EXCLUSIVE MODE;
         -- Re-read under the lock: another session may have floored meanwhile.
         IF (SELECT s.last_value FROM lease_sched.token_floor_timeline s) OPERATOR(pg_catalog.<>) timeline
-           OR (SELECT s.last_value FROM lease_sched.token_floor_server_start s) OPERATOR(pg_catalog.<>) started THEN
+           OR (SELECT s.last_value FROM lease_sched.token_floor_server_start s) OPERATOR(pg_catalog.<>) started
+           OR (SELECT s.last_value FROM lease_sched.token_floor_copy s) OPERATOR(pg_catalog.<>) copy THEN
             PERFORM pg_catalog.setval('lease_sched.fencing_token_seq',
                         greatest((SELECT s.last_value FROM lease_sched.fencing_token_seq s),
                                  lease_sched.portable_db_micros(pg_catalog.clock_timestamp()))),
                     pg_catalog.setval('lease_sched.token_floor_timeline', timeline),
-                    pg_catalog.setval('lease_sched.token_floor_server_start', started);
+                    pg_catalog.setval('lease_sched.token_floor_server_start', started),
+                    pg_catalog.setval('lease_sched.token_floor_copy', copy);
         END IF;
-    EXCEPTION WHEN OTHERS OR query_canceled THEN
-        PERFORM pg_catalog.pg_advisory_unlock(19539, 1);
-        RAISE;
+        RAISE EXCEPTION USING ERRCODE = 'LS998';  -- roll back: release the lock now (the setvals stay)
+    EXCEPTION WHEN SQLSTATE 'LS998' THEN
+        NULL;
     END;
-    PERFORM pg_catalog.pg_advisory_unlock(19539, 1);
 END;
 $floor$;
 
 -- Move the token sequence above `token`, a token a row already carries although the
 -- sequence never reached it (rows restored from a database floored later than this one):
 -- to the clock, or to `token` if that is higher, as a floor does (the native
--- fencing::floor_above), so the next token drawn is above both. Under the floor lock,
--- released on an error or a cancel too (a session-level lock left held would stop every
--- other session's floor).
+-- fencing::floor_above), so the next token drawn is above both. Under the floor lock.
 CREATE FUNCTION lease_sched.portable_floor_above(token bigint)
 RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $above$
 BEGIN
-    PERFORM pg_catalog.pg_advisory_lock(19539, 1);
     BEGIN
+        LOCK TABLE lease_sched.token_floor_lock IN EXCLUSIVE MODE;
         PERFORM pg_catalog.setval('lease_sched.fencing_token_seq',
                     greatest((SELECT s.last_value FROM lease_sched.fencing_token_seq s), token,
                              lease_sched.portable_db_micros(pg_catalog.clock_timestamp())));
-    EXCEPTION WHEN OTHERS OR query_canceled THEN
-        PERFORM pg_catalog.pg_advisory_unlock(19539, 1);
-        RAISE;
+        RAISE EXCEPTION USING ERRCODE = 'LS998';  -- roll back: release the lock now (the setval stays)
+    EXCEPTION WHEN SQLSTATE 'LS998' THEN
+        NULL;
     END;
-    PERFORM pg_catalog.pg_advisory_unlock(19539, 1);
 END;
 $above$;
 

@@ -294,6 +294,17 @@ pub fn native_only(test: &str, why: &str) -> bool {
     true
 }
 
+/// True (after printing a skip line with the reason) when the edition under test is the
+/// native one and the test checks what only the portable edition has (its install script,
+/// its plain tables in pg_dump, its pg_cron helpers).
+pub fn portable_only(test: &str, why: &str) -> bool {
+    if portable() {
+        return false;
+    }
+    skip(test, &format!("portable edition only: {why}"));
+    true
+}
+
 /// The released 0.2.0, by commit (releases are commits of main, not tags).
 pub const RELEASED_0_2_0: &str = "97628a9";
 
