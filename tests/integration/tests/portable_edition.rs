@@ -255,3 +255,55 @@ fn settings_the_native_edition_would_refuse_are_ignored_and_the_default_applies(
         c.batch_execute(&format!("RESET lease_sched.{setting}")).unwrap();
     }
 }
+
+/// The portable-to-native snippet of docs/portable.md ("Moving to native and back"), run as
+/// written, in a database of its own on the native test cluster: history, the held lock and
+/// its token carry over, tokens go on increasing, and the application's require_lock
+/// trigger still refuses unfenced writes (DROP SCHEMA ... CASCADE drops it with the
+/// functions it calls; the snippet re-creates it).
+#[test]
+fn moving_a_portable_install_to_native_keeps_history_tokens_and_fence_triggers() {
+    if portable() {
+        skip("moving_a_portable_install_to_native_keeps_history_tokens_and_fence_triggers", "needs the native library: runs against the native test cluster");
+        return;
+    }
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/portable.md")).unwrap();
+    let marker = "<!-- docs-test: skip (portable edition only: moves a portable install to native) -->";
+    let after = &docs[docs.find(marker).expect("the snippet's marker in docs/portable.md") + marker.len()..];
+    let start = after.find("```sql\n").unwrap() + "```sql\n".len();
+    let snippet = &after[start..start + after[start..].find("```").unwrap()];
+
+    let mut admin = connect();
+    let db = unique("moved");
+    admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+    let dbs = Databases(&mut admin, vec![db.clone()]);
+    let mut c = Client::connect(&dsn_for(&db, "postgres"), NoTls).unwrap();
+    c.batch_execute(&script()).unwrap();
+    c.batch_execute(
+        "CREATE TABLE public.app_writes (v int);
+         CREATE TRIGGER leader_only BEFORE INSERT ON public.app_writes
+             FOR EACH ROW EXECUTE FUNCTION lease_sched.require_lock('app-writer');",
+    )
+    .unwrap();
+    let lock = c.query_one("SELECT lock_token, fencing_token FROM lease_sched.lock_acquire('app-writer', 'node', '1 hour')", &[]).unwrap();
+    let (lock_token, lock_fencing): (uuid::Uuid, i64) = (lock.get(0), lock.get(1));
+    let before = claim_token(&mut c, "moved_job");
+
+    c.batch_execute(snippet).unwrap_or_else(|e| panic!("the snippet of docs/portable.md failed: {e:?}"));
+
+    let native: i64 = c.query_one("SELECT count(*) FROM pg_extension WHERE extname = 'lease_sched'", &[]).unwrap().get(0);
+    assert_eq!(native, 1, "the native extension is installed");
+    let history: i64 =
+        c.query_one("SELECT count(*) FROM lease_sched.executions WHERE job_name = 'moved_job'", &[]).unwrap().get(0);
+    assert_eq!(history, 1);
+    let err = c.execute("INSERT INTO public.app_writes VALUES (1)", &[]).unwrap_err();
+    assert_eq!(sqlstate(&err), "LS001", "an unfenced write is still refused after the move: {err:?}");
+    let mut t = c.transaction().unwrap();
+    t.execute("SELECT lease_sched.lock_fence('app-writer', $1, $2)", &[&lock_fencing, &lock_token]).unwrap();
+    t.execute("INSERT INTO public.app_writes VALUES (2)", &[]).unwrap();
+    t.commit().unwrap();
+    let after = claim_token(&mut c, "moved_job_after");
+    assert!(after > before, "tokens go on increasing: {after} after {before}");
+    drop(c);
+    drop(dbs);
+}
