@@ -190,7 +190,12 @@ BEGIN
     -- The native counters' names, in their order. The portable edition counts what the
     -- sweep does; claims, heartbeats, finishes and touches are counted in shared memory
     -- by the native edition only and read 0 here (docs/portable.md). preloaded is 0.
-    IF NOT pg_is_in_recovery() THEN
+    -- (On a standby the UNLOGGED state cannot be read, and nothing sweeps there: the same
+    -- columns, all NULL, so the counters read 0.)
+    IF pg_is_in_recovery() THEN
+        SELECT NULL::bigint AS flushes, NULL::bigint AS sweeps, NULL::bigint AS sweep_errors, NULL::bigint AS rows_swept,
+               NULL::timestamptz AS last_sweep_at, NULL::bigint AS last_sweep_duration_us INTO s;
+    ELSE
         SELECT * INTO s FROM lease_sched.portable_sweep_state st WHERE st.server_started = pg_postmaster_start_time();
     END IF;
     RETURN QUERY SELECT v.name, v.value FROM (VALUES

@@ -207,13 +207,28 @@ $offline$;
 -- first sweep after the start writes them for real. INSTEAD OF triggers pass an owner's
 -- writes through to the table.
 ALTER TABLE lease_sched.runtimes RENAME TO runtime_rows;
+-- The touch a clean shutdown left buffered for a runtime (buffered before the server
+-- started), or NULL. A function, not a subquery in the view: a standby cannot open an
+-- UNLOGGED table at all (even to plan a query that would read no row of it), and its
+-- buffer is empty anyway; a read replica must answer lease_sched.runtimes as the native
+-- edition's table does. (PL/pgSQL: never inlined into the view's query.) SECURITY DEFINER
+-- and executable by every role that may use the schema (sql/portable/finalize.sql): a view
+-- calls functions with its reader's rights, and readers are granted the view only.
+CREATE FUNCTION lease_sched.portable_kept_touch(runtime_id uuid)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $kept$
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT b.seen_at FROM lease_sched.runtime_touch_buffer b
+             WHERE b.runtime_id = portable_kept_touch.runtime_id AND b.server_started < pg_postmaster_start_time());
+END;
+$kept$;
 CREATE VIEW lease_sched.runtimes AS
 SELECT r.id, r.name, r.status,
-       -- (a subquery, not an outer join: SELECT ... FOR UPDATE on the view locks the row)
-       CASE WHEN r.status = 'online'
-            THEN greatest(r.last_seen_at, (SELECT b.seen_at FROM lease_sched.runtime_touch_buffer b
-                                            WHERE b.runtime_id = r.id
-                                              AND b.server_started < pg_catalog.pg_postmaster_start_time()))
+       CASE WHEN r.status = 'online' THEN greatest(r.last_seen_at, lease_sched.portable_kept_touch(r.id))
             ELSE r.last_seen_at END AS last_seen_at,
        r.registered_at, r.metadata
   FROM lease_sched.runtime_rows r;

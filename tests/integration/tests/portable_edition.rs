@@ -307,3 +307,83 @@ fn moving_a_portable_install_to_native_keeps_history_tokens_and_fence_triggers()
     drop(c);
     drop(dbs);
 }
+
+/// A read replica answers what readers ask, as the native edition's does: the views (the
+/// runtimes view included, although it reads the UNLOGGED touch buffer, which a standby
+/// cannot open), stats(), sweeper_status() and runtime_pending(). A cluster of its own and
+/// a streaming replica of it.
+#[test]
+fn a_read_replica_answers_the_views_and_the_read_only_calls() {
+    if portable_only("a_read_replica_answers_the_views_and_the_read_only_calls", "the native edition's runtimes is a table; tests/integration/tests/failover.rs runs its replica") {
+        return;
+    }
+    let [primary_port, replica_port] = free_ports::<2>();
+    let base = format!("/tmp/lease_sched_portable_replica_{primary_port}");
+    struct Stop(String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            for dir in ["primary", "replica"] {
+                let _ = Command::new("runuser")
+                    .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{}/{dir}/data", self.0), "-m", "immediate", "stop"])
+                    .output();
+            }
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _stop = Stop(base.clone());
+    let cluster_sh = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/cluster.sh");
+    let status = Command::new(cluster_sh)
+        .env("PGBIN", pgbin())
+        .env("LEASE_CLUSTER_PRELOAD", "")
+        .args(["start", &format!("{base}/primary"), &primary_port.to_string(), "wal_level = replica", "log_min_messages = warning"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut p = connect_retrying(&format!("host=127.0.0.1 port={primary_port} dbname=lease_sched user=postgres"));
+    p.batch_execute(&script()).unwrap();
+    let rt: uuid::Uuid = p.query_one("SELECT lease_sched.runtime_register('replica-rt')", &[]).unwrap().get(0);
+    p.query_one("SELECT lease_sched.runtime_touch($1)", &[&rt]).unwrap();
+    claim_token(&mut p, "replica_job");
+    p.batch_execute("SELECT * FROM lease_sched.sweep()").unwrap();
+
+    let replica = format!("{base}/replica");
+    std::fs::create_dir_all(&replica).unwrap();
+    Command::new("chown").args(["postgres", &replica]).status().unwrap();
+    let backup = Command::new("runuser")
+        .args(["-u", "postgres", "--", &format!("{}/pg_basebackup", pgbin()), "-h", "127.0.0.1", "-p", &primary_port.to_string()])
+        .args(["-U", "postgres", "-D", &format!("{replica}/data"), "-R", "-X", "stream", "-c", "fast"])
+        .output()
+        .unwrap();
+    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    let conf = format!("{replica}/data/postgresql.auto.conf");
+    let mut auto = std::fs::read_to_string(&conf).unwrap();
+    auto.push_str(&format!("port = {replica_port}\nunix_socket_directories = '{replica}'\n"));
+    std::fs::write(&conf, auto).unwrap();
+    let started = Command::new("runuser")
+        .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{replica}/data")])
+        .args(["-l", &format!("{replica}/server.log"), "-w", "start"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+
+    let mut r = connect_retrying(&format!("host=127.0.0.1 port={replica_port} dbname=lease_sched user=postgres"));
+    assert!(r.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get::<_, bool>(0));
+    for sql in [
+        "SELECT count(last_seen_at) FROM lease_sched.runtimes",
+        "SELECT count(*) FROM lease_sched.executions",
+        "SELECT count(*) FROM lease_sched.active_leases",
+        "SELECT count(*) FROM lease_sched.job_summary",
+        "SELECT count(*) FROM lease_sched.job_definitions",
+        "SELECT count(*) FROM lease_sched.job_health",
+        "SELECT count(*) FROM lease_sched.stats()",
+        "SELECT count(*) FROM lease_sched.sweeper_status()",
+        "SELECT lease_sched.runtime_pending()",
+    ] {
+        r.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql} on the replica: {e:?}"));
+    }
+    let (status, seen): (String, bool) = {
+        let row = r.query_one("SELECT status, last_seen_at IS NOT NULL FROM lease_sched.runtimes WHERE id = $1", &[&rt]).unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((status.as_str(), seen), ("online", true));
+}
