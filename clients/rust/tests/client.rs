@@ -338,6 +338,6 @@ async fn a_result_that_cannot_be_stored_still_finishes_the_run() {
             .unwrap();
         assert_eq!((r.get::<_, String>(0).as_str(), r.get::<_, Option<i64>>(2)), ("SUCCESS", Some(7)));
         let result: serde_json::Value = r.get(1);
-        assert!(result["result_not_stored"].as_str().map_or(false, |w| !w.is_empty()), "{result}");
+        assert!(result["result_not_stored"].as_str().is_some_and(|w| !w.is_empty()), "{result}");
     }
 }
