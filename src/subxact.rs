@@ -80,3 +80,15 @@ pub fn sqlstate(code: pg_sys::errcodes::PgSqlErrorCode) -> String {
         })
         .collect()
 }
+
+/// Run `f`, which takes row locks, so that they last until the transaction ends when
+/// `keep` is set, and are released as soon as `f` returns when it is not (`rolled_back`):
+/// a fence given the holder's secret pins its row, one given only the public fencing token
+/// pins nothing (src/lease/fence.rs).
+pub fn keep_locks_if<R>(keep: bool, f: impl FnOnce() -> R) -> R {
+    if keep {
+        f()
+    } else {
+        rolled_back(f)
+    }
+}

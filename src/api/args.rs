@@ -91,14 +91,4 @@ pub fn at_least_one(value: Option<i32>, name: &str) -> i32 {
     value
 }
 
-/// An interval as a stride in microseconds: positive (checked by the caller) and without
-/// months or years, whose length depends on the calendar.
-pub fn stride(every: Interval, name: &str) -> i64 {
-    let Some(stride) = crate::clock::fixed_micros(every) else {
-        invalid_argument(name, "must not contain months or years", Some("Use days instead, e.g. '30 days'."))
-    };
-    if stride <= 0 {
-        invalid_argument(name, "must be positive", None);
-    }
-    stride
-}
+pub use crate::clock::stride;
