@@ -55,10 +55,9 @@ fn job_define_every_or_cron(
     let misfire = Misfire::from_sql(required(misfire, "misfire")).unwrap_or_else(|| {
         invalid_argument("misfire", "must be 'all', 'latest' or 'skip'", Some("See docs/api.md, \"Jobs\"."))
     });
-    let grace = grace.map(|g| {
+    let grace = grace.inspect(|&g| {
         interval_in_range(g, "grace", false);
         stride(g, "grace");
-        g
     });
     let max_attempts = at_least_one(max_attempts, "max_attempts");
     let stale_timeout = positive_interval(stale_timeout, "stale_timeout");
@@ -83,6 +82,9 @@ fn job_drop(job_name: Option<&str>, scope_kind: Option<&str>, scope_id: Option<&
 
 /// The definition of one job, for runners (and run()) that may not read the table.
 #[pg_extern(sql = false)]
+// The SQL-facing signature: pgrx reads the result's column names from this type, so it
+// cannot hide behind a type alias.
+#[allow(clippy::type_complexity)]
 fn job_definition(
     job_name: Option<&str>,
     scope_kind: Option<&str>,

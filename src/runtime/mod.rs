@@ -28,7 +28,7 @@ fn id_bytes(id: &Uuid) -> RuntimeId {
 /// Write a touch directly: `online` when the row was read (or is known) online, so the
 /// write need not set status (and fires no trigger) unless the row left online since.
 fn write_now(client: &mut SpiClient<'_>, id: Uuid, now: DbTime, online: bool) {
-    if !online || execute(client, &store::TOUCH_ONLINE, &[id.into(), timestamptz(now).into()]).len() == 0 {
+    if !online || execute(client, &store::TOUCH_ONLINE, &[id.into(), timestamptz(now).into()]).is_empty() {
         execute(client, &store::TOUCH_NOW, &[id.into(), timestamptz(now).into()]);
     }
     stats::add(|s| &s.touches_direct, 1);

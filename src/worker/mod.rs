@@ -306,7 +306,7 @@ enum SchemaState {
 
 fn schema_state() -> SchemaState {
     // A read-only query through `select`: no transaction id, so an idle sweep writes no WAL.
-    Spi::connect(|c| match spi_plans::installed_version(&c) {
+    Spi::connect(|c| match spi_plans::installed_version(c) {
         None => SchemaState::Missing,
         Some(v) if v == env!("CARGO_PKG_VERSION") => SchemaState::Current,
         Some(_) => SchemaState::OutOfDate,
