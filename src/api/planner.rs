@@ -2,7 +2,7 @@
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
-use super::args::{short_name, non_empty, positive_interval, required, stride};
+use super::args::{job_key, non_empty, positive_interval, required, short_name, stride};
 use crate::jobs::{self, JobKey};
 use crate::clock::{db_clock, timestamptz};
 use crate::planner;
@@ -24,12 +24,8 @@ fn lease_latest_plan(
     ),
 > {
     let now = db_clock();
-    let latest = planner::latest_plan(
-        non_empty(job_name, "job_name"),
-        non_empty(scope_kind, "scope_kind"),
-        short_name(scope_id, "scope_id"),
-        now,
-    );
+    let key = job_key(job_name, scope_kind, scope_id);
+    let latest = planner::latest_plan(key.job_name, key.scope_kind, key.scope_id, now);
     TableIterator::new(latest.map(|l| {
         (
             timestamptz(l.plan_time),
