@@ -382,6 +382,17 @@ pub fn lease_at_attempt(c: &mut Client, attempt: i32, stale_timeout: Duration) -
     l
 }
 
+/// Whether a FAILED run's retry is due exactly retry_backoff_max after it finished.
+pub fn retry_at_backoff_max(c: &mut Client, id: Uuid) -> bool {
+    c.query_one(
+        "SELECT next_retry_at = finished_at + current_setting('lease_sched.retry_backoff_max')::interval
+           FROM lease_sched.sys_cron_executions WHERE id = $1",
+        &[&id],
+    )
+    .unwrap()
+    .get(0)
+}
+
 /// The pid of the background sweeper of the test database, if one runs.
 pub fn sweeper_pid(c: &mut Client) -> Option<i32> {
     c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease_sched sweeper'", &[])

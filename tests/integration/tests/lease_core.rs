@@ -439,14 +439,7 @@ fn retry_backoff_saturates_at_its_maximum_for_any_attempt() {
                 panic!("lease_finish FAILED at attempt {attempt}: {e}")
             });
         assert!(ok.get::<_, bool>(0));
-        let exact: bool = c
-            .query_one(
-                "SELECT next_retry_at = finished_at + current_setting('lease_sched.retry_backoff_max')::interval
-                   FROM lease_sched.sys_cron_executions WHERE id = $1",
-                &[&l.id()],
-            )
-            .unwrap()
-            .get(0);
+        let exact: bool = retry_at_backoff_max(&mut c, l.id());
         assert!(exact, "attempt {attempt}: next_retry_at = finished_at + retry_backoff_max");
     }
     // One definition: the SQL function agrees, for extreme attempts and settings too.

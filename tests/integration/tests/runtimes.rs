@@ -12,20 +12,25 @@ use lease_sched_integration::*;
 use postgres::Client;
 use uuid::Uuid;
 
-#[test]
-fn a_silent_runtime_is_marked_offline_by_the_worker() {
-    let _g = serial();
+/// The buffer and the sweeper to this test alone (`serial()`), a connection, and a runtime
+/// registered just now.
+fn alone_with_a_runtime() -> (std::sync::MutexGuard<'static, ()>, Client, Uuid) {
+    let guard = serial();
     let mut c = connect();
     let id = register_runtime(&mut c);
+    (guard, c, id)
+}
+
+#[test]
+fn a_silent_runtime_is_marked_offline_by_the_worker() {
+    let (_g, mut c, id) = alone_with_a_runtime();
     set_last_seen_ago(&mut c, id, 3600);
     assert!(wait_until(Duration::from_secs(10), || runtime_state(&mut c, id).0 == "offline"));
 }
 
 #[test]
 fn a_buffered_touch_rescues_a_silent_runtime_and_is_written_by_the_sweep() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     flush(&mut c);
     set_last_seen_ago(&mut c, id, 3600);
     assert!(touch(&mut c, id));
@@ -39,9 +44,7 @@ fn a_buffered_touch_rescues_a_silent_runtime_and_is_written_by_the_sweep() {
 
 #[test]
 fn a_buffered_touch_of_a_healthy_runtime_waits_for_the_flush() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     flush(&mut c);
     set_last_seen_ago(&mut c, id, 60); // inside the offline window: not a sweep candidate
     assert!(touch(&mut c, id));
@@ -55,9 +58,7 @@ fn a_buffered_touch_of_a_healthy_runtime_waits_for_the_flush() {
 
 #[test]
 fn the_worker_flushes_the_whole_buffer_every_flush_interval() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     flush(&mut c);
     set_last_seen_ago(&mut c, id, 60);
     assert!(touch(&mut c, id));
@@ -72,9 +73,7 @@ fn the_worker_flushes_the_whole_buffer_every_flush_interval() {
 
 #[test]
 fn fifty_concurrent_touches_of_one_runtime_leave_one_pending_entry() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     flush(&mut c);
     let handles: Vec<_> = (0..50)
         .map(|_| {
@@ -100,9 +99,7 @@ fn flushing_an_empty_buffer_writes_nothing() {
 
 #[test]
 fn a_runtime_raced_to_offline_stays_offline_until_its_next_beat() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     flush(&mut c);
     assert!(touch(&mut c, id));
     c.execute("UPDATE lease_sched.runtimes SET status = 'offline' WHERE id = $1", &[&id]).unwrap();
@@ -117,9 +114,7 @@ fn a_runtime_raced_to_offline_stays_offline_until_its_next_beat() {
 // beating into the buffer while it stays offline.
 #[test]
 fn a_runtime_the_sweep_marked_offline_comes_back_at_its_next_touch() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     for _ in 0..3 {
         assert!(touch(&mut c, id)); // read online, then known online
     }
@@ -134,9 +129,7 @@ fn a_runtime_the_sweep_marked_offline_comes_back_at_its_next_touch() {
 
 #[test]
 fn a_deleted_runtime_is_unknown_to_its_next_touch() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     assert!(touch(&mut c, id));
     assert!(touch(&mut c, id));
     flush(&mut c);
@@ -146,9 +139,7 @@ fn a_deleted_runtime_is_unknown_to_its_next_touch() {
 
 #[test]
 fn an_offline_write_in_replica_mode_or_rolled_back_keeps_touches_right() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     assert!(touch(&mut c, id));
     assert!(touch(&mut c, id));
     flush(&mut c);
@@ -306,9 +297,7 @@ fn a_failed_sweep_logs_the_sqlstate_code() {
 
 #[test]
 fn sweep_on_demand_reports_what_it_did() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     set_last_seen_ago(&mut c, id, 3600);
     let r = c.query_one("SELECT * FROM lease_sched.sweep()", &[]).unwrap();
     let offline: i64 = r.get("runtimes_offline");
@@ -386,6 +375,14 @@ fn seen_ago(c: &mut Client, id: Uuid) -> f64 {
     runtime_state(c, id).1
 }
 
+/// The next flush writes the one buffered touch (of `id`): nothing stays pending, and the
+/// row is fresh.
+fn assert_next_flush_writes(c: &mut Client, id: Uuid, what: &str) {
+    assert_eq!(flush(c), 1, "{what}");
+    assert_eq!(pending(c), 0);
+    assert!(seen_ago(c, id) < 60.0);
+}
+
 fn lock_row(id: Uuid) -> Client {
     let mut holder = connect();
     holder.batch_execute("BEGIN").unwrap();
@@ -413,9 +410,7 @@ fn a_flush_skips_a_locked_runtime_and_keeps_its_touch_for_the_next_flush() {
     assert!(seen_ago(&mut c, locked) >= 115.0);
 
     holder.batch_execute("COMMIT").unwrap();
-    assert_eq!(flush(&mut c), 1, "the next flush writes it");
-    assert_eq!(pending(&mut c), 0);
-    assert!(seen_ago(&mut c, locked) < 60.0);
+    assert_next_flush_writes(&mut c, locked, "the next flush writes it");
 }
 
 /// A flush rolled back (to a savepoint, with its transaction, or by a later failure in its
@@ -448,9 +443,7 @@ fn a_flush_rolled_back_to_a_savepoint_or_with_its_transaction_keeps_the_touches(
     c.batch_execute("ROLLBACK").unwrap();
     assert_eq!(pending(&mut c), 1, "an aborted transaction keeps its flush's touches");
 
-    assert_eq!(flush(&mut c), 1, "a later flush writes them");
-    assert_eq!(pending(&mut c), 0);
-    assert!(seen_ago(&mut c, id) < 60.0);
+    assert_next_flush_writes(&mut c, id, "a later flush writes them");
 }
 
 /// A runtime row held locked over several sweeps fails no sweep and stops none: the
@@ -519,14 +512,7 @@ fn a_lease_at_a_huge_attempt_does_not_poison_the_sweep() {
     assert!(failed >= 2, "both abandoned leases failed ({failed})");
     assert_eq!(status_of(&mut c, other.id()), "FAILED");
     assert_eq!(status_of(&mut c, poison.id()), "FAILED");
-    let capped: bool = c
-        .query_one(
-            "SELECT next_retry_at = finished_at + current_setting('lease_sched.retry_backoff_max')::interval
-               FROM lease_sched.sys_cron_executions WHERE id = $1",
-            &[&poison.id()],
-        )
-        .unwrap()
-        .get(0);
+    let capped: bool = retry_at_backoff_max(&mut c, poison.id());
     assert!(capped);
 }
 
