@@ -1,5 +1,7 @@
-//! The lease core over real connections: races, steals, fencing, retries, bad input,
-//! privileges and the clock. Runs against the cluster scripts/test.sh starts.
+//! The lease core over real connections: races, steals, fencing, retries (and a backoff that
+//! saturates at any attempt), bad input and the errors a user can provoke, result payloads,
+//! privileges (runners, outsiders, readers of the history) and the clock. Runs against the
+//! cluster scripts/test.sh starts.
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::Duration;
