@@ -176,7 +176,7 @@ fn a_copy_started_from_a_base_backup_grants_above_every_token_the_original_grant
         return;
     }
     let [original_port, copy_port] = free_ports::<2>();
-    let clusters = OwnClusters::new("token_restore", original_port, &["original", "copy"]);
+    let clusters = OwnClusters::new("token_base_backup", original_port, &["original", "copy"]);
     let mut o = clusters.start_primary("original", original_port, &["wal_level = replica", "log_min_messages = warning"]);
     let before_backup = grant_tokens(&mut o, 5, "before");
 
@@ -240,7 +240,7 @@ fn tokens_keep_increasing_across_promotion_of_a_lagging_async_replica() {
         return;
     }
     let [fo_primary, fo_replica] = free_ports::<2>();
-    let clusters = OwnClusters::new("fencing_failover", fo_primary, &["primary", "replica"]);
+    let clusters = OwnClusters::new("token_promotion", fo_primary, &["primary", "replica"]);
     let mut p = clusters.start_primary("primary", fo_primary, &["wal_level = replica", "log_min_messages = warning"]);
 
     // An asynchronous streaming replica.
