@@ -1,18 +1,11 @@
 //! The launcher and the sweeper come back after being terminated
 //! (in either order), cancelling the launcher changes nothing (exactly one sweeper, same
 //! launcher), and a fast shutdown finishes while a prepared transaction holds a runtime row
-//! whose touch is buffered. Some tests restart the server, so they run one at a time (SERIAL).
-use std::sync::Mutex;
+//! whose touch is buffered. Some tests restart the server, so they run one at a time (`serial()`).
 use std::time::{Duration, Instant};
 
 use lease_sched_integration::*;
 use postgres::Client;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn pids(c: &mut Client, backend_type: &str) -> Vec<i32> {
     c.query("SELECT pid FROM pg_stat_activity WHERE backend_type = $1 ORDER BY pid", &[&backend_type])
