@@ -185,8 +185,8 @@ fn log_len() -> u64 {
 }
 
 /// A clean shutdown while the tablespace is full: the exit drain fails, and the touches it
-/// could not write are saved in the data directory and written after the restart (0.2.0
-/// lost all of them, saying only "the next sweep retries").
+/// could not write are saved in the data directory and written after the restart, not lost
+/// with the shared memory.
 #[test]
 fn a_clean_shutdown_on_a_full_disk_keeps_every_acknowledged_touch() {
     const TEST: &str = "a_clean_shutdown_on_a_full_disk_keeps_every_acknowledged_touch";
@@ -299,7 +299,7 @@ fn a_loss_that_cannot_be_avoided_is_said_and_counted_after_the_restart() {
     c.execute("DELETE FROM lease_sched.runtimes WHERE id = ANY($1)", &[&ids]).unwrap();
 }
 
-/// What held in 0.2.0 and must keep holding: with the tablespace of the lease and runtime
+/// With the tablespace of the lease and runtime
 /// tables full under 3 clients, every claim, heartbeat, finish or touch either succeeds or
 /// fails with 53100, every acknowledged finish stays SUCCESS, every acknowledged touch is
 /// kept, the sweeper survives its failed passes, and once space is back no lease is left
