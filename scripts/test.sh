@@ -237,7 +237,7 @@ run_major() {
 
 # The integration tests that concern the SQL contract, run against the portable edition
 # too (LEASE_SCHED_EDITION=portable; their native-only tests skip themselves).
-PORTABLE_CARGO_TESTS=portable_edition,lease_core,locks,jobs,fencing,hostile_input,search_path,security,model_traces,run_procedure,edges,review_fences,review_jobs,calendars,scheduling,pg_cron,runtimes,examples,clients
+PORTABLE_CARGO_TESTS=portable_edition,lease_core,locks,jobs,fences,notices,tokens,hostile_input,search_path,model_traces,calendars,scheduling,pg_cron,runtimes,examples,clients
 
 # One closing line for the whole run, summed over every runner above (cargo test,
 # pg_isolation_regress, the packaging scripts). A test that skipped itself (it prints

@@ -1,7 +1,7 @@
 -- Calendars: cron expressions evaluated in a time zone (docs/api.md, "Calendars").
 --
 -- One implementation in PL/pgSQL, used by both editions: the native planner
--- (lease_next_plan, src/api/planner.rs) calls calendar_next_plan for a job defined with
+-- (lease_next_plan, src/planner/) calls calendar_next_plan for a job defined with
 -- cron, and the portable edition uses these files verbatim. Not a hot path: one evaluation
 -- per plan decision.
 --

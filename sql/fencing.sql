@@ -1,4 +1,5 @@
--- Fencing that protects data (src/fencing.rs, src/api/fence.rs; docs/api.md, "Fences").
+-- Fencing that protects data (src/lease/fence.rs, src/lock/fence.rs, src/api/fence.rs;
+-- docs/api.md, "Fences").
 --
 -- lease_fence / lock_fence check a fencing token inside the writer's own transaction. Given
 -- the holder's secret (lease_token / lock_token) they also keep the lease or lock row locked
@@ -11,7 +12,7 @@
 
 -- Tokens that never repeat: the fencing sequence is floored at the database clock (in
 -- microseconds) before the first grant after each server start and on each timeline
--- (src/fencing.rs). These sequences hold the timeline and the server start of the last
+-- (src/token_floor.rs). These sequences hold the timeline and the server start of the last
 -- floor; 0 means "not floored yet": the state after CREATE EXTENSION (also after DROP
 -- EXTENSION, and in a restored copy, since they are not dumped), so the next grant floors.
 -- A copy started from a base backup or a volume snapshot is a new server start, and

@@ -1,5 +1,5 @@
 -- Job definitions, misfire policies and a dead-man's switch (docs/api.md, "Jobs").
--- The planner (lease_next_plan, src/api/planner.rs) and run() read a job's definition when
+-- The planner (lease_next_plan, src/planner/) and run() read a job's definition when
 -- it has one; lease_sched.job_health says when a defined job silently stopped succeeding.
 -- A job runs `every` interval (buckets from the epoch) or on a `cron` calendar in its
 -- `timezone` (sql/calendar.sql); cron_spec is the expression parsed once by job_define.

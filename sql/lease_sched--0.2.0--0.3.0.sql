@@ -62,7 +62,7 @@ SELECT pg_catalog.pg_extension_config_dump('lease_sched.job_triggers', '');
 -- Calendars: cron expressions evaluated in a time zone (docs/api.md, "Calendars").
 --
 -- One implementation in PL/pgSQL, used by both editions: the native planner
--- (lease_next_plan, src/api/planner.rs) calls calendar_next_plan for a job defined with
+-- (lease_next_plan, src/planner/) calls calendar_next_plan for a job defined with
 -- cron, and the portable edition uses these files verbatim. Not a hot path: one evaluation
 -- per plan decision.
 --
@@ -751,7 +751,7 @@ COMMENT ON VIEW lease_sched.job_health IS
 -- pins its search_path.
 
 -- The plan a cron job should run now, or NULL: the planner of lease_next_plan for a job
--- defined with cron (src/api/planner.rs calls it; the interval form stays in Rust). The
+-- defined with cron (src/planner/ calls it; the interval form stays in Rust). The
 -- same rules as the interval planner (lease_model::planner::decide), over the calendar's
 -- slots instead of buckets:
 --  * paused: nothing. A RUNNING latest plan: its plan once stale, else nothing. A FAILED
@@ -1288,7 +1288,7 @@ END;
 $run$;
 
 -- Fences: only a fence given the holder's secret pins the row until its transaction ends;
--- one given only the public fencing token checks it and pins nothing (src/fencing.rs).
+-- one given only the public fencing token checks it and pins nothing (src/lease/fence.rs).
 COMMENT ON FUNCTION lease_sched.lease_fence_check(uuid, bigint, uuid) IS
     'Used by lease_fence: NULL when the token holds the RUNNING lease (with lease_token: row locked FOR KEY SHARE until the transaction ends), else why not.';
 COMMENT ON FUNCTION lease_sched.lock_fence_check(text, bigint, uuid) IS

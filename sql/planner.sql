@@ -1,4 +1,4 @@
--- The catch-up planner (src/api/planner.rs) and the pg_cron-friendly runner procedure.
+-- The catch-up planner (src/planner/) and the pg_cron-friendly runner procedure.
 
 CREATE FUNCTION lease_sched.lease_latest_plan(job_name text, scope_kind text DEFAULT 'global', scope_id text DEFAULT '')
 RETURNS TABLE (plan_time timestamptz, status text, attempt int, max_attempts int, next_retry_at timestamptz,

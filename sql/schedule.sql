@@ -4,7 +4,7 @@
 -- pins its search_path.
 
 -- The plan a cron job should run now, or NULL: the planner of lease_next_plan for a job
--- defined with cron (src/api/planner.rs calls it; the interval form stays in Rust). The
+-- defined with cron (src/planner/ calls it; the interval form stays in Rust). The
 -- same rules as the interval planner (lease_model::planner::decide), over the calendar's
 -- slots instead of buckets:
 --  * paused: nothing. A RUNNING latest plan: its plan once stale, else nothing. A FAILED

@@ -50,3 +50,15 @@ pub fn fixed_micros(i: Interval) -> Option<i64> {
 pub fn unix_seconds(t: DbTime) -> i64 {
     (t - UNIX_EPOCH).div_euclid(MICROS_PER_SECOND)
 }
+
+/// An interval as a stride in microseconds: positive (checked by the caller) and without
+/// months or years, whose length depends on the calendar.
+pub fn stride(every: Interval, name: &str) -> i64 {
+    let Some(stride) = fixed_micros(every) else {
+        crate::error::invalid_argument(name, "must not contain months or years", Some("Use days instead, e.g. '30 days'."))
+    };
+    if stride <= 0 {
+        crate::error::invalid_argument(name, "must be positive", None);
+    }
+    stride
+}

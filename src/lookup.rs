@@ -2,7 +2,7 @@
 //!
 //! The buffered `runtime_touch` and every claim start by reading one row by its key. As an
 //! SPI statement that read cost more than the hand-written UPDATE it replaces (SPI connect,
-//! executor start and end, a portal; docs/benchmarks.md, "0.2.0: the per-call tax"); here
+//! executor start and end, a portal; docs/history/benchmarks.md); here
 //! it is an index scan and a heap fetch, nothing else. What it sees is what that SPI
 //! statement saw: the command counter advanced, then a snapshot taken like a statement's
 //! (`GetTransactionSnapshot`, a new one per read in READ COMMITTED, the transaction's in

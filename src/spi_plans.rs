@@ -81,7 +81,7 @@ pub fn check_schema(client: &SpiClient<'_>) {
 /// `check_schema` for a call that may run no statement at all (a buffered touch).
 pub fn check_schema_once() {
     if !SCHEMA_CHECKED.get() {
-        pgrx::spi::Spi::connect(|client| check_schema(&client));
+        pgrx::spi::Spi::connect(check_schema);
     }
 }
 

@@ -263,7 +263,9 @@ pub fn announce_at_commit() {
 unsafe extern "C-unwind" fn on_xact_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
-            if ANNOUNCE_AT_COMMIT.replace(false) {
+            // Asked or not, the request ends with this transaction.
+            let asked = ANNOUNCE_AT_COMMIT.replace(false);
+            if asked {
                 // SAFETY: MyDatabaseId is set once at backend start.
                 announce(unsafe { pg_sys::MyDatabaseId });
             }

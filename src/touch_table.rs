@@ -227,7 +227,7 @@ mod tests {
             let n = remaining.swap_remove(k);
             assert!(t.take(&id(n)).is_some());
             assert!(t.take(&id(n)).is_none());
-            if remaining.len() % 50 == 0 {
+            if remaining.len().is_multiple_of(50) {
                 for m in &remaining {
                     assert!(t.find(&id(*m)).is_ok(), "lost {m}");
                 }

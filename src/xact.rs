@@ -31,8 +31,11 @@ pub enum Fence {
     Lease { job_name: String },
 }
 
+/// Touches a flush wrote: (subtransaction, the touches, what to do with them at commit).
+type WrittenTouches = (pg_sys::SubTransactionId, Vec<(RuntimeId, SeenAt)>, ForgetWritten);
+
 thread_local! {
-    static WRITTEN_TOUCHES: RefCell<Vec<(pg_sys::SubTransactionId, Vec<(RuntimeId, SeenAt)>, ForgetWritten)>> = const { RefCell::new(Vec::new()) };
+    static WRITTEN_TOUCHES: RefCell<Vec<WrittenTouches>> = const { RefCell::new(Vec::new()) };
     // (subtransaction, fence, proven with the holder's secret token)
     static FENCES: RefCell<Vec<(pg_sys::SubTransactionId, Fence, bool)>> = const { RefCell::new(Vec::new()) };
     static CALLBACKS: Cell<bool> = const { Cell::new(false) };

@@ -1,5 +1,5 @@
--- Portable edition: the PL/pgSQL twins of the fence checks (native: src/fencing.rs,
--- src/api/fence.rs, src/xact.rs).
+-- Portable edition: the PL/pgSQL twins of the fence checks (native: src/lease/fence.rs,
+-- src/lock/fence.rs, src/api/fence.rs, src/xact.rs).
 --
 -- Given the holder's secret (lease_token / lock_token) a fence keeps the row locked FOR
 -- KEY SHARE until the transaction ends; given only the public fencing token it keeps

@@ -213,7 +213,7 @@ RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN timestamptz '2000-01-01 00:00:00+00' + lease_sched.portable_interval_of(micros);
 
--- Fencing tokens that never repeat (the native src/fencing.rs): before the first grant
+-- Fencing tokens that never repeat (the native src/token_floor.rs): before the first grant
 -- after CREATE, after each server start and on each WAL timeline, the token sequence is
 -- floored at the database clock in microseconds. Everything is read without superuser: the
 -- timeline is the first 8 hex digits of the current WAL file's name, the start
@@ -294,7 +294,7 @@ $floor$;
 -- Move the token sequence above `token`, a token a row already carries although the
 -- sequence never reached it (rows restored from a database floored later than this one):
 -- to the clock, or to `token` if that is higher, as a floor does (the native
--- fencing::floor_above), so the next token drawn is above both. Under the floor lock.
+-- token_floor::floor_above), so the next token drawn is above both. Under the floor lock.
 CREATE FUNCTION lease_sched.portable_floor_above(token bigint)
 RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE

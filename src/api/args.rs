@@ -3,6 +3,7 @@
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 
 use crate::error::{invalid_argument, null_argument};
+use crate::jobs::JobKey;
 
 pub fn required<T>(value: Option<T>, name: &str) -> T {
     value.unwrap_or_else(|| null_argument(name))
@@ -32,6 +33,15 @@ pub fn non_empty<'a>(value: Option<&'a str>, name: &str) -> &'a str {
 /// A name that may be empty (scope_id), with the same length limit.
 pub fn short_name<'a>(value: Option<&'a str>, name: &str) -> &'a str {
     short_enough(required(value, name), name)
+}
+
+/// A job and its scope, as every function taking them checks them.
+pub fn job_key<'a>(job_name: Option<&'a str>, scope_kind: Option<&'a str>, scope_id: Option<&'a str>) -> JobKey<'a> {
+    JobKey {
+        job_name: non_empty(job_name, "job_name"),
+        scope_kind: non_empty(scope_kind, "scope_kind"),
+        scope_id: short_name(scope_id, "scope_id"),
+    }
 }
 
 pub fn finite_time(value: Option<TimestampWithTimeZone>, name: &str) -> TimestampWithTimeZone {
@@ -91,14 +101,4 @@ pub fn at_least_one(value: Option<i32>, name: &str) -> i32 {
     value
 }
 
-/// An interval as a stride in microseconds: positive (checked by the caller) and without
-/// months or years, whose length depends on the calendar.
-pub fn stride(every: Interval, name: &str) -> i64 {
-    let Some(stride) = crate::clock::fixed_micros(every) else {
-        invalid_argument(name, "must not contain months or years", Some("Use days instead, e.g. '30 days'."))
-    };
-    if stride <= 0 {
-        invalid_argument(name, "must be positive", None);
-    }
-    stride
-}
+pub use crate::clock::stride;

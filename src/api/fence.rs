@@ -4,18 +4,18 @@ use pgrx::prelude::*;
 use pgrx::Uuid;
 
 use super::args::{non_empty, required};
-use crate::fencing;
+use crate::{lease, lock};
 use crate::xact::{self, Fence};
 
 /// NULL when the fence is passed (and held until the transaction ends), else the refusal.
 #[pg_extern(sql = false)]
 fn lease_fence_check(execution_id: Option<Uuid>, fencing_token: Option<i64>, lease_token: Option<Uuid>) -> Option<String> {
-    fencing::lease_fence(required(execution_id, "execution_id"), required(fencing_token, "fencing_token"), lease_token)
+    lease::fence::check(required(execution_id, "execution_id"), required(fencing_token, "fencing_token"), lease_token)
 }
 
 #[pg_extern(sql = false)]
 fn lock_fence_check(lock_name: Option<&str>, fencing_token: Option<i64>, lock_token: Option<Uuid>) -> Option<String> {
-    fencing::lock_fence(non_empty(lock_name, "lock_name"), required(fencing_token, "fencing_token"), lock_token)
+    lock::fence::check(non_empty(lock_name, "lock_name"), required(fencing_token, "fencing_token"), lock_token)
 }
 
 /// Has this transaction passed `lock_fence(lock_name, ...)` (with the secret lock_token

@@ -2,19 +2,10 @@
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
 
-use super::args::{short_name, at_least_one, interval_in_range, non_empty, positive_interval, required};
-use super::args::stride;
+use super::args::{at_least_one, interval_in_range, job_key, non_empty, positive_interval, required, stride};
 use crate::error::invalid_argument;
-use crate::jobs::{self, JobKey, Settings};
+use crate::jobs::{self, Settings};
 use lease_model::planner::Misfire;
-
-fn key<'a>(job_name: Option<&'a str>, scope_kind: Option<&'a str>, scope_id: Option<&'a str>) -> JobKey<'a> {
-    JobKey {
-        job_name: non_empty(job_name, "job_name"),
-        scope_kind: non_empty(scope_kind, "scope_kind"),
-        scope_id: short_name(scope_id, "scope_id"),
-    }
-}
 
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
@@ -55,34 +46,36 @@ fn job_define_every_or_cron(
     let misfire = Misfire::from_sql(required(misfire, "misfire")).unwrap_or_else(|| {
         invalid_argument("misfire", "must be 'all', 'latest' or 'skip'", Some("See docs/api.md, \"Jobs\"."))
     });
-    let grace = grace.map(|g| {
+    let grace = grace.inspect(|&g| {
         interval_in_range(g, "grace", false);
         stride(g, "grace");
-        g
     });
     let max_attempts = at_least_one(max_attempts, "max_attempts");
     let stale_timeout = positive_interval(stale_timeout, "stale_timeout");
-    let key = key(Some(job_name), scope_kind, scope_id);
+    let key = job_key(Some(job_name), scope_kind, scope_id);
     jobs::define(&Settings { every, cron, timezone, misfire, grace, max_attempts, stale_timeout, key })
 }
 
 #[pg_extern(sql = false)]
 fn job_pause(job_name: Option<&str>, scope_kind: Option<&str>, scope_id: Option<&str>) -> bool {
-    jobs::pause(&key(job_name, scope_kind, scope_id))
+    jobs::pause(&job_key(job_name, scope_kind, scope_id))
 }
 
 #[pg_extern(sql = false)]
 fn job_resume(job_name: Option<&str>, scope_kind: Option<&str>, scope_id: Option<&str>) -> bool {
-    jobs::resume(&key(job_name, scope_kind, scope_id))
+    jobs::resume(&job_key(job_name, scope_kind, scope_id))
 }
 
 #[pg_extern(sql = false)]
 fn job_drop(job_name: Option<&str>, scope_kind: Option<&str>, scope_id: Option<&str>) -> bool {
-    jobs::drop(&key(job_name, scope_kind, scope_id))
+    jobs::drop(&job_key(job_name, scope_kind, scope_id))
 }
 
 /// The definition of one job, for runners (and run()) that may not read the table.
 #[pg_extern(sql = false)]
+// The SQL-facing signature: pgrx reads the result's column names from this type, so it
+// cannot hide behind a type alias.
+#[allow(clippy::type_complexity)]
 fn job_definition(
     job_name: Option<&str>,
     scope_kind: Option<&str>,
@@ -100,7 +93,7 @@ fn job_definition(
         name!(timezone, String),
     ),
 > {
-    let d = jobs::definition(&key(job_name, scope_kind, scope_id));
+    let d = jobs::definition(&job_key(job_name, scope_kind, scope_id));
     TableIterator::new(d.map(|d| {
         (d.every, d.misfire.as_sql().to_string(), d.grace, d.max_attempts, d.stale_timeout, d.paused, d.cron, d.timezone)
     }))

@@ -15,7 +15,7 @@ pub mod runtime;
 /// may not write lease_sched's tables up front, whatever there is to do right now.
 fn require_admin(function: &str) {
     let allowed = pgrx::Spi::connect(|c| {
-        crate::spi_plans::check_schema(&c);
+        crate::spi_plans::check_schema(c);
         c.select(
             "SELECT pg_catalog.has_table_privilege('lease_sched.sys_cron_executions', 'UPDATE, DELETE')
                 AND pg_catalog.has_table_privilege('lease_sched.runtimes', 'UPDATE')",

@@ -2,8 +2,7 @@
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
-use super::args::{short_name, non_empty, positive_interval, required, stride};
-use crate::error::invalid_argument;
+use super::args::{job_key, non_empty, positive_interval, required, short_name, stride};
 use crate::jobs::{self, JobKey};
 use crate::clock::{db_clock, timestamptz};
 use crate::planner;
@@ -25,12 +24,8 @@ fn lease_latest_plan(
     ),
 > {
     let now = db_clock();
-    let latest = planner::latest_plan(
-        non_empty(job_name, "job_name"),
-        non_empty(scope_kind, "scope_kind"),
-        short_name(scope_id, "scope_id"),
-        now,
-    );
+    let key = job_key(job_name, scope_kind, scope_id);
+    let latest = planner::latest_plan(key.job_name, key.scope_kind, key.scope_id, now);
     TableIterator::new(latest.map(|l| {
         (
             timestamptz(l.plan_time),
@@ -56,54 +51,15 @@ fn lease_next_plan(
     let scope_kind = non_empty(scope_kind, "scope_kind");
     let scope_id = short_name(scope_id, "scope_id");
     let catch_up = required(catch_up, "catch_up");
-    let definition = jobs::definition(&JobKey { job_name, scope_kind, scope_id });
-    let now = db_clock();
-    let latest = planner::latest_plan(job_name, scope_kind, scope_id, now);
-    let Some(d) = definition else {
-        // No definition: exactly the 0.1 planner.
-        let every = every.unwrap_or_else(|| {
-            invalid_argument(
-                "every",
-                "must be given for a job without a definition",
-                Some("Pass every => '...', or define the job once with lease_sched.job_define."),
-            )
-        });
-        return planner::next_plan(latest.as_ref(), every, now, catch_up).map(timestamptz);
-    };
-    // A "run now" plan (job_trigger) goes first; none is offered while paused.
-    if let Some(t) = d.pending_trigger {
-        return Some(t);
-    }
-    // A calendar job: the one implementation of calendars, in SQL (sql/schedule.sql).
-    if d.cron.is_some() {
-        if every.is_some() {
-            invalid_argument(
-                "every",
-                "must not be given for a job defined with cron",
-                Some("Leave every NULL: the job's calendar decides its plans."),
-            );
-        }
-        return planner::calendar_next_plan(job_name, scope_kind, scope_id);
-    }
-    // A definition: its misfire policy (catch_up does not apply), its every unless one
-    // is given here.
-    let defined_every = d.every.unwrap_or_else(|| invalid_argument("every", "is missing from the job's definition", None));
-    let policy = planner::Policy {
-        // An override below a second would make each call record up to 1000 SKIPPED slots
-        // and run none of them, as job_define's own bound explains.
-        every: every
-            .inspect(|&e| {
-                if e < crate::clock::MICROS_PER_SECOND {
-                    invalid_argument("every", "must be at least 1 second for a job with a definition", None);
-                }
-            })
-            .unwrap_or_else(|| stride(defined_every, "every")),
+    let definition = jobs::definition(&JobKey { job_name, scope_kind, scope_id }).map(|d| planner::Definition {
+        every: d.every,
+        calendar: d.cron.is_some(),
         misfire: d.misfire,
-        grace: d.grace.map(|g| stride(g, "grace")),
+        grace: d.grace,
+        stale_timeout: d.stale_timeout,
         paused: d.paused,
-        resumed_at: d.resumed_at.map(|t| t.into_inner()),
-    };
-    let decision = planner::decide(latest.as_ref(), now, &policy);
-    planner::record_skips(job_name, scope_kind, scope_id, &decision, &policy, d.stale_timeout, now);
-    decision.run.map(timestamptz)
+        resumed_at: d.resumed_at,
+        pending_trigger: d.pending_trigger,
+    });
+    planner::next_plan_to_claim(job_name, scope_kind, scope_id, every, catch_up, definition)
 }

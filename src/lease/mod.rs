@@ -1,6 +1,7 @@
-//! Lease operations on `sys_cron_executions`: claim, heartbeat, finish, and the sweep's
-//! two lease passes (fail abandoned leases, prune finished history).
+//! Lease operations on `sys_cron_executions`: claim, heartbeat, finish, the sweep's two
+//! lease passes (fail abandoned leases, prune finished history), and the fence (`fence`).
 //! Arguments arrive validated (see `api::lease`); this module decides and writes.
+pub mod fence;
 pub mod store;
 
 use pgrx::datum::{DatumWithOid, Interval, TimestampWithTimeZone};
@@ -87,7 +88,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
         for _ in 0..3 {
             match decide_claim(existing.as_ref().map(|e| &e.lease), now, req.allow_stale_reentry) {
                 ClaimDecision::Insert => {
-                    crate::fencing::ensure_token_floor(client);
+                    crate::token_floor::ensure_token_floor(client);
                     let inserted = store::INSERT.first(
                         client,
                         &[
@@ -109,7 +110,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                 }
                 ClaimDecision::Steal => {
                     let id = existing.as_ref().expect("steal needs a row").id;
-                    crate::fencing::ensure_token_floor(client);
+                    crate::token_floor::ensure_token_floor(client);
                     let stolen = store::STEAL.first(
                         client,
                         &[
@@ -144,7 +145,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
 fn redrawn(client: &mut pgrx::spi::SpiClient<'_>, g: store::Granted) -> store::Granted {
     let Some(above) = g.redraw_above else { return g };
     if above > 0 {
-        crate::fencing::floor_above(client, above);
+        crate::token_floor::floor_above(client, above);
     }
     let again = store::REDRAW.first(client, &[g.execution_id.into()]).expect("the row this call granted");
     store::Granted { deposed: g.deposed, redraw_above: None, ..again }

@@ -1,6 +1,9 @@
-//! Every SQL statement on `lease_sched.sys_cron_executions`, in one place, each statement
-//! that returns rows beside the decoder of its row (`Query`), and `probe`, the one read
-//! that is not a statement.
+//! The lease subsystem's SQL on `lease_sched.sys_cron_executions`: claim, heartbeat,
+//! finish, the lease fence's row read and the sweep's two passes, each statement that
+//! returns rows beside the decoder of its row (`Query`), and `probe`, the one read that is
+//! not a statement. The planner's statements on the same table (the latest plan, skipped
+//! slots) are in src/planner/store.rs: the planner is its own subsystem and reads no
+//! lease code; sql/*.sql holds the views and PL/pgSQL functions that read it.
 //!
 //! The statements of the API's calls (claim, heartbeat, finish) run with the caller's
 //! search_path: those functions do not pin one (a `SET` clause saves and restores a
@@ -276,4 +279,28 @@ pub static PRUNE_BATCH: Statement = Statement {
              AND t.plan_time = p.plan_time)
           SELECT 1 FROM pruned",
     arg_types: &[TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID],
+};
+
+/// The row `lease_fence` checks: read FOR KEY SHARE, so the check holds until the caller's
+/// transaction ends (src/lease/fence.rs).
+pub struct FenceRow {
+    pub job_name: String,
+    pub status: String,
+    pub fencing_token: i64,
+    pub lease_token: Uuid,
+}
+
+pub static FENCE_ROW: Query<FenceRow> = Query {
+    statement: Statement {
+        sql: "SELECT job_name, status, fencing_token, lease_token FROM lease_sched.sys_cron_executions WHERE id = $1 FOR KEY SHARE",
+        arg_types: &[UUIDOID],
+    },
+    row: |r| {
+        Some(FenceRow {
+            job_name: r.get(1).ok()??,
+            status: r.get(2).ok()??,
+            fencing_token: r.get(3).ok()??,
+            lease_token: r.get(4).ok()??,
+        })
+    },
 };

@@ -12,6 +12,7 @@ use pgrx::Uuid;
 use crate::clock::{db_clock, timestamptz};
 use crate::spi_plans::execute;
 
+pub mod fence;
 mod store;
 pub use store::LockInfo;
 
@@ -39,12 +40,12 @@ fn acquired(g: store::Granted) -> Acquired {
 pub fn acquire(name: &str, holder: &str, ttl: Interval) -> Acquired {
     let now = timestamptz(db_clock());
     Spi::connect_mut(|client| {
-        crate::fencing::ensure_token_floor(client);
+        crate::token_floor::ensure_token_floor(client);
         for _ in 0..2 {
             let args = [name.into(), holder.into(), now.into(), ttl.into()];
             if let Some(mut got) = store::TAKE_OVER.first(client, &args) {
                 if let Some(above) = got.redraw_above {
-                    crate::fencing::floor_above(client, above);
+                    crate::token_floor::floor_above(client, above);
                     got = store::REDRAW.first(client, &[name.into()]).expect("the row this call took over");
                 }
                 // The expired holder never released: tell it (delivered at commit).

@@ -133,3 +133,18 @@ pub static INFO: Query<LockInfo> = Query {
         })
     },
 };
+
+/// The row `lock_fence` checks: read FOR KEY SHARE, so the check holds until the caller's
+/// transaction ends (src/lock/fence.rs).
+pub struct FenceRow {
+    pub fencing_token: i64,
+    pub lock_token: Uuid,
+}
+
+pub static FENCE_ROW: Query<FenceRow> = Query {
+    statement: Statement {
+        sql: "SELECT fencing_token, lock_token FROM lease_sched.locks WHERE name = $1 FOR KEY SHARE",
+        arg_types: &[TEXTOID],
+    },
+    row: |r| Some(FenceRow { fencing_token: r.get(1).ok()??, lock_token: r.get(2).ok()?? }),
+};

@@ -1,5 +1,7 @@
 //! Every SQL statement of the planner, each statement that returns rows beside the
-//! decoder of its row (`Query`).
+//! decoder of its row (`Query`): its read of `sys_cron_executions` (the latest plan), its
+//! inserts there (skipped slots), and its call of the calendar planner. The lease
+//! subsystem's statements on that table are in src/lease/store.rs.
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys::{INTERVALOID, TEXTOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZOID};
 

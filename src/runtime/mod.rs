@@ -28,7 +28,7 @@ fn id_bytes(id: &Uuid) -> RuntimeId {
 /// Write a touch directly: `online` when the row was read (or is known) online, so the
 /// write need not set status (and fires no trigger) unless the row left online since.
 fn write_now(client: &mut SpiClient<'_>, id: Uuid, now: DbTime, online: bool) {
-    if !online || execute(client, &store::TOUCH_ONLINE, &[id.into(), timestamptz(now).into()]).len() == 0 {
+    if !online || execute(client, &store::TOUCH_ONLINE, &[id.into(), timestamptz(now).into()]).is_empty() {
         execute(client, &store::TOUCH_NOW, &[id.into(), timestamptz(now).into()]);
     }
     stats::add(|s| &s.touches_direct, 1);
@@ -61,17 +61,8 @@ pub fn touch(id: Uuid) -> bool {
         }
         buffer::Known::Unknown(epoch) => epoch,
     };
-    // The row's status, read through the primary key without SPI (src/lookup.rs): the
-    // buffered path is then an index probe and a hash insert, no statement at all.
-    let read = crate::lookup::by_unique_key_settled(
-        c"runtimes",
-        c"runtimes_pkey",
-        &[crate::lookup::Key { eq_proc: pgrx::pg_sys::F_UUID_EQ, value: id.into_datum().unwrap() }],
-        &[c"status"],
-        // SAFETY: status is a text column.
-        |values, settled| (unsafe { crate::lookup::value::<String>(values[0]) }.as_deref() == Some("online"), settled),
-    );
-    let Some((online, settled)) = read else { return false };
+    // The buffered path is then an index probe and a hash insert, no statement at all.
+    let Some(store::Probed { online, settled }) = store::probe(id) else { return false };
     match online.then(|| buffer::record_read_online(key, now, epoch, settled)).flatten() {
         Some(Recorded::New | Recorded::Coalesced) => stats::add(|s| &s.touches_buffered, 1),
         Some(Recorded::Full) | None => Spi::connect_mut(|client| write_now(client, id, now, online)),

@@ -1,13 +1,38 @@
 //! Every SQL statement on `lease_sched.runtimes`, each statement that returns rows beside
-//! the decoder of its row (`Query`) (a touch reads the row's status without
-//! SQL, src/lookup.rs). TOUCH_NOW and TOUCH_BATCH run with the caller's search_path
+//! the decoder of its row (`Query`), and `probe`, the touch's read of a row's status
+//! through the primary key without SQL (src/lookup.rs). TOUCH_NOW and TOUCH_BATCH run with the caller's search_path
 //! (runtime_touch pins none), so they name every function and operator with its schema
 //! (see src/lease/store.rs). `last_seen_at` is in no index, so
 //! touches and flushes are HOT updates; online rows are found through a partial index.
 use pgrx::pg_sys::{JSONBOID, TEXTOID, TIMESTAMPTZOID, UUIDARRAYOID, UUIDOID};
+use pgrx::prelude::*;
 use pgrx::Uuid;
 
 use crate::spi_plans::{Query, Statement};
+
+/// What `probe` read of a runtime's row.
+pub struct Probed {
+    /// Its status is `online`.
+    pub online: bool,
+    /// The version read is settled (`lookup::by_unique_key_settled`): a touch may mark the
+    /// runtime known online only then.
+    pub settled: bool,
+}
+
+/// The runtime's row read through the primary key without locking it and without SPI:
+/// what a statement starting now would see. None for an unknown id. The one read of this
+/// table that is not a statement: it keeps a buffered touch free of SQL.
+pub fn probe(id: Uuid) -> Option<Probed> {
+    use crate::lookup::{by_unique_key_settled, value, Key};
+    by_unique_key_settled(
+        c"runtimes",
+        c"runtimes_pkey",
+        &[Key { eq_proc: pgrx::pg_sys::F_UUID_EQ, value: id.into_datum().expect("a uuid is never NULL") }],
+        &[c"status"],
+        // SAFETY: status is a text column.
+        |values, settled| Probed { online: unsafe { value::<String>(values[0]) }.as_deref() == Some("online"), settled },
+    )
+}
 
 /// Returns the new runtime's id.
 pub static REGISTER: Query<Uuid> = Query {

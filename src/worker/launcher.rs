@@ -100,7 +100,7 @@ pub(super) fn main() {
         if rescan {
             databases.values_mut().filter(|d| d.running.is_none()).for_each(|d| d.verdict = Verdict::Unknown);
         }
-        if !announced.is_empty() || rescan || last_catalog.map_or(true, |t| t.elapsed() >= CATALOG_EVERY) {
+        if !announced.is_empty() || rescan || last_catalog.is_none_or(|t| t.elapsed() >= CATALOG_EVERY) {
             last_catalog = Some(Instant::now());
             read_catalog(&mut databases, only.as_deref());
         }
@@ -214,9 +214,9 @@ fn start_due(databases: &mut HashMap<u32, Database>, restricted: bool, last_fail
             continue;
         }
         let due = match d.verdict {
-            Verdict::Absent => d.last_stop.map_or(true, |t| t.elapsed() >= ABSENT_RECHECK) && probing < PROBES_AT_ONCE,
+            Verdict::Absent => d.last_stop.is_none_or(|t| t.elapsed() >= ABSENT_RECHECK) && probing < PROBES_AT_ONCE,
             Verdict::Unknown => probing < PROBES_AT_ONCE || restricted,
-            Verdict::Present => d.last_stop.map_or(true, |t| t.elapsed() >= SWEEPER_STEP_ASIDE),
+            Verdict::Present => d.last_stop.is_none_or(|t| t.elapsed() >= SWEEPER_STEP_ASIDE),
             Verdict::OverLimit => staying < max,
         };
         if !due {
@@ -241,7 +241,7 @@ fn start_due(databases: &mut HashMap<u32, Database>, restricted: bool, last_fail
             Err(_) => {
                 sweepers::free((arg >> 32) as usize);
                 sweepers::set_no_worker_slot(true);
-                if last_failure.map_or(true, |t| t.elapsed() >= START_FAILURE_LOG_EVERY) {
+                if last_failure.is_none_or(|t| t.elapsed() >= START_FAILURE_LOG_EVERY) {
                     *last_failure = Some(Instant::now());
                     warning!(
                         "lease_sched: could not start a sweeper for database \"{}\": no background worker slot free (raise max_worker_processes)",

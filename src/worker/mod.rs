@@ -220,13 +220,21 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
         // SAFETY: outside any transaction, as pgstat_report_stat requires.
         unsafe { pg_sys::pgstat_report_stat(true) };
     }
-    if !owns_buffer {
-        return; // nothing buffered here: nothing to drain
+    if owns_buffer {
+        drain_at_exit();
     }
-    // SIGTERM (fast or smart shutdown, or pg_terminate_backend): drain, then leave. The
-    // drain skips rows someone holds locked (a prepared transaction, say) instead of
-    // waiting, and is bounded by a statement timeout: a shutdown never hangs on it. What
-    // it could not write is saved for the next sweeper of this database (below).
+}
+
+/// The exit drain: write the touch buffer as this sweeper leaves (on SIGTERM, from a fast
+/// or smart shutdown or pg_terminate_backend, or when it gives up its database). It exists
+/// because buffered touches live only in shared memory, which ends with the server, and
+/// this sweeper is the one that writes them: without the drain, every touch buffered since
+/// the last flush would be lost, and a runtime that beat in that interval would look
+/// silent to the next sweep. The drain skips rows someone holds locked (a prepared
+/// transaction, say) instead of waiting, and is bounded by a statement timeout: a shutdown
+/// never hangs on it. What it could not write is saved in the data directory for the next
+/// sweeper of this database. Only for the sweeper that owns the buffer.
+fn drain_at_exit() {
     // Buffering stops first, so no touch can slip in after this last flush.
     runtime::stop_buffering();
     let mut written = None;
@@ -298,7 +306,7 @@ enum SchemaState {
 
 fn schema_state() -> SchemaState {
     // A read-only query through `select`: no transaction id, so an idle sweep writes no WAL.
-    Spi::connect(|c| match spi_plans::installed_version(&c) {
+    Spi::connect(|c| match spi_plans::installed_version(c) {
         None => SchemaState::Missing,
         Some(v) if v == env!("CARGO_PKG_VERSION") => SchemaState::Current,
         Some(_) => SchemaState::OutOfDate,

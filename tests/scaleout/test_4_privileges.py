@@ -160,7 +160,7 @@ def test_public_runs_nothing_and_a_reader_only_finds_partitions(proxy):
     outsider = unique("outsider")
     admin.execute(f"CREATE ROLE {outsider}")
     try:
-        # Even with USAGE on both schemas (the one barrier of 0.2.0), no function runs.
+        # Even with USAGE on both schemas, no function runs: EXECUTE is a barrier of its own.
         admin.execute(f"GRANT USAGE ON SCHEMA lease_sched, lease_sched_proxy TO {outsider}")
         runnable = admin.execute(
             "SELECT pg_catalog.array_agg(p.oid::regprocedure::text) FROM pg_proc p JOIN pg_namespace n "

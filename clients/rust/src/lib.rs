@@ -652,7 +652,7 @@ impl LeaseGuard {
         let row = match finish(result).await {
             // Refused by the database (too large as jsonb prints it, or not valid jsonb): the
             // lease is still RUNNING; finish it with the substitute.
-            Err(e) if had_result && e.code().map_or(false, |c| c.code().starts_with("22")) => {
+            Err(e) if had_result && e.code().is_some_and(|c| c.code().starts_with("22")) => {
                 let why = format!("lease_finish refused the result: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_string()));
                 finish(Some(unstored_result(&why))).await?
             }

@@ -134,7 +134,8 @@ async fn a_lease_survives_far_past_its_stale_timeout() {
     work.execute("SELECT pg_sleep(4)", &[]).await.unwrap(); // 4 x stale_timeout
     assert!(thief.await.unwrap().iter().all(|won| !won), "nobody could steal a heartbeated lease");
     lease.check().unwrap();
-    assert!(lease.heartbeats() >= 8, "{} heartbeats", lease.heartbeats());
+    // Surviving 4 stale timeouts takes a beat in each; how many more is the machine's business.
+    assert!(lease.heartbeats() >= 4, "{} heartbeats", lease.heartbeats());
     let id = lease.execution_id();
     lease.finish(Outcome::success_with(serde_json::json!({"rows": 3}), Some(3))).await.unwrap();
     let (status, runner, attempt, _, _) = row_of(&db, id).await;
@@ -338,6 +339,6 @@ async fn a_result_that_cannot_be_stored_still_finishes_the_run() {
             .unwrap();
         assert_eq!((r.get::<_, String>(0).as_str(), r.get::<_, Option<i64>>(2)), ("SUCCESS", Some(7)));
         let result: serde_json::Value = r.get(1);
-        assert!(result["result_not_stored"].as_str().map_or(false, |w| !w.is_empty()), "{result}");
+        assert!(result["result_not_stored"].as_str().is_some_and(|w| !w.is_empty()), "{result}");
     }
 }

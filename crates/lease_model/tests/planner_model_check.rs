@@ -205,7 +205,7 @@ impl Model for Planner {
         }
         normalize(&mut s);
         // A SKIPPED row stays SKIPPED.
-        for (t, _) in &last.reasons {
+        for t in last.reasons.keys() {
             if s.rows.get(t).map(|r| r.status) != Some(Status::Skipped) {
                 s.violation = Some(format!("the SKIPPED slot {t} changed"));
             }

@@ -1,10 +1,14 @@
 //! Shared helpers for the integration tests: connections to the cluster that
-//! scripts/test.sh started, and the lease API called by name as users call it.
+//! scripts/test.sh started, the lease API called by name as users call it, and the
+//! assertions several test files make. Set-up of things beside that cluster (pgbouncer,
+//! clusters of a test's own, scratch databases and roles) is in `fixtures`.
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use postgres::{Client, NoTls, Row};
 use uuid::Uuid;
+
+pub mod fixtures;
 
 pub fn dsn() -> String {
     std::env::var("LEASE_SCHED_DSN").unwrap_or_else(|_| "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres".into())
@@ -340,4 +344,114 @@ pub fn released_0_2_0(test: &str, paths: &[&str]) -> Option<std::path::PathBuf> 
         .collect();
     std::fs::write(dir.join("Cargo.toml"), format!("[workspace]\nresolver = \"2\"\nmembers = [{}]\n", members.join(", "))).unwrap();
     Some(dir)
+}
+
+/// (SQLSTATE, message) of a failed call.
+pub fn db_error(e: &postgres::Error) -> (String, String) {
+    (sqlstate(e), e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))
+}
+
+/// Assert `r` failed with LS001 and a message containing every one of `needles`.
+pub fn assert_ls001<T: std::fmt::Debug>(r: Result<T, postgres::Error>, needles: &[&str], what: &str) {
+    let e = r.expect_err(what);
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "LS001", "{what}: SQLSTATE {code} ({message})");
+    for n in needles {
+        assert!(message.contains(n), "{what}: message {message:?} should contain {n:?}");
+    }
+}
+
+/// An error a user provoked is PostgreSQL's own: no Rust internals in its message, detail
+/// or hint, and not XX000.
+pub fn assert_clean_error(e: &postgres::Error, what: &str) {
+    let Some(db) = e.as_db_error() else { panic!("{what}: not a server error: {e}") };
+    for text in [Some(db.message()), db.detail(), db.hint()].into_iter().flatten() {
+        for bad in ["backtrace", ".rs:", "pgrx", "panicked"] {
+            assert!(!text.contains(bad), "{what}: the error carries {bad:?}: {text}");
+        }
+    }
+    assert_ne!(db.code().code(), "XX000", "{what}: an internal error: {}", db.message());
+}
+
+/// The first column of the first row, as a number (a count).
+pub fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+/// lock_acquire for an hour: (lock_token, fencing_token) when acquired.
+pub fn lock_acquire(c: &mut Client, name: &str, holder: &str) -> Option<(Uuid, i64)> {
+    let r = c
+        .query_one("SELECT acquired, lock_token, fencing_token FROM lease_sched.lock_acquire($1, $2, '1 hour')", &[&name, &holder])
+        .unwrap();
+    if r.get::<_, bool>(0) {
+        Some((r.get(1), r.get(2)))
+    } else {
+        None
+    }
+}
+
+/// Let a lock's ttl run out now.
+pub fn expire_lock(c: &mut Client, name: &str) {
+    c.execute("UPDATE lease_sched.locks SET expires_at = now() - interval '1 second' WHERE name = $1", &[&name]).unwrap();
+}
+
+/// Make a lease stale now.
+pub fn make_stale(c: &mut Client, id: Uuid) {
+    c.execute("UPDATE lease_sched.sys_cron_executions SET stale_after = now() - interval '1 second' WHERE id = $1", &[&id])
+        .unwrap();
+}
+
+pub fn lock_fence(c: &mut Client, name: &str, token: i64) -> Result<(), postgres::Error> {
+    c.execute("SELECT lease_sched.lock_fence($1, $2)", &[&name, &token]).map(|_| ())
+}
+
+pub fn lease_fence(c: &mut Client, id: Uuid, token: i64) -> Result<(), postgres::Error> {
+    c.execute("SELECT lease_sched.lease_fence($1, $2)", &[&id, &token]).map(|_| ())
+}
+
+/// Grant `n` lease tokens and `n` lock tokens; return the highest.
+pub fn grant_tokens(c: &mut Client, n: i64, tag: &str) -> i64 {
+    let mut highest = 0;
+    for i in 0..n {
+        let r = claim(c, &format!("{tag}_job"), plan() + chrono::Duration::seconds(i), "r");
+        assert_eq!(r.outcome, "won");
+        highest = highest.max(r.fencing_token.unwrap());
+        let (_, t) = lock_acquire(c, &format!("{tag}_lock_{i}"), "h").unwrap();
+        highest = highest.max(t);
+    }
+    highest
+}
+
+/// A lease of a fresh job with max_attempts 40, pushed to `attempt` by hand.
+pub fn lease_at_attempt(c: &mut Client, attempt: i32, stale_timeout: Duration) -> Claim {
+    let args = ClaimArgs { max_attempts: 40, stale_timeout, allow_stale_reentry: false };
+    let l = claim_with(c, &unique("backoff"), plan(), "r1", &args);
+    c.execute("UPDATE lease_sched.sys_cron_executions SET attempt = $2 WHERE id = $1", &[&l.id(), &attempt]).unwrap();
+    l
+}
+
+/// Whether a FAILED run's retry is due exactly retry_backoff_max after it finished.
+pub fn retry_at_backoff_max(c: &mut Client, id: Uuid) -> bool {
+    c.query_one(
+        "SELECT next_retry_at = finished_at + current_setting('lease_sched.retry_backoff_max')::interval
+           FROM lease_sched.sys_cron_executions WHERE id = $1",
+        &[&id],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// The pid of the background sweeper of the test database, if one runs.
+pub fn sweeper_pid(c: &mut Client) -> Option<i32> {
+    c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease_sched sweeper'", &[])
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Tests of one file that share server-wide state (the touch buffer, the sweeper, a
+/// restart) take this, so they run one at a time; test files run one after another.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }

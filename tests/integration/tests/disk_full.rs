@@ -1,24 +1,18 @@
 //! A full disk, on the real test cluster: lease_sched's tables moved into a tablespace on a
 //! small tmpfs, which is then filled. docs/reliability.md ("A full disk") promises what
 //! each kind of write does; these tests hold it to that. They restart the server and
-//! move the extension's tables, so they run one at a time (SERIAL). They need root (to
+//! move the extension's tables, so they run one at a time (`serial()`). They need root (to
 //! mount the tmpfs) and max_prepared_transactions > 0; without either they skip.
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use lease_sched_integration::*;
 use postgres::Client;
 use uuid::Uuid;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The tables the full tablespace holds.
 const TABLES: [&str; 2] = ["lease_sched.runtimes", "lease_sched.sys_cron_executions"];
@@ -97,12 +91,6 @@ impl Drop for FullTablespace {
         let _ = std::process::Command::new("umount").arg(&self.dir).status();
         let _ = std::fs::remove_dir(&self.dir);
     }
-}
-
-fn sweeper_pid(c: &mut Client) -> Option<i32> {
-    c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease_sched sweeper'", &[])
-        .unwrap()
-        .map(|r| r.get(0))
 }
 
 fn prepared_transactions_allowed(test: &str, c: &mut Client) -> bool {
@@ -197,8 +185,8 @@ fn log_len() -> u64 {
 }
 
 /// A clean shutdown while the tablespace is full: the exit drain fails, and the touches it
-/// could not write are saved in the data directory and written after the restart (0.2.0
-/// lost all of them, saying only "the next sweep retries").
+/// could not write are saved in the data directory and written after the restart, not lost
+/// with the shared memory.
 #[test]
 fn a_clean_shutdown_on_a_full_disk_keeps_every_acknowledged_touch() {
     const TEST: &str = "a_clean_shutdown_on_a_full_disk_keeps_every_acknowledged_touch";
@@ -311,7 +299,7 @@ fn a_loss_that_cannot_be_avoided_is_said_and_counted_after_the_restart() {
     c.execute("DELETE FROM lease_sched.runtimes WHERE id = ANY($1)", &[&ids]).unwrap();
 }
 
-/// What held in 0.2.0 and must keep holding: with the tablespace of the lease and runtime
+/// With the tablespace of the lease and runtime
 /// tables full under 3 clients, every claim, heartbeat, finish or touch either succeeds or
 /// fails with 53100, every acknowledged finish stays SUCCESS, every acknowledged touch is
 /// kept, the sweeper survives its failed passes, and once space is back no lease is left

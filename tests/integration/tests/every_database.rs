@@ -7,18 +7,12 @@
 //! `lease_sched.database`, another database with the extension says so too.
 //!
 //! The tests here create and drop databases and count sweepers against the bound, so they
-//! run one at a time (SERIAL).
+//! run one at a time (`serial()`).
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lease_sched_integration::*;
 use postgres::{Client, NoTls};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// How long the launcher may take to notice a database (it looks every second).
 const NOTICE: Duration = Duration::from_secs(30);

@@ -68,7 +68,7 @@ fn uuid_lit() -> impl Strategy<Value = String> {
     ]
 }
 
-/// A lock's secret (0.2.0: a uuid; the 0.1 bigint forms are gone), real or not.
+/// A lock's secret (a uuid), real or not.
 fn lock_token() -> impl Strategy<Value = String> {
     prop_oneof![
         uuid_lit(),

@@ -1,9 +1,10 @@
-//! Named locks with TTL: acquire/heartbeat/release/info, races, and survival across
-//! reconnects through a real pgbouncer in transaction-pooling mode.
-use std::process::{Child, Command, Stdio};
+//! Named locks with TTL: acquire/heartbeat/release/info, races, survival across reconnects
+//! through a real pgbouncer in transaction-pooling mode, and what a runner role can do to
+//! another role's lock.
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use lease_sched_integration::fixtures::{simple, simple_row, Bouncer, Role};
 use lease_sched_integration::*;
 
 /// A granted lock: the holder's secret and its public fencing token.
@@ -100,93 +101,11 @@ fn bad_lock_arguments_are_class_22_errors() {
     }
 }
 
-/// A pgbouncer of this test alone: its own directory and a free port. pgbouncer runs under
-/// runuser (it refuses root), so Drop stops it by the pid in its pidfile, not through the
-/// runuser child (killing runuser would leave pgbouncer behind, still holding the port).
-struct Bouncer {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Bouncer {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_pgbouncer(port: u16) -> Bouncer {
-    let db_port = dsn().split_whitespace().find_map(|kv| kv.strip_prefix("port=").map(str::to_string)).unwrap();
-    let dir = std::path::PathBuf::from(format!("/tmp/lease_sched_pgbouncer_{port}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ini = dir.join("pgbouncer.ini");
-    std::fs::write(
-        &ini,
-        format!(
-            "[databases]\nlease_sched = host=127.0.0.1 port={db_port} dbname=lease_sched user=postgres\n\
-             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = any\npool_mode = transaction\n\
-             default_pool_size = 2\nmax_client_conn = 50\nunix_socket_dir =\nlogfile = {0}/pgbouncer.log\n\
-             pidfile = {0}/pgbouncer.pid\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    Command::new("chown").args(["-R", "postgres", dir.to_str().unwrap()]).status().unwrap();
-    // pgbouncer refuses to run as root.
-    let child = Command::new("runuser")
-        .args(["-u", "postgres", "--", "/usr/sbin/pgbouncer", ini.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pgbouncer (installed by scripts/setup.sh)");
-    let bouncer = Bouncer { child, dir: dir.clone() };
-    // Ours, listening (not some other run's pgbouncer on the same port).
-    assert!(
-        wait_until(Duration::from_secs(10), || std::fs::read_to_string(dir.join("pgbouncer.log"))
-            .is_ok_and(|l| l.contains(&format!("listening on 127.0.0.1:{port}")))),
-        "pgbouncer listens on {port}"
-    );
-    bouncer
-}
-
-fn via_bouncer(port: u16) -> postgres::Client {
-    connect_retrying(&format!("host=127.0.0.1 port={port} dbname=lease_sched user=postgres"))
-}
-
-/// The simple protocol: transaction pooling does not carry named prepared statements.
-fn simple_value(c: &mut postgres::Client, sql: &str) -> Option<String> {
-    c.simple_query(sql)
-        .unwrap()
-        .into_iter()
-        .find_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
-            _ => None,
-        })
-        .flatten()
-}
-
-/// Every column of the first row, through the simple protocol.
-fn simple_row(c: &mut postgres::Client, sql: &str) -> Vec<Option<String>> {
-    c.simple_query(sql)
-        .unwrap()
-        .into_iter()
-        .find_map(|m| match m {
-            postgres::SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
-            _ => None,
-        })
-        .expect("one row")
-}
-
 #[test]
 fn a_lock_survives_reconnects_through_transaction_pooling() {
-    let [port] = free_ports::<1>();
-    let _bouncer = start_pgbouncer(port);
+    let bouncer = Bouncer::start(2);
     let name = unique("leader");
-    let mut a = via_bouncer(port);
+    let mut a = bouncer.connect();
     let grant = |c: &mut postgres::Client, holder: &str| {
         simple_row(c, &format!("SELECT acquired, lock_token, fencing_token, holder FROM lease_sched.lock_acquire('{name}', '{holder}', '60 s')"))
     };
@@ -194,16 +113,16 @@ fn a_lock_survives_reconnects_through_transaction_pooling() {
     assert_eq!(got[0].as_deref(), Some("t"), "node-a acquires: {got:?}");
     let (token, fencing) = (got[1].clone().unwrap(), got[2].clone().unwrap());
     drop(a); // node-a's client connection is gone; the lock is a row, not a session
-    let mut b = via_bouncer(port);
+    let mut b = bouncer.connect();
     let refused = grant(&mut b, "node-b");
     assert_eq!(refused, vec![Some("f".into()), None, None, Some("node-a".into())], "node-b is told who holds it");
-    let mut a = via_bouncer(port);
-    assert_eq!(simple_value(&mut a, &format!("SELECT lease_sched.lock_heartbeat('{name}', '{token}')")).as_deref(), Some("t"));
+    let mut a = bouncer.connect();
+    assert_eq!(simple(&mut a, &format!("SELECT lease_sched.lock_heartbeat('{name}', '{token}')")).unwrap().as_deref(), Some("t"));
     assert_eq!(
-        simple_value(&mut b, &format!("SELECT holder FROM lease_sched.lock_info('{name}')")).as_deref(),
+        simple(&mut b, &format!("SELECT holder FROM lease_sched.lock_info('{name}')")).unwrap().as_deref(),
         Some("node-a")
     );
-    assert_eq!(simple_value(&mut a, &format!("SELECT lease_sched.lock_release('{name}', '{token}')")).as_deref(), Some("t"));
+    assert_eq!(simple(&mut a, &format!("SELECT lease_sched.lock_release('{name}', '{token}')")).unwrap().as_deref(), Some("t"));
     let got = grant(&mut b, "node-b");
     assert_eq!(got[0].as_deref(), Some("t"), "free after release: {got:?}");
     assert!(got[2].as_ref().unwrap().parse::<i64>().unwrap() > fencing.parse::<i64>().unwrap());
@@ -213,7 +132,8 @@ fn a_lock_survives_reconnects_through_transaction_pooling() {
 
 /// Per lock, every granted fencing token is higher than every token granted
 /// before it in real time, also when an acquirer waited on a holder's open transaction that
-/// released and re-acquired the lock meanwhile (0.1.0 drew the waiter's token before the wait).
+/// released and re-acquired the lock meanwhile. Pins the hole where a waiter's token was
+/// drawn before its wait and came back lower than a grant that returned before it.
 #[test]
 fn fencing_tokens_of_a_lock_rise_in_the_order_the_grants_return() {
     const THREADS: usize = 12;
@@ -233,7 +153,7 @@ fn fencing_tokens_of_a_lock_rise_in_the_order_the_grants_return() {
                     let l = (t + round) % names.len();
                     let name = &names[l];
                     if t % 2 == 0 {
-                        // The issue's reproduction: grant, release, grant again, release, in
+                        // The interleaving that broke it: grant, release, grant again, release, in
                         // one transaction, while others wait on its row.
                         c.batch_execute("BEGIN").unwrap();
                         for holder in ["c", "c2"] {
@@ -262,4 +182,74 @@ fn fencing_tokens_of_a_lock_rise_in_the_order_the_grants_return() {
             assert!(w[1] > w[0], "lock {l}: a grant returned later carries a lower token: {} after {} ({tokens:?})", w[1], w[0]);
         }
     }
+}
+
+/// A runner role with the documented grants cannot heartbeat or release another role's lock,
+/// knowing everything lock_info (and the refusal of lock_acquire) shows it; the old
+/// signatures that took the public fencing token as proof are gone.
+#[test]
+fn a_runner_cannot_heartbeat_or_release_another_runners_lock() {
+    let (ra, rb) = (Role::runner("runner_a"), Role::runner("runner_b"));
+    let (mut a, mut b) = (ra.connect(), rb.connect());
+    let name = unique("leader");
+    let r = a.query_one("SELECT acquired, lock_token, fencing_token FROM lease_sched.lock_acquire($1, 'node-a', '60 s')", &[&name]).unwrap();
+    assert!(r.get::<_, bool>(0));
+    let (token, fencing): (uuid::Uuid, i64) = (r.get(1), r.get(2));
+
+    // Everything b can learn about the lock.
+    let info = b.query_one("SELECT to_jsonb(i)::text FROM lease_sched.lock_info($1) i", &[&name]).unwrap();
+    let info: String = info.get(0);
+    assert!(info.contains(&fencing.to_string()) && info.contains("node-a"), "lock_info shows holder and fencing token: {info}");
+    assert!(!info.contains(&token.to_string()), "lock_info never shows the secret: {info}");
+    let refusal = b.query_one("SELECT to_jsonb(l)::text FROM lease_sched.lock_acquire($1, 'node-b', '60 s') l", &[&name]).unwrap();
+    let refusal: String = refusal.get(0);
+    assert!(refusal.contains("\"acquired\": false") && !refusal.contains(&token.to_string()), "{refusal}");
+
+    // The public fencing token as proof (the old bigint signatures): they no longer exist.
+    for sql in [
+        format!("SELECT lease_sched.lock_heartbeat('{name}', {fencing})"),
+        format!("SELECT lease_sched.lock_release('{name}', {fencing})"),
+        format!("SELECT lease_sched.lock_release('{name}', {fencing}::bigint)"),
+    ] {
+        let e = b.batch_execute(&sql).expect_err(&sql);
+        assert_eq!(sqlstate(&e), "42883", "{sql}: {e}");
+    }
+    let gone: bool = b
+        .query_one(
+            "SELECT to_regprocedure('lease_sched.lock_heartbeat(text,bigint)') IS NULL
+                AND to_regprocedure('lease_sched.lock_release(text,bigint)') IS NULL
+                AND to_regprocedure('lease_sched.lock_heartbeat(text,uuid)') IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(gone, "the bigint signatures are dropped");
+
+    // Guessing: uuids made of what b knows, and random ones.
+    let guesses = b
+        .query(
+            "SELECT g FROM (VALUES (gen_random_uuid()), ('00000000-0000-0000-0000-000000000000'::uuid),
+                                   (lpad(to_hex($1::bigint), 32, '0')::uuid)) v(g)",
+            &[&fencing],
+        )
+        .unwrap();
+    for g in guesses {
+        let g: uuid::Uuid = g.get(0);
+        let hb: bool = b.query_one("SELECT lease_sched.lock_heartbeat($1, $2)", &[&name, &g]).unwrap().get(0);
+        let rel: bool = b.query_one("SELECT lease_sched.lock_release($1, $2)", &[&name, &g]).unwrap().get(0);
+        assert!(!hb && !rel, "a guessed token {g} worked");
+    }
+    // b cannot read the table that holds the secret.
+    let e = b.batch_execute("SELECT lock_token FROM lease_sched.locks").expect_err("locks is not readable");
+    assert_eq!(sqlstate(&e), "42501");
+
+    // a still holds it, and b cannot take it.
+    let holder: String = b.query_one("SELECT holder FROM lease_sched.lock_info($1)", &[&name]).unwrap().get(0);
+    assert_eq!(holder, "node-a");
+    let hb: bool = a.query_one("SELECT lease_sched.lock_heartbeat($1, $2)", &[&name, &token]).unwrap().get(0);
+    assert!(hb);
+    let taken: bool = b.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'node-b')", &[&name]).unwrap().get(0);
+    assert!(!taken);
+    let rel: bool = a.query_one("SELECT lease_sched.lock_release($1, $2)", &[&name, &token]).unwrap().get(0);
+    assert!(rel);
 }

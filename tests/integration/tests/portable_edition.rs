@@ -73,7 +73,7 @@ impl Drop for Databases<'_> {
 /// as they were, so without more the restored sequence would go on from the dump's value.
 #[test]
 fn a_dump_restored_on_the_same_server_grants_above_every_token_granted_after_the_dump() {
-    if portable_only("a_dump_restored_on_the_same_server_grants_above_every_token_granted_after_the_dump", "the native edition's floor records are extension members pg_dump leaves out (tests/integration/tests/fencing.rs)") {
+    if portable_only("a_dump_restored_on_the_same_server_grants_above_every_token_granted_after_the_dump", "the native edition's floor records are extension members pg_dump leaves out (tests/integration/tests/tokens.rs)") {
         return;
     }
     let mut admin = connect();

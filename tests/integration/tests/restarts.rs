@@ -1,21 +1,8 @@
 //! Shutdowns, crashes and a killed worker, on the real test cluster. Each test restarts
-//! or crashes the server, so they run one at a time (SERIAL).
-use std::sync::Mutex;
+//! or crashes the server, so they run one at a time (`serial()`).
 use std::time::Duration;
 
 use lease_sched_integration::*;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn sweeper_pid(c: &mut postgres::Client) -> Option<i32> {
-    c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease_sched sweeper'", &[])
-        .unwrap()
-        .map(|r| r.get(0))
-}
 
 /// A runtime with one touch in the buffer, its row 120 s behind (not a sweep candidate).
 fn runtime_with_buffered_touch(c: &mut postgres::Client) -> uuid::Uuid {

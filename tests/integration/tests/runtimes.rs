@@ -1,33 +1,36 @@
 //! Runtimes, the shared touch buffer and the background sweeper, against the real
 //! preloaded worker (in the test cluster: sweep_interval = 1s, runtime_offline_after = 20min,
-//! touch_flush_interval = 10min unless a test changes it). Tests that look at the buffer
-//! share it, so they take SERIAL.
-use std::sync::Mutex;
+//! touch_flush_interval = 10min unless a test changes it): buffered touches survive failed
+//! and rolled-back flushes and locked rows; the sweep fails abandoned and superseded leases,
+//! survives errors, locked rows and overflowing backoffs, and prunes only what may not run
+//! again. Tests that look at the buffer or wait for the sweep share them, so they take
+//! `serial()`.
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lease_sched_integration::*;
+use postgres::Client;
+use uuid::Uuid;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// The buffer and the sweeper to this test alone (`serial()`), a connection, and a runtime
+/// registered just now.
+fn alone_with_a_runtime() -> (std::sync::MutexGuard<'static, ()>, Client, Uuid) {
+    let guard = serial();
+    let mut c = connect();
+    let id = register_runtime(&mut c);
+    (guard, c, id)
 }
 
 #[test]
 fn a_silent_runtime_is_marked_offline_by_the_worker() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     set_last_seen_ago(&mut c, id, 3600);
     assert!(wait_until(Duration::from_secs(10), || runtime_state(&mut c, id).0 == "offline"));
 }
 
 #[test]
 fn a_buffered_touch_rescues_a_silent_runtime_and_is_written_by_the_sweep() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     flush(&mut c);
     set_last_seen_ago(&mut c, id, 3600);
     assert!(touch(&mut c, id));
@@ -41,9 +44,7 @@ fn a_buffered_touch_rescues_a_silent_runtime_and_is_written_by_the_sweep() {
 
 #[test]
 fn a_buffered_touch_of_a_healthy_runtime_waits_for_the_flush() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     flush(&mut c);
     set_last_seen_ago(&mut c, id, 60); // inside the offline window: not a sweep candidate
     assert!(touch(&mut c, id));
@@ -57,9 +58,7 @@ fn a_buffered_touch_of_a_healthy_runtime_waits_for_the_flush() {
 
 #[test]
 fn the_worker_flushes_the_whole_buffer_every_flush_interval() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     flush(&mut c);
     set_last_seen_ago(&mut c, id, 60);
     assert!(touch(&mut c, id));
@@ -74,9 +73,7 @@ fn the_worker_flushes_the_whole_buffer_every_flush_interval() {
 
 #[test]
 fn fifty_concurrent_touches_of_one_runtime_leave_one_pending_entry() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     flush(&mut c);
     let handles: Vec<_> = (0..50)
         .map(|_| {
@@ -102,9 +99,7 @@ fn flushing_an_empty_buffer_writes_nothing() {
 
 #[test]
 fn a_runtime_raced_to_offline_stays_offline_until_its_next_beat() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     flush(&mut c);
     assert!(touch(&mut c, id));
     c.execute("UPDATE lease_sched.runtimes SET status = 'offline' WHERE id = $1", &[&id]).unwrap();
@@ -119,9 +114,7 @@ fn a_runtime_raced_to_offline_stays_offline_until_its_next_beat() {
 // beating into the buffer while it stays offline.
 #[test]
 fn a_runtime_the_sweep_marked_offline_comes_back_at_its_next_touch() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     for _ in 0..3 {
         assert!(touch(&mut c, id)); // read online, then known online
     }
@@ -136,9 +129,7 @@ fn a_runtime_the_sweep_marked_offline_comes_back_at_its_next_touch() {
 
 #[test]
 fn a_deleted_runtime_is_unknown_to_its_next_touch() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     assert!(touch(&mut c, id));
     assert!(touch(&mut c, id));
     flush(&mut c);
@@ -148,9 +139,7 @@ fn a_deleted_runtime_is_unknown_to_its_next_touch() {
 
 #[test]
 fn an_offline_write_in_replica_mode_or_rolled_back_keeps_touches_right() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     assert!(touch(&mut c, id));
     assert!(touch(&mut c, id));
     flush(&mut c);
@@ -238,12 +227,6 @@ fn abandoned_leases_are_failed_by_the_worker_and_stealable_ones_are_left() {
     assert_eq!(claim(&mut c, &job, plan() + chrono::Duration::minutes(2), "r2").outcome, "stole");
 }
 
-fn sweeper_pid(c: &mut postgres::Client) -> Option<i32> {
-    c.query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease_sched sweeper'", &[])
-        .unwrap()
-        .map(|r| r.get(0))
-}
-
 #[test]
 fn a_locked_row_does_not_hold_up_the_sweep_of_the_others() {
     let _g = serial();
@@ -314,9 +297,7 @@ fn a_failed_sweep_logs_the_sqlstate_code() {
 
 #[test]
 fn sweep_on_demand_reports_what_it_did() {
-    let _g = serial();
-    let mut c = connect();
-    let id = register_runtime(&mut c);
+    let (_g, mut c, id) = alone_with_a_runtime();
     set_last_seen_ago(&mut c, id, 3600);
     let r = c.query_one("SELECT * FROM lease_sched.sweep()", &[]).unwrap();
     let offline: i64 = r.get("runtimes_offline");
@@ -367,4 +348,261 @@ fn stats_and_views_report_the_leases() {
     let s = c.query_one("SELECT runs, succeeded, failed, p50_duration_ms IS NOT NULL FROM lease_sched.job_summary WHERE job_name = $1", &[&job]).unwrap();
     assert_eq!((s.get::<_, i64>(0), s.get::<_, i64>(1), s.get::<_, i64>(2), s.get::<_, bool>(3)), (1, 1, 0, true));
     assert!(stat(&mut c, "sweeps") > 0 && stat(&mut c, "last_sweep_unix_seconds") > 1_700_000_000);
+}
+
+// ---------------------------------------------------------------------------------------
+// flushes and sweeps next to locked rows and rolled-back transactions
+
+/// `n` runtimes whose rows are `ago` seconds behind, each with one touch buffered.
+fn runtimes_with_touch(c: &mut Client, n: usize, ago: i64) -> Vec<Uuid> {
+    let ids: Vec<Uuid> = (0..n).map(|_| register_runtime(c)).collect();
+    flush(c);
+    for &id in &ids {
+        set_last_seen_ago(c, id, ago);
+    }
+    for &id in &ids {
+        assert!(touch(c, id));
+    }
+    assert_eq!(pending(c), n as i64, "the touches are buffered");
+    ids
+}
+
+fn runtime_with_touch(c: &mut Client, ago: i64) -> Uuid {
+    runtimes_with_touch(c, 1, ago)[0]
+}
+
+fn seen_ago(c: &mut Client, id: Uuid) -> f64 {
+    runtime_state(c, id).1
+}
+
+/// The next flush writes the one buffered touch (of `id`): nothing stays pending, and the
+/// row is fresh.
+fn assert_next_flush_writes(c: &mut Client, id: Uuid, what: &str) {
+    assert_eq!(flush(c), 1, "{what}");
+    assert_eq!(pending(c), 0);
+    assert!(seen_ago(c, id) < 60.0);
+}
+
+fn lock_row(id: Uuid) -> Client {
+    let mut holder = connect();
+    holder.batch_execute("BEGIN").unwrap();
+    holder.execute("SELECT 1 FROM lease_sched.runtimes WHERE id = $1 FOR UPDATE", &[&id]).unwrap();
+    holder
+}
+
+/// A flush skips a runtime row another transaction holds locked, without waiting for it,
+/// writes the others, and keeps the locked one's touch for the next flush.
+#[test]
+fn a_flush_skips_a_locked_runtime_and_keeps_its_touch_for_the_next_flush() {
+    let _g = serial();
+    let mut c = connect();
+    let ids = runtimes_with_touch(&mut c, 2, 120);
+    let (locked, free) = (ids[0], ids[1]);
+    let mut holder = lock_row(locked);
+
+    c.batch_execute("SET lock_timeout = '500ms'").unwrap();
+    let started = Instant::now();
+    let written = c.query_one("SELECT lease_sched.runtime_flush()", &[]).expect("the flush does not fail on a locked row");
+    assert!(started.elapsed() < Duration::from_millis(450), "nor waits for it ({:?})", started.elapsed());
+    assert_eq!(written.get::<_, i64>(0), 1, "the other runtime's touch is written");
+    assert_eq!(pending(&mut c), 1, "the locked runtime's touch stays buffered");
+    assert!(seen_ago(&mut c, free) < 60.0);
+    assert!(seen_ago(&mut c, locked) >= 115.0);
+
+    holder.batch_execute("COMMIT").unwrap();
+    assert_next_flush_writes(&mut c, locked, "the next flush writes it");
+}
+
+/// A flush rolled back (to a savepoint, with its transaction, or by a later failure in its
+/// transaction) loses no touch: they stay buffered for the next flush.
+#[test]
+fn a_flush_rolled_back_to_a_savepoint_or_with_its_transaction_keeps_the_touches() {
+    let _g = serial();
+    let mut c = connect();
+    let id = runtime_with_touch(&mut c, 120);
+    assert_eq!(pending(&mut c), 1);
+
+    c.batch_execute("BEGIN; SAVEPOINT s").unwrap();
+    assert_eq!(flush(&mut c), 1);
+    c.batch_execute("ROLLBACK TO SAVEPOINT s; COMMIT").unwrap();
+    assert_eq!(pending(&mut c), 1, "a flush rolled back to its savepoint keeps its touches");
+    assert!(seen_ago(&mut c, id) >= 115.0);
+
+    c.batch_execute("BEGIN").unwrap();
+    assert_eq!(flush(&mut c), 1);
+    c.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(pending(&mut c), 1, "a flush whose transaction rolls back keeps its touches");
+    assert!(seen_ago(&mut c, id) >= 115.0);
+
+    // A flush that fails outright (here: cancelled by a statement timeout on a lock wait
+    // that PostgreSQL takes before the flush statement) keeps them too.
+    c.batch_execute("BEGIN").unwrap();
+    assert_eq!(flush(&mut c), 1);
+    let e = c.batch_execute("SELECT 1/0").expect_err("the transaction fails after the flush");
+    assert_eq!(sqlstate(&e), "22012");
+    c.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(pending(&mut c), 1, "an aborted transaction keeps its flush's touches");
+
+    assert_next_flush_writes(&mut c, id, "a later flush writes them");
+}
+
+/// A runtime row held locked over several sweeps fails no sweep and stops none: the
+/// sweeper fails an abandoned lease meanwhile, and writes the touch once the row is free.
+#[test]
+fn a_locked_runtime_row_does_not_stop_the_sweeps() {
+    let _g = serial();
+    let mut c = connect();
+    // Silent (a sweep candidate) with a touch buffered: the sweep wants to write this row.
+    let id = runtime_with_touch(&mut c, 3 * 3600);
+    let mut holder = lock_row(id);
+    let errors = stat(&mut c, "sweep_errors");
+    let sweeps = stat(&mut c, "sweeps");
+    let lease = abandoned_lease(&mut c);
+    assert!(
+        wait_until(Duration::from_secs(10), || status_of(&mut c, lease.id()) == "FAILED"),
+        "the abandoned lease failed while a runtime row is locked"
+    );
+    // Keep the row locked over several sweep intervals (1 s in the test cluster).
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(stat(&mut c, "sweeps") >= sweeps + 3, "sweeps ran");
+    assert_eq!(stat(&mut c, "sweep_errors"), errors, "no sweep failed on the locked row");
+    assert_eq!(pending(&mut c), 1, "its touch stays buffered");
+    let (status, _) = runtime_state(&mut c, id);
+    assert_eq!(status, "online", "a runtime with a buffered touch is not marked offline");
+    holder.batch_execute("COMMIT").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || seen_ago(&mut c, id) < 60.0),
+        "once unlocked, the sweep writes the touch"
+    );
+    assert_eq!(runtime_state(&mut c, id).0, "online");
+}
+
+/// One lease whose backoff would overflow does not poison the sweep: the other abandoned
+/// leases still fail. Pins the hole where every sweep failed with "interval out of range"
+/// while such a lease was there, so no abandoned lease was failed any more.
+#[test]
+fn a_lease_at_a_huge_attempt_does_not_poison_the_sweep() {
+    let _g = serial(); // sweep() may flush the touch buffer
+    let mut c = connect();
+    let poison = lease_at_attempt(&mut c, 35, Duration::from_secs(3600));
+    let other = claim_with(
+        &mut c,
+        &unique("victim"),
+        plan(),
+        "r1",
+        &ClaimArgs { stale_timeout: Duration::from_secs(3600), allow_stale_reentry: false, ..Default::default() },
+    );
+    // Make both stale inside this transaction (so the background sweeper, which skips
+    // locked rows, leaves them to us) and sweep with the overflowing setting.
+    c.batch_execute("BEGIN; SET LOCAL lease_sched.retry_backoff_base = '20d'").unwrap();
+    c.execute(
+        "UPDATE lease_sched.sys_cron_executions SET stale_after = clock_timestamp() - interval '1 second' WHERE id = ANY($1)",
+        &[&vec![poison.id(), other.id()]],
+    )
+    .unwrap();
+    let swept = c.query_one("SELECT leases_failed FROM lease_sched.sweep()", &[]);
+    let failed: i64 = match swept {
+        Ok(r) => r.get(0),
+        Err(e) => {
+            assert_clean_error(&e, "sweep");
+            panic!("the sweep failed: {e}");
+        }
+    };
+    c.batch_execute("COMMIT").unwrap();
+    assert!(failed >= 2, "both abandoned leases failed ({failed})");
+    assert_eq!(status_of(&mut c, other.id()), "FAILED");
+    assert_eq!(status_of(&mut c, poison.id()), "FAILED");
+    let capped: bool = retry_at_backoff_max(&mut c, poison.id());
+    assert!(capped);
+}
+
+fn exists(c: &mut Client, id: Uuid) -> bool {
+    c.query_one("SELECT EXISTS (SELECT 1 FROM lease_sched.sys_cron_executions WHERE id = $1)", &[&id]).unwrap().get(0)
+}
+
+/// Retention never prunes what may still run (a FAILED plan waiting for its retry) nor a
+/// job's latest row (the planner's cursor); a retry of a kept plan is still attempt 2.
+#[test]
+fn retention_keeps_pending_retries_and_each_jobs_latest_row() {
+    let _g = serial(); // sweep() may flush the touch buffer
+    let mut c = connect();
+    let retention: String = c.query_one("SHOW lease_sched.retention", &[]).unwrap().get(0);
+    let long_ago = "400 days";
+    // A FAILED plan waiting for its retry (attempts left, next_retry_at ahead), then a later plan.
+    let job = unique("ret_retry");
+    let pending_retry = claim(&mut c, &job, plan(), "r1");
+    assert!(finish_failed(&mut c, pending_retry.id(), pending_retry.token(), Duration::from_secs(10 * 86400)));
+    let later = claim(&mut c, &job, plan() + chrono::Duration::hours(1), "r1");
+    assert!(finish_ok(&mut c, later.id(), later.token()));
+    // A job with two finished plans: the older goes, the latest (the planner's cursor) stays.
+    let job2 = unique("ret_old");
+    let old = claim(&mut c, &job2, plan(), "r1");
+    assert!(finish_ok(&mut c, old.id(), old.token()));
+    let latest = claim(&mut c, &job2, plan() + chrono::Duration::hours(1), "r1");
+    assert!(finish_ok(&mut c, latest.id(), latest.token()));
+    // A FAILED plan with no attempts left is prunable like a success.
+    let job3 = unique("ret_exhausted");
+    let args = ClaimArgs { max_attempts: 1, ..Default::default() };
+    let exhausted = claim_with(&mut c, &job3, plan(), "r1", &args);
+    assert!(finish_failed(&mut c, exhausted.id(), exhausted.token(), Duration::from_secs(10 * 86400)));
+    let latest3 = claim(&mut c, &job3, plan() + chrono::Duration::hours(1), "r1");
+    assert!(finish_ok(&mut c, latest3.id(), latest3.token()));
+
+    let ids = vec![pending_retry.id(), later.id(), old.id(), latest.id(), exhausted.id(), latest3.id()];
+    c.execute(
+        &format!("UPDATE lease_sched.sys_cron_executions SET finished_at = now() - interval '{long_ago}' WHERE id = ANY($1)"),
+        &[&ids],
+    )
+    .unwrap();
+    // The background sweeper prunes (every second); an explicit sweep too.
+    c.query("SELECT * FROM lease_sched.sweep()", &[]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !exists(&mut c, old.id()) && !exists(&mut c, exhausted.id())),
+        "finished rows older than retention ({retention}) are pruned"
+    );
+    c.query("SELECT * FROM lease_sched.sweep()", &[]).unwrap();
+    assert!(exists(&mut c, pending_retry.id()), "a FAILED plan waiting for its retry is kept");
+    assert!(exists(&mut c, later.id()), "the latest row of a job is kept");
+    assert!(exists(&mut c, latest.id()), "the latest row of a job is kept");
+    assert!(exists(&mut c, latest3.id()));
+    // The kept plan is still retried as attempt 2, not won again as attempt 1.
+    c.execute("UPDATE lease_sched.sys_cron_executions SET next_retry_at = now() - interval '1 s' WHERE id = $1", &[&pending_retry.id()])
+        .unwrap();
+    let retry = claim(&mut c, &job, plan(), "r2");
+    assert_ne!(retry.outcome, "conflicted");
+    assert_eq!(retry.attempt, Some(2), "the retry is attempt 2 ({}), not a fresh attempt 1", retry.outcome);
+}
+
+/// A stale lease that a later plan of its job superseded is failed by the sweep, even
+/// though it may be stolen: the planner only offers the latest plan, so no scheduler would
+/// come back for it. Pins the hole where it stayed RUNNING forever (two schedulers on
+/// either side of a bucket boundary, the first one dying, were enough).
+#[test]
+fn a_stale_lease_superseded_by_a_later_plan_is_failed_by_the_sweep() {
+    let _g = serial(); // waits for the background sweep
+    let mut c = connect();
+    let job = unique("superseded");
+    let short = ClaimArgs { stale_timeout: Duration::from_millis(300), ..Default::default() };
+    let orphan = claim_with(&mut c, &job, plan(), "dies", &short);
+    assert_eq!(orphan.outcome, "won");
+    let later = claim_with(&mut c, &job, plan() + chrono::Duration::minutes(1), "lives", &short);
+    assert!(finish_ok(&mut c, later.id(), later.token()));
+    assert!(
+        wait_until(Duration::from_secs(10), || status_of(&mut c, orphan.id()) == "FAILED"),
+        "the superseded stale lease is failed by the sweeper"
+    );
+    let code: Option<String> = c
+        .query_one("SELECT error_code FROM lease_sched.sys_cron_executions WHERE id = $1", &[&orphan.id()])
+        .unwrap()
+        .get(0);
+    assert_eq!(code.as_deref(), Some("stale_timeout"));
+    // Its holder is fenced out, and with attempts left the plan can still be claimed explicitly.
+    assert!(!heartbeat(&mut c, orphan.id(), orphan.token()));
+
+    // The latest plan, stale but stealable, is left for its thief.
+    let job2 = unique("latest_stale");
+    let latest = claim_with(&mut c, &job2, plan(), "dies", &short);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(status_of(&mut c, latest.id()), "RUNNING", "a stealable latest plan waits for its thief");
+    assert_eq!(claim(&mut c, &job2, plan(), "thief").outcome, "stole");
 }

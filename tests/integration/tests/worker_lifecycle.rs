@@ -1,18 +1,11 @@
 //! The launcher and the sweeper come back after being terminated
 //! (in either order), cancelling the launcher changes nothing (exactly one sweeper, same
 //! launcher), and a fast shutdown finishes while a prepared transaction holds a runtime row
-//! whose touch is buffered. Some tests restart the server, so they run one at a time (SERIAL).
-use std::sync::Mutex;
+//! whose touch is buffered. Some tests restart the server, so they run one at a time (`serial()`).
 use std::time::{Duration, Instant};
 
 use lease_sched_integration::*;
 use postgres::Client;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn pids(c: &mut Client, backend_type: &str) -> Vec<i32> {
     c.query("SELECT pid FROM pg_stat_activity WHERE backend_type = $1 ORDER BY pid", &[&backend_type])
@@ -107,7 +100,7 @@ fn cancelling_the_launcher_changes_nothing() {
     let (launcher, sweeper) = (launchers(&mut c)[0], sweepers(&mut c)[0]);
     for _ in 0..5 {
         let sent: bool = c.query_one("SELECT pg_cancel_backend($1)", &[&launcher]).unwrap().get(0);
-        assert!(sent, "the launcher {launcher} is still there (0.1.0: a cancel made it error out and restart)");
+        assert!(sent, "the launcher {launcher} is still there (a cancel must not make it error out and restart)");
         std::thread::sleep(Duration::from_millis(600));
     }
     exactly_one_sweeper_for(&mut c, Duration::from_secs(4));
@@ -134,7 +127,8 @@ fn cancelling_the_launcher_changes_nothing() {
 }
 
 /// A fast shutdown finishes although a prepared transaction holds a runtime row whose touch
-/// is buffered (0.1.0's exit drain waited for that row forever), and the touch survives.
+/// is buffered (an exit drain that waits for that row would wait forever), and the touch
+/// survives.
 #[test]
 fn a_fast_shutdown_finishes_while_a_prepared_transaction_holds_a_buffered_runtime() {
     let _g = serial();
@@ -171,8 +165,8 @@ fn a_fast_shutdown_finishes_while_a_prepared_transaction_holds_a_buffered_runtim
     assert!(took < Duration::from_secs(10), "the fast shutdown took {took:?}");
     ready(&mut c);
     // The row was locked, so the drain could not write its touch: the sweeper saved it in
-    // the data directory, and the new sweeper wrote it back once the lock was gone (0.2.0
-    // lost it with the shared memory).
+    // the data directory, and the new sweeper wrote it back once the lock was gone (kept only
+    // in shared memory, it would be lost with it).
     assert!(
         wait_until(Duration::from_secs(15), || {
             flush(&mut c);
