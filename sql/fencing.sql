@@ -33,6 +33,17 @@ SELECT t.last_value AS timeline,
   FROM lease_sched.token_floor_timeline t, lease_sched.token_floor_server_start s;
 COMMENT ON VIEW lease_sched.token_floor IS 'The WAL timeline and the server start after which fencing tokens were last floored at the database clock (0 and NULL: not yet).';
 REVOKE ALL ON lease_sched.token_floor_timeline, lease_sched.token_floor_server_start, lease_sched.token_floor FROM PUBLIC;
+-- Which copy of the database the last floor was taken in: the oid of the database << 32 |
+-- the oid of fencing_token_seq. CREATE DATABASE ... TEMPLATE copies every sequence as it
+-- is, these records included, on the same server and timeline; the copy has another
+-- database oid, so it floors before its first grant and the two databases never hand out
+-- the same tokens. (A restore creates new objects, so it floors too; the portable edition
+-- relies on that, its sequences being dumped with their values.) Any bigint: the shift
+-- may carry an oid's high bit into the sign.
+CREATE SEQUENCE lease_sched.token_floor_copy AS bigint MINVALUE -9223372036854775808 START 0 CACHE 1 NO CYCLE;
+COMMENT ON SEQUENCE lease_sched.token_floor_copy IS
+    'The copy of the database (oid of the database << 32 | oid of fencing_token_seq) in which fencing_token_seq was last floored (0: not yet). A template copy or a restore floors again.';
+REVOKE ALL ON lease_sched.token_floor_copy FROM PUBLIC;
 
 CREATE FUNCTION lease_sched.lease_fence_check(execution_id uuid, fencing_token bigint, lease_token uuid)
 RETURNS text

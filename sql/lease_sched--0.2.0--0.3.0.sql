@@ -1313,6 +1313,12 @@ SELECT t.last_value AS timeline,
   FROM lease_sched.token_floor_timeline t, lease_sched.token_floor_server_start s;
 COMMENT ON VIEW lease_sched.token_floor IS 'The WAL timeline and the server start after which fencing tokens were last floored at the database clock (0 and NULL: not yet).';
 REVOKE ALL ON lease_sched.token_floor_server_start FROM PUBLIC;
+-- Tokens are floored in a template copy of the database too (a new database oid): the new
+-- record starts at 0, so the first grant after this update floors once more.
+CREATE SEQUENCE lease_sched.token_floor_copy AS bigint MINVALUE -9223372036854775808 START 0 CACHE 1 NO CYCLE;
+COMMENT ON SEQUENCE lease_sched.token_floor_copy IS
+    'The copy of the database (oid of the database << 32 | oid of fencing_token_seq) in which fencing_token_seq was last floored (0: not yet). A template copy or a restore floors again.';
+REVOKE ALL ON lease_sched.token_floor_copy FROM PUBLIC;
 
 -- 0.1.0's docs told users to grant readers SELECT on the tables; since 0.2.0 readers get
 -- the views (executions, job_definitions, lock_info()) because sys_cron_executions holds

@@ -2,15 +2,17 @@
 //! and src/lock/fence.rs).
 //!
 //! Tokens come from one sequence. Before a backend draws its first token, it makes sure
-//! the sequence was *floored* since this server started and on this timeline: moved up
-//! to at least the database clock in microseconds (`token_floor_timeline` and
-//! `token_floor_server_start` record the last floor). Tokens grow by one per grant from
+//! the sequence was *floored* since this server started, on this timeline and in this copy
+//! of the database: moved up to at least the database clock in microseconds
+//! (`token_floor_timeline`, `token_floor_server_start` and `token_floor_copy` record the
+//! last floor). Tokens grow by one per grant from
 //! there, so as long as grants average under one per microsecond a token is never above
 //! the clock at its grant. Every event that could otherwise repeat tokens starts with a
 //! floor: `CREATE EXTENSION` (also after a DROP, and in a restore whose sequence was not
 //! carried) leaves both records at 0; a copy started from a base backup or a volume
 //! snapshot (whose sequence is as it was at the copy, behind what the original granted
-//! since) is a new server start; promoting a replica starts a new timeline. Either way the
+//! since) is a new server start; promoting a replica starts a new timeline; CREATE
+//! DATABASE ... TEMPLATE (every sequence copied as it is) is a new database oid. Either way the
 //! next grant floors the sequence above the clock, hence above every token granted before
 //! the event, provided the clock did not go back across it (docs/reliability.md states the
 //! assumption). The cost: one floor statement per database per server start, and for each
@@ -24,18 +26,20 @@ use pgrx::spi::SpiClient;
 use crate::clock::db_clock;
 use crate::spi_plans::{execute, Query, Statement};
 
-/// The timeline and the server start (PgStartTime, microseconds since 2000) the token
-/// sequence was last floored on (0: never, the state after CREATE EXTENSION). Sequences,
+/// The timeline, the server start (PgStartTime, microseconds since 2000) and the copy of the
+/// database (`database_copy`) the token sequence was last floored on (0: never, the state
+/// after CREATE EXTENSION). Sequences,
 /// not a table row, on purpose: setval is not transactional, so recording a floor takes no
 /// row lock that other sessions' first grants would wait on until the flooring transaction
 /// ends. Neither is dumped: a restored copy floors at its first grant.
-static FLOORED_ON: Query<(i64, i64)> = Query {
+static FLOORED_ON: Query<(i64, i64, i64)> = Query {
     statement: Statement {
-        sql: "SELECT t.last_value, s.last_value
-                FROM lease_sched.token_floor_timeline t, lease_sched.token_floor_server_start s",
+        sql: "SELECT t.last_value, s.last_value, c.last_value
+                FROM lease_sched.token_floor_timeline t, lease_sched.token_floor_server_start s,
+                     lease_sched.token_floor_copy c",
         arg_types: &[],
     },
-    row: |r| Some((r.get(1).ok()??, r.get(2).ok()??)),
+    row: |r| Some((r.get(1).ok()??, r.get(2).ok()??, r.get(3).ok()??)),
 };
 
 /// `greatest` with the sequence's own value: a floor never moves the sequence back. Run
@@ -44,8 +48,9 @@ static FLOOR: Statement = Statement {
     sql: "SELECT pg_catalog.setval('lease_sched.fencing_token_seq',
                      greatest((SELECT last_value FROM lease_sched.fencing_token_seq), $2)),
                  pg_catalog.setval('lease_sched.token_floor_timeline', $1),
-                 pg_catalog.setval('lease_sched.token_floor_server_start', $3)",
-    arg_types: &[INT8OID, INT8OID, INT8OID],
+                 pg_catalog.setval('lease_sched.token_floor_server_start', $3),
+                 pg_catalog.setval('lease_sched.token_floor_copy', $4)",
+    arg_types: &[INT8OID, INT8OID, INT8OID, INT8OID],
 };
 
 /// `greatest` again: moves the sequence up to $1, never back.
@@ -87,13 +92,23 @@ fn current_timeline() -> Option<i64> {
     }
 }
 
-/// The oid of lease_sched.token_floor_timeline (two syscache lookups, no I/O).
-fn floor_sequence_oid() -> u32 {
+/// The oid of the relation `name` in schema lease_sched (two syscache lookups, no I/O;
+/// InvalidOid when missing).
+fn relation_oid(name: &std::ffi::CStr) -> u32 {
     // SAFETY: syscache lookups by name; missing_ok so a missing schema yields InvalidOid.
     unsafe {
         let schema = pg_sys::get_namespace_oid(c"lease_sched".as_ptr(), true);
-        pg_sys::get_relname_relid(c"token_floor_timeline".as_ptr(), schema).to_u32()
+        pg_sys::get_relname_relid(name.as_ptr(), schema).to_u32()
     }
+}
+
+/// This copy of the database, as `token_floor_copy` records it: the database's oid << 32 |
+/// fencing_token_seq's oid (the portable edition's `portable_database_copy()` computes the
+/// same, with SQL's wrapping shift).
+fn database_copy() -> i64 {
+    // SAFETY: a plain read of the backend's database oid, set once at connection.
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32() as u64;
+    ((database << 32) | relation_oid(c"fencing_token_seq") as u64) as i64
 }
 
 /// Run `f` holding the floor lock (a session-level advisory lock, released on every path).
@@ -125,17 +140,18 @@ fn with_floor_lock<R>(f: impl FnOnce() -> R) -> R {
 pub fn ensure_token_floor(client: &mut SpiClient<'_>) {
     let Some(timeline) = current_timeline() else { return };
     let start = server_start();
-    let key = (timeline, start, floor_sequence_oid());
+    let key = (timeline, start, relation_oid(c"token_floor_timeline"));
     if FLOORED.get() == key {
         return;
     }
     let floored_on = |client: &mut SpiClient<'_>| FLOORED_ON.first(client, &[]);
-    let current = Some((timeline, start));
+    let copy = database_copy();
+    let current = Some((timeline, start, copy));
     if floored_on(client) != current {
         with_floor_lock(|| {
             // Re-read under the lock: another session may have floored meanwhile.
             if floored_on(client) != current {
-                execute(client, &FLOOR, &[timeline.into(), db_clock().into(), start.into()]);
+                execute(client, &FLOOR, &[timeline.into(), db_clock().into(), start.into(), copy.into()]);
             }
         });
     }

@@ -218,20 +218,15 @@ RETURN timestamptz '2000-01-01 00:00:00+00' + lease_sched.portable_interval_of(m
 -- floored at the database clock in microseconds. Everything is read without superuser: the
 -- timeline is the first 8 hex digits of the current WAL file's name, the start
 -- pg_postmaster_start_time(); the last floor is recorded in the native edition's sequences
--- (token_floor_timeline, token_floor_server_start, sql/fencing.sql) and in
--- token_floor_copy below.
+-- (token_floor_timeline, token_floor_server_start, token_floor_copy, sql/fencing.sql).
 --
--- The native edition's two records are extension members pg_dump leaves out, so a restored
+-- The native edition's records are extension members pg_dump leaves out, so a restored
 -- copy starts them at 0 and floors. Here they are plain sequences, dumped with their
 -- values: a dump restored on the same server (same start, same timeline) would carry them
 -- as "floored" and continue the token sequence from the dump, below every token the
--- original granted after it. token_floor_copy tells the copies apart: it records the oids
--- of the database and of fencing_token_seq at the last floor, which a restore (new
--- objects) and CREATE DATABASE ... TEMPLATE (a new database) both change.
-CREATE SEQUENCE lease_sched.token_floor_copy AS bigint MINVALUE 0 START 0 CACHE 1 NO CYCLE;
-COMMENT ON SEQUENCE lease_sched.token_floor_copy IS
-    'Portable edition: the copy of the database (oid of the database << 32 | oid of fencing_token_seq) in which fencing_token_seq was last floored (0: not yet). A restore or a template copy floors again.';
-REVOKE ALL ON lease_sched.token_floor_copy FROM PUBLIC;
+-- original granted after it. token_floor_copy (sql/fencing.sql) tells the copies apart: it
+-- records the oids of the database and of fencing_token_seq at the last floor, which a
+-- restore (new objects) and CREATE DATABASE ... TEMPLATE (a new database) both change.
 
 -- This copy of the database, as token_floor_copy records it.
 CREATE FUNCTION lease_sched.portable_database_copy()

@@ -187,3 +187,34 @@ fn pg_cron_accepts_the_sweep() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// CREATE DATABASE ... TEMPLATE copies every sequence as it is, the records of the last
+/// token floor included, on the same server and timeline. (Where the worker runs, its
+/// sweeper keeps every database with the extension open, and PostgreSQL copies no database
+/// in use; here nothing holds it.) The copy floors before its first grant: the two databases
+/// never hand out the same tokens.
+#[test]
+fn a_template_copy_floors_before_its_first_grant() {
+    let Some(mut c) = no_preload("a_template_copy_floors_before_its_first_grant") else { return };
+    let dsn = std::env::var("LEASE_SCHED_NOPRELOAD_DSN").unwrap();
+    let in_db = |db: &str| connect_retrying(&dsn.replace("dbname=lease_sched", &format!("dbname={db}")));
+    let token = |c: &mut Client| claim(c, &unique("after_copy"), plan(), "r").fencing_token.unwrap();
+    let (original, copy) = (unique("tpl"), unique("tpl_copy"));
+    c.batch_execute(&format!("CREATE DATABASE {original}")).unwrap();
+    {
+        let mut o = in_db(&original);
+        o.batch_execute("CREATE EXTENSION lease_sched").unwrap();
+        claim(&mut o, &unique("before_copy"), plan(), "r");
+    }
+    // (the closed session may linger for a moment: CREATE DATABASE copies no database in use)
+    let created = wait_until(Duration::from_secs(10), || {
+        c.batch_execute(&format!("CREATE DATABASE {copy} TEMPLATE {original}")).is_ok()
+    });
+    assert!(created, "CREATE DATABASE {copy} TEMPLATE {original}");
+    let in_original = token(&mut in_db(&original));
+    let in_copy = token(&mut in_db(&copy));
+    assert!(in_copy > in_original, "the copy granted {in_copy}, not above {in_original} the original granted after the copy");
+    for db in [&original, &copy] {
+        c.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
+    }
+}
