@@ -253,6 +253,9 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
 fn send_loss_notices() {
     if crate::notices::waiting() {
         in_transaction("loss notice delivery", || {
+            // Nothing here needs to outlive a crash (the steals are committed already, and a
+            // notice is never replayed): listeners are told at commit, without the flush wait.
+            Spi::run("SET LOCAL synchronous_commit = off").ok();
             crate::notices::deliver();
         });
     }
