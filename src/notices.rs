@@ -94,16 +94,27 @@ impl Queue {
             && self.entries.iter().any(|e| e.state.load(Ordering::Acquire) == READY && e.database.load(Ordering::Relaxed) == database)
     }
 
-    /// Take every READY entry of `database` out of the queue.
-    fn take_for(&self, database: u32) -> Vec<String> {
+    /// Take every READY entry of `database` out of the queue (their payloads, when `keep`).
+    fn take_for(&self, database: u32, keep: bool) -> Vec<String> {
         let mut out = Vec::new();
         for e in &self.entries {
             if e.state.load(Ordering::Acquire) != READY || e.database.load(Ordering::Relaxed) != database {
                 continue;
             }
-            let len = (e.len.load(Ordering::Relaxed) as usize).min(PAYLOAD_MAX);
-            out.push(String::from_utf8_lossy(&e.payload[..len]).into_owned());
-            // Only the one sweeper of this database takes its entries: no race to FREE.
+            // Copied out before the entry is given back; WRITING keeps a committing backend
+            // from reusing it meanwhile (and the launcher's discard from racing the sweeper).
+            if e.state.compare_exchange(READY, WRITING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            if e.database.load(Ordering::Relaxed) != database {
+                // Reused for another database between the two reads: not ours.
+                e.state.store(READY, Ordering::Release);
+                continue;
+            }
+            if keep {
+                let len = (e.len.load(Ordering::Relaxed) as usize).min(PAYLOAD_MAX);
+                out.push(String::from_utf8_lossy(&e.payload[..len]).into_owned());
+            }
             e.state.store(FREE, Ordering::Release);
             self.taken.fetch_sub(1, Ordering::AcqRel);
         }
@@ -237,7 +248,7 @@ pub fn waiting() -> bool {
 pub fn deliver() -> usize {
     let Some(q) = queue() else { return 0 };
     // SAFETY: MyDatabaseId is set once the worker connected.
-    let payloads = q.take_for(unsafe { pg_sys::MyDatabaseId }.to_u32());
+    let payloads = q.take_for(unsafe { pg_sys::MyDatabaseId }.to_u32(), true);
     if payloads.is_empty() {
         return 0;
     }
@@ -246,6 +257,13 @@ pub fn deliver() -> usize {
         execute(client, &DELIVER, &[payloads.into()]);
     });
     n
+}
+
+/// Launcher: the database was dropped; forget the notices queued for it.
+pub fn discard(database: u32) {
+    if let Some(q) = queue() {
+        q.take_for(database, false);
+    }
 }
 
 static DELIVER: Statement = Statement {
