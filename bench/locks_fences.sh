@@ -60,7 +60,7 @@ echo "PostgreSQL $("$PGBIN/pg_config" --version | cut -d' ' -f2), synchronous_co
 for wl in lock_acquire lock_heartbeat lease_fence lock_fence; do
   script="$w/$wl.sql"
   tps=$("$PGBIN/pgbench" -n -M prepared -c 8 -j 2 -T "$secs" -f "$script" -h 127.0.0.1 -p "$port" -U postgres lease_sched 2>&1 \
-        | awk '/^tps/ {print int($3); exit} /failed|ERROR|error/ {print "FAILED: " $0; exit}')
+        | awk '/failed transactions: [1-9]|ERROR/ {print "FAILED: " $0; exit} /^tps/ {print int($3); exit}')
   echo "$wl: $tps tps"
 done
 rm -rf "$w"
