@@ -15,6 +15,7 @@ mod jobs;
 mod lease;
 mod lock;
 mod lookup;
+mod notices;
 mod planner;
 mod runtime;
 mod settings;

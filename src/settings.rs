@@ -86,8 +86,8 @@ pub fn init(preloaded: bool) {
     // role must not be able to steal silently from the holders that listen.
     GucRegistry::define_bool_guc(
         c"lease_sched.notify_lost",
-        c"NOTIFY lease_sched_lost at the commit of a steal or takeover that deposes a holder.",
-        c"Each notifying commit holds PostgreSQL's notification-queue lock until it is flushed, so with synchronous_commit = on such commits run one at a time. Turn off where steals are frequent and nobody listens.",
+        c"NOTIFY lease_sched_lost after the commit of a steal or takeover that deposes a holder.",
+        c"Sent in batches by the database's sweeper when lease_sched is preloaded, else by the stealing transaction at its commit (which then holds PostgreSQL's notification-queue lock until it is flushed). Turn off where steals are frequent and nobody listens.",
         &NOTIFY_LOST,
         GucContext::Suset,
         GucFlags::default(),

@@ -41,6 +41,8 @@ pub struct Shared {
     /// TRUNCATE) moves it on through the table's statement triggers
     /// (`runtime::forget_online`); a touch sets a mark only in the generation it read in.
     pub online_epoch: u64,
+    /// Loss notices committed and not yet sent by their database's sweeper (`notices`).
+    pub notices: crate::notices::Queue,
     // `touches.slot_count` slots follow in the same allocation, then `online.slot_count`.
 }
 

@@ -71,6 +71,8 @@ pub struct Slot {
     state: AtomicU32,
     /// Database time of this sweeper's last sweep (0: none yet).
     last_sweep_at: AtomicI64,
+    /// The sweeper's latch (in its PGPROC), so a backend can wake it to send loss notices.
+    latch: AtomicPtr<pg_sys::Latch>,
 }
 
 #[repr(C)]
@@ -120,6 +122,17 @@ pub fn of_database(database: pg_sys::Oid) -> Option<SlotView> {
     all().into_iter().find(|v| v.database == database)
 }
 
+/// Backend: the latch of the sweeper sweeping this database now, if there is one.
+pub fn sweeper_latch(database: pg_sys::Oid) -> Option<*mut pg_sys::Latch> {
+    let t = sweepers()?;
+    let db = database.to_u32();
+    let s = t.slots.iter().find(|s| {
+        s.database.load(Ordering::Acquire) == db && s.state.load(Ordering::Acquire) == State::Sweeping as u32
+    })?;
+    let latch = s.latch.load(Ordering::Acquire);
+    (s.pid.load(Ordering::Acquire) != 0 && !latch.is_null()).then_some(latch)
+}
+
 /// Launcher: take a free slot for `database`; returns the worker argument (slot index and
 /// generation), or None when every slot is taken.
 pub fn assign(database: pg_sys::Oid) -> Option<u64> {
@@ -156,6 +169,8 @@ pub fn attach(arg: u64, pid: i32) -> Option<(usize, pg_sys::Oid)> {
             && s.state.load(Ordering::Acquire) == State::Starting as u32
             && s.pid.load(Ordering::Acquire) == 0;
         if ok {
+            // SAFETY: MyProc is this process's PGPROC, in shared memory.
+            s.latch.store(unsafe { &mut (*pg_sys::MyProc).procLatch }, Ordering::Release);
             s.pid.store(pid, Ordering::Release);
             s.state.store(State::Probing as u32, Ordering::Release);
         }

@@ -359,7 +359,7 @@ def markdown(out):
                      f"| {fmt(sc['dead_rt'])} / {fmt(sc['dead_exec'])} | {sc['autovacuum']} |")
         L.append("lease_sched's HOT shares and dead tuples come from pg_stat_user_tables, which sees only the "
                  "final `runtime_flush()` this run issues: the background sweeper's own flushes never reach the "
-                 "statistics (docs/benchmarks.md, problem 1). WAL is measured from the LSN and is complete.\n")
+                 "statistics (docs/history/benchmarks.md, problem 1). WAL is measured from the LSN and is complete.\n")
         for sc in out["scale"]:
             L.append(f"- {sc['sync']}, {'lease_sched' if sc['side'] == 'ext' else 'baseline'}: " + machine_line(sc["machine"]).strip())
         L.append("")

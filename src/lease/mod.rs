@@ -123,7 +123,7 @@ fn decide_and_write(req: &ClaimRequest<'_>) -> Claim {
                     );
                     if let Some(stole) = stolen {
                         if stole.deposed {
-                            notify_lost(client, id.to_string());
+                            crate::notices::lost(client, id.to_string());
                         }
                         return claim_of(redrawn(client, stole), ClaimOutcome::Stole);
                     }
@@ -149,14 +149,6 @@ fn redrawn(client: &mut pgrx::spi::SpiClient<'_>, g: store::Granted) -> store::G
     }
     let again = store::REDRAW.first(client, &[g.execution_id.into()]).expect("the row this call granted");
     store::Granted { deposed: g.deposed, redraw_above: None, ..again }
-}
-
-/// NOTIFY lease_sched_lost with `payload` (an execution_id, or `lock:<name>`), delivered at
-/// commit, unless `lease_sched.notify_lost` is off. The sweep notifies in its own statement.
-pub fn notify_lost(client: &mut pgrx::spi::SpiClient<'_>, payload: String) {
-    if settings::NOTIFY_LOST.get() {
-        execute(client, &store::NOTIFY_LOST, &[payload.into()]);
-    }
 }
 
 /// Extend a held lease; false when the token no longer holds a RUNNING row.

@@ -179,14 +179,6 @@ pub static REDRAW: Query<Granted> = Query { row: granted, statement: Statement {
     arg_types: &[UUIDOID],
 }};
 
-/// Tell a deposed holder at once: delivered at the commit of the steal (or the sweep that
-/// failed its lease), never when that transaction rolls back. Payload: the execution_id,
-/// or `lock:<name>` for a lock taken over.
-pub static NOTIFY_LOST: Statement = Statement {
-    sql: "SELECT pg_catalog.pg_notify('lease_sched_lost', $1)",
-    arg_types: &[TEXTOID],
-};
-
 /// Only the columns no index covers change, so this is a HOT update.
 pub static HEARTBEAT: Statement = Statement {
     sql: "UPDATE lease_sched.sys_cron_executions

@@ -49,7 +49,7 @@ pub fn acquire(name: &str, holder: &str, ttl: Interval) -> Acquired {
                     got = store::REDRAW.first(client, &[name.into()]).expect("the row this call took over");
                 }
                 // The expired holder never released: tell it (delivered at commit).
-                crate::lease::notify_lost(client, format!("lock:{name}"));
+                crate::notices::lost(client, format!("lock:{name}"));
                 return acquired(got);
             }
             if !execute(client, &store::INSERT_FREE, &args).is_empty() {

@@ -160,7 +160,14 @@ fn read_catalog(databases: &mut HashMap<u32, Database>, only: Option<&str>) {
             d.sweepable = sweepable;
         }
     }
-    databases.retain(|oid, d| d.running.is_some() || listed.iter().any(|(o, ..)| o.to_u32() == *oid));
+    databases.retain(|oid, d| {
+        let listed_now = listed.iter().any(|(o, ..)| o.to_u32() == *oid);
+        if !listed_now && d.running.is_none() {
+            // Dropped: nobody will send the loss notices still queued for it.
+            crate::notices::discard(*oid);
+        }
+        d.running.is_some() || listed_now
+    });
 }
 
 /// Free the slots of sweepers that stopped, and learn from each why it did.

@@ -159,6 +159,8 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
         if !idle_wait(due.saturating_duration_since(Instant::now())) {
             break;
         }
+        // Backends set this latch when they commit a loss notice for us to send.
+        send_loss_notices();
         if reload_on_sighup() {
             warn_about_settings();
             continue;
@@ -220,6 +222,8 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
         // SAFETY: outside any transaction, as pgstat_report_stat requires.
         unsafe { pg_sys::pgstat_report_stat(true) };
     }
+    // Notices of steals committed just before the stop still reach their listeners.
+    send_loss_notices();
     if owns_buffer {
         drain_at_exit();
     }
@@ -252,6 +256,18 @@ fn drain_at_exit() {
     // Shared memory ends with the server: what the drain left (a failed drain, a locked
     // row) is saved in the data directory for the next sweeper of this database.
     runtime::save_left();
+}
+
+/// Send the loss notices committed steals queued for this database, in one transaction.
+fn send_loss_notices() {
+    if crate::notices::waiting() {
+        in_transaction("loss notice delivery", || {
+            // Nothing here needs to outlive a crash (the steals are committed already, and a
+            // notice is never replayed): listeners are told at commit, without the flush wait.
+            Spi::run("SET LOCAL synchronous_commit = off").ok();
+            crate::notices::deliver();
+        });
+    }
 }
 
 /// Touches that the last buffer-owning sweeper of this database saved at its exit
@@ -340,7 +356,11 @@ fn in_transaction(what: &str, f: impl FnOnce()) {
         stats::add(|s| &s.sweep_errors, 1);
         // SAFETY: the error has been copied and flushed by the catch; abort what is left.
         unsafe { pg_sys::AbortCurrentTransaction() };
-        let then = if what == "drain" { "what it could not write is saved for the next start" } else { "the next sweep retries" };
+        let then = match what {
+            "drain" => "what it could not write is saved for the next start",
+            "loss notice delivery" => "those notices are not sent",
+            _ => "the next sweep retries",
+        };
         warning!("lease_sched {what} failed and was rolled back; {then}: {}", crate::subxact::describe(&e));
     }
 }

@@ -218,3 +218,32 @@ fn a_template_copy_floors_before_its_first_grant() {
         c.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
     }
 }
+
+#[test]
+fn a_steal_notifies_the_loser_from_the_stealing_backend() {
+    use postgres::fallible_iterator::FallibleIterator;
+    let Some(mut l) = no_preload("a_steal_notifies_the_loser_from_the_stealing_backend") else { return };
+    let mut a = no_preload("a_steal_notifies_the_loser_from_the_stealing_backend").unwrap();
+    let mut thief = no_preload("a_steal_notifies_the_loser_from_the_stealing_backend").unwrap();
+    l.batch_execute("LISTEN lease_sched_lost").unwrap();
+    let job = unique("np_notice");
+    let held = claim(&mut a, &job, plan(), "r1");
+    a.execute("UPDATE lease_sched.sys_cron_executions SET stale_after = now() - interval '1 second' WHERE id = $1", &[&held.id()])
+        .unwrap();
+    let thief_pid: i32 = thief.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    assert_eq!(claim(&mut thief, &job, plan(), "thief").outcome, "stole");
+    // No worker here: the stealing transaction sends the notice itself, at its commit.
+    let payload = held.id().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut from = None;
+    while from.is_none() && std::time::Instant::now() < deadline {
+        let mut n = l.notifications();
+        let mut it = n.timeout_iter(Duration::from_millis(200));
+        if let Some(note) = it.next().unwrap() {
+            if note.payload() == payload {
+                from = Some(note.process_id());
+            }
+        }
+    }
+    assert_eq!(from, Some(thief_pid), "notified by the stealing backend");
+}
