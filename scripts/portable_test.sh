@@ -23,10 +23,7 @@ TEST_NAME=portable_test
 source scripts/private_pg.sh
 
 major=${1:?major}
-case "$major" in
-  18) src_config=$(find_pg18_config) || { echo "$TEST_NAME: SKIP: no PostgreSQL 18 (scripts/setup.sh installs it)"; exit 0; } ;;
-  *) src_config=/usr/lib/postgresql/$major/bin/pg_config ;;
-esac
+src_config=$(pg_config_of "$major") || { echo "$TEST_NAME: SKIP: no PostgreSQL $major (scripts/setup.sh installs it)"; exit 0; }
 only=${LEASE_PORTABLE_ONLY:-isolation,regress,integration}
 want() { [[ ",$only," == *",$1,"* ]]; }
 
@@ -42,7 +39,7 @@ has_cron=0; [ -e "$pkglibdir/pg_cron.so" ] && has_cron=1
 script=$root/lease_sched_portable.sql
 python3 scripts/portable.py "$script" >/dev/null
 
-port=$(scripts/cluster.sh freeport)
+port=$(free_ports)
 dir=$root/cluster
 # The settings of the native suite's cluster (scripts/test.sh): no periodic whole-buffer
 # flush during a run unless a test asks for one, silent = 20 minutes.
@@ -53,9 +50,9 @@ conf=("max_prepared_transactions = 10" "log_min_messages = warning" "max_connect
       "lease_sched.sweep_interval = '1s'" "lease_sched.retry_backoff_base = '10s'"
       "lease_sched.retry_backoff_max = '1h'" "lease_sched.retention = '30d'" "lease_sched.notify_lost = on")
 [ $has_cron = 1 ] && conf+=("shared_preload_libraries = 'pg_cron'" "cron.database_name = 'lease_sched'")
-cluster_init "$dir" "$pgbin" "$port" "${conf[@]}"
-cluster_start "$dir" "$pgbin"
-trap 'cluster_stop "$dir" "$pgbin" immediate' EXIT
+pg_init "$dir" "$pgbin" "$port" "${conf[@]}"
+pg_start "$dir" "$pgbin"
+trap 'pg_stop "$dir" "$pgbin" immediate' EXIT
 
 psql_() { "$pgbin/psql" -X -q -h 127.0.0.1 -p "$port" -v ON_ERROR_STOP=1 "$@"; }
 psql_ -U postgres -d postgres -c "CREATE ROLE lease_admin LOGIN CREATEDB CREATEROLE"
@@ -110,7 +107,7 @@ if want integration && [ -n "${LEASE_PORTABLE_CARGO_TESTS:-}" ]; then
                         THEN (SELECT pg_catalog.count(*) FROM lease_sched.sweep()) END"
   ( while "$pgbin/psql" -X -q -h 127.0.0.1 -p "$port" -U lease_admin -d lease_sched -c "$sweep_sql" >/dev/null 2>&1 || sleep 1; do sleep 1; done ) &
   sweeper=$!
-  trap 'kill $sweeper 2>/dev/null; cluster_stop "$dir" "$pgbin" immediate' EXIT
+  trap 'kill $sweeper 2>/dev/null; pg_stop "$dir" "$pgbin" immediate' EXIT
   # The Python the native run uses (scripts/test.sh), for the examples and clients.
   if [ -z "${LEASE_SCHED_PYTHON:-}" ]; then
     venv=/tmp/lease_sched_venv

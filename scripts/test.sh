@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite (`make test`; .ci/run calls it). For each PostgreSQL major in
-# LEASE_TEST_MAJORS (default "15 18"; 15 is Debian's, 18 the PyPI build that
+# LEASE_TEST_MAJORS (default: LEASE_MAJORS of scripts/lib.sh, "15 18"; 15 is Debian's, 18 the PyPI build that
 # scripts/setup.sh installs under /opt/lease_sched/pg18):
 #   1. #[pg_test] in-database tests (cargo pgrx test pgNN)
 #   2. build (release, what users get) + install the extension into that PostgreSQL
@@ -22,17 +22,17 @@
 # scripts/package_test.sh where they exist (each exits 0 with a SKIP message when it cannot run).
 #
 # Environment:
-#   LEASE_TEST_MAJORS="15 18"   which majors (e.g. LEASE_TEST_MAJORS=18)
+#   LEASE_TEST_MAJORS="15 18"   which majors (e.g. LEASE_TEST_MAJORS=18; default all of LEASE_MAJORS)
 #   LEASE_TEST_ONLY=all         or a comma list of: pgtest, model, isolation, regress, bench,
 #                               integration, portable, packaging (all three scripts) or one of
 #                               upgrade, pg_upgrade, package; scaleout (PL/Proxy routing)
 #   LEASE_TEST_PORT_BASE        fixed test cluster ports: 15 -> base, 18 -> base+1; the clusters
 #                               without preload: 15 -> base+6, 18 -> base+7; the benchmark
 #                               clusters base+20+slot. Unset (the default), every cluster gets
-#                               a port the kernel picks as free (scripts/cluster.sh freeport):
+#                               a port the kernel picks as free (scripts/lib.sh, free_ports):
 #                               a fixed port collides with whatever else runs on the machine.
 #   LEASE_TEST_CARGO_ARGS       extra arguments for the integration `cargo test`
-#   LEASE_TEST_PGBIN_<N>        the bin directory of PostgreSQL N (default: see cluster.sh pgbin)
+#   LEASE_TEST_PGBIN_<N>        the bin directory of PostgreSQL N (default: scripts/lib.sh, pg_bin)
 # Arguments are passed to the integration test binaries (e.g. --nocapture).
 # Clusters live in /tmp/lease_sched_test_pgNN (port base+slot) and
 # /tmp/lease_sched_nopreload_pgNN; the in-database tests in /tmp/lease_sched_pgtest_pgNN.
@@ -49,14 +49,13 @@ failed_step() { echo "failed step: $*"; failures+=("$*"); }
 failed_cargo() { echo "failed cargo run: $*"; failures+=("$*"); }
 
 run_all() {
-  cd "$(dirname "$0")/.."
   scripts/setup.sh
   export PATH="$HOME/.cargo/bin:$PATH"
-  majors=${LEASE_TEST_MAJORS:-15 18}
+  majors=${LEASE_TEST_MAJORS:-${LEASE_MAJORS[*]}}
   only=${LEASE_TEST_ONLY:-all}
   base=${LEASE_TEST_PORT_BASE:-}
   # A port for the cluster at OFFSET from the fixed base, or a free one.
-  test_port() { if [ -n "$base" ]; then echo $((base + $1)); else scripts/cluster.sh freeport; fi; }
+  test_port() { if [ -n "$base" ]; then echo $((base + $1)); else free_ports; fi; }
   want() {
     [ "$only" = all ] && return 0
     local w
@@ -69,7 +68,7 @@ run_all() {
   clusters=()
   stop_clusters() {
     local c
-    for c in "${clusters[@]}"; do PGBIN=${c%%:*} scripts/cluster.sh stop "${c#*:}" immediate; done
+    for c in "${clusters[@]}"; do pg_stop "${c#*:}" "${c%%:*}" immediate; done
     clusters=()
   }
   trap stop_clusters EXIT
@@ -115,11 +114,12 @@ run_all() {
 
 run_major() {
   local major=$1; shift
-  local slot
-  case "$major" in 15) slot=0 ;; 18) slot=1 ;; 16) slot=2 ;; 17) slot=3 ;; 14) slot=4 ;; 13) slot=5 ;;
-    *) echo "test: unknown PostgreSQL major $major" >&2; exit 2 ;; esac
-  local pgbin_var=LEASE_TEST_PGBIN_$major
-  export PGBIN=${!pgbin_var:-$(scripts/cluster.sh pgbin "$major")}
+  # The major's place in LEASE_MAJORS: its offset from LEASE_TEST_PORT_BASE.
+  local slot=-1 i
+  for i in "${!LEASE_MAJORS[@]}"; do [ "${LEASE_MAJORS[i]}" = "$major" ] && slot=$i; done
+  [ "$slot" -ge 0 ] || { echo "test: PostgreSQL $major is not one of LEASE_MAJORS (${LEASE_MAJORS[*]}, scripts/lib.sh)" >&2; exit 2; }
+  PGBIN=$(pg_bin "$major")
+  export PGBIN
   local pg_config=$PGBIN/pg_config
   "$pg_config" --version | grep -q "^PostgreSQL $major" \
     || { echo "test: $pg_config is not PostgreSQL $major" >&2; exit 1; }
@@ -154,7 +154,7 @@ run_major() {
   # Sweeps every second; no periodic whole-buffer flush during the run unless a test asks
   # for one (so tests that count row writes are exact); silent = 20 minutes.
   clusters+=("$PGBIN:$dir")
-  scripts/cluster.sh start "$dir" "$port" \
+  lease_cluster_start "$dir" "$port" \
     "lease_sched.sweep_interval = '1s'" \
     "lease_sched.touch_flush_interval = '10min'" \
     "lease_sched.runtime_offline_after = '20min'" \
@@ -208,7 +208,7 @@ run_major() {
     np_port=$(test_port $((6 + slot)))
     clusters+=("$PGBIN:$np_dir")
     LEASE_CLUSTER_PRELOAD=$([ $has_cron = 1 ] && echo pg_cron || true) \
-      scripts/cluster.sh start "$np_dir" "$np_port" "log_min_messages = warning" \
+      lease_cluster_start "$np_dir" "$np_port" "log_min_messages = warning" \
       || failed_step "PostgreSQL $major: cluster without preload on port $np_port"
     export LEASE_SCHED_NOPRELOAD_DSN="host=127.0.0.1 port=$np_port dbname=lease_sched user=postgres"
     # A third that sweeps every database with the extension (lease_sched.database unset),
@@ -216,7 +216,7 @@ run_major() {
     local ed_dir=/tmp/lease_sched_everydb_pg$major ed_port
     ed_port=$(test_port $((12 + slot)))
     clusters+=("$PGBIN:$ed_dir")
-    scripts/cluster.sh start "$ed_dir" "$ed_port" "lease_sched.database = ''" "lease_sched.max_databases = 3" \
+    lease_cluster_start "$ed_dir" "$ed_port" "lease_sched.database = ''" "lease_sched.max_databases = 3" \
         "lease_sched.sweep_interval = '1s'" "log_min_messages = warning" \
       || failed_step "PostgreSQL $major: cluster sweeping every database on port $ed_port"
     export LEASE_SCHED_EVERYDB_DSN="host=127.0.0.1 port=$ed_port dbname=lease_sched user=postgres"
@@ -238,6 +238,10 @@ run_major() {
 # The integration tests that concern the SQL contract, run against the portable edition
 # too (LEASE_SCHED_EDITION=portable; their native-only tests skip themselves).
 PORTABLE_CARGO_TESTS=lease_core,locks,jobs,fencing,hostile_input,search_path,security,model_traces,run_procedure,edges,review_fences,review_jobs,calendars,scheduling,pg_cron,runtimes,examples,clients
+
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 # One closing line for the whole run, summed over every runner above (cargo test,
 # pg_isolation_regress, the packaging scripts). A test that skipped itself (it prints

@@ -52,12 +52,12 @@ scripts/setup.sh
 
 version=$(scripts/meta.sh --version)
 work=/var/tmp/lease_sched_upgrade/from-$old_version
-port=${LEASE_UPGRADE_PORT:-$(scripts/cluster.sh freeport)}
+port=${LEASE_UPGRADE_PORT:-$(free_ports)}
 cdir=$work/cluster
 mkdir -p "$work"
 
 # --- 1. the old version and the current tree, both into one private copy of PostgreSQL 15
-pg_config=$(private_copy /usr/lib/postgresql/15/bin/pg_config "$work/pg15")
+pg_config=$(private_copy "$(pg_config_of 15)" "$work/pg15")
 pgbin=$("$pg_config" --bindir)
 libdir=$("$pg_config" --pkglibdir)
 extdir=$("$pg_config" --sharedir)/extension
@@ -82,16 +82,16 @@ cleanup() {
   touch "$work/stop"
   for p in ${client_pids:-}; do kill "$p" 2>/dev/null || true; done
   exec 7>&- 2>/dev/null || true
-  cluster_stop "$cdir" "$pgbin" immediate
+  pg_stop "$cdir" "$pgbin" immediate
 }
 trap cleanup EXIT
-cluster_init "$cdir" "$pgbin" "$port" \
+pg_init "$cdir" "$pgbin" "$port" \
   "shared_preload_libraries = 'lease_sched'" \
   "lease_sched.database = 'upgrade'" \
   "lease_sched.sweep_interval = '1s'" \
   "lease_sched.touch_flush_interval = '10min'" "lease_sched.runtime_offline_after = '20min'" \
   "log_line_prefix = '%m [%p] %b '"
-cluster_start "$cdir" "$pgbin"
+pg_start "$cdir" "$pgbin"
 runuser -u postgres -- "$pgbin/createdb" -h 127.0.0.1 -p "$port" upgrade
 
 q() { "$pgbin/psql" -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "${DB:-upgrade}" "$@"; }
