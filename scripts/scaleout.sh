@@ -25,7 +25,7 @@ ROOT=$PWD
 . scripts/lib.sh
 # PL/Proxy and pg_auto_failover come from Debian's packages for 15.
 PGBIN=$(pg_bin 15)
-export PGBIN
+export PGBIN LEASE_SCHED_PGBIN=$PGBIN  # the bin directory tests/scaleout reads
 mode=full
 args=()
 for a in "$@"; do
@@ -279,7 +279,7 @@ for f in p0 p1; do as_pg pg_autoctl show state --pgdata "$DIR/monitor/data" --fo
 parts=("host=127.0.0.1,127.0.0.1 port=55510,55511 dbname=lease_sched user=postgres connect_timeout=2 target_session_attrs=read-write"
        "host=127.0.0.1,127.0.0.1 port=55520,55521 dbname=lease_sched user=postgres connect_timeout=2 target_session_attrs=read-write")
 setup_proxy "${parts[@]}"
-export SCALEOUT_MODE=full SCALEOUT_DIR=$DIR XDG_CONFIG_HOME XDG_DATA_HOME XDG_RUNTIME_DIR SCALEOUT_MONITOR_PORT=$MONITOR_PORT SCALEOUT_PGBIN=$PGBIN
+export SCALEOUT_MODE=full SCALEOUT_DIR=$DIR XDG_CONFIG_HOME XDG_DATA_HOME XDG_RUNTIME_DIR SCALEOUT_MONITOR_PORT=$MONITOR_PORT
 export SCALEOUT_PROXY_DSN="host=127.0.0.1 port=$PROXY_PORT dbname=lease_sched user=postgres"
 export SCALEOUT_PROXY_1P_DSN="host=127.0.0.1 port=$PROXY_PORT dbname=lease_sched_1p user=postgres"
 export SCALEOUT_PARTITIONS="${parts[0]};${parts[1]}"
