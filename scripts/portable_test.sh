@@ -72,27 +72,19 @@ sed -i -E '/^\s*CREATE EXTENSION (IF NOT EXISTS )?lease_sched;\s*$/d' "$work"/re
 sed -i -E 's/^(\s*)CREATE EXTENSION (IF NOT EXISTS )?lease_sched;\s*$/\1DO $$BEGIN END$$;/' "$work"/isolation/specs/*.spec
 
 status=0
+# The suites' PGXS installcheck (tests/Makefile) on the copies, in the same databases as the
+# native run.
+out=$root/checks
+checks=(make -s -C tests installcheck PG_CONFIG="$pg_config" PGPORT="$port" SUITES="$work" OUTDIR="$out")
 if want isolation; then
   say "PostgreSQL $major: isolation specs against the portable edition"
-  out=$root/isolation_out
-  rm -rf "$out" && mkdir -p "$out"
-  specs=$(cd "$work/isolation/specs" && ls *.spec | sed 's/\.spec$//')
-  # shellcheck disable=SC2086 # one argument per spec
-  "$pkglibdir/pgxs/src/test/isolation/pg_isolation_regress" \
-      --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched \
-      --inputdir="$work/isolation" --outputdir="$out" $specs \
-    || { head -80 "$out/regression.diffs" 2>/dev/null; echo "failed step: PostgreSQL $major: portable isolation specs"; status=1; }
+  "${checks[@]}" REGRESS= \
+    || { head -80 "$out/isolation/regression.diffs" 2>/dev/null; echo "failed step: PostgreSQL $major: portable isolation specs"; status=1; }
 fi
 if want regress; then
   say "PostgreSQL $major: SQL examples against the portable edition"
-  out=$root/regress_out
-  rm -rf "$out" && mkdir -p "$out"
-  tests="setup $(cd "$work/regress/sql" && ls *.sql | sed 's/\.sql$//' | grep -vx setup | tr '\n' ' ')"
-  # shellcheck disable=SC2086 # one argument per test
-  "$pkglibdir/pgxs/src/test/regress/pg_regress" \
-      --bindir="$pgbin" --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched_regress \
-      --inputdir="$work/regress" --outputdir="$out" $tests \
-    || { head -80 "$out/regression.diffs" 2>/dev/null; echo "failed step: PostgreSQL $major: portable SQL examples"; status=1; }
+  "${checks[@]}" ISOLATION= \
+    || { head -80 "$out/regress/regression.diffs" 2>/dev/null; echo "failed step: PostgreSQL $major: portable SQL examples"; status=1; }
 fi
 if want integration && [ -n "${LEASE_PORTABLE_CARGO_TESTS:-}" ]; then
   say "PostgreSQL $major: integration tests against the portable edition ($LEASE_PORTABLE_CARGO_TESTS)"

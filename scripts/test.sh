@@ -166,33 +166,27 @@ run_major() {
   export LEASE_SCHED_PG_MAJOR=$major LEASE_SCHED_HAS_PG_CRON=$has_cron
   "$PGBIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d lease_sched -qc "CREATE EXTENSION lease_sched"
 
+  # The isolation specs and the SQL examples: PGXS installcheck (tests/Makefile), or its
+  # accept target with LEASE_ACCEPT=1 (outputs that differ become the expected ones).
+  local checks_out=/tmp/lease_sched_checks_pg$major
+  local checks=(make -s -C tests "$([ "${LEASE_ACCEPT:-0}" = 1 ] && echo accept || echo installcheck)"
+                PG_CONFIG="$pg_config" PGPORT="$port" OUTDIR="$checks_out")
   if want isolation; then
-    section "PostgreSQL $major: isolation specs (pg_isolation_regress)"
-    local out=/tmp/lease_sched_isolation_pg$major specs
-    rm -rf "$out" && mkdir -p "$out"
-    specs=$(cd tests/isolation/specs && ls *.spec | sed 's/\.spec$//')
-    "$("$pg_config" --pkglibdir)/pgxs/src/test/isolation/pg_isolation_regress" \
-        --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched \
-        --inputdir=tests/isolation --outputdir="$out" $specs \
-      || { head -80 "$out/regression.diffs" 2>/dev/null; failed_step "PostgreSQL $major: isolation specs"; }
+    section "PostgreSQL $major: isolation specs (pg_isolation_regress, tests/isolation)"
+    "${checks[@]}" REGRESS= \
+      || { head -80 "$checks_out/isolation/regression.diffs" 2>/dev/null; failed_step "PostgreSQL $major: isolation specs"; }
   fi
 
   if want regress; then
     section "PostgreSQL $major: SQL examples (pg_regress, tests/regress)"
     # No type in a function without a pinned search_path resolves through the caller's path.
     python3 scripts/check_search_path.py || failed_step "scripts/check_search_path.py"
-    local rout=/tmp/lease_sched_regress_pg$major tests
-    rm -rf "$rout" && mkdir -p "$rout"
     # A database of its own, made anew: the files start from CREATE EXTENSION, and no
     # sweeper works there (lease_sched.database names another), so every output is exact.
     PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -q \
         -c "DROP DATABASE IF EXISTS lease_sched_regress" -c "CREATE DATABASE lease_sched_regress"
-    # setup first (the extension and the helper the others use), then the rest.
-    tests="setup $(cd tests/regress/sql && ls *.sql | sed 's/\.sql$//' | grep -vx setup | tr '\n' ' ')"
-    "$("$pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
-        --bindir="$PGBIN" --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched_regress \
-        --inputdir=tests/regress --outputdir="$rout" $tests \
-      || { head -80 "$rout/regression.diffs" 2>/dev/null; failed_step "PostgreSQL $major: SQL examples (pg_regress)"; }
+    "${checks[@]}" ISOLATION= \
+      || { head -80 "$checks_out/regress/regression.diffs" 2>/dev/null; failed_step "PostgreSQL $major: SQL examples (pg_regress)"; }
   fi
 
   if want bench; then
