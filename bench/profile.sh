@@ -43,7 +43,7 @@ if [ $install = 1 ]; then
 fi
 
 # A cluster with the fixtures of bench/run.sh, then stopped: the runs are single-user.
-port=$(free_ports)
+port=$(free_ports 1)
 LEASE_CLUSTER_PRELOAD=lease_sched lease_cluster_start "$dir" "$port" "fsync = off" "synchronous_commit = off" \
   "lease_sched.touch_buffer_size = 65536" "lease_sched.runtime_offline_after = '1h'"
 psql=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d lease_sched)

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # the args_*/prep_* functions and cleanup run indirectly ($args, $prepare, trap)
 # `make bench`: lease_sched against the SQL users write by hand, side by side.
 #
 #   bench/run.sh            the full run (about 45 minutes on 2 cores; writes docs/benchmarks.svg)

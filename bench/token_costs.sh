@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PGBIN=${PGBIN:-$(pg_bin 15)}
 export PGBIN
 dir=/tmp/lease_sched_token_costs
-port=$(free_ports)
+port=$(free_ports 1)
 lease_cluster_start "$dir" "$port" "log_min_messages = warning" >/dev/null
 P=("$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d lease_sched)
 "${P[@]}" -c "CREATE EXTENSION lease_sched"
@@ -20,7 +20,7 @@ claim_ms() {  # the time of one claim in a new session, by the server's clock
           LATERAL (SELECT clock_timestamp() c FROM lease_sched.lease_try_claim('m-' || gen_random_uuid(), now(), 'r')) b)) * 1000"
 }
 first=(); second=(); steady=()
-for i in 1 2 3 4 5 6 7; do
+for _ in 1 2 3 4 5 6 7; do
   as_postgres "$PGBIN/pg_ctl" -D "$dir/data" -m fast -w restart -l "$dir/server.log" >/dev/null
   first+=("$(claim_ms)")      # floors: the first grant after this server start
   second+=("$(claim_ms)")     # a new backend: reads the two records, no floor

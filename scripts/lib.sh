@@ -11,6 +11,7 @@
 # The PostgreSQL majors, oldest first: `make test` runs each (LEASE_TEST_MAJORS picks some),
 # `make package` packages each, and each has a cargo feature pgN in Cargo.toml. Adding a
 # major is this list plus that feature line (docs/testing.md, "Adding a PostgreSQL major").
+# shellcheck disable=SC2034 # used by the scripts that source this file
 LEASE_MAJORS=(15 18)
 
 # pg_bin MAJOR: prints the bin directory of PostgreSQL MAJOR. LEASE_TEST_PGBIN_<MAJOR>
@@ -38,12 +39,12 @@ pg_config_of() {
   return 1
 }
 
-# free_ports [N]: prints N (default 1) distinct TCP ports nobody on this machine listens on
+# free_ports N: prints N distinct TCP ports nobody on this machine listens on
 # now, one a line. Fixed ports collide with whatever else runs on a shared machine (another
 # checkout's suite, somebody's scratch cluster): the kernel chooses, and every socket is held
 # until all N are chosen so that they differ.
 free_ports() {
-  python3 - "${1:-1}" <<'PY'
+  python3 - "${1:?how many}" <<'PY'
 import socket, sys
 held = []
 for _ in range(int(sys.argv[1])):

@@ -141,6 +141,7 @@ done
 [ "$(q18 -c "SELECT outcome FROM lease_sched.lease_try_claim('retry-later', '2026-01-01 00:00+00', 'runner-x')")" = conflicted ] \
   || die "the FAILED run whose retry is due in an hour could be claimed on 18"
 new_claim=$(q18 -F ' ' -c "SELECT outcome, fencing_token FROM lease_sched.lease_try_claim('after-upgrade', '2026-03-01 00:00+00', 'runner-n')")
+# shellcheck disable=SC2015 # die when either check fails
 [ "${new_claim% *}" = won ] && [ "${new_claim#* }" -gt "$max_old" ] \
   || die "a new claim on 18 ($new_claim) does not get a fencing token above every old one ($max_old)"
 for i in $(seq 20); do

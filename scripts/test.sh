@@ -23,7 +23,7 @@
 #
 # Environment:
 #   LEASE_TEST_MAJORS="15 18"   which majors (e.g. LEASE_TEST_MAJORS=18; default all of LEASE_MAJORS)
-#   LEASE_TEST_ONLY=all         or a comma list of: pgtest, model, isolation, regress, bench,
+#   LEASE_TEST_ONLY=all         or a comma list of: lint, pgtest, model, isolation, regress, bench,
 #                               integration, portable, packaging (all three scripts) or one of
 #                               upgrade, pg_upgrade, package; scaleout (PL/Proxy routing)
 #   LEASE_TEST_PORT_BASE        fixed test cluster ports: 15 -> base, 18 -> base+1; the clusters
@@ -47,6 +47,22 @@ section() { echo "== [$((SECONDS / 60))m$(printf %02d $((SECONDS % 60)))s] $*"; 
 failures=()
 failed_step() { echo "failed step: $*"; failures+=("$*"); }
 failed_cargo() { echo "failed cargo run: $*"; failures+=("$*"); }
+# lint WHAT CMD...: one check of the lint layer; counts as one test, passed or failed.
+lint() {
+  local what=$1; shift
+  if "$@"; then echo "passed check: lint: $what"; else failed_step "lint: $what"; fi
+}
+# Every shell script of the tree, for shellcheck: *.sh, the Debian maintainer script
+# templates (*.in, sh) and whatever else starts with a shell's #! line. Git's list when this
+# is a git checkout (nothing untracked or ignored), else every file but target/ and node_modules/.
+shell_scripts() {
+  { git ls-files 2>/dev/null || find . \( -name target -o -name node_modules -o -name .git \) -prune -o -type f -print; } |
+    while read -r f; do
+      [ -f "$f" ] || continue
+      case "$f" in target/*|./target/*|*/node_modules/*) continue ;; *.sh|*.sh.in|*/debian/*.in) echo "$f"; continue ;; esac
+      if head -n1 "$f" | grep -qE '^#!.*[/ ](ba|da)?sh$'; then echo "$f"; fi
+    done
+}
 
 run_all() {
   scripts/setup.sh
@@ -55,7 +71,7 @@ run_all() {
   only=${LEASE_TEST_ONLY:-all}
   base=${LEASE_TEST_PORT_BASE:-}
   # A port for the cluster at OFFSET from the fixed base, or a free one.
-  test_port() { if [ -n "$base" ]; then echo $((base + $1)); else free_ports; fi; }
+  test_port() { if [ -n "$base" ]; then echo $((base + $1)); else free_ports 1; fi; }
   want() {
     [ "$only" = all ] && return 0
     local w
@@ -72,6 +88,13 @@ run_all() {
     clusters=()
   }
   trap stop_clusters EXIT
+
+  if want lint; then
+    section "lint: checks of the source, once (no PostgreSQL)"
+    local scripts; mapfile -t scripts < <(shell_scripts)
+    # One check a line: what it is, then the command.
+    lint "shellcheck (every shell script)" shellcheck -x "${scripts[@]}"
+  fi
 
   for major in $majors; do
     run_major "$major" "$@"
@@ -219,10 +242,12 @@ run_major() {
     local venv=/tmp/lease_sched_venv
     # croniter: the independent cron implementation tests/integration/tests/calendars.rs
     # compares the calendars with.
+    # shellcheck disable=SC2015 # a new venv when either check fails
     [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg, croniter" 2>/dev/null \
       || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1' 'croniter>=2,<7'; }
     export LEASE_SCHED_PYTHON="$venv/bin/python"
     cargo build -q --manifest-path examples/Cargo.toml
+    # shellcheck disable=SC2086 # LEASE_TEST_CARGO_ARGS: several arguments, one a word
     cargo test --no-fail-fast --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@" \
       || failed_cargo "PostgreSQL $major: integration tests"
   fi
@@ -251,6 +276,7 @@ awk -v secs=$SECONDS -v status="$status" \
      /skipped test: / { passed--; skipped++ }
      /^skipped script: / { skipped++ }
      /^passed script: / { passed++ }
+     /^passed check: / { passed++ }
      END { if (status != 0 && failed == 0) failed = 1
            printf "(%d min %d s)\nlease_sched: %d passed, %d failed, %d skipped\n", secs / 60, secs % 60, passed, failed, skipped }' "$log"
 exit "$status"

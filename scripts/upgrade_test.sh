@@ -52,7 +52,7 @@ scripts/setup.sh
 
 version=$(scripts/meta.sh --version)
 work=/var/tmp/lease_sched_upgrade/from-$old_version
-port=${LEASE_UPGRADE_PORT:-$(free_ports)}
+port=${LEASE_UPGRADE_PORT:-$(free_ports 1)}
 cdir=$work/cluster
 mkdir -p "$work"
 
@@ -302,6 +302,7 @@ done
 echo "SELECT 'alive-2', pg_backend_pid();" >&7
 sleep 1
 grep -q "^alive-2|" "$work/session.out" || die "a session opened before the probes did not survive them: $(cat "$work/session.out")"
+# shellcheck disable=SC2015 # die when either check fails
 [ "$(grep -c "^alive-" "$work/session.out")" = 2 ] && [ "$(cut -d'|' -f2 "$work/session.out" | sort -u | wc -l)" = 1 ] \
   || die "the long-lived session was reconnected: $(cat "$work/session.out")"
 exec 7>&-
@@ -354,6 +355,7 @@ for i in 1 2; do
   [ "$(cat "$work/client-$i.rc")" = 0 ] || die "client $i's session ended badly: $(cat "$work/client-$i.err")"
   sent=$(wc -l < "$work/client-$i.sent-after" 2>/dev/null || echo 0)
   ok=$(grep -c "^after|t$" "$work/client-$i.out" || true)
+  # shellcheck disable=SC2015 # die when either check fails
   [ "$sent" -gt 0 ] && [ "$ok" = "$sent" ] \
     || die "client $i (long-lived session): $ok of $sent heartbeats after the update returned true; errors: $(head -5 "$work/client-$i.err")"
   # Every error (before the update) must name it, in its message or its hint.
@@ -398,6 +400,7 @@ claim=$(q -F ' ' -c "SELECT outcome, attempt, fencing_token FROM lease_sched.lea
 [ "${claim% *}" = "stole 2" ] || die "the FAILED run due for its retry was not retried (attempt 2) after the update: $claim"
 new=$(q -F ' ' -c "SELECT outcome, fencing_token FROM lease_sched.lease_try_claim('after-upgrade', '2026-03-01 00:00+00', 'runner-n')")
 [ "${new% *}" = won ] || die "a new claim after the update: $new"
+# shellcheck disable=SC2015 # die when either check fails
 [ "${claim##* }" -gt "$max_old" ] && [ "${new##* }" -gt "$max_old" ] \
   || die "new fencing tokens (${claim##* }, ${new##* }) are not above every old one ($max_old)"
 [ "$(q -c "SELECT lease_sched.runtime_touch('${runtimes[1]}')")" = t ] || die "runtime_touch after the update"
