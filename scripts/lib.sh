@@ -68,6 +68,17 @@ apt_ensure() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# test_python: prints the Python of the tests' virtualenv (/tmp/lease_sched_venv), made or
+# completed first: psycopg for the examples and clients, croniter, the independent cron
+# implementation tests/integration/tests/calendars.rs compares the calendars with.
+test_python() {
+  local venv=/tmp/lease_sched_venv
+  if ! { [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg, croniter" 2>/dev/null; }; then
+    { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1' 'croniter>=2,<7'; } >&2 || return 1
+  fi
+  echo "$venv/bin/python"
+}
+
 # as_postgres CMD...: initdb refuses root, and the servers run as the postgres user.
 as_postgres() { runuser -u postgres -- "$@"; }
 

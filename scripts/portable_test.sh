@@ -101,13 +101,10 @@ if want integration && [ -n "${LEASE_PORTABLE_CARGO_TESTS:-}" ]; then
   ( while "$pgbin/psql" -X -q -h 127.0.0.1 -p "$port" -U lease_admin -d lease_sched -c "$sweep_sql" >/dev/null 2>&1 || sleep 1; do sleep 1; done ) &
   sweeper=$!
   trap 'kill $sweeper 2>/dev/null; pg_stop "$dir" "$pgbin" immediate' EXIT
-  # The Python the native run uses (scripts/test.sh), for the examples and clients.
+  # The Python the native run uses (scripts/test.sh), for the examples, clients and calendars.
   if [ -z "${LEASE_SCHED_PYTHON:-}" ]; then
-    venv=/tmp/lease_sched_venv
-    # shellcheck disable=SC2015 # a new venv when either check fails
-    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg" 2>/dev/null \
-      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
-    export LEASE_SCHED_PYTHON="$venv/bin/python"
+    LEASE_SCHED_PYTHON=$(test_python)
+    export LEASE_SCHED_PYTHON
   fi
   args=()
   for t in ${LEASE_PORTABLE_CARGO_TESTS//,/ }; do args+=(--test "$t"); done

@@ -3,7 +3,8 @@
 # (not run by itself), after setting TEST_NAME; it sources scripts/lib.sh (where PostgreSQL N
 # is, pg_init/pg_start/pg_stop, free ports).
 #
-# Private copies of a PostgreSQL installation, and scratch clusters on them. `cargo pgrx
+# Private copies of a PostgreSQL installation (the clusters on them: pg_init, pg_start and
+# pg_stop of scripts/lib.sh), and what a server log says about crashes. `cargo pgrx
 # install --pg-config X` writes into X's installation; the tests install old builds and
 # builds for other majors, so they never write into the system PostgreSQL (other test runs
 # use it at the same time) but into a copy of it. PostgreSQL finds its lib and share

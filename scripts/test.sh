@@ -239,13 +239,8 @@ run_major() {
     export LEASE_SCHED_EVERYDB_DSN="host=127.0.0.1 port=$ed_port dbname=lease_sched user=postgres"
 
     section "PostgreSQL $major: integration tests (tests/integration)"
-    local venv=/tmp/lease_sched_venv
-    # croniter: the independent cron implementation tests/integration/tests/calendars.rs
-    # compares the calendars with.
-    # shellcheck disable=SC2015 # a new venv when either check fails
-    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg, croniter" 2>/dev/null \
-      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1' 'croniter>=2,<7'; }
-    export LEASE_SCHED_PYTHON="$venv/bin/python"
+    LEASE_SCHED_PYTHON=$(test_python)
+    export LEASE_SCHED_PYTHON
     cargo build -q --manifest-path examples/Cargo.toml
     # shellcheck disable=SC2086 # LEASE_TEST_CARGO_ARGS: several arguments, one a word
     cargo test --no-fail-fast --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@" \
