@@ -83,12 +83,16 @@ scripts/setup.sh
 need=(postgresql-15-plproxy)
 [ $mode = quick ] || need+=(postgresql-15-auto-failover pg-auto-failover-cli)
 apt_ensure scaleout "${need[@]}"
-# dpkg may list plproxy while this PostgreSQL tree lacks its files (a private copy of the
-# tree, made before the package was installed): put them back.
-if [ ! -e "$("$PGBIN/pg_config" --pkglibdir)/plproxy.so" ]; then
-  echo "scaleout: plproxy.so is missing from $("$PGBIN/pg_config" --pkglibdir): reinstalling postgresql-15-plproxy" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall --no-install-recommends postgresql-15-plproxy >/dev/null
-fi
+# dpkg may list a package while this PostgreSQL tree lacks its library (a private copy of
+# the tree, made before the package was installed): put it back.
+libs=(plproxy:postgresql-15-plproxy)
+[ $mode = quick ] || libs+=(pgautofailover:postgresql-15-auto-failover)
+for l in "${libs[@]}"; do
+  if [ ! -e "$("$PGBIN/pg_config" --pkglibdir)/${l%%:*}.so" ]; then
+    echo "scaleout: ${l%%:*}.so is missing from $("$PGBIN/pg_config" --pkglibdir): reinstalling ${l#*:}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall --no-install-recommends "${l#*:}" >/dev/null
+  fi
+done
 if [ ! -e "$("$PGBIN/pg_config" --pkglibdir)/lease_sched.so" ]; then
   section "building and installing lease_sched into PostgreSQL 15 (it was missing)"
   PATH="$HOME/.cargo/bin:$PATH" cargo pgrx install --release --pg-config "$PGBIN/pg_config" \
