@@ -1,6 +1,6 @@
 # lease_sched — the two commands a newcomer needs, and the ones after them.
 #   make demo   build, install, start a scratch cluster and run the demo scenario
-#   make test   every test of the project (what CI runs), on PostgreSQL 15 and 18
+#   make test   every test of the project (what CI runs), on PostgreSQL 15 and 18 (scripts/lib.sh)
 #               (LEASE_TEST_MAJORS=18 make test: one major only)
 .PHONY: demo test install torture faults bench clean package scaleout demo-scaleout portable
 
@@ -11,7 +11,7 @@ test:
 	scripts/test.sh
 
 # Longer runs of the reliability suites (a bounded run of each is part of `make test`),
-# on every major of LEASE_TEST_MAJORS (default "15 18").
+# on every major of LEASE_TEST_MAJORS (default: LEASE_MAJORS of scripts/lib.sh, 15 and 18).
 torture:
 	LEASE_TEST_ONLY=integration LEASE_TORTURE_SECONDS=$${SECONDS_TO_RUN:-300} LEASE_TORTURE_CLAIMS=$${CLAIMS:-1000000} LEASE_TORTURE_CLIENTS=64 \
 	  LEASE_TEST_CARGO_ARGS="--release --test torture" scripts/test.sh --nocapture
@@ -45,11 +45,11 @@ install:
 clean:
 	cargo clean
 
-# Debian packages, one per PostgreSQL major, into target/packages/ (scripts/package.sh;
-# docs/install.md). MAJORS="15" make package for one.
+# Debian packages, one per PostgreSQL major (default: every major of scripts/lib.sh), into
+# target/packages/ (scripts/package.sh; docs/install.md). MAJORS="15" make package for one.
 package:
 	scripts/setup.sh
-	scripts/package.sh $${MAJORS:-15 18}
+	scripts/package.sh $${MAJORS:-}
 
 # Beyond one primary (docs/scaling.md): a PL/Proxy proxy over 2 partitions, each a
 # pg_auto_failover pair with one monitor, all on 127.0.0.1 (ports 55500-55521); runs the

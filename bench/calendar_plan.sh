@@ -8,7 +8,9 @@
 # Prints transactions per second and mean latency of each workload.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+PGBIN=${PGBIN:-$(pg_bin 15)}
 duration=10
 if [ "${1:-}" = --duration ]; then duration=$2; shift 2; fi
 psql() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }

@@ -13,7 +13,7 @@
 #
 # Prints each round's tps and the ratio of the medians (with / without). Clusters in
 # /tmp/lease_sched_preload_{with,without} on ports the kernel picks as free; PGBIN as in
-# scripts/cluster.sh (default Debian's 15). Uses the lease_sched already installed.
+# scripts/lib.sh (default Debian's 15). Uses the lease_sched already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=7 duration=10 scale=10 sweep_interval="" sync=off builtin=tpcb-like
@@ -30,16 +30,18 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+PGBIN=${PGBIN:-$(pg_bin 15)}
 export PGBIN
-ports=($(scripts/cluster.sh freeport 2))
+mapfile -t ports < <(free_ports 2)
 declare -A port=([with]=${ports[0]} [without]=${ports[1]})
 conf=("shared_buffers = '512MB'" "max_wal_size = '4GB'" "log_min_messages = warning" "synchronous_commit = $sync")
 [ -n "$sweep_interval" ] && conf+=("lease_sched.sweep_interval = '$sweep_interval'")
-stop() { for side in with without; do scripts/cluster.sh stop "/tmp/lease_sched_preload_$side"; done; }
+stop() { for side in with without; do lease_cluster_stop "/tmp/lease_sched_preload_$side"; done; }
 trap stop EXIT
-LEASE_CLUSTER_PRELOAD=lease_sched scripts/cluster.sh start /tmp/lease_sched_preload_with "${port[with]}" "${conf[@]}"
-LEASE_CLUSTER_PRELOAD= scripts/cluster.sh start /tmp/lease_sched_preload_without "${port[without]}" "${conf[@]}"
+LEASE_CLUSTER_PRELOAD=lease_sched lease_cluster_start /tmp/lease_sched_preload_with "${port[with]}" "${conf[@]}"
+LEASE_CLUSTER_PRELOAD='' lease_cluster_start /tmp/lease_sched_preload_without "${port[without]}" "${conf[@]}"
 "$PGBIN/psql" -X -q -h 127.0.0.1 -p "${port[with]}" -U postgres -d lease_sched -c "CREATE EXTENSION lease_sched"
 for side in with without; do
   "$PGBIN/pgbench" -q -i -s "$scale" -h 127.0.0.1 -p "${port[$side]}" -U postgres lease_sched >/dev/null 2>&1

@@ -31,7 +31,9 @@ while [ $# -gt 0 ]; do
 done
 [ ${#cases[@]} -gt 0 ] || cases=(claim_fresh heartbeat touch call tpcb)
 command -v valgrind >/dev/null || { echo "profile: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+PGBIN=${PGBIN:-$(pg_bin 15)}
 export PGBIN
 SHORT=${PROFILE_SHORT:-200} LONG=${PROFILE_LONG:-1200}
 dir=/tmp/lease_sched_profile
@@ -41,8 +43,8 @@ if [ $install = 1 ]; then
 fi
 
 # A cluster with the fixtures of bench/run.sh, then stopped: the runs are single-user.
-port=$(scripts/cluster.sh freeport)
-LEASE_CLUSTER_PRELOAD=lease_sched scripts/cluster.sh start "$dir" "$port" "fsync = off" "synchronous_commit = off" \
+port=$(free_ports 1)
+LEASE_CLUSTER_PRELOAD=lease_sched lease_cluster_start "$dir" "$port" "fsync = off" "synchronous_commit = off" \
   "lease_sched.touch_buffer_size = 65536" "lease_sched.runtime_offline_after = '1h'"
 psql=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d lease_sched)
 "${psql[@]}" -c "CREATE EXTENSION lease_sched" -f bench/fixtures/baseline.sql -f bench/fixtures/helpers.sql \
@@ -50,7 +52,7 @@ psql=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres
   -c "SELECT bench.ensure_leases('heartbeat', 1000, 'h', 't', '1 hour', 3, false)" \
   ${PROFILE_SETUP_SQL:+-c "$PROFILE_SETUP_SQL"} >/dev/null
 "$PGBIN/pgbench" -q -i -s 1 -h 127.0.0.1 -p "$port" -U postgres lease_sched >/dev/null 2>&1
-scripts/cluster.sh stop "$dir"
+lease_cluster_stop "$dir"
 chown -R postgres "$dir"
 
 # The statements of one run: $1 = case, $2 = side (ext|base), $3 = count, $4 = first key.

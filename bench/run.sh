@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # the args_*/prep_* functions and cleanup run indirectly ($args, $prepare, trap)
 # `make bench`: lease_sched against the SQL users write by hand, side by side.
 #
 #   bench/run.sh            the full run (about 45 minutes on 2 cores; writes docs/benchmarks.svg)
@@ -39,8 +40,10 @@ set -euo pipefail
 orig_args="$*"
 cd "$(dirname "$0")/.."
 root=$(pwd)
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-export PGBIN  # scripts/cluster.sh starts the cluster with the same binaries
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+PGBIN=${PGBIN:-$(pg_bin 15)}
+export PGBIN  # lease_cluster_start starts the cluster with the same binaries
 DIR=${LEASE_BENCH_DIR:-/tmp/lease_sched_bench}
 PORT=${LEASE_BENCH_PORT:-55460}
 
@@ -122,9 +125,9 @@ conf=(
 LIB=$("$PGBIN/pg_config" --pkglibdir)/lease_sched.so
 [ -n "$portable" ] && export LEASE_CLUSTER_PRELOAD=""
 for attempt in 1 2 3; do
-  if [ -n "$portable" ]; then scripts/cluster.sh start "$DIR" "$PORT" "${conf[@]}"; pm=$(head -1 "$DIR/data/postmaster.pid"); break; fi
+  if [ -n "$portable" ]; then lease_cluster_start "$DIR" "$PORT" "${conf[@]}"; pm=$(head -1 "$DIR/data/postmaster.pid"); break; fi
   inode=$(stat -c %i "$LIB")
-  scripts/cluster.sh start "$DIR" "$PORT" "${conf[@]}"
+  lease_cluster_start "$DIR" "$PORT" "${conf[@]}"
   pm=$(head -1 "$DIR/data/postmaster.pid")
   loaded=$(awk '/lease_sched\.so/ {print $5; exit}' "/proc/$pm/maps")
   if [ "$install" = 0 ] || [ "$loaded" = "$inode" ]; then break; fi
@@ -137,7 +140,7 @@ cleanup() {
   if [ "$keep" = 1 ]; then
     echo "bench: cluster left running: psql -h 127.0.0.1 -p $PORT -U postgres lease_sched"
   else
-    scripts/cluster.sh stop "$DIR" fast
+    lease_cluster_stop "$DIR" fast
   fi
 }
 trap cleanup EXIT

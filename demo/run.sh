@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 major=${LEASE_DEMO_MAJOR:-15}
 scripts/setup.sh demo "$major"
 export PATH="$HOME/.cargo/bin:$PATH"
-export PGBIN=$(scripts/cluster.sh pgbin "$major")
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+PGBIN=$(pg_bin "$major")
+export PGBIN
 dir=/tmp/lease_sched_demo
 port=55450
 
@@ -38,7 +41,7 @@ if [ -d "$dir/data" ]; then
   echo "demo: a demo cluster from an earlier run is in $dir: stopping it and starting a fresh one"
   echo "      (its data is wiped; copy $dir away first if you want to keep it)"
 fi
-scripts/cluster.sh start "$dir" "$port"
+lease_cluster_start "$dir" "$port"
 export PATH="$PGBIN:$PATH" PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGDATABASE=lease_sched
 psql -X -qc "CREATE EXTENSION lease_sched"
 # pg_cron is preloaded where this PostgreSQL has it (15 here), with cron.database_name =

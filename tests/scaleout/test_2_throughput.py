@@ -7,11 +7,10 @@ import subprocess
 
 import pytest
 
-from conftest import MODE, PARTITIONS, PROXY_DSN
+from conftest import MODE, PARTITIONS, PROXY_DSN, pgbin
 
 pytestmark = [pytest.mark.throughput,
               pytest.mark.skipif(MODE != "full", reason="full mode only (scripts/scaleout.sh)")]
-PGBIN = os.environ.get("SCALEOUT_PGBIN", "/usr/lib/postgresql/15/bin")
 SECONDS = int(os.environ.get("SCALEOUT_BENCH_SECONDS", "10"))
 CLIENTS = int(os.environ.get("SCALEOUT_BENCH_CLIENTS", "4"))
 SCRIPT = r"""
@@ -26,7 +25,7 @@ def pgbench(dsn: str) -> float:
     path = "/tmp/lease_sched_scaleout_bench.sql"
     with open(path, "w") as f:
         f.write(SCRIPT)
-    out = subprocess.run([f"{PGBIN}/pgbench", "-n", "-M", "prepared", "-f", path, "-c", str(CLIENTS), "-j", "2", "-T", str(SECONDS), dsn],
+    out = subprocess.run([f"{pgbin()}/pgbench", "-n", "-M", "prepared", "-f", path, "-c", str(CLIENTS), "-j", "2", "-T", str(SECONDS), dsn],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     m = re.search(r"tps = ([0-9.]+)", out.stdout)

@@ -160,7 +160,7 @@ pub fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
 
 /// Run pg_ctl on the test cluster as the postgres user.
 pub fn pg_ctl(args: &[&str]) {
-    let bin = std::env::var("LEASE_SCHED_PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let bin = pgbin();
     let data = std::env::var("LEASE_SCHED_PGDATA").expect("LEASE_SCHED_PGDATA (set by scripts/test.sh)");
     let log = std::env::var("LEASE_SCHED_LOG").unwrap_or_else(|_| "/dev/null".into());
     let status = std::process::Command::new("runuser")
@@ -250,9 +250,12 @@ pub fn pg_major() -> u32 {
 }
 
 /// The bin directory of the PostgreSQL under test (psql, pg_dump, pg_ctl, pg_basebackup of
-/// the same major as the server): LEASE_SCHED_PGBIN, set by scripts/test.sh per major.
+/// the same major as the server): LEASE_SCHED_PGBIN, set by scripts/test.sh per major. The
+/// one place the tests learn it: no default, since a guessed path would run another major's
+/// tools against the server.
 pub fn pgbin() -> String {
-    std::env::var("LEASE_SCHED_PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+    std::env::var("LEASE_SCHED_PGBIN")
+        .expect("LEASE_SCHED_PGBIN: the bin directory of the PostgreSQL under test (scripts/test.sh sets it; scripts/cluster.sh pgbin MAJOR prints it)")
 }
 
 /// Whether the test cluster preloads pg_cron (scripts/test.sh exports

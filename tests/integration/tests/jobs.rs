@@ -411,7 +411,7 @@ fn definitions_survive_pg_dump_and_restore() {
     };
     let port = cfg.get_ports()[0].to_string();
     let dbname = cfg.get_dbname().unwrap().to_string();
-    let bin = std::env::var("LEASE_SCHED_PGBIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let bin = pgbin();
     // The extension with the contents of its dumped tables (pg_dump --extension).
     let dump = std::process::Command::new(format!("{bin}/pg_dump"))
         .args(["-h", &host, "-p", &port, "-U", "postgres", "--extension", "lease_sched", "-d", &dbname])
