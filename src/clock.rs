@@ -55,7 +55,11 @@ pub fn unix_seconds(t: DbTime) -> i64 {
 /// months or years, whose length depends on the calendar.
 pub fn stride(every: Interval, name: &str) -> i64 {
     let Some(stride) = fixed_micros(every) else {
-        crate::error::invalid_argument(name, "must not contain months or years", Some("Use days instead, e.g. '30 days'."))
+        crate::error::invalid_argument(
+            name,
+            "must not contain months or years",
+            Some("Use days instead, e.g. '30 days'."),
+        )
     };
     if stride <= 0 {
         crate::error::invalid_argument(name, "must be positive", None);

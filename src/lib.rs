@@ -25,12 +25,12 @@ mod stats;
 mod subxact;
 mod sweep;
 mod sweepers;
-mod token_floor;
-mod touch_table;
-mod xact;
-mod worker;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
+mod token_floor;
+mod touch_table;
+mod worker;
+mod xact;
 
 ::pgrx::pg_module_magic!();
 
@@ -49,7 +49,11 @@ extension_sql_file!("../sql/calendar.sql", name = "calendar", requires = ["schem
 // job_health reads sweeper_status() and evaluates calendars.
 extension_sql_file!("../sql/jobs.sql", name = "jobs", requires = ["schema", "observability", "calendar"]);
 // The cron planner, job_next_runs, job_trigger, lease_claim_next, schedule/unschedule.
-extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = ["jobs", "calendar", "lease_api", "planner_api"]);
+extension_sql_file!(
+    "../sql/schedule.sql",
+    name = "schedule",
+    requires = ["jobs", "calendar", "lease_api", "planner_api"]
+);
 // run() calls the lease and planner functions and reads job definitions.
 extension_sql_file!("../sql/run.sql", name = "run_procedure", requires = ["lease_api", "planner_api", "jobs"]);
 // The fences read and lock rows of both the executions and the locks tables.

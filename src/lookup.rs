@@ -71,7 +71,11 @@ pub fn by_unique_key_settled<R>(
         let idx = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as i32);
         let nkeys = (*(*idx).rd_index).indnkeyatts as usize;
         if nkeys != keys.len() {
-            pgrx::error!("lease_sched: index lease_sched.{} has {nkeys} key columns, not {}", index.to_string_lossy(), keys.len());
+            pgrx::error!(
+                "lease_sched: index lease_sched.{} has {nkeys} key columns, not {}",
+                index.to_string_lossy(),
+                keys.len()
+            );
         }
         let mut scan_keys: Vec<pg_sys::ScanKeyData> = Vec::with_capacity(nkeys);
         for (i, key) in keys.iter().enumerate() {
@@ -95,7 +99,11 @@ pub fn by_unique_key_settled<R>(
             .map(|c| {
                 let n = pg_sys::get_attnum(table_oid, c.as_ptr());
                 if n <= 0 {
-                    pgrx::error!("lease_sched: column {} of lease_sched.{} does not exist", c.to_string_lossy(), table.to_string_lossy());
+                    pgrx::error!(
+                        "lease_sched: column {} of lease_sched.{} does not exist",
+                        c.to_string_lossy(),
+                        table.to_string_lossy()
+                    );
                 }
                 n as i32
             })
@@ -159,8 +167,8 @@ unsafe fn settled(slot: *mut pg_sys::TupleTableSlot) -> bool {
         }
         let header = (*tuple).t_data;
         let heap = (*header).t_choice.t_heap;
-        let xmax_invalid = (*header).t_infomask as u32 & pg_sys::HEAP_XMAX_INVALID != 0
-            || heap.t_xmax == pg_sys::InvalidTransactionId;
+        let xmax_invalid =
+            (*header).t_infomask as u32 & pg_sys::HEAP_XMAX_INVALID != 0 || heap.t_xmax == pg_sys::InvalidTransactionId;
         xmax_invalid && !pg_sys::TransactionIdIsCurrentTransactionId(heap.t_xmin)
     }
 }

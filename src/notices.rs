@@ -91,7 +91,10 @@ impl Queue {
 
     fn any_for(&self, database: u32) -> bool {
         self.taken.load(Ordering::Acquire) > 0
-            && self.entries.iter().any(|e| e.state.load(Ordering::Acquire) == READY && e.database.load(Ordering::Relaxed) == database)
+            && self
+                .entries
+                .iter()
+                .any(|e| e.state.load(Ordering::Acquire) == READY && e.database.load(Ordering::Relaxed) == database)
     }
 
     /// Take every READY entry of `database` out of the queue (their payloads, when `keep`).
@@ -122,10 +125,8 @@ impl Queue {
     }
 }
 
-static NOTIFY_LOST: Statement = Statement {
-    sql: "SELECT pg_catalog.pg_notify('lease_sched_lost', $1)",
-    arg_types: &[pg_sys::TEXTOID],
-};
+static NOTIFY_LOST: Statement =
+    Statement { sql: "SELECT pg_catalog.pg_notify('lease_sched_lost', $1)", arg_types: &[pg_sys::TEXTOID] };
 
 thread_local! {
     /// (subtransaction that recorded it, payload); each holds one reserved place.

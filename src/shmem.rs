@@ -58,7 +58,8 @@ pub fn shared() -> Option<&'static Shared> {
 }
 
 fn segment_size() -> usize {
-    std::mem::size_of::<Shared>() + 2 * touch_table::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()) * std::mem::size_of::<Slot>()
+    std::mem::size_of::<Shared>()
+        + 2 * touch_table::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()) * std::mem::size_of::<Slot>()
 }
 
 /// Install the hooks; call from `_PG_init` while shared_preload_libraries loads.
@@ -99,8 +100,14 @@ unsafe extern "C-unwind" fn startup() {
             // for every field (null lock set just below, zero counters, empty slots).
             ptr::write_bytes(shared as *mut u8, 0, size);
             (*shared).lock = &mut (*pg_sys::GetNamedLWLockTranche(TRANCHE_NAME.as_ptr())).lock;
-            (*shared).touches.init(touch_table::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()), settings::TOUCH_BUFFER_SIZE.get());
-            (*shared).online.init(touch_table::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()), settings::TOUCH_BUFFER_SIZE.get());
+            (*shared).touches.init(
+                touch_table::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()),
+                settings::TOUCH_BUFFER_SIZE.get(),
+            );
+            (*shared).online.init(
+                touch_table::slot_count_for(settings::TOUCH_BUFFER_SIZE.get()),
+                settings::TOUCH_BUFFER_SIZE.get(),
+            );
         }
         SHARED = shared;
         stats::attach(&(*shared).stats);

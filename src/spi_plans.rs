@@ -53,7 +53,11 @@ thread_local! {
 /// The version of the lease_sched SQL objects in this database, if installed.
 pub fn installed_version(client: &SpiClient<'_>) -> Option<String> {
     client
-        .select("SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'lease_sched'", None, &[])
+        .select(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'lease_sched'",
+            None,
+            &[],
+        )
         .ok()?
         .first()
         .get_one::<String>()

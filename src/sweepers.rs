@@ -137,7 +137,8 @@ pub fn sweeper_latch(database: pg_sys::Oid) -> Option<*mut pg_sys::Latch> {
 /// generation), or None when every slot is taken.
 pub fn assign(database: pg_sys::Oid) -> Option<u64> {
     let t = sweepers()?;
-    let (index, slot) = t.slots.iter().enumerate().find(|(_, s)| s.state.load(Ordering::Acquire) == State::Free as u32)?;
+    let (index, slot) =
+        t.slots.iter().enumerate().find(|(_, s)| s.state.load(Ordering::Acquire) == State::Free as u32)?;
     let generation = slot.generation.load(Ordering::Relaxed).wrapping_add(1);
     slot.generation.store(generation, Ordering::Relaxed);
     slot.pid.store(0, Ordering::Relaxed);
@@ -233,7 +234,10 @@ pub fn set_launcher_latch(latch: *mut pg_sys::Latch) {
 /// at this database now, instead of at its next look at the catalog.
 pub fn announce(database: pg_sys::Oid) {
     let Some(t) = sweepers() else { return };
-    let placed = t.announced.iter().any(|a| a.compare_exchange(0, database.to_u32(), Ordering::AcqRel, Ordering::Acquire).is_ok());
+    let placed = t
+        .announced
+        .iter()
+        .any(|a| a.compare_exchange(0, database.to_u32(), Ordering::AcqRel, Ordering::Acquire).is_ok());
     if !placed {
         t.rescan.store(true, Ordering::Release);
     }
@@ -248,7 +252,8 @@ pub fn announce(database: pg_sys::Oid) {
 /// Launcher: the databases announced since the last call, and whether to look at all.
 pub fn take_announced() -> (Vec<pg_sys::Oid>, bool) {
     let Some(t) = sweepers() else { return (vec![], false) };
-    let oids = t.announced.iter().map(|a| a.swap(0, Ordering::AcqRel)).filter(|v| *v != 0).map(pg_sys::Oid::from).collect();
+    let oids =
+        t.announced.iter().map(|a| a.swap(0, Ordering::AcqRel)).filter(|v| *v != 0).map(pg_sys::Oid::from).collect();
     (oids, t.rescan.swap(false, Ordering::AcqRel))
 }
 

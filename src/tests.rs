@@ -31,7 +31,10 @@ mod tests {
                FROM lease_sched.sys_cron_executions WHERE job_name = 't_succ'"
         ));
         assert_eq!(claim("t_succ", "r2", "").0, "conflicted");
-        assert_eq!(one::<i64>("SELECT rows_affected FROM lease_sched.sys_cron_executions WHERE job_name = 't_succ'"), 7);
+        assert_eq!(
+            one::<i64>("SELECT rows_affected FROM lease_sched.sys_cron_executions WHERE job_name = 't_succ'"),
+            7
+        );
     }
 
     #[pg_test]
@@ -51,7 +54,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(claim("t_retry", "r3", ", max_attempts => 2").0, "conflicted");
-        assert!(one::<bool>("SELECT next_retry_at IS NULL FROM lease_sched.sys_cron_executions WHERE job_name = 't_retry'"));
+        assert!(one::<bool>(
+            "SELECT next_retry_at IS NULL FROM lease_sched.sys_cron_executions WHERE job_name = 't_retry'"
+        ));
     }
 
     #[pg_test]
@@ -75,7 +80,10 @@ mod tests {
     fn failure_defaults_error_code_and_success_clears_error_fields() {
         claim("t_err", "r1", "");
         Spi::run("SELECT lease_sched.lease_finish(id, lease_token, 'FAILED', error_msg => 'x', retry_in => '0') FROM lease_sched.sys_cron_executions WHERE job_name = 't_err'").unwrap();
-        assert_eq!(one::<String>("SELECT error_code FROM lease_sched.sys_cron_executions WHERE job_name = 't_err'"), "handler_error");
+        assert_eq!(
+            one::<String>("SELECT error_code FROM lease_sched.sys_cron_executions WHERE job_name = 't_err'"),
+            "handler_error"
+        );
         claim("t_err", "r2", "");
         Spi::run("SELECT lease_sched.lease_finish(id, lease_token, 'SUCCESS', error_code => 'ignored') FROM lease_sched.sys_cron_executions WHERE job_name = 't_err'").unwrap();
         assert!(one::<bool>("SELECT error_code IS NULL AND error_msg IS NULL FROM lease_sched.sys_cron_executions WHERE job_name = 't_err'"));
@@ -88,7 +96,9 @@ mod tests {
 
     #[pg_test]
     fn api_is_not_granted_to_public() {
-        assert!(!one::<bool>("SELECT has_function_privilege('public', 'lease_sched.lease_heartbeat(uuid, uuid)', 'EXECUTE')"));
+        assert!(!one::<bool>(
+            "SELECT has_function_privilege('public', 'lease_sched.lease_heartbeat(uuid, uuid)', 'EXECUTE')"
+        ));
         assert!(!one::<bool>("SELECT has_schema_privilege('public', 'lease_sched', 'USAGE')"));
         assert!(one::<bool>("SELECT prosecdef FROM pg_proc WHERE proname = 'lease_try_claim'"));
     }

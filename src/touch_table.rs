@@ -176,7 +176,14 @@ mod tests {
 
     fn table(capacity: i32) -> (Box<TouchBuffer>, Vec<Slot>) {
         let n = slot_count_for(capacity);
-        let mut h = Box::new(TouchBuffer { slot_count: 0, capacity: 0, len: 0, accepting: false, database: pgrx::pg_sys::InvalidOid, last_flush_at: 0 });
+        let mut h = Box::new(TouchBuffer {
+            slot_count: 0,
+            capacity: 0,
+            len: 0,
+            accepting: false,
+            database: pgrx::pg_sys::InvalidOid,
+            last_flush_at: 0,
+        });
         h.init(n, capacity);
         (h, vec![Slot::default(); n])
     }

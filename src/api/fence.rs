@@ -4,12 +4,16 @@ use pgrx::prelude::*;
 use pgrx::Uuid;
 
 use super::args::{non_empty, required};
-use crate::{lease, lock};
 use crate::xact::{self, Fence};
+use crate::{lease, lock};
 
 /// NULL when the fence is passed (and held until the transaction ends), else the refusal.
 #[pg_extern(sql = false)]
-fn lease_fence_check(execution_id: Option<Uuid>, fencing_token: Option<i64>, lease_token: Option<Uuid>) -> Option<String> {
+fn lease_fence_check(
+    execution_id: Option<Uuid>,
+    fencing_token: Option<i64>,
+    lease_token: Option<Uuid>,
+) -> Option<String> {
     lease::fence::check(required(execution_id, "execution_id"), required(fencing_token, "fencing_token"), lease_token)
 }
 

@@ -95,7 +95,16 @@ fn job_definition(
 > {
     let d = jobs::definition(&job_key(job_name, scope_kind, scope_id));
     TableIterator::new(d.map(|d| {
-        (d.every, d.misfire.as_sql().to_string(), d.grace, d.max_attempts, d.stale_timeout, d.paused, d.cron, d.timezone)
+        (
+            d.every,
+            d.misfire.as_sql().to_string(),
+            d.grace,
+            d.max_attempts,
+            d.stale_timeout,
+            d.paused,
+            d.cron,
+            d.timezone,
+        )
     }))
 }
 

@@ -3,10 +3,9 @@ use pgrx::datum::{AnyElement, Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-use super::args::{short_name, at_least_one, finite_time, interval_in_range, non_empty, positive_interval, required};
+use super::args::{at_least_one, finite_time, interval_in_range, non_empty, positive_interval, required, short_name};
 use crate::error::{bad_argument, invalid_argument};
 use crate::lease::{self, ClaimRequest, Finish};
-
 
 crate::finfo_v1!(pg_finfo_lease_try_claim_wrapper);
 

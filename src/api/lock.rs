@@ -62,7 +62,9 @@ fn lock_info(
     ),
 > {
     let info = lock::info(non_empty(lock_name, "lock_name"));
-    TableIterator::new(info.map(|i| (i.holder, i.fencing_token, i.acquired_at, i.heartbeat_at, i.expires_at, i.expired)))
+    TableIterator::new(
+        info.map(|i| (i.holder, i.fencing_token, i.acquired_at, i.heartbeat_at, i.expires_at, i.expired)),
+    )
 }
 
 // The 0.1.0 entry points. Their SQL declarations (bigint fencing tokens as proof of holding)

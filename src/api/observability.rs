@@ -1,10 +1,10 @@
 //! sweep() and stats() (declared in sql/observability.sql).
 use pgrx::prelude::*;
 
+use crate::settings;
 use crate::stats;
 use crate::sweep;
 use crate::sweepers::{self, State};
-use crate::settings;
 use pgrx::pg_sys;
 
 #[pg_extern(sql = false)]
@@ -73,7 +73,13 @@ fn is_template() -> bool {
 }
 
 fn this_database() -> Coverage {
-    let not = |state, warning: String, hint| Coverage { swept: false, state, pid: None, last_sweep_at: None, warning: Some((warning, hint)) };
+    let not = |state, warning: String, hint| Coverage {
+        swept: false,
+        state,
+        pid: None,
+        last_sweep_at: None,
+        warning: Some((warning, hint)),
+    };
     let name = database_name();
     if stats::snapshot().is_none() {
         return not(
@@ -138,7 +144,12 @@ fn this_database() -> Coverage {
 #[pg_extern(sql = false)]
 fn sweeper_status() -> TableIterator<
     'static,
-    (name!(swept, bool), name!(state, String), name!(sweeper_pid, Option<i32>), name!(last_sweep_at, Option<pgrx::datum::TimestampWithTimeZone>)),
+    (
+        name!(swept, bool),
+        name!(state, String),
+        name!(sweeper_pid, Option<i32>),
+        name!(last_sweep_at, Option<pgrx::datum::TimestampWithTimeZone>),
+    ),
 > {
     let c = this_database();
     TableIterator::once((c.swept, c.state.to_string(), c.pid, c.last_sweep_at.map(crate::clock::timestamptz)))

@@ -3,8 +3,8 @@ use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
 use super::args::{job_key, non_empty, positive_interval, required, short_name, stride};
-use crate::jobs::{self, JobKey};
 use crate::clock::{db_clock, timestamptz};
+use crate::jobs::{self, JobKey};
 use crate::planner;
 
 #[pg_extern(sql = false)]

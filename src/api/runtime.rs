@@ -52,7 +52,9 @@ crate::finfo_v1!(pg_finfo_runtime_left_online_wrapper);
 /// Called by PostgreSQL as a trigger on lease_sched.runtimes.
 #[unsafe(no_mangle)]
 #[doc(hidden)]
-pub unsafe extern "C-unwind" fn runtime_left_online_wrapper(fcinfo: pgrx::pg_sys::FunctionCallInfo) -> pgrx::pg_sys::Datum {
+pub unsafe extern "C-unwind" fn runtime_left_online_wrapper(
+    fcinfo: pgrx::pg_sys::FunctionCallInfo,
+) -> pgrx::pg_sys::Datum {
     use pgrx::pg_sys;
     unsafe {
         pg_sys::submodules::panic::pgrx_extern_c_guard(|| {

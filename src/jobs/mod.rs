@@ -4,9 +4,9 @@ use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::pg_sys::{INT4OID, INTERVALOID, TEXTOID, TIMESTAMPTZOID};
 use pgrx::prelude::*;
 
-use lease_model::planner::Misfire;
 use crate::clock::{db_clock, timestamptz};
 use crate::spi_plans::{execute, Query, Statement};
+use lease_model::planner::Misfire;
 
 pub struct Definition {
     /// None for a job defined with cron.
@@ -47,7 +47,16 @@ static DEFINE: Statement = Statement {
                  cron_spec = excluded.cron_spec
           RETURNING j.xmax = 0",
     arg_types: &[
-        TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TEXTOID, INTERVALOID, INT4OID, INTERVALOID, TIMESTAMPTZOID, TEXTOID,
+        TEXTOID,
+        TEXTOID,
+        TEXTOID,
+        INTERVALOID,
+        TEXTOID,
+        INTERVALOID,
+        INT4OID,
+        INTERVALOID,
+        TIMESTAMPTZOID,
+        TEXTOID,
         TEXTOID,
     ],
 };

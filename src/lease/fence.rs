@@ -45,7 +45,9 @@ pub fn check(execution_id: Uuid, fencing_token: i64, lease_token: Option<Uuid>) 
         ));
     }
     if status != "RUNNING" {
-        return Some(format!("lease_sched: fenced out: the lease {execution_id} of job \"{job_name}\" has ended ({status})"));
+        return Some(format!(
+            "lease_sched: fenced out: the lease {execution_id} of job \"{job_name}\" has ended ({status})"
+        ));
     }
     if lease_token.is_some_and(|given| given != secret) {
         return Some(format!(

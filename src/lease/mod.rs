@@ -9,8 +9,8 @@ use pgrx::prelude::*;
 use pgrx::Uuid;
 
 use crate::clock::{db_clock, micros_from_s, timestamptz, DbTime};
-use crate::{settings, stats};
 use crate::spi_plans::execute;
+use crate::{settings, stats};
 use lease_model::{decide_claim, ClaimDecision, ClaimOutcome, Status};
 use store::{ExecutionKey, ExistingRow};
 
@@ -155,8 +155,7 @@ fn redrawn(client: &mut pgrx::spi::SpiClient<'_>, g: store::Granted) -> store::G
 pub fn heartbeat(execution_id: Uuid, lease_token: Uuid) -> bool {
     let now = db_clock();
     let extended = Spi::connect_mut(|client| {
-        execute(client, &store::HEARTBEAT, &[execution_id.into(), lease_token.into(), timestamptz(now).into()])
-            .len()
+        execute(client, &store::HEARTBEAT, &[execution_id.into(), lease_token.into(), timestamptz(now).into()]).len()
             == 1
     });
     stats::add(if extended { |s| &s.heartbeats_ok } else { |s| &s.heartbeats_lost }, 1);

@@ -167,8 +167,10 @@ pub static STEAL: Query<Granted> = Query { row: granted, statement: Statement {
 
 /// A new token for a lease this transaction has just granted (INSERT or STEAL asked for
 /// it: `redraw_above`), and the lease's clock read again: the grant happens now.
-pub static REDRAW: Query<Granted> = Query { row: granted, statement: Statement {
-    sql: "UPDATE lease_sched.sys_cron_executions
+pub static REDRAW: Query<Granted> = Query {
+    row: granted,
+    statement: Statement {
+        sql: "UPDATE lease_sched.sys_cron_executions
              SET fencing_token = pg_catalog.nextval('lease_sched.fencing_token_seq'),
                  heartbeat_at = (SELECT pg_catalog.clock_timestamp()),
                  stale_after = (SELECT pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.+) stale_timeout,
@@ -176,8 +178,9 @@ pub static REDRAW: Query<Granted> = Query { row: granted, statement: Statement {
                  updated_at = (SELECT pg_catalog.clock_timestamp())
            WHERE id OPERATOR(pg_catalog.=) $1
           RETURNING id, lease_token, attempt, fencing_token, stale_after",
-    arg_types: &[UUIDOID],
-}};
+        arg_types: &[UUIDOID],
+    },
+};
 
 /// Only the columns no index covers change, so this is a HOT update.
 pub static HEARTBEAT: Statement = Statement {

@@ -74,7 +74,9 @@ pub fn acquire(name: &str, holder: &str, ttl: Interval) -> Acquired {
 /// expired lock nobody has taken over yet: the token is lost only to a takeover.
 pub fn heartbeat(name: &str, lock_token: Uuid) -> bool {
     let now = timestamptz(db_clock());
-    Spi::connect_mut(|client| execute(client, &store::HEARTBEAT, &[name.into(), lock_token.into(), now.into()]).len() == 1)
+    Spi::connect_mut(|client| {
+        execute(client, &store::HEARTBEAT, &[name.into(), lock_token.into(), now.into()]).len() == 1
+    })
 }
 
 pub fn release(name: &str, lock_token: Uuid) -> bool {

@@ -53,12 +53,15 @@ pub static TAKE_OVER: Query<Granted> = Query { row: granted, statement: Statemen
 }};
 
 /// A new token for the lock this transaction has just taken over (TAKE_OVER asked for it).
-pub static REDRAW: Query<Granted> = Query { row: granted, statement: Statement {
-    sql: "UPDATE lease_sched.locks SET fencing_token = nextval('lease_sched.fencing_token_seq')
+pub static REDRAW: Query<Granted> = Query {
+    row: granted,
+    statement: Statement {
+        sql: "UPDATE lease_sched.locks SET fencing_token = nextval('lease_sched.fencing_token_seq')
            WHERE name = $1
           RETURNING lock_token, fencing_token, holder, expires_at",
-    arg_types: &[TEXTOID],
-}};
+        arg_types: &[TEXTOID],
+    },
+};
 
 /// Insert a free lock with no token yet (0). The VALUES list is computed before the
 /// INSERT waits on a concurrent inserter of the same name, so a token drawn there could
@@ -73,14 +76,17 @@ pub static INSERT_FREE: Statement = Statement {
 
 /// The row was inserted by this transaction just now: no wait is possible here. The times
 /// are read again too: the INSERT may have waited for a concurrent inserter.
-pub static GRANT_TOKEN: Query<Granted> = Query { row: granted, statement: Statement {
-    sql: "UPDATE lease_sched.locks SET fencing_token = nextval('lease_sched.fencing_token_seq'),
+pub static GRANT_TOKEN: Query<Granted> = Query {
+    row: granted,
+    statement: Statement {
+        sql: "UPDATE lease_sched.locks SET fencing_token = nextval('lease_sched.fencing_token_seq'),
                  acquired_at = (SELECT clock_timestamp()), heartbeat_at = (SELECT clock_timestamp()),
                  expires_at = (SELECT clock_timestamp()) + ttl
            WHERE name = $1
           RETURNING lock_token, fencing_token, holder, expires_at",
-    arg_types: &[TEXTOID],
-}};
+        arg_types: &[TEXTOID],
+    },
+};
 
 /// Who holds the lock, and until when.
 pub struct Holder {

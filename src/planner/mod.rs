@@ -8,11 +8,11 @@ mod store;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 
-pub use lease_model::planner::{decide, next_plan, Decision, LatestPlan, Misfire, Policy, SkipReason};
-use lease_model::DbTime;
 use crate::clock::{db_clock, stride, timestamptz};
 use crate::error::invalid_argument;
 use crate::spi_plans::execute;
+pub use lease_model::planner::{decide, next_plan, Decision, LatestPlan, Misfire, Policy, SkipReason};
+use lease_model::DbTime;
 
 /// What a job's definition (`lease_sched.jobs`, read by the caller) says about its plans.
 pub struct Definition {
@@ -72,7 +72,8 @@ pub fn next_plan_to_claim(
     }
     // A definition: its misfire policy (catch_up does not apply), its every unless one
     // is given here.
-    let defined_every = d.every.unwrap_or_else(|| invalid_argument("every", "is missing from the job's definition", None));
+    let defined_every =
+        d.every.unwrap_or_else(|| invalid_argument("every", "is missing from the job's definition", None));
     let policy = Policy {
         // An override below a second would make each call record up to 1000 SKIPPED slots
         // and run none of them, as job_define's own bound explains.
@@ -140,8 +141,7 @@ fn record_skips(
     Spi::connect_mut(|client| {
         crate::token_floor::ensure_token_floor(client);
         for range in &decision.skip {
-            let slots: Vec<TimestampWithTimeZone> =
-                range.slots(policy.every).map(timestamptz).collect();
+            let slots: Vec<TimestampWithTimeZone> = range.slots(policy.every).map(timestamptz).collect();
             execute(
                 client,
                 &store::SKIP,

@@ -36,10 +36,8 @@ pub static LATEST: Query<LatestPlan> = Query {
 };
 
 /// The planner of a job defined with cron (sql/schedule.sql).
-pub static CALENDAR_NEXT_PLAN: Statement = Statement {
-    sql: "SELECT lease_sched.calendar_next_plan($1, $2, $3)",
-    arg_types: &[TEXTOID, TEXTOID, TEXTOID],
-};
+pub static CALENDAR_NEXT_PLAN: Statement =
+    Statement { sql: "SELECT lease_sched.calendar_next_plan($1, $2, $3)", arg_types: &[TEXTOID, TEXTOID, TEXTOID] };
 
 /// Skipped slots: final rows nobody holds (attempt 1 of max_attempts 1, so retention
 /// treats them as finished), `error_code` = the reason. Each gets a fencing token from the

@@ -68,7 +68,9 @@ pub fn record_if_known_online(id: RuntimeId, seen_at: SeenAt) -> Known {
     }
     with_tables(shared, LW_EXCLUSIVE, |t, online, generation| {
         let generation = current(generation);
-        if t.header.accepting && t.header.is_mine() && online.header.is_mine()
+        if t.header.accepting
+            && t.header.is_mine()
+            && online.header.is_mine()
             && online.get(&id) == Some(generation as SeenAt)
         {
             Known::Buffered(t.record(id, seen_at))

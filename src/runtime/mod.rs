@@ -16,7 +16,8 @@ use crate::touch_table::{Recorded, RuntimeId, SeenAt};
 
 pub fn register(name: &str, metadata: JsonB) -> Uuid {
     Spi::connect_mut(|client| {
-        store::REGISTER.first(client, &[name.into(), timestamptz(db_clock()).into(), metadata.into()])
+        store::REGISTER
+            .first(client, &[name.into(), timestamptz(db_clock()).into(), metadata.into()])
             .expect("INSERT RETURNING id")
     })
 }
@@ -133,11 +134,8 @@ pub fn sweep_offline(client: &mut SpiClient<'_>, now: DbTime) -> OfflinePass {
     }
     let rescued = buffer::copy_some(&candidates);
     let rescued_ids: std::collections::HashSet<RuntimeId> = rescued.iter().map(|(id, _)| *id).collect();
-    let still_silent: Vec<Uuid> = candidates
-        .iter()
-        .filter(|id| !rescued_ids.contains(*id))
-        .map(|id| Uuid::from_bytes(*id))
-        .collect();
+    let still_silent: Vec<Uuid> =
+        candidates.iter().filter(|id| !rescued_ids.contains(*id)).map(|id| Uuid::from_bytes(*id)).collect();
     let touches_written = write_pending(client, rescued);
     let offline = if still_silent.is_empty() {
         0
@@ -215,7 +213,10 @@ pub fn restore_saved() -> usize {
         }
         Ok(None) => return 0,
         Err(e) => {
-            warning!("lease_sched sweeper: the saved runtime touches in \"{}\" are unreadable and were discarded: {e}", spill::path());
+            warning!(
+                "lease_sched sweeper: the saved runtime touches in \"{}\" are unreadable and were discarded: {e}",
+                spill::path()
+            );
             return 0;
         }
     };

@@ -30,7 +30,10 @@ pub fn probe(id: Uuid) -> Option<Probed> {
         &[Key { eq_proc: pgrx::pg_sys::F_UUID_EQ, value: id.into_datum().expect("a uuid is never NULL") }],
         &[c"status"],
         // SAFETY: status is a text column.
-        |values, settled| Probed { online: unsafe { value::<String>(values[0]) }.as_deref() == Some("online"), settled },
+        |values, settled| Probed {
+            online: unsafe { value::<String>(values[0]) }.as_deref() == Some("online"),
+            settled,
+        },
     )
 }
 
@@ -61,16 +64,19 @@ pub static TOUCH_ONLINE: Statement = Statement {
 };
 
 /// One set-based bump of the online rows among $1; returns the ids it did not touch.
-pub static TOUCH_BATCH: Query<Vec<Uuid>> = Query { row: |r| r.get(1).ok()?, statement: Statement {
-    sql: "WITH touched AS (
+pub static TOUCH_BATCH: Query<Vec<Uuid>> = Query {
+    row: |r| r.get(1).ok()?,
+    statement: Statement {
+        sql: "WITH touched AS (
               UPDATE lease_sched.runtimes SET last_seen_at = greatest(last_seen_at, $2)
                WHERE id OPERATOR(pg_catalog.=) ANY($1) AND status OPERATOR(pg_catalog.=) 'online'
               RETURNING id)
           SELECT coalesce(pg_catalog.array_agg(DISTINCT u.id), '{}')
             FROM pg_catalog.unnest($1) AS u(id)
            WHERE NOT EXISTS (SELECT 1 FROM touched t WHERE t.id OPERATOR(pg_catalog.=) u.id)",
-    arg_types: &[UUIDARRAYOID, TIMESTAMPTZOID],
-}};
+        arg_types: &[UUIDARRAYOID, TIMESTAMPTZOID],
+    },
+};
 
 /// Write buffered touches: each row gets its own latest touch time, online rows only (a
 /// row raced to offline stays offline until its next live touch). Skips rows already
@@ -86,7 +92,7 @@ pub struct Flushed {
 pub static FLUSH: Query<Flushed> = Query {
     row: |r| Some(Flushed { written: r.get(1).ok()??, skipped_for_lock: r.get(2).ok()?.unwrap_or_default() }),
     statement: Statement {
-    sql: "WITH pending AS (
+        sql: "WITH pending AS (
               SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS p(id, seen)),
           ready AS (
               SELECT r.id, p.seen FROM lease_sched.runtimes r JOIN pending p ON p.id = r.id
@@ -101,8 +107,9 @@ pub static FLUSH: Query<Flushed> = Query {
                         WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = p.id)
                           AND EXISTS (SELECT 1 FROM lease_sched.runtimes r
                                        WHERE r.id = p.id AND r.status = 'online' AND r.last_seen_at < p.seen))",
-    arg_types: &[UUIDARRAYOID, pgrx::pg_sys::TIMESTAMPTZARRAYOID],
-}};
+        arg_types: &[UUIDARRAYOID, pgrx::pg_sys::TIMESTAMPTZARRAYOID],
+    },
+};
 
 /// Online runtimes silent since before $1.
 pub static SILENT: Query<Uuid> = Query {

@@ -240,7 +240,8 @@ fn start_due(databases: &mut HashMap<u32, Database>, restricted: bool, last_fail
         match started {
             Ok(handle) => {
                 sweepers::set_no_worker_slot(false);
-                d.running = Some(Running { index: (arg >> 32) as usize, handle: Some(handle), started: Instant::now() });
+                d.running =
+                    Some(Running { index: (arg >> 32) as usize, handle: Some(handle), started: Instant::now() });
                 if matches!(d.verdict, Verdict::Unknown) {
                     probing += 1;
                 }

@@ -44,7 +44,11 @@ const POLL: Duration = Duration::from_millis(100);
 /// A worker of this library: `name` is also its type (what pg_stat_activity shows), and
 /// `function` the exported entry point below.
 fn builder(name: &str, function: &str) -> BackgroundWorkerBuilder {
-    BackgroundWorkerBuilder::new(name).set_type(name).set_library("lease_sched").set_function(function).enable_spi_access()
+    BackgroundWorkerBuilder::new(name)
+        .set_type(name)
+        .set_library("lease_sched")
+        .set_function(function)
+        .enable_spi_access()
 }
 
 /// Re-read postgresql.conf when a SIGHUP arrived; true when it did.
@@ -188,7 +192,8 @@ pub extern "C-unwind" fn lease_sched_sweeper_main(arg: pg_sys::Datum) {
             installed = state == SchemaState::Current;
             if installed && !announced {
                 announced = true;
-                let name = Spi::get_one::<String>("SELECT pg_catalog.current_database()::pg_catalog.text").ok().flatten();
+                let name =
+                    Spi::get_one::<String>("SELECT pg_catalog.current_database()::pg_catalog.text").ok().flatten();
                 log!("lease_sched sweeper started on database \"{}\"", name.unwrap_or_default());
                 warn_about_settings();
             }

@@ -653,7 +653,10 @@ impl LeaseGuard {
             // Refused by the database (too large as jsonb prints it, or not valid jsonb): the
             // lease is still RUNNING; finish it with the substitute.
             Err(e) if had_result && e.code().is_some_and(|c| c.code().starts_with("22")) => {
-                let why = format!("lease_finish refused the result: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_string()));
+                let why = format!(
+                    "lease_finish refused the result: {}",
+                    e.as_db_error().map_or(e.to_string(), |d| d.message().to_string())
+                );
                 finish(Some(unstored_result(&why))).await?
             }
             r => r?,

@@ -12,7 +12,8 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 fn dsn() -> String {
-    std::env::var("LEASE_SCHED_DSN").unwrap_or_else(|_| "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres".into())
+    std::env::var("LEASE_SCHED_DSN")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres".into())
 }
 
 fn unique(prefix: &str) -> String {
@@ -43,7 +44,9 @@ async fn row_of(db: &tokio_postgres::Client, id: Uuid) -> (String, String, i32, 
 
 async fn backend_pid(db: &tokio_postgres::Client, app: &str) -> i32 {
     for _ in 0..200 {
-        if let Some(r) = db.query_opt("SELECT pid FROM pg_stat_activity WHERE application_name = $1 LIMIT 1", &[&app]).await.unwrap() {
+        if let Some(r) =
+            db.query_opt("SELECT pid FROM pg_stat_activity WHERE application_name = $1 LIMIT 1", &[&app]).await.unwrap()
+        {
             return r.get(0);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -52,7 +55,13 @@ async fn backend_pid(db: &tokio_postgres::Client, app: &str) -> i32 {
 }
 
 /// Another runner steals: stale now (same transaction, so no heartbeat slips in), then claim.
-async fn steal(db: &mut tokio_postgres::Client, job: &str, when: DateTime<Utc>, id: Uuid, force: bool) -> (String, Option<Uuid>) {
+async fn steal(
+    db: &mut tokio_postgres::Client,
+    job: &str,
+    when: DateTime<Utc>,
+    id: Uuid,
+    force: bool,
+) -> (String, Option<Uuid>) {
     let tx = db.transaction().await.unwrap();
     if force {
         tx.execute(
@@ -126,7 +135,8 @@ async fn a_lease_survives_far_past_its_stale_timeout() {
             let mut outcomes = vec![];
             for _ in 0..15 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                outcomes.push(client.try_claim(&job, plan(0), "thief", Duration::from_secs(1)).await.unwrap().is_some());
+                outcomes
+                    .push(client.try_claim(&job, plan(0), "thief", Duration::from_secs(1)).await.unwrap().is_some());
             }
             outcomes
         })
@@ -170,13 +180,23 @@ async fn a_stolen_lease_is_lost_within_one_heartbeat_its_query_cancelled_and_nev
     let (outcome, thief_token) = steal(&mut db, &job, plan(0), id, true).await;
     let stolen_at = Instant::now();
     assert_eq!(outcome, "stole");
-    tokio::time::timeout(ttl / 3 + Duration::from_secs(1), lease.lost()).await.expect("lost within one heartbeat interval");
-    let err = tokio::time::timeout(Duration::from_secs(3), body).await.expect("the body's query was cancelled").unwrap().unwrap_err();
+    tokio::time::timeout(ttl / 3 + Duration::from_secs(1), lease.lost())
+        .await
+        .expect("lost within one heartbeat interval");
+    let err = tokio::time::timeout(Duration::from_secs(3), body)
+        .await
+        .expect("the body's query was cancelled")
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("57014"));
     assert!(stolen_at.elapsed() < ttl / 3 + Duration::from_secs(2));
     assert!(matches!(lease.finish(Outcome::success()).await, Err(Error::Lost(_))));
     let (status, runner, attempt, _, _) = row_of(&db, id).await;
-    assert_eq!((status.as_str(), runner.as_str(), attempt), ("RUNNING", "thief", 2), "the lost holder finished nothing");
+    assert_eq!(
+        (status.as_str(), runner.as_str(), attempt),
+        ("RUNNING", "thief", 2),
+        "the lost holder finished nothing"
+    );
     let ok: bool = db
         .query_one("SELECT lease_sched.lease_finish($1, $2, 'SUCCESS')", &[&id, &thief_token.unwrap()])
         .await
@@ -226,7 +246,9 @@ async fn thirty_two_holders_over_eight_plans_never_overlap() {
     for i in 0..32u32 {
         let (client, job, done) = (client.clone(), job.clone(), done.clone());
         set.spawn(async move {
-            let Some(lease) = client.try_claim(&job, plan(i % 8), &format!("h{i}"), Duration::from_secs(2)).await.unwrap() else {
+            let Some(lease) =
+                client.try_claim(&job, plan(i % 8), &format!("h{i}"), Duration::from_secs(2)).await.unwrap()
+            else {
                 return;
             };
             tokio::time::sleep(Duration::from_millis(200 + u64::from(i) * 10)).await;
@@ -263,7 +285,10 @@ async fn two_leaders_never_both_hold() {
                 match client.try_lead(&name, &format!("c{i}"), Duration::from_secs(5)).await.unwrap() {
                     Some(leader) => {
                         let start = Instant::now();
-                        tokio::time::sleep(Duration::from_millis(50 + (start.elapsed().subsec_nanos() as u64 % 300) + i * 37)).await;
+                        tokio::time::sleep(Duration::from_millis(
+                            50 + (start.elapsed().subsec_nanos() as u64 % 300) + i * 37,
+                        ))
+                        .await;
                         // The term ends where the holder last knew it still led: the
                         // timestamp before check(), which sees a loss before the lock can
                         // pass to the other candidate.
@@ -334,7 +359,10 @@ async fn a_result_that_cannot_be_stored_still_finishes_the_run() {
         let id = lease.execution_id();
         lease.finish(Outcome::success_with(value, Some(7))).await.unwrap();
         let r = db
-            .query_one("SELECT status, result, rows_affected FROM lease_sched.sys_cron_executions WHERE id = $1", &[&id])
+            .query_one(
+                "SELECT status, result, rows_affected FROM lease_sched.sys_cron_executions WHERE id = $1",
+                &[&id],
+            )
             .await
             .unwrap();
         assert_eq!((r.get::<_, String>(0).as_str(), r.get::<_, Option<i64>>(2)), ("SUCCESS", Some(7)));

@@ -4,7 +4,6 @@
 //! Checked exhaustively in tests/model_check.rs.
 use crate::DbTime;
 
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Status {
     Running,
@@ -104,7 +103,11 @@ pub fn retry_backoff(attempt: i32, base: i64, max: i64) -> i64 {
     let delay = if base == 0 {
         0
     } else if doublings >= 63 {
-        if base > 0 { i64::MAX } else { i64::MIN }
+        if base > 0 {
+            i64::MAX
+        } else {
+            i64::MIN
+        }
     } else {
         base.saturating_mul(1i64 << doublings)
     };
@@ -180,7 +183,13 @@ impl ClaimOutcome {
 /// `lease_try_claim`: insert (won), take over (stole: attempt + 1, new tokens, the
 /// claimer's stale settings, finish fields cleared) or leave the row alone (conflicted).
 /// `new_token` and `new_fencing` are what the database would draw for a grant.
-pub fn claim(row: &mut Option<Execution>, now: DbTime, p: ClaimParams, new_token: u64, new_fencing: i64) -> ClaimOutcome {
+pub fn claim(
+    row: &mut Option<Execution>,
+    now: DbTime,
+    p: ClaimParams,
+    new_token: u64,
+    new_fencing: i64,
+) -> ClaimOutcome {
     match decide_claim(row.as_ref().map(|r| r.lease()).as_ref(), now, p.allow_stale_reentry) {
         ClaimDecision::Insert => {
             *row = Some(Execution {

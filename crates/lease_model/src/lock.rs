@@ -32,7 +32,14 @@ pub fn is_expired(row: &LockRow, now: DbTime) -> bool {
 /// `lock_acquire`: take the lock when there is no row (never held, or released) or it
 /// has expired (a takeover: new secret, new fencing token, the caller's ttl); else
 /// report the live holder and leave the row alone.
-pub fn acquire(row: &mut Option<LockRow>, now: DbTime, holder: u32, ttl: DbTime, new_secret: u64, new_fencing: i64) -> Acquire {
+pub fn acquire(
+    row: &mut Option<LockRow>,
+    now: DbTime,
+    holder: u32,
+    ttl: DbTime,
+    new_secret: u64,
+    new_fencing: i64,
+) -> Acquire {
     match row {
         Some(r) if !is_expired(r, now) => Acquire::Held { holder: r.holder, expires_at: r.expires_at },
         _ => {
@@ -73,7 +80,10 @@ mod tests {
     #[test]
     fn locks_are_taken_when_free_or_expired_and_guarded_by_their_secret() {
         let mut row = None;
-        assert_eq!(acquire(&mut row, 0, 1, 10, 100, 1), Acquire::Acquired { lock_token: 100, fencing_token: 1, expires_at: 10 });
+        assert_eq!(
+            acquire(&mut row, 0, 1, 10, 100, 1),
+            Acquire::Acquired { lock_token: 100, fencing_token: 1, expires_at: 10 }
+        );
         assert_eq!(acquire(&mut row, 9, 2, 10, 101, 2), Acquire::Held { holder: 1, expires_at: 10 });
         assert!(!heartbeat(&mut row, 101, 9));
         assert!(heartbeat(&mut row, 100, 9));
@@ -81,7 +91,10 @@ mod tests {
         // expired, not taken over: the heartbeat revives it
         assert!(heartbeat(&mut row, 100, 25));
         assert_eq!(row.unwrap().expires_at, 35);
-        assert!(matches!(acquire(&mut row, 35, 2, 5, 102, 3), Acquire::Acquired { fencing_token: 3, expires_at: 40, .. }));
+        assert!(matches!(
+            acquire(&mut row, 35, 2, 5, 102, 3),
+            Acquire::Acquired { fencing_token: 3, expires_at: 40, .. }
+        ));
         assert!(!heartbeat(&mut row, 100, 36));
         assert!(!release(&mut row, 100));
         assert!(release(&mut row, 102));

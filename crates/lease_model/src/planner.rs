@@ -27,9 +27,7 @@ pub struct LatestPlan {
 impl LatestPlan {
     /// A FAILED run with attempts left whose backoff has passed (NULL: at once).
     pub fn retry_eligible(&self, now: DbTime) -> bool {
-        self.status == Status::Failed
-            && self.attempt < self.max_attempts
-            && self.next_retry_at.is_none_or(|t| t <= now)
+        self.status == Status::Failed && self.attempt < self.max_attempts && self.next_retry_at.is_none_or(|t| t <= now)
     }
 }
 
@@ -251,7 +249,14 @@ mod tests {
     const MIN: i64 = 60_000_000;
 
     fn done(plan_time: DbTime) -> LatestPlan {
-        LatestPlan { plan_time, status: Status::Success, attempt: 1, max_attempts: 3, next_retry_at: None, stale_after: None }
+        LatestPlan {
+            plan_time,
+            status: Status::Success,
+            attempt: 1,
+            max_attempts: 3,
+            next_retry_at: None,
+            stale_after: None,
+        }
     }
 
     fn policy(misfire: Misfire) -> Policy {
@@ -303,7 +308,10 @@ mod tests {
         let now = 10 * MIN + 5;
         let p = Policy { grace: Some(2 * MIN), ..policy(Misfire::All) };
         // now - grace = 8:00.000005 -> slots 4..8 are older than that.
-        assert_eq!(decide(Some(&l), now, &p), Decision { skip: vec![r(4 * MIN, 5, SkipReason::Grace)], run: Some(9 * MIN) });
+        assert_eq!(
+            decide(Some(&l), now, &p),
+            Decision { skip: vec![r(4 * MIN, 5, SkipReason::Grace)], run: Some(9 * MIN) }
+        );
         // the current slot too, once grace has passed
         let p = Policy { grace: Some(MIN / 2), ..policy(Misfire::All) };
         let d = decide(Some(&done(9 * MIN)), 10 * MIN + MIN / 2 + 1, &p);

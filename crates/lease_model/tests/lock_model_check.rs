@@ -46,11 +46,20 @@ struct State {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Action {
-    Acquire { client: usize, ttl: DbTime },
-    Heartbeat { client: usize },
-    Release { client: usize },
+    Acquire {
+        client: usize,
+        ttl: DbTime,
+    },
+    Heartbeat {
+        client: usize,
+    },
+    Release {
+        client: usize,
+    },
     /// The client crashes or stalls: it stops acting as the holder but remembers its secret.
-    Crash { client: usize },
+    Crash {
+        client: usize,
+    },
     Tick,
 }
 
@@ -125,12 +134,18 @@ impl Model for Locks {
                         s.grants += 1;
                         s.latest_secret = lock_token;
                         s.highest_fencing = fencing_token;
-                        s.clients[client] = Client { secret: Some((lock_token, fencing_token)), believes: true, valid_until: expires_at };
+                        s.clients[client] = Client {
+                            secret: Some((lock_token, fencing_token)),
+                            believes: true,
+                            valid_until: expires_at,
+                        };
                     }
                     Acquire::Held { holder, expires_at } => {
                         match before {
                             None => s.violation = Some("a free (released) lock was refused".into()),
-                            Some(r) if lock::is_expired(&r, now) => s.violation = Some("an expired lock was refused".into()),
+                            Some(r) if lock::is_expired(&r, now) => {
+                                s.violation = Some("an expired lock was refused".into())
+                            }
                             Some(r) if r.holder != holder || r.expires_at != expires_at => {
                                 s.violation = Some("a refusal misreported the holder".into())
                             }
@@ -190,7 +205,9 @@ impl Model for Locks {
             Property::always("an unexpired believed lock is the row's current grant", |_, s: &State| {
                 s.clients.iter().all(|c| {
                     !(c.believes && c.valid_until > s.now)
-                        || s.row.is_some_and(|r| Some(r.lock_token) == c.secret.map(|x| x.0) && r.expires_at == c.valid_until)
+                        || s.row.is_some_and(|r| {
+                            Some(r.lock_token) == c.secret.map(|x| x.0) && r.expires_at == c.valid_until
+                        })
                 })
             }),
             Property::always("the row holds the newest grant", |_, s: &State| {
@@ -268,7 +285,8 @@ fn a_heartbeat_that_ignores_the_secret_is_caught() {
 fn retry_backoff_saturates_for_every_attempt_and_setting() {
     const MS: i64 = 1000;
     let top = i32::MAX as i64 * MS;
-    let mut settings: Vec<i64> = vec![0, 1, MS, 10 * MS, 1_000 * MS, 3_600_000 * MS, 20 * 86_400_000 * MS, top - MS, top];
+    let mut settings: Vec<i64> =
+        vec![0, 1, MS, 10 * MS, 1_000 * MS, 3_600_000 * MS, 20 * 86_400_000 * MS, top - MS, top];
     // plus pseudo-random values spread over the range (log-uniform)
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     for _ in 0..60 {

@@ -76,7 +76,11 @@ impl Model for Lease {
         match action {
             Action::Tick => s.now += 1,
             Action::Claim { runner, reentry } => {
-                let params = ClaimParams { allow_stale_reentry: reentry, stale_timeout: STALE_TIMEOUT, max_attempts: MAX_ATTEMPTS };
+                let params = ClaimParams {
+                    allow_stale_reentry: reentry,
+                    stale_timeout: STALE_TIMEOUT,
+                    max_attempts: MAX_ATTEMPTS,
+                };
                 let (token, fencing) = (s.next_token, s.next_fencing);
                 match claim(&mut s.row, s.now, params, token, fencing) {
                     ClaimOutcome::Conflicted => {
@@ -91,7 +95,8 @@ impl Model for Lease {
                         if fencing <= s.highest_grant {
                             s.violation = Some("fencing token did not increase".into());
                         }
-                        let expected_attempt = if outcome == ClaimOutcome::Won { 1 } else { before.as_ref().unwrap().attempt + 1 };
+                        let expected_attempt =
+                            if outcome == ClaimOutcome::Won { 1 } else { before.as_ref().unwrap().attempt + 1 };
                         if r.attempt != expected_attempt || r.attempt > r.max_attempts {
                             s.violation = Some(format!("attempt {} after {outcome:?}", r.attempt));
                         }

@@ -186,7 +186,8 @@ impl Model for Planner {
                         }
                     }
                     let mut row = s.rows.remove(&plan);
-                    let params = ClaimParams { allow_stale_reentry: true, stale_timeout: STALE_TIMEOUT, max_attempts: 2 };
+                    let params =
+                        ClaimParams { allow_stale_reentry: true, stale_timeout: STALE_TIMEOUT, max_attempts: 2 };
                     // Tokens only need to tell holders of one slot apart: (slot, attempt).
                     let token = (plan as u64) * 10 + row.as_ref().map_or(1, |r| r.attempt as u64 + 1);
                     let outcome = claim(&mut row, s.now, params, token, token as i64);

@@ -157,7 +157,18 @@ impl OwnClusters {
         let dir = self.dir(name);
         // A cluster left running by an interrupted earlier run would hold its port.
         let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{dir}/data"), "-m", "immediate", "-w", "stop"])
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{}/pg_ctl", pgbin()),
+                "-D",
+                &format!("{dir}/data"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
             .output();
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -198,7 +209,17 @@ impl Drop for OwnClusters {
     fn drop(&mut self) {
         for name in &self.names {
             let _ = Command::new("runuser")
-                .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{}/data", self.dir(name)), "-m", "immediate", "stop"])
+                .args([
+                    "-u",
+                    "postgres",
+                    "--",
+                    &format!("{}/pg_ctl", pgbin()),
+                    "-D",
+                    &format!("{}/data", self.dir(name)),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ])
                 .output();
         }
         let _ = std::fs::remove_dir_all(&self.base);

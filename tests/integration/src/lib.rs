@@ -11,7 +11,8 @@ use uuid::Uuid;
 pub mod fixtures;
 
 pub fn dsn() -> String {
-    std::env::var("LEASE_SCHED_DSN").unwrap_or_else(|_| "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres".into())
+    std::env::var("LEASE_SCHED_DSN")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=55440 dbname=lease_sched user=postgres".into())
 }
 
 pub fn connect() -> Client {
@@ -239,7 +240,8 @@ pub fn connect_retrying(dsn: &str) -> Client {
 
 /// A lease that goes stale in 200 ms and may not be stolen: the sweep must fail it.
 pub fn abandoned_lease(c: &mut Client) -> Claim {
-    let args = ClaimArgs { stale_timeout: Duration::from_millis(200), allow_stale_reentry: false, ..Default::default() };
+    let args =
+        ClaimArgs { stale_timeout: Duration::from_millis(200), allow_stale_reentry: false, ..Default::default() };
     claim_with(c, &unique("abandoned"), plan(), "r1", &args)
 }
 
@@ -345,7 +347,11 @@ pub fn released_0_2_0(test: &str, paths: &[&str]) -> Option<std::path::PathBuf> 
         .filter(|m| dir.join(m).join("Cargo.toml").exists())
         .map(|m| format!("{m:?}"))
         .collect();
-    std::fs::write(dir.join("Cargo.toml"), format!("[workspace]\nresolver = \"2\"\nmembers = [{}]\n", members.join(", "))).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!("[workspace]\nresolver = \"2\"\nmembers = [{}]\n", members.join(", ")),
+    )
+    .unwrap();
     Some(dir)
 }
 
@@ -384,7 +390,10 @@ pub fn count(c: &mut Client, sql: &str) -> i64 {
 /// lock_acquire for an hour: (lock_token, fencing_token) when acquired.
 pub fn lock_acquire(c: &mut Client, name: &str, holder: &str) -> Option<(Uuid, i64)> {
     let r = c
-        .query_one("SELECT acquired, lock_token, fencing_token FROM lease_sched.lock_acquire($1, $2, '1 hour')", &[&name, &holder])
+        .query_one(
+            "SELECT acquired, lock_token, fencing_token FROM lease_sched.lock_acquire($1, $2, '1 hour')",
+            &[&name, &holder],
+        )
         .unwrap();
     if r.get::<_, bool>(0) {
         Some((r.get(1), r.get(2)))
@@ -395,13 +404,17 @@ pub fn lock_acquire(c: &mut Client, name: &str, holder: &str) -> Option<(Uuid, i
 
 /// Let a lock's ttl run out now.
 pub fn expire_lock(c: &mut Client, name: &str) {
-    c.execute("UPDATE lease_sched.locks SET expires_at = now() - interval '1 second' WHERE name = $1", &[&name]).unwrap();
+    c.execute("UPDATE lease_sched.locks SET expires_at = now() - interval '1 second' WHERE name = $1", &[&name])
+        .unwrap();
 }
 
 /// Make a lease stale now.
 pub fn make_stale(c: &mut Client, id: Uuid) {
-    c.execute("UPDATE lease_sched.sys_cron_executions SET stale_after = now() - interval '1 second' WHERE id = $1", &[&id])
-        .unwrap();
+    c.execute(
+        "UPDATE lease_sched.sys_cron_executions SET stale_after = now() - interval '1 second' WHERE id = $1",
+        &[&id],
+    )
+    .unwrap();
 }
 
 pub fn lock_fence(c: &mut Client, name: &str, token: i64) -> Result<(), postgres::Error> {

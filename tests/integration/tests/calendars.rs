@@ -19,9 +19,13 @@ fn repo(path: &str) -> String {
 #[test]
 fn slots_agree_with_croniter_away_from_transitions() {
     let python = std::env::var("LEASE_SCHED_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python).args(["-c", "import croniter, psycopg"]).status().map(|s| s.success()).unwrap_or(false);
+    let ok =
+        Command::new(&python).args(["-c", "import croniter, psycopg"]).status().map(|s| s.success()).unwrap_or(false);
     if !ok {
-        skip("calendars::slots_agree_with_croniter_away_from_transitions", "no croniter in LEASE_SCHED_PYTHON (scripts/test.sh installs it)");
+        skip(
+            "calendars::slots_agree_with_croniter_away_from_transitions",
+            "no croniter in LEASE_SCHED_PYTHON (scripts/test.sh installs it)",
+        );
         return;
     }
     connect();
@@ -50,13 +54,22 @@ fn ts(s: &str) -> DateTime<Utc> {
 
 /// Define `job` on `cron` in `zone`, as if created at `from` (misfire 'all': every slot runs).
 fn define_in_the_past(c: &mut postgres::Client, job: &str, cron: &str, zone: &str, from: DateTime<Utc>) {
-    c.query_one("SELECT lease_sched.job_define($1, cron => $2, timezone => $3, misfire => 'all')", &[&job, &cron, &zone])
-        .unwrap();
+    c.query_one(
+        "SELECT lease_sched.job_define($1, cron => $2, timezone => $3, misfire => 'all')",
+        &[&job, &cron, &zone],
+    )
+    .unwrap();
     c.execute("UPDATE lease_sched.jobs SET created_at = $2 WHERE job_name = $1", &[&job, &from]).unwrap();
 }
 
 /// The slots of the window (from, to], by cron_next_runs.
-fn expected_slots(c: &mut postgres::Client, cron: &str, zone: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+fn expected_slots(
+    c: &mut postgres::Client,
+    cron: &str,
+    zone: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<DateTime<Utc>> {
     c.query(
         "SELECT plan_time FROM lease_sched.cron_next_runs($1, $2, 10000, $3) WHERE plan_time <= $4 ORDER BY 1",
         &[&cron, &zone, &from, &to],
@@ -127,7 +140,10 @@ fn run_executes_each_slot_once_across_dst_transitions() {
             // The command ran exactly once per plan (the ones after the window included).
             let rows: i64 = c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).unwrap().get(0);
             let plans: i64 = c
-                .query_one("SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'", &[&job])
+                .query_one(
+                    "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'",
+                    &[&job],
+                )
                 .unwrap()
                 .get(0);
             assert_eq!(rows, plans, "{zone} {cron}: one command per plan");
@@ -209,7 +225,12 @@ fn run_now_is_taken_first_and_shifts_no_slot() {
     let (from, to) = (ts("2024-10-26 00:00+00"), ts("2024-10-28 00:00+00"));
     define_in_the_past(&mut c, &job, "30 2 * * *", "Europe/Berlin", from);
     let triggered: DateTime<Utc> = c.query_one("SELECT lease_sched.job_trigger($1)", &[&job]).unwrap().get(0);
-    let first = c.query_one("SELECT outcome, execution_id, lease_token, plan_time FROM lease_sched.lease_claim_next($1, 'r')", &[&job]).unwrap();
+    let first = c
+        .query_one(
+            "SELECT outcome, execution_id, lease_token, plan_time FROM lease_sched.lease_claim_next($1, 'r')",
+            &[&job],
+        )
+        .unwrap();
     assert_eq!(first.get::<_, String>(0), "won");
     assert_eq!(first.get::<_, DateTime<Utc>>(3), triggered, "the triggered plan first");
     assert!(finish_ok(&mut c, first.get(1), first.get(2)));
@@ -249,9 +270,12 @@ fn schedule_registers_one_pg_cron_entry_that_runs_the_job_in_its_zone() {
         .unwrap()
         .get(0);
     let plans = |c: &mut postgres::Client| -> i64 {
-        c.query_one("SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'", &[&job])
-            .unwrap()
-            .get(0)
+        c.query_one(
+            "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'",
+            &[&job],
+        )
+        .unwrap()
+        .get(0)
     };
     let ok = wait_until(Duration::from_secs(150), || plans(&mut c) >= 1);
     // Let both entries of that tick finish.

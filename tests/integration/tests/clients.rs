@@ -61,10 +61,8 @@ fn python() -> &'static str {
         let src = std::env::temp_dir().join(format!("lease_sched_client_src_{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&src);
         ok(Command::new("cp").arg("-r").arg(repo("clients/python")).arg(&src)).map_err(|e| e.to_string())??;
-        ok(Command::new(format!("{VENV}/bin/pip"))
-            .args(["install", "-q", "--no-deps", "--force-reinstall"])
-            .arg(&src))
-        .map_err(|e| e.to_string())??;
+        ok(Command::new(format!("{VENV}/bin/pip")).args(["install", "-q", "--no-deps", "--force-reinstall"]).arg(&src))
+            .map_err(|e| e.to_string())??;
         let _ = std::fs::remove_dir_all(&src);
         Ok(())
     });
@@ -194,10 +192,7 @@ fn the_go_client_test_suite_passes() {
         println!("skipped test: the_go_client_test_suite_passes: {why}");
         return;
     }
-    let out = go(&["test", "-count=1", "-v", "lease_sched/clients/go"])
-        .env("LEASE_SCHED_DSN", dsn())
-        .output()
-        .unwrap();
+    let out = go(&["test", "-count=1", "-v", "lease_sched/clients/go"]).env("LEASE_SCHED_DSN", dsn()).output().unwrap();
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     let passed = all.lines().filter(|l| l.starts_with("--- PASS")).count();
@@ -224,7 +219,11 @@ fn node_package(test: &str) -> Option<PathBuf> {
             .current_dir(&dir)
             .output()
             .map_err(|e| e.to_string())?;
-        if out.status.success() { Ok(()) } else { Err(text(&out)) }
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(text(&out))
+        }
     });
     if let Err(e) = ready {
         panic!("npm ci in clients/node failed: {e}");
@@ -252,7 +251,11 @@ fn the_node_client_test_suite_passes() {
 #[test]
 fn the_node_client_type_declarations_pass_tsc_strict() {
     let Some(dir) = node_package("the_node_client_type_declarations_pass_tsc_strict") else { return };
-    let out = Command::new("node").args(["node_modules/typescript/bin/tsc", "-p", "tsconfig.json"]).current_dir(&dir).output().unwrap();
+    let out = Command::new("node")
+        .args(["node_modules/typescript/bin/tsc", "-p", "tsconfig.json"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
 
@@ -483,7 +486,13 @@ fn node_postgres_code_written_for_0_2_0_runs_unchanged() {
         return;
     }
     let job = unique("compat_node");
-    let out = Command::new("node").args(["-e", NODE_PG_0_2_0_CALLER]).arg(&package).arg(url_dsn()).arg(&job).output().unwrap();
+    let out = Command::new("node")
+        .args(["-e", NODE_PG_0_2_0_CALLER])
+        .arg(&package)
+        .arg(url_dsn())
+        .arg(&job)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), CALLER_0_2_0_OUTPUT);
     assert!(succeeded_once(&job));

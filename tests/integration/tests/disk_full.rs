@@ -286,7 +286,10 @@ fn a_loss_that_cannot_be_avoided_is_said_and_counted_after_the_restart() {
     pg_ctl(&["start"]);
     let mut c = wait_for_server();
     c.batch_execute(&format!("ROLLBACK PREPARED '{gid}'")).unwrap();
-    assert!(wait_until(Duration::from_secs(15), || stat(&mut c, "touches_lost") > 0), "the loss is counted after the restart");
+    assert!(
+        wait_until(Duration::from_secs(15), || stat(&mut c, "touches_lost") > 0),
+        "the loss is counted after the restart"
+    );
     assert_eq!(stat(&mut c, "touches_lost"), ids.len() as i64);
     if std::env::var("LEASE_SCHED_LOG").is_ok() {
         let log = log_since(from);
@@ -294,7 +297,10 @@ fn a_loss_that_cannot_be_avoided_is_said_and_counted_after_the_restart() {
             log.contains(&format!("{} acknowledged runtime touches are lost", ids.len())),
             "the shutdown names the count:\n{log}"
         );
-        assert!(log.contains(&format!("{} acknowledged runtime touches were lost", ids.len())), "and the start:\n{log}");
+        assert!(
+            log.contains(&format!("{} acknowledged runtime touches were lost", ids.len())),
+            "and the start:\n{log}"
+        );
     }
     c.execute("DELETE FROM lease_sched.runtimes WHERE id = ANY($1)", &[&ids]).unwrap();
 }

@@ -73,7 +73,8 @@ fn steps(markdown: &str) -> Vec<Step> {
 
 fn conn_env() -> Vec<(String, String)> {
     let dsn = dsn();
-    let get = |k: &str| dsn.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap_or("").to_string();
+    let get =
+        |k: &str| dsn.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap_or("").to_string();
     vec![("PGHOST".into(), get("host")), ("PGPORT".into(), get("port"))]
 }
 

@@ -35,10 +35,17 @@ fn every_installed_routine_is_documented_and_every_documented_one_exists() {
 #[test]
 fn the_documented_counters_are_the_ones_stats_returns() {
     let mut c = connect();
-    let returned: Vec<String> = c.query("SELECT name FROM lease_sched.stats()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let returned: Vec<String> =
+        c.query("SELECT name FROM lease_sched.stats()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api.md")).unwrap();
     let section = doc.split("### stats").nth(1).expect("a stats section").split("###").next().unwrap();
-    let paragraph = section.split("Counters since server start").nth(1).expect("the counter list").split(" (1 when").next().unwrap();
+    let paragraph = section
+        .split("Counters since server start")
+        .nth(1)
+        .expect("the counter list")
+        .split(" (1 when")
+        .next()
+        .unwrap();
     let documented: Vec<String> = paragraph.split('`').skip(1).step_by(2).map(str::to_string).collect();
     assert_eq!(documented, returned, "docs/api.md's stats section and lease_sched.stats() disagree");
 }

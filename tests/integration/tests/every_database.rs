@@ -28,7 +28,10 @@ fn base_dsn(test: &str) -> Option<String> {
 }
 
 fn dsn_for(base: &str, db: &str) -> String {
-    base.split_whitespace().map(|kv| if kv.starts_with("dbname=") { format!("dbname={db}") } else { kv.to_string() }).collect::<Vec<_>>().join(" ")
+    base.split_whitespace()
+        .map(|kv| if kv.starts_with("dbname=") { format!("dbname={db}") } else { kv.to_string() })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A connection whose NOTICE/WARNING messages are collected.
@@ -36,7 +39,9 @@ fn connect_noting(dsn: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
     let notes = Arc::new(Mutex::new(Vec::new()));
     let sink = notes.clone();
     let mut config: postgres::Config = dsn.parse().unwrap();
-    config.notice_callback(move |n| sink.lock().unwrap().push(format!("{}: {} ({})", n.severity(), n.message(), n.hint().unwrap_or(""))));
+    config.notice_callback(move |n| {
+        sink.lock().unwrap().push(format!("{}: {} ({})", n.severity(), n.message(), n.hint().unwrap_or("")))
+    });
     (config.connect(NoTls).expect("connect"), notes)
 }
 
@@ -60,7 +65,10 @@ fn wait_swept(c: &mut Client, what: &str) {
 
 fn sweepers_in(admin: &mut Client, db: &str) -> i64 {
     admin
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'lease_sched sweeper' AND datname = $1", &[&db])
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'lease_sched sweeper' AND datname = $1",
+            &[&db],
+        )
         .unwrap()
         .get(0)
 }
@@ -99,7 +107,10 @@ fn three_databases_each_get_their_own_sweeper() {
         assert_eq!(sweepers_in(&mut admin, name), 1, "exactly one sweeper in {name}");
     }
     // A database without the extension keeps no sweeper (the one that looked has left).
-    assert!(wait_until(NOTICE, || sweepers_in(&mut admin, &plain) == 0), "no sweeper stays in a database without lease_sched");
+    assert!(
+        wait_until(NOTICE, || sweepers_in(&mut admin, &plain) == 0),
+        "no sweeper stays in a database without lease_sched"
+    );
     let mut c = connect_retrying(&dsn_for(&base, &names[0]));
     assert!(stat(&mut c, "databases_swept") >= 3);
     drop(c);
@@ -171,11 +182,16 @@ fn a_database_created_and_dropped_while_running_and_created_again() {
         sweeps_here(&mut c, &format!("{name}, round {round}"));
         drop(c);
         drop_database(&mut admin, &name);
-        assert!(wait_until(NOTICE, || sweepers_in(&mut admin, &name) == 0), "no sweeper is left for a dropped database");
+        assert!(
+            wait_until(NOTICE, || sweepers_in(&mut admin, &name) == 0),
+            "no sweeper is left for a dropped database"
+        );
     }
     // The launcher is still the one it was, and did not crash.
-    let launchers: i64 =
-        admin.query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'lease_sched launcher'", &[]).unwrap().get(0);
+    let launchers: i64 = admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'lease_sched launcher'", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(launchers, 1);
 }
 
@@ -237,7 +253,10 @@ fn with_lease_sched_database_set_another_database_says_it_is_not_swept() {
     let mut main = connect();
     let only: String = main.query_one("SELECT current_setting('lease_sched.database')", &[]).unwrap().get(0);
     if only.is_empty() {
-        skip("every_database::with_lease_sched_database_set_another_database_says_it_is_not_swept", "lease_sched.database is not set");
+        skip(
+            "every_database::with_lease_sched_database_set_another_database_says_it_is_not_swept",
+            "lease_sched.database is not set",
+        );
         return;
     }
     let name = unique("elsewhere");
@@ -265,7 +284,10 @@ fn with_lease_sched_database_set_another_database_says_it_is_not_swept() {
 
 fn sweeper_pid_in(admin: &mut Client, db: &str) -> Option<i32> {
     admin
-        .query_opt("SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease_sched sweeper' AND datname = $1", &[&db])
+        .query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'lease_sched sweeper' AND datname = $1",
+            &[&db],
+        )
         .unwrap()
         .map(|r| r.get(0))
 }
@@ -279,7 +301,9 @@ fn launcher_pid(admin: &mut Client) -> Option<i32> {
 
 #[test]
 fn a_restarted_launcher_adopts_every_sweeper_and_still_finds_new_databases() {
-    let Some(base) = base_dsn("a_restarted_launcher_adopts_every_sweeper_and_still_finds_new_databases") else { return };
+    let Some(base) = base_dsn("a_restarted_launcher_adopts_every_sweeper_and_still_finds_new_databases") else {
+        return;
+    };
     let _g = serial();
     let mut admin = connect_retrying(&dsn_for(&base, "postgres"));
     let names: Vec<String> = (0..2).map(|_| unique("adopt")).collect();
@@ -288,10 +312,7 @@ fn a_restarted_launcher_adopts_every_sweeper_and_still_finds_new_databases() {
     assert!(before.iter().all(Option::is_some));
     let launcher = launcher_pid(&mut admin).expect("a launcher");
     admin.execute("SELECT pg_terminate_backend($1)", &[&launcher]).unwrap();
-    assert!(
-        wait_until(NOTICE, || launcher_pid(&mut admin).is_some_and(|p| p != launcher)),
-        "the launcher comes back"
-    );
+    assert!(wait_until(NOTICE, || launcher_pid(&mut admin).is_some_and(|p| p != launcher)), "the launcher comes back");
     // The new launcher adopts the running sweepers: the same processes, never a second one.
     for _ in 0..15 {
         for (name, pid) in names.iter().zip(&before) {

@@ -17,7 +17,10 @@ fn repo(path: &str) -> String {
 fn succeeded(job: &str) -> bool {
     let mut c = connect();
     let n: i64 = c
-        .query_one("SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'", &[&job])
+        .query_one(
+            "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'",
+            &[&job],
+        )
         .unwrap()
         .get(0);
     n == 1
@@ -27,7 +30,20 @@ fn succeeded(job: &str) -> bool {
 fn the_psql_runner_claims_heartbeats_and_finishes() {
     let job = unique("ex_psql");
     let out = Command::new(format!("{}/psql", pgbin()))
-        .args(["-X", "-h", "127.0.0.1", "-p", &port(), "-U", "postgres", "-d", "lease_sched", "-v", &format!("job={job}"), "-f"])
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port(),
+            "-U",
+            "postgres",
+            "-d",
+            "lease_sched",
+            "-v",
+            &format!("job={job}"),
+            "-f",
+        ])
         .arg(repo("examples/runner.sql"))
         .output()
         .unwrap();
@@ -71,7 +87,20 @@ fn the_released_0_2_0_psql_python_and_rust_runners_run_unchanged() {
     };
     let job = unique("ex02_psql");
     let out = Command::new(format!("{}/psql", pgbin()))
-        .args(["-X", "-h", "127.0.0.1", "-p", &port(), "-U", "postgres", "-d", "lease_sched", "-v", &format!("job={job}"), "-f"])
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port(),
+            "-U",
+            "postgres",
+            "-d",
+            "lease_sched",
+            "-v",
+            &format!("job={job}"),
+            "-f",
+        ])
         .arg(dir.join("examples/runner.sql"))
         .output()
         .unwrap();

@@ -39,13 +39,17 @@ fn promotion_keeps_committed_successes_and_raises_fencing_tokens() {
                 while !stop.load(Ordering::Relaxed) {
                     k += 1;
                     let t = plan() + chrono::Duration::seconds(i * 1_000_000 + k);
-                    let Ok(r) = try_claim_with(&mut c, &job, t, &format!("r{i}"), &ClaimArgs::default()) else { return };
+                    let Ok(r) = try_claim_with(&mut c, &job, t, &format!("r{i}"), &ClaimArgs::default()) else {
+                        return;
+                    };
                     if r.outcome != "won" {
                         continue;
                     }
                     let ok = c.query_one("SELECT lease_sched.lease_finish($1, $2, 'SUCCESS')", &[&r.id(), &r.token()]);
                     match ok {
-                        Ok(row) if row.get::<_, bool>(0) => committed.lock().unwrap().push((r.id(), r.fencing_token.unwrap())),
+                        Ok(row) if row.get::<_, bool>(0) => {
+                            committed.lock().unwrap().push((r.id(), r.fencing_token.unwrap()))
+                        }
                         _ => return,
                     }
                 }
@@ -65,13 +69,20 @@ fn promotion_keeps_committed_successes_and_raises_fencing_tokens() {
     let mut r = client_at(replica_port);
     let ids: Vec<uuid::Uuid> = committed.iter().map(|(id, _)| *id).collect();
     let present: i64 = r
-        .query_one("SELECT count(*) FROM lease_sched.sys_cron_executions WHERE id = ANY($1) AND status = 'SUCCESS'", &[&ids])
+        .query_one(
+            "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE id = ANY($1) AND status = 'SUCCESS'",
+            &[&ids],
+        )
         .unwrap()
         .get(0);
     assert_eq!(present as usize, committed.len(), "every acknowledged SUCCESS survived the failover");
     let highest = committed.iter().map(|(_, f)| *f).max().unwrap();
     let after = claim(&mut r, &job, plan() - chrono::Duration::days(1), "after-failover");
     assert_eq!(after.outcome, "won", "claims go on on the new primary");
-    assert!(after.fencing_token.unwrap() > highest, "token {} after failover vs {highest} before", after.fencing_token.unwrap());
+    assert!(
+        after.fencing_token.unwrap() > highest,
+        "token {} after failover vs {highest} before",
+        after.fencing_token.unwrap()
+    );
     eprintln!("failover: {} committed successes kept, tokens continue above {highest}", committed.len());
 }

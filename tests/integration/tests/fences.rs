@@ -21,7 +21,8 @@ use uuid::Uuid;
 /// A table `name` (id int, writer text) with a statement-level (or row-level) trigger
 /// calling `function`('arg') before every write.
 fn leader_only_table(c: &mut Client, name: &str, function: &str, arg: &str, level: &str) {
-    let ops = if level == "STATEMENT" { "INSERT OR UPDATE OR DELETE OR TRUNCATE" } else { "INSERT OR UPDATE OR DELETE" };
+    let ops =
+        if level == "STATEMENT" { "INSERT OR UPDATE OR DELETE OR TRUNCATE" } else { "INSERT OR UPDATE OR DELETE" };
     c.batch_execute(&format!(
         "CREATE TABLE {name} (id int, writer text);
          CREATE TRIGGER {name}_guard BEFORE {ops} ON {name}
@@ -65,7 +66,11 @@ fn a_deposed_leaders_write_fails_and_the_new_leaders_succeeds() {
     assert_ls001(a.batch_execute(&format!("TRUNCATE {stmt_t}")), &[&lock], "unfenced TRUNCATE");
     // A fence passed in an earlier transaction does not count.
     lock_fence(&mut a, &lock, tok_a).unwrap();
-    assert_ls001(a.execute(&format!("INSERT INTO {stmt_t} VALUES (3, 'a')"), &[]), &[&lock], "fence of an earlier transaction");
+    assert_ls001(
+        a.execute(&format!("INSERT INTO {stmt_t} VALUES (3, 'a')"), &[]),
+        &[&lock],
+        "fence of an earlier transaction",
+    );
     // Nor does the fence of another lock.
     let other = unique("other-leader");
     let (_, tok_other) = lock_acquire(&mut a, &other, "node-a").unwrap();
@@ -162,13 +167,21 @@ fn require_lease_takes_writes_only_under_a_passed_fence_of_that_jobs_lease() {
     tx.execute(&format!("INSERT INTO {table} VALUES (3, 'b')"), &[]).unwrap();
     tx.commit().unwrap();
     assert_eq!(
-        a.query(&format!("SELECT writer FROM {table} ORDER BY id"), &[]).unwrap().iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>(),
+        a.query(&format!("SELECT writer FROM {table} ORDER BY id"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>(),
         ["a", "b"]
     );
 
     // A finished run holds nothing: its own token's fence fails too.
     assert!(finish_ok(&mut b, stolen.id(), stolen.token()));
-    assert_ls001(lease_fence(&mut b, stolen.id(), tok_b), &[&stolen.id().to_string(), "SUCCESS"], "fence of a finished run");
+    assert_ls001(
+        lease_fence(&mut b, stolen.id(), tok_b),
+        &[&stolen.id().to_string(), "SUCCESS"],
+        "fence of a finished run",
+    );
     let nobody = Uuid::new_v4();
     assert_ls001(lease_fence(&mut b, nobody, tok_b), &[&nobody.to_string()], "fence of no lease");
     a.batch_execute(&format!("DROP TABLE {table}")).unwrap();
@@ -197,7 +210,8 @@ fn a_fence_passed_in_a_rolled_back_savepoint_does_not_count() {
     a.batch_execute("ROLLBACK TO SAVEPOINT s1").unwrap();
     expire_lock(&mut other, &lock);
     other.batch_execute("SET lock_timeout = '3s'").unwrap();
-    let (_, tok2) = lock_acquire(&mut other, &lock, "node-b").expect("the takeover does not wait for a rolled-back fence");
+    let (_, tok2) =
+        lock_acquire(&mut other, &lock, "node-b").expect("the takeover does not wait for a rolled-back fence");
     assert!(tok2 > tok);
     a.batch_execute("ROLLBACK").unwrap();
 
@@ -272,46 +286,75 @@ fn fence_and_writes_in_one_transaction_work_through_transaction_pooling() {
 
     let mut x = bounced();
     let mut y = bounced();
-    let tok_x: i64 = simple(&mut x, &format!("SELECT fencing_token FROM lease_sched.lock_acquire('{lock}', 'node-x', '1 hour')"))
-        .unwrap()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let tok_x: i64 =
+        simple(&mut x, &format!("SELECT fencing_token FROM lease_sched.lock_acquire('{lock}', 'node-x', '1 hour')"))
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap();
     // One transaction = fence + writes: passes.
-    simple(&mut x, &format!("BEGIN; SELECT lease_sched.lock_fence('{lock}', {tok_x}); INSERT INTO {table} VALUES (1, 'x'); COMMIT"))
-        .unwrap();
+    simple(
+        &mut x,
+        &format!(
+            "BEGIN; SELECT lease_sched.lock_fence('{lock}', {tok_x}); INSERT INTO {table} VALUES (1, 'x'); COMMIT"
+        ),
+    )
+    .unwrap();
     // The fence stays with its transaction: not with the server connection the pool lends
     // next to another client (the pool has one), nor with the next transaction of the same client.
-    assert_ls001(simple(&mut y, &format!("INSERT INTO {table} VALUES (2, 'y')")), &[&lock], "another client after a fenced transaction");
+    assert_ls001(
+        simple(&mut y, &format!("INSERT INTO {table} VALUES (2, 'y')")),
+        &[&lock],
+        "another client after a fenced transaction",
+    );
     simple(&mut x, &format!("SELECT lease_sched.lock_fence('{lock}', {tok_x})")).unwrap();
-    assert_ls001(simple(&mut x, &format!("INSERT INTO {table} VALUES (2, 'x')")), &[&lock], "fence and write in separate transactions");
+    assert_ls001(
+        simple(&mut x, &format!("INSERT INTO {table} VALUES (2, 'x')")),
+        &[&lock],
+        "fence and write in separate transactions",
+    );
 
     // node-y takes over the expired lock; node-x's fenced transaction is refused with LS001
     // (through the pooler) naming the new token, node-y's goes through.
     expire_lock(&mut setup, &lock);
-    let tok_y: i64 = simple(&mut y, &format!("SELECT fencing_token FROM lease_sched.lock_acquire('{lock}', 'node-y', '1 hour')"))
-        .unwrap()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let tok_y: i64 =
+        simple(&mut y, &format!("SELECT fencing_token FROM lease_sched.lock_acquire('{lock}', 'node-y', '1 hour')"))
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap();
     assert!(tok_y > tok_x);
     assert_ls001(
-        simple(&mut x, &format!("BEGIN; SELECT lease_sched.lock_fence('{lock}', {tok_x}); INSERT INTO {table} VALUES (3, 'x'); COMMIT")),
+        simple(
+            &mut x,
+            &format!(
+                "BEGIN; SELECT lease_sched.lock_fence('{lock}', {tok_x}); INSERT INTO {table} VALUES (3, 'x'); COMMIT"
+            ),
+        ),
         &[&lock, &tok_y.to_string()],
         "deposed leader through the pooler",
     );
     // The failed transaction block is left aborted: end it, so the pool's one server
     // connection is lent again.
     simple(&mut x, "ROLLBACK").unwrap();
-    simple(&mut y, &format!("BEGIN; SELECT lease_sched.lock_fence('{lock}', {tok_y}); INSERT INTO {table} VALUES (4, 'y'); COMMIT"))
-        .unwrap();
+    simple(
+        &mut y,
+        &format!(
+            "BEGIN; SELECT lease_sched.lock_fence('{lock}', {tok_y}); INSERT INTO {table} VALUES (4, 'y'); COMMIT"
+        ),
+    )
+    .unwrap();
     // An explicit multi-round-trip transaction through the pooler works the same.
     simple(&mut y, "BEGIN").unwrap();
     simple(&mut y, &format!("SELECT lease_sched.lock_fence('{lock}', {tok_y})")).unwrap();
     simple(&mut y, &format!("INSERT INTO {table} VALUES (5, 'y')")).unwrap();
     simple(&mut y, "COMMIT").unwrap();
-    let writers: Vec<String> =
-        setup.query(&format!("SELECT writer FROM {table} ORDER BY id"), &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let writers: Vec<String> = setup
+        .query(&format!("SELECT writer FROM {table} ORDER BY id"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(writers, ["x", "y", "y"]);
     setup.batch_execute(&format!("DROP TABLE {table}")).unwrap();
 }
@@ -356,7 +399,10 @@ fn a_non_holder_with_the_public_fencing_token_cannot_write_a_secret_fenced_table
     let mallory = Role::runner("mallory");
     let table = secret_leader_only_table(&mut owner, &lock, &mallory.0);
     let r = owner
-        .query_one("SELECT acquired, lock_token, fencing_token FROM lease_sched.lock_acquire($1, 'the-leader', '1 hour')", &[&lock])
+        .query_one(
+            "SELECT acquired, lock_token, fencing_token FROM lease_sched.lock_acquire($1, 'the-leader', '1 hour')",
+            &[&lock],
+        )
         .unwrap();
     assert!(r.get::<_, bool>(0));
     let (secret, token): (uuid::Uuid, i64) = (r.get(1), r.get(2));
@@ -368,7 +414,8 @@ fn a_non_holder_with_the_public_fencing_token_cannot_write_a_secret_fenced_table
     let fenced = tx.batch_execute(&format!(
         "SELECT lease_sched.lock_fence('{lock}', (SELECT fencing_token FROM lease_sched.lock_info('{lock}')));"
     ));
-    let wrote = fenced.is_ok() && tx.batch_execute(&format!("INSERT INTO public.{table} VALUES (1, 'not the leader')")).is_ok();
+    let wrote =
+        fenced.is_ok() && tx.batch_execute(&format!("INSERT INTO public.{table} VALUES (1, 'not the leader')")).is_ok();
     if wrote {
         tx.commit().unwrap();
     } else {
@@ -389,7 +436,10 @@ fn a_non_holder_with_the_public_fencing_token_cannot_write_a_secret_fenced_table
         drop(tx);
     }
     let _ = connect().batch_execute(&format!("DROP TABLE public.{table}"));
-    assert!(!wrote, "a role that does not hold lock {lock} wrote to a require_lock(.., 'secret') table with the public token");
+    assert!(
+        !wrote,
+        "a role that does not hold lock {lock} wrote to a require_lock(.., 'secret') table with the public token"
+    );
     assert_eq!(guessed.as_ref().err().map(sqlstate).as_deref(), Some("LS001"), "a wrong lock_token fails the fence");
     assert!(holder_wrote, "the holder, fenced with its lock_token, writes");
 }
@@ -428,7 +478,8 @@ fn a_lease_fence_refusal_names_a_token_that_opens_no_secret_fenced_table() {
     drop(tx);
 
     let mut tx = owner.transaction().unwrap();
-    tx.execute("SELECT lease_sched.lease_fence($1, $2, $3)", &[&c.id(), &c.fencing_token.unwrap(), &c.token()]).unwrap();
+    tx.execute("SELECT lease_sched.lease_fence($1, $2, $3)", &[&c.id(), &c.fencing_token.unwrap(), &c.token()])
+        .unwrap();
     let holder_wrote = tx.batch_execute(&format!("INSERT INTO public.{table} VALUES (2)")).is_ok();
     drop(tx);
     let _ = connect().batch_execute(&format!("DROP TABLE public.{table}"));
@@ -449,7 +500,8 @@ fn a_fenced_transaction_cannot_be_prepared_to_pin_a_lock() {
         return;
     }
     let lock = unique("pinned");
-    let r = owner.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'victim', '1 second')", &[&lock]).unwrap();
+    let r =
+        owner.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'victim', '1 second')", &[&lock]).unwrap();
     assert!(r.get::<_, bool>(0));
 
     let mallory = Role::runner("mallory");
@@ -461,13 +513,18 @@ fn a_fenced_transaction_cannot_be_prepared_to_pin_a_lock() {
     ))
     .unwrap();
     let prepared = m.batch_execute(&format!("PREPARE TRANSACTION '{gid}'"));
-    assert_eq!(prepared.as_ref().err().map(sqlstate).as_deref(), Some("0A000"), "a fenced transaction cannot be prepared");
+    assert_eq!(
+        prepared.as_ref().err().map(sqlstate).as_deref(),
+        Some("0A000"),
+        "a fenced transaction cannot be prepared"
+    );
     drop(m);
 
     std::thread::sleep(Duration::from_millis(1500)); // the victim's ttl has run out
     let mut next = connect();
     next.batch_execute("SET lock_timeout = '3s'").unwrap();
-    let taken = next.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'next-leader', '1 minute')", &[&lock]);
+    let taken =
+        next.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'next-leader', '1 minute')", &[&lock]);
     let outcome = match &taken {
         Ok(r) => format!("acquired = {}", r.get::<_, bool>(0)),
         Err(e) => format!("error {} {}", sqlstate(e), e),
@@ -522,7 +579,10 @@ fn a_takeover_that_waited_for_a_fence_gets_its_full_ttl() {
     let mut holder = connect();
     let lock = unique("expired_born");
     let r = holder
-        .query_one("SELECT acquired, fencing_token, lock_token FROM lease_sched.lock_acquire($1, 'holder', '2 seconds')", &[&lock])
+        .query_one(
+            "SELECT acquired, fencing_token, lock_token FROM lease_sched.lock_acquire($1, 'holder', '2 seconds')",
+            &[&lock],
+        )
         .unwrap();
     assert!(r.get::<_, bool>(0));
     let fencing: i64 = r.get(1);
@@ -538,10 +598,14 @@ fn a_takeover_that_waited_for_a_fence_gets_its_full_ttl() {
     std::thread::sleep(Duration::from_secs(3));
     let mut taker = connect();
     let r = taker
-        .query_one("SELECT acquired, expires_at, clock_timestamp() FROM lease_sched.lock_acquire($1, 'taker-1', '2 seconds')", &[&lock])
+        .query_one(
+            "SELECT acquired, expires_at, clock_timestamp() FROM lease_sched.lock_acquire($1, 'taker-1', '2 seconds')",
+            &[&lock],
+        )
         .unwrap();
     fenced.join().unwrap();
-    let (acquired, expires_at, now): (bool, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = (r.get(0), r.get(1), r.get(2));
+    let (acquired, expires_at, now): (bool, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        (r.get(0), r.get(1), r.get(2));
     assert!(acquired);
     let again: bool = connect()
         .query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'taker-2', '2 seconds')", &[&lock])

@@ -70,10 +70,7 @@ fn uuid_lit() -> impl Strategy<Value = String> {
 
 /// A lock's secret (a uuid), real or not.
 fn lock_token() -> impl Strategy<Value = String> {
-    prop_oneof![
-        uuid_lit(),
-        Just("(SELECT lock_token FROM lease_sched.locks ORDER BY random() LIMIT 1)".to_string()),
-    ]
+    prop_oneof![uuid_lit(), Just("(SELECT lock_token FROM lease_sched.locks ORDER BY random() LIMIT 1)".to_string()),]
 }
 
 fn boolean() -> impl Strategy<Value = String> {
@@ -86,32 +83,38 @@ fn uuid_array() -> impl Strategy<Value = String> {
         Just("'{}'::uuid[]".to_string()),
         Just("ARRAY[NULL]::uuid[]".to_string()),
         (0usize..100_001).prop_map(|n| format!("ARRAY(SELECT gen_random_uuid() FROM generate_series(1, {n}))")),
-        (1usize..1000).prop_map(|n| format!("ARRAY(SELECT CASE WHEN g % 7 = 0 THEN NULL ELSE gen_random_uuid() END FROM generate_series(1, {n}) g)")),
+        (1usize..1000).prop_map(|n| format!(
+            "ARRAY(SELECT CASE WHEN g % 7 = 0 THEN NULL ELSE gen_random_uuid() END FROM generate_series(1, {n}) g)"
+        )),
         Just("ARRAY(SELECT id FROM lease_sched.runtimes LIMIT 50)".to_string()),
     ]
 }
 
 fn call() -> impl Strategy<Value = String> {
     prop_oneof![
-        (text(), timestamp(), text(), text(), text(), interval(), int(), boolean()).prop_map(|(j, p, r, sk, si, st, m, a)| format!(
-            "SELECT * FROM lease_sched.lease_try_claim({j}, {p}, {r}, {sk}, {si}, {st}, {m}, {a})"
-        )),
+        (text(), timestamp(), text(), text(), text(), interval(), int(), boolean()).prop_map(
+            |(j, p, r, sk, si, st, m, a)| format!(
+                "SELECT * FROM lease_sched.lease_try_claim({j}, {p}, {r}, {sk}, {si}, {st}, {m}, {a})"
+            )
+        ),
         (uuid_lit(), uuid_lit()).prop_map(|(i, t)| format!("SELECT lease_sched.lease_heartbeat({i}, {t})")),
         (uuid_lit(), uuid_lit(), text(), text(), interval(), int()).prop_map(|(i, t, s, m, r, n)| format!(
             "SELECT lease_sched.lease_finish({i}, {t}, {s}, NULL, {n}, {m}, {m}, {r})"
         )),
-        (uuid_lit(), uuid_lit(), prop_oneof![Just("'SUCCESS'"), Just("'FAILED'")], interval()).prop_map(|(i, t, s, r)| format!(
-            "SELECT lease_sched.lease_finish({i}, {t}, {s}, retry_in => {r})"
-        )),
+        (uuid_lit(), uuid_lit(), prop_oneof![Just("'SUCCESS'"), Just("'FAILED'")], interval())
+            .prop_map(|(i, t, s, r)| format!("SELECT lease_sched.lease_finish({i}, {t}, {s}, retry_in => {r})")),
         text().prop_map(|n| format!("SELECT lease_sched.runtime_register({n})")),
         uuid_lit().prop_map(|i| format!("SELECT lease_sched.runtime_touch({i})")),
         uuid_array().prop_map(|a| format!("SELECT cardinality(lease_sched.runtime_touch_batch({a}))")),
-        (text(), text(), interval()).prop_map(|(n, h, t)| format!("SELECT * FROM lease_sched.lock_acquire({n}, {h}, {t})")),
+        (text(), text(), interval())
+            .prop_map(|(n, h, t)| format!("SELECT * FROM lease_sched.lock_acquire({n}, {h}, {t})")),
         (text(), lock_token()).prop_map(|(n, t)| format!("SELECT lease_sched.lock_heartbeat({n}, {t})")),
         (text(), lock_token()).prop_map(|(n, t)| format!("SELECT lease_sched.lock_release({n}, {t})")),
         text().prop_map(|n| format!("SELECT * FROM lease_sched.lock_info({n})")),
-        (text(), interval(), boolean()).prop_map(|(j, e, c)| format!("SELECT lease_sched.lease_next_plan({j}, {e}, catch_up => {c})")),
-        (text(), text(), text()).prop_map(|(j, k, i)| format!("SELECT * FROM lease_sched.lease_latest_plan({j}, {k}, {i})")),
+        (text(), interval(), boolean())
+            .prop_map(|(j, e, c)| format!("SELECT lease_sched.lease_next_plan({j}, {e}, catch_up => {c})")),
+        (text(), text(), text())
+            .prop_map(|(j, k, i)| format!("SELECT * FROM lease_sched.lease_latest_plan({j}, {k}, {i})")),
     ]
 }
 

@@ -27,4 +27,3 @@ fn heartbeats_are_hot_updates() {
     assert!(upd >= 200);
     assert!(hot as f64 >= 0.9 * 200.0, "HOT {hot} of {upd} updates");
 }
-

@@ -11,9 +11,12 @@ type Ts = DateTime<Utc>;
 
 /// The start of today's (UTC) day slot, `days` days back.
 fn day(c: &mut Client, days: i32) -> Ts {
-    c.query_one("SELECT date_bin('1 day', clock_timestamp(), timestamptz 'epoch') - make_interval(days => $1)", &[&days])
-        .unwrap()
-        .get(0)
+    c.query_one(
+        "SELECT date_bin('1 day', clock_timestamp(), timestamptz 'epoch') - make_interval(days => $1)",
+        &[&days],
+    )
+    .unwrap()
+    .get(0)
 }
 
 fn define(c: &mut Client, job: &str, every: &str, misfire: &str, grace: Option<&str>) {
@@ -92,7 +95,10 @@ fn misfire_latest_runs_the_most_recent_missed_slot_and_skips_the_older_ones() {
     assert_eq!(skipped(&mut c, &job), reasons(&mut c, &[4, 3, 2], "misfire"));
     // "why didn't it run?" has an answer in SQL
     let msg: String = c
-        .query_one("SELECT error_msg FROM lease_sched.executions WHERE job_name = $1 AND status = 'SKIPPED' LIMIT 1", &[&job])
+        .query_one(
+            "SELECT error_msg FROM lease_sched.executions WHERE job_name = $1 AND status = 'SKIPPED' LIMIT 1",
+            &[&job],
+        )
         .unwrap()
         .get(0);
     assert!(msg.contains("latest"), "{msg}");
@@ -178,7 +184,8 @@ fn pause_offers_nothing_and_resume_skips_what_was_due_meanwhile() {
     c.batch_execute(&format!("CALL lease_sched.run('{job}', 'SELECT 1')")).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(next(&mut c, &job), None);
-    let rows: i64 = c.query_one("SELECT count(*) FROM lease_sched.executions WHERE job_name = $1", &[&job]).unwrap().get(0);
+    let rows: i64 =
+        c.query_one("SELECT count(*) FROM lease_sched.executions WHERE job_name = $1", &[&job]).unwrap().get(0);
     assert_eq!(rows, 0, "a paused job writes nothing");
     // Some history before the pause, so the slots due meanwhile are recorded on resume.
     let before: Ts = c
@@ -198,7 +205,10 @@ fn pause_offers_nothing_and_resume_skips_what_was_due_meanwhile() {
 
 fn health(c: &mut Client, job: &str) -> (bool, Option<String>, i64) {
     let r = c
-        .query_one("SELECT overdue, last_status, consecutive_failures FROM lease_sched.job_health WHERE job_name = $1", &[&job])
+        .query_one(
+            "SELECT overdue, last_status, consecutive_failures FROM lease_sched.job_health WHERE job_name = $1",
+            &[&job],
+        )
         .unwrap();
     (r.get(0), r.get(1), r.get(2))
 }
@@ -239,10 +249,8 @@ fn a_runner_that_dies_mid_plan_makes_the_job_overdue_until_it_recovers() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(recovered, "overdue turns false after recovery");
-    let stolen: i32 = c
-        .query_one("SELECT attempt FROM lease_sched.executions WHERE id = $1", &[&dead.id()])
-        .unwrap()
-        .get(0);
+    let stolen: i32 =
+        c.query_one("SELECT attempt FROM lease_sched.executions WHERE id = $1", &[&dead.id()]).unwrap().get(0);
     assert!(stolen >= 2, "the dead runner's plan was taken over (attempt {stolen})");
     assert_eq!(health(&mut c, &job).1.as_deref(), Some("SUCCESS"));
 }
@@ -272,7 +280,8 @@ fn job_health_counts_consecutive_failures_and_skips() {
     assert_eq!(r.get::<_, Ts>(3), last);
     assert!(!health(&mut c, &job).0, "the switch starts when the job is defined (just now)");
     // A definition made a day ago, as if it had been there all along.
-    c.execute("UPDATE lease_sched.jobs SET created_at = created_at - interval '1 day' WHERE job_name = $1", &[&job]).unwrap();
+    c.execute("UPDATE lease_sched.jobs SET created_at = created_at - interval '1 day' WHERE job_name = $1", &[&job])
+        .unwrap();
     assert!(health(&mut c, &job).0, "no success since 3 hours ago (every 1 hour, stale_timeout 5 minutes): overdue");
 }
 
@@ -297,8 +306,10 @@ fn run_uses_the_definition_and_explicit_arguments_win() {
     // explicit arguments win
     let job2 = unique("rundef2");
     c.execute("SELECT lease_sched.job_define($1, '1 day', stale_timeout => '10 minutes')", &[&job2]).unwrap();
-    c.batch_execute(&format!("CALL lease_sched.run('{job2}', 'SELECT 1', every => '1 hour', stale_timeout => '2 hours')"))
-        .unwrap();
+    c.batch_execute(&format!(
+        "CALL lease_sched.run('{job2}', 'SELECT 1', every => '1 hour', stale_timeout => '2 hours')"
+    ))
+    .unwrap();
     let r = c
         .query_one(
             "SELECT plan_time = date_bin('1 hour', clock_timestamp(), timestamptz 'epoch') OR plan_time = date_bin('1 hour', clock_timestamp() - interval '1 hour', timestamptz 'epoch'),
@@ -349,7 +360,8 @@ fn define_replaces_the_settings_and_keeps_the_pause_and_drop_keeps_the_history()
     ran(&mut c, &job, plan());
     assert!(c.query_one("SELECT lease_sched.job_drop($1)", &[&job]).unwrap().get::<_, bool>(0));
     assert!(!c.query_one("SELECT lease_sched.job_drop($1)", &[&job]).unwrap().get::<_, bool>(0));
-    let n: i64 = c.query_one("SELECT count(*) FROM lease_sched.executions WHERE job_name = $1", &[&job]).unwrap().get(0);
+    let n: i64 =
+        c.query_one("SELECT count(*) FROM lease_sched.executions WHERE job_name = $1", &[&job]).unwrap().get(0);
     assert!(n >= 1, "history stays");
     // without a definition, every is required again
     assert_rejects(&mut c, &format!("SELECT lease_sched.lease_next_plan('{job}')"), "every");
@@ -429,7 +441,9 @@ fn definitions_survive_pg_dump_and_restore() {
     let out = psql.wait_with_output().unwrap();
     {
         assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
-        let mut r = Client::connect(&dsn().replace(&format!("dbname={dbname}"), &format!("dbname={db}")), postgres::NoTls).unwrap();
+        let mut r =
+            Client::connect(&dsn().replace(&format!("dbname={dbname}"), &format!("dbname={db}")), postgres::NoTls)
+                .unwrap();
         let row = r
             .query_one(
                 "SELECT every = interval '15 minutes', misfire, grace = interval '5 minutes', max_attempts,
@@ -444,7 +458,8 @@ fn definitions_survive_pg_dump_and_restore() {
         assert_eq!(row.get::<_, i32>(3), 7);
         assert!(row.get::<_, bool>(4));
         assert!(row.get::<_, bool>(5), "still paused after the restore");
-        let n: i64 = r.query_one("SELECT count(*) FROM lease_sched.job_health WHERE job_name = $1", &[&job]).unwrap().get(0);
+        let n: i64 =
+            r.query_one("SELECT count(*) FROM lease_sched.job_health WHERE job_name = $1", &[&job]).unwrap().get(0);
         assert_eq!(n, 1);
     }
     c.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
@@ -467,7 +482,8 @@ fn a_job_with_a_tiny_every_runs_again_after_a_gap() {
         return;
     }
     // One run, finished.
-    let plan: chrono::DateTime<chrono::Utc> = c.query_one("SELECT lease_sched.lease_next_plan($1)", &[&job]).unwrap().get(0);
+    let plan: chrono::DateTime<chrono::Utc> =
+        c.query_one("SELECT lease_sched.lease_next_plan($1)", &[&job]).unwrap().get(0);
     let won = claim(&mut c, &job, plan, "runner");
     assert_eq!(won.outcome, "won");
     assert!(finish_ok(&mut c, won.id(), won.token()));
@@ -476,7 +492,8 @@ fn a_job_with_a_tiny_every_runs_again_after_a_gap() {
     std::thread::sleep(Duration::from_secs(2));
     let mut offered = None;
     for _ in 0..5 {
-        let p: Option<chrono::DateTime<chrono::Utc>> = c.query_one("SELECT lease_sched.lease_next_plan($1)", &[&job]).unwrap().get(0);
+        let p: Option<chrono::DateTime<chrono::Utc>> =
+            c.query_one("SELECT lease_sched.lease_next_plan($1)", &[&job]).unwrap().get(0);
         if p.is_some() {
             offered = p;
             break;
@@ -484,7 +501,10 @@ fn a_job_with_a_tiny_every_runs_again_after_a_gap() {
         std::thread::sleep(Duration::from_secs(1));
     }
     let skipped: i64 = c
-        .query_one("SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SKIPPED'", &[&job])
+        .query_one(
+            "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SKIPPED'",
+            &[&job],
+        )
         .unwrap()
         .get(0);
     let _ = c.execute("DELETE FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&job]);
@@ -507,10 +527,7 @@ fn a_defined_job_can_be_claimed_or_its_name_is_refused() {
     let mut c = connect();
     // ~2684 bytes of incompressible text.
     let name: String = c
-        .query_one(
-            "SELECT left(string_agg(md5(random()::text || g), ''), 2684) FROM generate_series(1, 90) g",
-            &[],
-        )
+        .query_one("SELECT left(string_agg(md5(random()::text || g), ''), 2684) FROM generate_series(1, 90) g", &[])
         .unwrap()
         .get(0);
     let defined = c.execute("SELECT lease_sched.job_define($1, '1 hour')", &[&name]);
@@ -519,7 +536,8 @@ fn a_defined_job_can_be_claimed_or_its_name_is_refused() {
         assert!(code == "22023" || code == "54000", "refused with {code}: {e}");
         return;
     }
-    let plan: chrono::DateTime<chrono::Utc> = c.query_one("SELECT lease_sched.lease_next_plan($1)", &[&name]).unwrap().get(0);
+    let plan: chrono::DateTime<chrono::Utc> =
+        c.query_one("SELECT lease_sched.lease_next_plan($1)", &[&name]).unwrap().get(0);
     let claimed = c.query_one("SELECT outcome FROM lease_sched.lease_try_claim($1, $2, 'runner')", &[&name, &plan]);
     let _ = c.execute("SELECT lease_sched.job_drop($1)", &[&name]);
     let _ = c.execute("DELETE FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&name]);

@@ -140,8 +140,11 @@ fn default_backoff_doubles_from_the_settings_and_caps() {
     let mut delays = vec![];
     for _ in 0..3 {
         // Move the backoff out of the way so the next claim can retry at once.
-        c.execute("UPDATE lease_sched.sys_cron_executions SET next_retry_at = now() - interval '1s' WHERE job_name = $1", &[&job])
-            .unwrap();
+        c.execute(
+            "UPDATE lease_sched.sys_cron_executions SET next_retry_at = now() - interval '1s' WHERE job_name = $1",
+            &[&job],
+        )
+        .unwrap();
         let r = claim_with(&mut c, &job, plan(), "r", &args);
         assert_ne!(r.outcome, "conflicted");
         c.query_one("SELECT lease_sched.lease_finish($1, $2, 'FAILED')", &[&r.id(), &r.token()]).unwrap();
@@ -238,7 +241,10 @@ fn bad_finish_and_heartbeat_arguments_change_nothing() {
         ("execution_id", format!("lease_finish(NULL, '{tok}', 'SUCCESS')")),
         ("lease_token", format!("lease_finish('{id}', NULL, 'SUCCESS')")),
         ("retry_in", format!("lease_finish('{id}', '{tok}', 'FAILED', retry_in => '-1 minute')")),
-        ("result", format!("lease_finish('{id}', '{tok}', 'SUCCESS', result => jsonb_build_object('x', repeat('y', 17000)))")),
+        (
+            "result",
+            format!("lease_finish('{id}', '{tok}', 'SUCCESS', result => jsonb_build_object('x', repeat('y', 17000)))"),
+        ),
         ("execution_id", format!("lease_heartbeat(NULL, '{tok}')")),
         ("lease_token", format!("lease_heartbeat('{id}', NULL)")),
     ];
@@ -374,7 +380,8 @@ fn a_reader_reads_the_history_but_no_live_secret() {
 
     let mut r = reader.connect();
     // The history, without the secret.
-    let n: i64 = r.query_one("SELECT count(*) FROM lease_sched.executions WHERE job_name = $1", &[&job]).unwrap().get(0);
+    let n: i64 =
+        r.query_one("SELECT count(*) FROM lease_sched.executions WHERE job_name = $1", &[&job]).unwrap().get(0);
     assert_eq!(n, 2, "the reader sees both runs");
     let running: i64 =
         r.query_one("SELECT count(*) FROM lease_sched.active_leases WHERE job_name = $1", &[&job]).unwrap().get(0);
@@ -496,7 +503,9 @@ fn no_error_a_user_can_provoke_carries_rust_internals() {
     }
     // The error of a failing SPI statement inside the extension surfaces as PostgreSQL's own.
     let l = lease_at_attempt(&mut c, 33, Duration::from_secs(300));
-    if let Err(e) = c2.batch_execute(&format!("SELECT lease_sched.lease_finish('{}', '{}', 'FAILED')", l.id(), l.token())) {
+    if let Err(e) =
+        c2.batch_execute(&format!("SELECT lease_sched.lease_finish('{}', '{}', 'FAILED')", l.id(), l.token()))
+    {
         assert_clean_error(&e, "lease_finish at attempt 33");
     }
 }
@@ -558,7 +567,10 @@ fn odd_results_are_stored_or_refused_with_a_data_error_and_big_ones_keep_the_lea
             Ok(row) => {
                 assert!(row.get::<_, bool>(0), "{what}");
                 let same: bool = c
-                    .query_one(&format!("SELECT result = ({sql})::jsonb FROM lease_sched.sys_cron_executions WHERE id = $1"), &[&l.id()])
+                    .query_one(
+                        &format!("SELECT result = ({sql})::jsonb FROM lease_sched.sys_cron_executions WHERE id = $1"),
+                        &[&l.id()],
+                    )
                     .unwrap()
                     .get(0);
                 assert!(same, "{what} stored exactly");

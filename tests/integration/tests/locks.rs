@@ -33,7 +33,10 @@ fn acquire(c: &mut postgres::Client, name: &str, holder: &str, ttl_ms: u64) -> O
     assert!(expires_at.is_some(), "expires_at describes the holder either way");
     if acquired {
         assert_eq!(current.as_deref(), Some(holder), "a grant names the caller as holder");
-        Some(Grant { lock_token: lock_token.expect("a grant has a lock_token"), fencing_token: fencing_token.expect("and a fencing token") })
+        Some(Grant {
+            lock_token: lock_token.expect("a grant has a lock_token"),
+            fencing_token: fencing_token.expect("and a fencing token"),
+        })
     } else {
         assert!(lock_token.is_none() && fencing_token.is_none(), "no token without a grant");
         assert!(current.is_some(), "a refusal names the current holder");
@@ -117,12 +120,18 @@ fn a_lock_survives_reconnects_through_transaction_pooling() {
     let refused = grant(&mut b, "node-b");
     assert_eq!(refused, vec![Some("f".into()), None, None, Some("node-a".into())], "node-b is told who holds it");
     let mut a = bouncer.connect();
-    assert_eq!(simple(&mut a, &format!("SELECT lease_sched.lock_heartbeat('{name}', '{token}')")).unwrap().as_deref(), Some("t"));
+    assert_eq!(
+        simple(&mut a, &format!("SELECT lease_sched.lock_heartbeat('{name}', '{token}')")).unwrap().as_deref(),
+        Some("t")
+    );
     assert_eq!(
         simple(&mut b, &format!("SELECT holder FROM lease_sched.lock_info('{name}')")).unwrap().as_deref(),
         Some("node-a")
     );
-    assert_eq!(simple(&mut a, &format!("SELECT lease_sched.lock_release('{name}', '{token}')")).unwrap().as_deref(), Some("t"));
+    assert_eq!(
+        simple(&mut a, &format!("SELECT lease_sched.lock_release('{name}', '{token}')")).unwrap().as_deref(),
+        Some("t")
+    );
     let got = grant(&mut b, "node-b");
     assert_eq!(got[0].as_deref(), Some("t"), "free after release: {got:?}");
     assert!(got[2].as_ref().unwrap().parse::<i64>().unwrap() > fencing.parse::<i64>().unwrap());
@@ -179,7 +188,12 @@ fn fencing_tokens_of_a_lock_rise_in_the_order_the_grants_return() {
         let tokens: Vec<i64> = all.iter().filter(|(x, _, _)| *x == l).map(|(_, _, t)| *t).collect();
         assert!(tokens.len() >= 20, "lock {l} was granted only {} times", tokens.len());
         for w in tokens.windows(2) {
-            assert!(w[1] > w[0], "lock {l}: a grant returned later carries a lower token: {} after {} ({tokens:?})", w[1], w[0]);
+            assert!(
+                w[1] > w[0],
+                "lock {l}: a grant returned later carries a lower token: {} after {} ({tokens:?})",
+                w[1],
+                w[0]
+            );
         }
     }
 }
@@ -192,16 +206,26 @@ fn a_runner_cannot_heartbeat_or_release_another_runners_lock() {
     let (ra, rb) = (Role::runner("runner_a"), Role::runner("runner_b"));
     let (mut a, mut b) = (ra.connect(), rb.connect());
     let name = unique("leader");
-    let r = a.query_one("SELECT acquired, lock_token, fencing_token FROM lease_sched.lock_acquire($1, 'node-a', '60 s')", &[&name]).unwrap();
+    let r = a
+        .query_one(
+            "SELECT acquired, lock_token, fencing_token FROM lease_sched.lock_acquire($1, 'node-a', '60 s')",
+            &[&name],
+        )
+        .unwrap();
     assert!(r.get::<_, bool>(0));
     let (token, fencing): (uuid::Uuid, i64) = (r.get(1), r.get(2));
 
     // Everything b can learn about the lock.
     let info = b.query_one("SELECT to_jsonb(i)::text FROM lease_sched.lock_info($1) i", &[&name]).unwrap();
     let info: String = info.get(0);
-    assert!(info.contains(&fencing.to_string()) && info.contains("node-a"), "lock_info shows holder and fencing token: {info}");
+    assert!(
+        info.contains(&fencing.to_string()) && info.contains("node-a"),
+        "lock_info shows holder and fencing token: {info}"
+    );
     assert!(!info.contains(&token.to_string()), "lock_info never shows the secret: {info}");
-    let refusal = b.query_one("SELECT to_jsonb(l)::text FROM lease_sched.lock_acquire($1, 'node-b', '60 s') l", &[&name]).unwrap();
+    let refusal = b
+        .query_one("SELECT to_jsonb(l)::text FROM lease_sched.lock_acquire($1, 'node-b', '60 s') l", &[&name])
+        .unwrap();
     let refusal: String = refusal.get(0);
     assert!(refusal.contains("\"acquired\": false") && !refusal.contains(&token.to_string()), "{refusal}");
 
@@ -248,7 +272,8 @@ fn a_runner_cannot_heartbeat_or_release_another_runners_lock() {
     assert_eq!(holder, "node-a");
     let hb: bool = a.query_one("SELECT lease_sched.lock_heartbeat($1, $2)", &[&name, &token]).unwrap().get(0);
     assert!(hb);
-    let taken: bool = b.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'node-b')", &[&name]).unwrap().get(0);
+    let taken: bool =
+        b.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'node-b')", &[&name]).unwrap().get(0);
     assert!(!taken);
     let rel: bool = a.query_one("SELECT lease_sched.lock_release($1, $2)", &[&name, &token]).unwrap().get(0);
     assert!(rel);

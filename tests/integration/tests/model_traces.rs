@@ -61,9 +61,12 @@ struct Runner {
 }
 
 fn sql_row(c: &mut postgres::Client, job: &str) -> Option<(Status, i32, i32)> {
-    c.query_opt("SELECT status, attempt, max_attempts FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&job])
-        .unwrap()
-        .map(|r| (Status::from_sql(r.get::<_, &str>(0)).unwrap(), r.get(1), r.get(2)))
+    c.query_opt(
+        "SELECT status, attempt, max_attempts FROM lease_sched.sys_cron_executions WHERE job_name = $1",
+        &[&job],
+    )
+    .unwrap()
+    .map(|r| (Status::from_sql(r.get::<_, &str>(0)).unwrap(), r.get(1), r.get(2)))
 }
 
 fn run_trace(c: &mut postgres::Client, ops: &[Op]) -> Result<(), TestCaseError> {
@@ -90,14 +93,19 @@ fn run_trace(c: &mut postgres::Client, ops: &[Op]) -> Result<(), TestCaseError> 
                 if held[*runner].is_some() {
                     continue;
                 }
-                let params = ClaimParams { allow_stale_reentry: *reentry, stale_timeout: 2 * UNIT, max_attempts: *max_attempts };
+                let params =
+                    ClaimParams { allow_stale_reentry: *reentry, stale_timeout: 2 * UNIT, max_attempts: *max_attempts };
                 let expected = model::claim(&mut row, now, params, next_token, next_token as i64);
                 let got = try_claim_with(
                     c,
                     &job,
                     plan(),
                     &format!("r{runner}"),
-                    &ClaimArgs { stale_timeout: Duration::from_secs(7200), max_attempts: *max_attempts, allow_stale_reentry: *reentry },
+                    &ClaimArgs {
+                        stale_timeout: Duration::from_secs(7200),
+                        max_attempts: *max_attempts,
+                        allow_stale_reentry: *reentry,
+                    },
                 )
                 .unwrap();
                 let got_outcome = match got.outcome.as_str() {
@@ -149,7 +157,9 @@ fn sql_and_model_agree_on_random_traces() {
     let _paused = PausedSweeper::new();
     let c = std::cell::RefCell::new(connect());
     // The sweep's retry delay for abandoned leases is the default backoff: make it one unit.
-    c.borrow_mut().batch_execute("SET lease_sched.retry_backoff_base = '1h'; SET lease_sched.retry_backoff_max = '1h'").unwrap();
+    c.borrow_mut()
+        .batch_execute("SET lease_sched.retry_backoff_base = '1h'; SET lease_sched.retry_backoff_max = '1h'")
+        .unwrap();
     let cases = std::env::var("LEASE_TRACE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(150);
     let config = ProptestConfig { cases, max_shrink_iters: 100, ..ProptestConfig::default() };
     proptest!(config, |(ops in prop::collection::vec(op(), 1..30))| {

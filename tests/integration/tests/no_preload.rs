@@ -102,7 +102,13 @@ fn a_lock_is_acquired_heartbeaten_and_released() {
                 &[&name, &holder],
             )
             .unwrap();
-        (r.get::<_, bool>(0), r.get::<_, Option<uuid::Uuid>>(1), r.get::<_, Option<i64>>(2), r.get::<_, String>(3), r.get::<_, bool>(4))
+        (
+            r.get::<_, bool>(0),
+            r.get::<_, Option<uuid::Uuid>>(1),
+            r.get::<_, Option<i64>>(2),
+            r.get::<_, String>(3),
+            r.get::<_, bool>(4),
+        )
     };
     let (acquired, token, fence1, holder, live) = acquire(&mut c, "h1");
     assert!(acquired && live);
@@ -113,7 +119,9 @@ fn a_lock_is_acquired_heartbeaten_and_released() {
     assert_eq!(holder, "h1", "the loser learns who holds it");
     assert_eq!(other_token, None, "and never the secret");
     let beat = |c: &mut Client, t: uuid::Uuid| -> bool {
-        c.query_one("SELECT lease_sched.lock_heartbeat(lock_name => $1, lock_token => $2)", &[&name, &t]).unwrap().get(0)
+        c.query_one("SELECT lease_sched.lock_heartbeat(lock_name => $1, lock_token => $2)", &[&name, &t])
+            .unwrap()
+            .get(0)
     };
     let release = |c: &mut Client, t: uuid::Uuid| -> bool {
         c.query_one("SELECT lease_sched.lock_release(lock_name => $1, lock_token => $2)", &[&name, &t]).unwrap().get(0)
@@ -160,8 +168,10 @@ fn pg_cron_accepts_the_sweep() {
         .query_one("SELECT cron.schedule($1, '* * * * *', 'SELECT * FROM lease_sched.sweep()')", &[&name])
         .unwrap()
         .get(0);
-    let (command, active): (String, bool) =
-        c.query_one("SELECT command, active FROM cron.job WHERE jobid = $1", &[&job]).map(|r| (r.get(0), r.get(1))).unwrap();
+    let (command, active): (String, bool) = c
+        .query_one("SELECT command, active FROM cron.job WHERE jobid = $1", &[&job])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
     let outcome = || {
         assert_eq!(command, "SELECT * FROM lease_sched.sweep()");
         assert!(active);
@@ -213,7 +223,10 @@ fn a_template_copy_floors_before_its_first_grant() {
     assert!(created, "CREATE DATABASE {copy} TEMPLATE {original}");
     let in_original = token(&mut in_db(&original));
     let in_copy = token(&mut in_db(&copy));
-    assert!(in_copy > in_original, "the copy granted {in_copy}, not above {in_original} the original granted after the copy");
+    assert!(
+        in_copy > in_original,
+        "the copy granted {in_copy}, not above {in_original} the original granted after the copy"
+    );
     for db in [&original, &copy] {
         c.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).unwrap();
     }
@@ -228,8 +241,11 @@ fn a_steal_notifies_the_loser_from_the_stealing_backend() {
     l.batch_execute("LISTEN lease_sched_lost").unwrap();
     let job = unique("np_notice");
     let held = claim(&mut a, &job, plan(), "r1");
-    a.execute("UPDATE lease_sched.sys_cron_executions SET stale_after = now() - interval '1 second' WHERE id = $1", &[&held.id()])
-        .unwrap();
+    a.execute(
+        "UPDATE lease_sched.sys_cron_executions SET stale_after = now() - interval '1 second' WHERE id = $1",
+        &[&held.id()],
+    )
+    .unwrap();
     let thief_pid: i32 = thief.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     assert_eq!(claim(&mut thief, &job, plan(), "thief").outcome, "stole");
     // No worker here: the stealing transaction sends the notice itself, at its commit.

@@ -79,7 +79,10 @@ fn a_steal_notifies_the_loser_at_commit_and_a_rolled_back_steal_sends_nothing() 
     thief.batch_execute("BEGIN").unwrap();
     assert_eq!(claim(&mut thief, &job, p3, "thief").outcome, "stole");
     thief.batch_execute("ROLLBACK").unwrap();
-    assert!(!notified(&mut l, &held.id().to_string(), Duration::from_millis(1500)), "a rolled-back steal sends nothing");
+    assert!(
+        !notified(&mut l, &held.id().to_string(), Duration::from_millis(1500)),
+        "a rolled-back steal sends nothing"
+    );
     lease_fence(&mut a, held.id(), held.fencing_token.unwrap()).expect("the holder still holds it");
     assert_eq!(claim(&mut thief, &job, p3, "thief").outcome, "stole");
     assert!(notified(&mut l, &held.id().to_string(), Duration::from_secs(1)));
@@ -89,7 +92,10 @@ fn a_steal_notifies_the_loser_at_commit_and_a_rolled_back_steal_sends_nothing() 
     let held = claim(&mut a, &job, p4, "runner-a");
     assert!(finish_failed(&mut a, held.id(), held.token(), Duration::ZERO));
     assert_eq!(claim(&mut thief, &job, p4, "thief").outcome, "stole");
-    assert!(!notified(&mut l, &held.id().to_string(), Duration::from_millis(700)), "a retry of a FAILED run sends nothing");
+    assert!(
+        !notified(&mut l, &held.id().to_string(), Duration::from_millis(700)),
+        "a retry of a FAILED run sends nothing"
+    );
 }
 
 #[test]
@@ -105,7 +111,10 @@ fn with_notify_lost_off_a_steal_sends_nothing_and_only_a_superuser_may_turn_it_o
     let held = claim(&mut a, &job, plan(), "runner-a");
     make_stale(&mut a, held.id());
     assert_eq!(claim(&mut thief, &job, plan(), "thief").outcome, "stole");
-    assert!(!notified(&mut l, &held.id().to_string(), Duration::from_millis(1000)), "notify_lost = off: no notification");
+    assert!(
+        !notified(&mut l, &held.id().to_string(), Duration::from_millis(1000)),
+        "notify_lost = off: no notification"
+    );
     // Back on: the next steal is notified again.
     thief.batch_execute("RESET lease_sched.notify_lost").unwrap();
     let p2 = plan() + chrono::Duration::hours(1);
@@ -117,7 +126,8 @@ fn with_notify_lost_off_a_steal_sends_nothing_and_only_a_superuser_may_turn_it_o
     let role = unique("notify_runner");
     a.batch_execute(&format!("CREATE ROLE {role} LOGIN")).unwrap();
     let mut r = connect_as(&role);
-    let e = r.batch_execute("SET lease_sched.notify_lost = off").expect_err("a runner role may not turn notifications off");
+    let e =
+        r.batch_execute("SET lease_sched.notify_lost = off").expect_err("a runner role may not turn notifications off");
     assert_eq!(sqlstate(&e), "42501", "{e}");
     drop(r);
     a.batch_execute(&format!("DROP ROLE {role}")).unwrap();
@@ -163,8 +173,11 @@ fn the_sweep_failing_an_abandoned_lease_notifies_its_holder() {
 }
 
 fn make_stale(c: &mut Client, id: uuid::Uuid) {
-    c.execute("UPDATE lease_sched.sys_cron_executions SET stale_after = now() - interval '1 second' WHERE id = $1", &[&id])
-        .unwrap();
+    c.execute(
+        "UPDATE lease_sched.sys_cron_executions SET stale_after = now() - interval '1 second' WHERE id = $1",
+        &[&id],
+    )
+    .unwrap();
 }
 
 /// The pid of this database's sweeper, once it sweeps.
@@ -173,10 +186,7 @@ fn sweeping_sweeper_pid(c: &mut Client) -> i32 {
     assert!(
         wait_until(Duration::from_secs(30), || {
             pid = c
-                .query_opt(
-                    "SELECT sweeper_pid FROM lease_sched.sweeper_status() WHERE state = 'sweeping'",
-                    &[],
-                )
+                .query_opt("SELECT sweeper_pid FROM lease_sched.sweeper_status() WHERE state = 'sweeping'", &[])
                 .unwrap()
                 .and_then(|r| r.get::<_, Option<i32>>(0));
             pid.is_some()
@@ -206,7 +216,8 @@ fn the_sweeper_sends_the_notice_of_a_committed_steal_and_none_of_a_rolled_back_s
     let held = claim(&mut a, &job, plan(), "runner-a");
     make_stale(&mut a, held.id());
     assert_eq!(claim(&mut thief, &job, plan(), "thief").outcome, "stole");
-    let from = notice_from(&mut l, &held.id().to_string(), Duration::from_secs(5)).expect("the committed steal is notified");
+    let from =
+        notice_from(&mut l, &held.id().to_string(), Duration::from_secs(5)).expect("the committed steal is notified");
     assert_eq!(from, sweeper, "sent by the sweeper (thief is {thief_pid})");
 
     // One transaction: a steal rolled back to its savepoint, then a committed one. Only
@@ -229,10 +240,21 @@ fn the_sweeper_sends_the_notice_of_a_committed_steal_and_none_of_a_rolled_back_s
     thief.batch_execute("SAVEPOINT outer_sp; SAVEPOINT inner_sp").unwrap();
     assert_eq!(claim(&mut thief, &j3, p3, "thief").outcome, "stole");
     thief.batch_execute("RELEASE SAVEPOINT inner_sp; ROLLBACK TO SAVEPOINT outer_sp").unwrap();
-    assert_eq!(notice_from(&mut l, &second.id().to_string(), Duration::from_millis(700)), None, "nothing before the commit");
+    assert_eq!(
+        notice_from(&mut l, &second.id().to_string(), Duration::from_millis(700)),
+        None,
+        "nothing before the commit"
+    );
     thief.batch_execute("COMMIT").unwrap();
-    assert!(notice_from(&mut l, &second.id().to_string(), Duration::from_secs(5)).is_some(), "the committed steal is told");
-    assert_eq!(notice_from(&mut l, &first.id().to_string(), Duration::from_millis(1500)), None, "the rolled-back one is not");
+    assert!(
+        notice_from(&mut l, &second.id().to_string(), Duration::from_secs(5)).is_some(),
+        "the committed steal is told"
+    );
+    assert_eq!(
+        notice_from(&mut l, &first.id().to_string(), Duration::from_millis(1500)),
+        None,
+        "the rolled-back one is not"
+    );
     assert_eq!(notice_from(&mut l, &third.id().to_string(), Duration::from_millis(300)), None, "nor the nested one");
     for held in [&first, &third] {
         a.execute("SELECT lease_sched.lease_fence($1, $2)", &[&held.id(), &held.fencing_token.unwrap()])
@@ -246,7 +268,11 @@ fn the_sweeper_sends_the_notice_of_a_committed_steal_and_none_of_a_rolled_back_s
     thief.batch_execute("BEGIN").unwrap();
     assert_eq!(claim(&mut thief, &j4, p4, "thief").outcome, "stole");
     thief.batch_execute("ROLLBACK").unwrap();
-    assert_eq!(notice_from(&mut l, &fourth.id().to_string(), Duration::from_millis(1500)), None, "a rolled-back steal sends nothing");
+    assert_eq!(
+        notice_from(&mut l, &fourth.id().to_string(), Duration::from_millis(1500)),
+        None,
+        "a rolled-back steal sends nothing"
+    );
     assert_eq!(claim(&mut thief, &j4, p4, "thief").outcome, "stole");
     assert_eq!(notice_from(&mut l, &fourth.id().to_string(), Duration::from_secs(5)), Some(sweeper));
 }
@@ -263,17 +289,21 @@ fn a_lock_takeover_is_told_by_the_sweeper() {
     let sweeper = sweeping_sweeper_pid(&mut a);
     let lock = unique("notice_lock");
     a.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'node-a', '1 hour')", &[&lock]).unwrap();
-    a.execute("UPDATE lease_sched.locks SET expires_at = now() - interval '1 second' WHERE name = $1", &[&lock]).unwrap();
-    let got: bool = b.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'node-b', '1 hour')", &[&lock]).unwrap().get(0);
+    a.execute("UPDATE lease_sched.locks SET expires_at = now() - interval '1 second' WHERE name = $1", &[&lock])
+        .unwrap();
+    let got: bool =
+        b.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'node-b', '1 hour')", &[&lock]).unwrap().get(0);
     assert!(got, "takeover");
     assert_eq!(notice_from(&mut l, &format!("lock:{lock}"), Duration::from_secs(5)), Some(sweeper));
 
     // A lock name too long for the shared queue's entries: told inline, by the taker.
     let long = format!("{}{}", unique("notice_long"), "x".repeat(200));
     a.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'node-a', '1 hour')", &[&long]).unwrap();
-    a.execute("UPDATE lease_sched.locks SET expires_at = now() - interval '1 second' WHERE name = $1", &[&long]).unwrap();
+    a.execute("UPDATE lease_sched.locks SET expires_at = now() - interval '1 second' WHERE name = $1", &[&long])
+        .unwrap();
     let b_pid: i32 = b.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-    let got: bool = b.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'node-b', '1 hour')", &[&long]).unwrap().get(0);
+    let got: bool =
+        b.query_one("SELECT acquired FROM lease_sched.lock_acquire($1, 'node-b', '1 hour')", &[&long]).unwrap().get(0);
     assert!(got, "takeover");
     assert_eq!(notice_from(&mut l, &format!("lock:{long}"), Duration::from_secs(5)), Some(b_pid));
 }

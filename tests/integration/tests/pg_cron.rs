@@ -18,12 +18,17 @@ fn two_cron_schedules_of_one_job_run_it_once_per_minute_and_failures_are_recorde
     let bad = format!("CALL lease_sched.run(job_name => '{bad_job}', command => 'SELECT 1/0')");
     let mut ids: Vec<i64> = vec![];
     for (i, command) in [&cmd, &cmd, &bad].iter().enumerate() {
-        ids.push(c.query_one("SELECT cron.schedule($1, '* * * * *', $2)", &[&format!("{job}-{i}"), command]).unwrap().get(0));
+        ids.push(
+            c.query_one("SELECT cron.schedule($1, '* * * * *', $2)", &[&format!("{job}-{i}"), command]).unwrap().get(0),
+        );
     }
     let runs = |c: &mut postgres::Client| -> i64 {
-        c.query_one("SELECT count(*) FROM cron.job_run_details WHERE jobid = ANY($1) AND status IN ('succeeded', 'failed')", &[&ids])
-            .unwrap()
-            .get(0)
+        c.query_one(
+            "SELECT count(*) FROM cron.job_run_details WHERE jobid = ANY($1) AND status IN ('succeeded', 'failed')",
+            &[&ids],
+        )
+        .unwrap()
+        .get(0)
     };
     // Wait for one full tick: all three entries ran once.
     let ok = wait_until(Duration::from_secs(150), || runs(&mut c) >= 3);
@@ -33,13 +38,19 @@ fn two_cron_schedules_of_one_job_run_it_once_per_minute_and_failures_are_recorde
     assert!(ok, "pg_cron ran the three entries");
     let rows: i64 = c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).unwrap().get(0);
     let plans: i64 = c
-        .query_one("SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'", &[&job])
+        .query_one(
+            "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'",
+            &[&job],
+        )
         .unwrap()
         .get(0);
     assert!(plans >= 1);
     assert_eq!(rows, plans, "two schedules, one execution per plan");
     let failed = c
-        .query_one("SELECT status, error_code, error_msg FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&bad_job])
+        .query_one(
+            "SELECT status, error_code, error_msg FROM lease_sched.sys_cron_executions WHERE job_name = $1",
+            &[&bad_job],
+        )
         .unwrap();
     assert_eq!(failed.get::<_, String>(0), "FAILED");
     assert_eq!(failed.get::<_, String>(1), "22012");

@@ -19,10 +19,8 @@ fn a_second_claim_of_one_key_in_the_same_statement_sees_the_first() {
     let (first, second): (String, String) = (rows[0].get(0), rows[0].get(1));
     assert_eq!((first.as_str(), second.as_str()), ("won", "conflicted"));
     let id: Option<uuid::Uuid> = rows[0].get(2);
-    let stored: uuid::Uuid = c
-        .query_one("SELECT id FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&job])
-        .unwrap()
-        .get(0);
+    let stored: uuid::Uuid =
+        c.query_one("SELECT id FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&job]).unwrap().get(0);
     assert_eq!(id, Some(stored), "the conflict names the row the same statement inserted");
 }
 

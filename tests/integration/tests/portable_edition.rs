@@ -112,13 +112,14 @@ fn a_dump_restored_on_the_same_server_grants_above_every_token_granted_after_the
     assert!(restore.status.success(), "pg_restore as the owner: {}", String::from_utf8_lossy(&restore.stderr));
 
     let mut r = Client::connect(&dsn_for(&restored, &owner), NoTls).unwrap();
-    let before: i64 = r
-        .query_one("SELECT count(*) FROM lease_sched.executions WHERE job_name = 'before_dump'", &[])
-        .unwrap()
-        .get(0);
+    let before: i64 =
+        r.query_one("SELECT count(*) FROM lease_sched.executions WHERE job_name = 'before_dump'", &[]).unwrap().get(0);
     assert_eq!(before, 1, "the history is restored");
     let claimed = claim_token(&mut r, "after_restore");
-    assert!(claimed > highest, "a claim in the restored copy got token {claimed}, not above {highest} granted after the dump");
+    assert!(
+        claimed > highest,
+        "a claim in the restored copy got token {claimed}, not above {highest} granted after the dump"
+    );
     let locked = lock_token(&mut r, "after_restore");
     assert!(locked > claimed);
     // The lock held at the dump is still held.
@@ -156,7 +157,10 @@ fn a_template_copy_floors_before_its_first_grant() {
     let in_original = claim_token(&mut o, "after_copy");
     let mut c = Client::connect(&dsn_for(&copy, &owner), NoTls).unwrap();
     let in_copy = claim_token(&mut c, "after_copy");
-    assert!(in_copy > in_original, "the copy granted {in_copy}, not above {in_original} the original granted after the copy");
+    assert!(
+        in_copy > in_original,
+        "the copy granted {in_copy}, not above {in_original} the original granted after the copy"
+    );
 }
 
 /// The owner (not a superuser) schedules the sweep with pg_cron in the database pg_cron is
@@ -165,8 +169,10 @@ fn a_template_copy_floors_before_its_first_grant() {
 /// is ever scheduled for the other tests' database.)
 #[test]
 fn the_owner_schedules_the_sweep_with_pg_cron_and_is_told_how_from_another_database() {
-    if portable_only("the_owner_schedules_the_sweep_with_pg_cron_and_is_told_how_from_another_database", "portable_schedule_sweep is the portable edition's (the native edition sweeps with its background worker)")
-        || skip_without_pg_cron("the_owner_schedules_the_sweep_with_pg_cron_and_is_told_how_from_another_database")
+    if portable_only(
+        "the_owner_schedules_the_sweep_with_pg_cron_and_is_told_how_from_another_database",
+        "portable_schedule_sweep is the portable edition's (the native edition sweeps with its background worker)",
+    ) || skip_without_pg_cron("the_owner_schedules_the_sweep_with_pg_cron_and_is_told_how_from_another_database")
     {
         return;
     }
@@ -228,7 +234,10 @@ fn the_owner_schedules_the_sweep_with_pg_cron_and_is_told_how_from_another_datab
 /// A FAILED finish never fails for a setting.
 #[test]
 fn settings_the_native_edition_would_refuse_are_ignored_and_the_default_applies() {
-    if portable_only("settings_the_native_edition_would_refuse_are_ignored_and_the_default_applies", "the native library refuses these values when they are set (22023)") {
+    if portable_only(
+        "settings_the_native_edition_would_refuse_are_ignored_and_the_default_applies",
+        "the native library refuses these values when they are set (22023)",
+    ) {
         return;
     }
     let mut c = connect();
@@ -251,7 +260,10 @@ fn settings_the_native_edition_would_refuse_are_ignored_and_the_default_applies(
             )
             .unwrap()
             .get(0);
-        assert!((delay - 10.0).abs() < 0.001, "lease_sched.{setting} = '{value}': the default backoff (10 s) applies, not {delay} s");
+        assert!(
+            (delay - 10.0).abs() < 0.001,
+            "lease_sched.{setting} = '{value}': the default backoff (10 s) applies, not {delay} s"
+        );
         c.batch_execute(&format!("RESET lease_sched.{setting}")).unwrap();
     }
 }
@@ -264,7 +276,10 @@ fn settings_the_native_edition_would_refuse_are_ignored_and_the_default_applies(
 #[test]
 fn moving_a_portable_install_to_native_keeps_history_tokens_and_fence_triggers() {
     if portable() {
-        skip("moving_a_portable_install_to_native_keeps_history_tokens_and_fence_triggers", "needs the native library: runs against the native test cluster");
+        skip(
+            "moving_a_portable_install_to_native_keeps_history_tokens_and_fence_triggers",
+            "needs the native library: runs against the native test cluster",
+        );
         return;
     }
     let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/portable.md")).unwrap();
@@ -285,13 +300,19 @@ fn moving_a_portable_install_to_native_keeps_history_tokens_and_fence_triggers()
              FOR EACH ROW EXECUTE FUNCTION lease_sched.require_lock('app-writer');",
     )
     .unwrap();
-    let lock = c.query_one("SELECT lock_token, fencing_token FROM lease_sched.lock_acquire('app-writer', 'node', '1 hour')", &[]).unwrap();
+    let lock = c
+        .query_one(
+            "SELECT lock_token, fencing_token FROM lease_sched.lock_acquire('app-writer', 'node', '1 hour')",
+            &[],
+        )
+        .unwrap();
     let (lock_token, lock_fencing): (uuid::Uuid, i64) = (lock.get(0), lock.get(1));
     let before = claim_token(&mut c, "moved_job");
 
     c.batch_execute(snippet).unwrap_or_else(|e| panic!("the snippet of docs/portable.md failed: {e:?}"));
 
-    let native: i64 = c.query_one("SELECT count(*) FROM pg_extension WHERE extname = 'lease_sched'", &[]).unwrap().get(0);
+    let native: i64 =
+        c.query_one("SELECT count(*) FROM pg_extension WHERE extname = 'lease_sched'", &[]).unwrap().get(0);
     assert_eq!(native, 1, "the native extension is installed");
     let history: i64 =
         c.query_one("SELECT count(*) FROM lease_sched.executions WHERE job_name = 'moved_job'", &[]).unwrap().get(0);
@@ -314,7 +335,10 @@ fn moving_a_portable_install_to_native_keeps_history_tokens_and_fence_triggers()
 /// a streaming replica of it.
 #[test]
 fn a_read_replica_answers_the_views_and_the_read_only_calls() {
-    if portable_only("a_read_replica_answers_the_views_and_the_read_only_calls", "the native edition's runtimes is a table; tests/integration/tests/failover.rs runs its replica") {
+    if portable_only(
+        "a_read_replica_answers_the_views_and_the_read_only_calls",
+        "the native edition's runtimes is a table; tests/integration/tests/failover.rs runs its replica",
+    ) {
         return;
     }
     let [primary_port, replica_port] = free_ports::<2>();
@@ -324,7 +348,17 @@ fn a_read_replica_answers_the_views_and_the_read_only_calls() {
         fn drop(&mut self) {
             for dir in ["primary", "replica"] {
                 let _ = Command::new("runuser")
-                    .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", &format!("{}/{dir}/data", self.0), "-m", "immediate", "stop"])
+                    .args([
+                        "-u",
+                        "postgres",
+                        "--",
+                        &format!("{}/pg_ctl", pgbin()),
+                        "-D",
+                        &format!("{}/{dir}/data", self.0),
+                        "-m",
+                        "immediate",
+                        "stop",
+                    ])
                     .output();
             }
             let _ = std::fs::remove_dir_all(&self.0);
@@ -335,7 +369,13 @@ fn a_read_replica_answers_the_views_and_the_read_only_calls() {
     let status = Command::new(cluster_sh)
         .env("PGBIN", pgbin())
         .env("LEASE_CLUSTER_PRELOAD", "")
-        .args(["start", &format!("{base}/primary"), &primary_port.to_string(), "wal_level = replica", "log_min_messages = warning"])
+        .args([
+            "start",
+            &format!("{base}/primary"),
+            &primary_port.to_string(),
+            "wal_level = replica",
+            "log_min_messages = warning",
+        ])
         .status()
         .unwrap();
     assert!(status.success());
@@ -350,7 +390,16 @@ fn a_read_replica_answers_the_views_and_the_read_only_calls() {
     std::fs::create_dir_all(&replica).unwrap();
     Command::new("chown").args(["postgres", &replica]).status().unwrap();
     let backup = Command::new("runuser")
-        .args(["-u", "postgres", "--", &format!("{}/pg_basebackup", pgbin()), "-h", "127.0.0.1", "-p", &primary_port.to_string()])
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            &format!("{}/pg_basebackup", pgbin()),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary_port.to_string(),
+        ])
         .args(["-U", "postgres", "-D", &format!("{replica}/data"), "-R", "-X", "stream", "-c", "fast"])
         .output()
         .unwrap();
@@ -382,7 +431,9 @@ fn a_read_replica_answers_the_views_and_the_read_only_calls() {
         r.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql} on the replica: {e:?}"));
     }
     let (status, seen): (String, bool) = {
-        let row = r.query_one("SELECT status, last_seen_at IS NOT NULL FROM lease_sched.runtimes WHERE id = $1", &[&rt]).unwrap();
+        let row = r
+            .query_one("SELECT status, last_seen_at IS NOT NULL FROM lease_sched.runtimes WHERE id = $1", &[&rt])
+            .unwrap();
         (row.get(0), row.get(1))
     };
     assert_eq!((status.as_str(), seen), ("online", true));

@@ -144,7 +144,8 @@ fn an_offline_write_in_replica_mode_or_rolled_back_keeps_touches_right() {
     assert!(touch(&mut c, id));
     flush(&mut c);
     // A rolled-back offline write changes nothing the touch relies on.
-    c.batch_execute(&format!("BEGIN; UPDATE lease_sched.runtimes SET status = 'offline' WHERE id = '{id}'; ROLLBACK;")).unwrap();
+    c.batch_execute(&format!("BEGIN; UPDATE lease_sched.runtimes SET status = 'offline' WHERE id = '{id}'; ROLLBACK;"))
+        .unwrap();
     assert!(touch(&mut c, id));
     assert_eq!(runtime_state(&mut c, id).0, "online");
     // A restore or replication apply writes with session_replication_role = replica.
@@ -189,7 +190,10 @@ fn touch_batch_bumps_online_rows_and_returns_the_rest() {
     got.sort();
     assert_eq!(got, expected);
     let fresh: i64 = c
-        .query_one("SELECT count(*) FROM lease_sched.runtimes WHERE id = ANY($1) AND last_seen_at > now() - interval '5 s'", &[&online])
+        .query_one(
+            "SELECT count(*) FROM lease_sched.runtimes WHERE id = ANY($1) AND last_seen_at > now() - interval '5 s'",
+            &[&online],
+        )
         .unwrap()
         .get(0);
     assert_eq!(fresh, 300);
@@ -238,12 +242,18 @@ fn a_locked_row_does_not_hold_up_the_sweep_of_the_others() {
     assert!(wait_until(Duration::from_secs(10), || status_of(&mut c, free.id()) == "FAILED"));
     assert_eq!(status_of(&mut c, locked.id()), "RUNNING");
     tx.rollback().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || status_of(&mut c, locked.id()) == "FAILED"), "the next sweep catches up");
+    assert!(
+        wait_until(Duration::from_secs(10), || status_of(&mut c, locked.id()) == "FAILED"),
+        "the next sweep catches up"
+    );
 }
 
 #[test]
 fn an_error_in_a_sweep_does_not_stop_the_worker() {
-    if native_only("an_error_in_a_sweep_does_not_stop_the_worker", "the background worker; the portable sweep() isolates a failing pass the same way, and pg_cron calls it again") {
+    if native_only(
+        "an_error_in_a_sweep_does_not_stop_the_worker",
+        "the background worker; the portable sweep() isolates a failing pass the same way, and pg_cron calls it again",
+    ) {
         return;
     }
     let _g = serial();
@@ -314,8 +324,11 @@ fn retention_prunes_old_finished_runs_only() {
     let old = claim(&mut c, &job, plan(), "r1");
     assert!(finish_ok(&mut c, old.id(), old.token()));
     let running = claim(&mut c, &job, plan() + chrono::Duration::minutes(1), "r1");
-    c.execute("UPDATE lease_sched.sys_cron_executions SET finished_at = now() - interval '40 days' WHERE id = $1", &[&old.id()])
-        .unwrap();
+    c.execute(
+        "UPDATE lease_sched.sys_cron_executions SET finished_at = now() - interval '40 days' WHERE id = $1",
+        &[&old.id()],
+    )
+    .unwrap();
     c.query_one("SELECT * FROM lease_sched.sweep()", &[]).unwrap();
     let left: Vec<uuid::Uuid> = c
         .query("SELECT id FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&job])
@@ -336,10 +349,19 @@ fn stats_and_views_report_the_leases() {
     assert_eq!(stat(&mut c, "preloaded"), 1);
     let won = stat(&mut c, "claims_won");
     let job = unique("views");
-    let r = claim_with(&mut c, &job, plan(), "r1", &ClaimArgs { stale_timeout: Duration::from_secs(60), ..Default::default() });
+    let r = claim_with(
+        &mut c,
+        &job,
+        plan(),
+        "r1",
+        &ClaimArgs { stale_timeout: Duration::from_secs(60), ..Default::default() },
+    );
     assert!(stat(&mut c, "claims_won") > won);
     let row = c
-        .query_one("SELECT seconds_until_stale, is_stale FROM lease_sched.active_leases WHERE execution_id = $1", &[&r.id()])
+        .query_one(
+            "SELECT seconds_until_stale, is_stale FROM lease_sched.active_leases WHERE execution_id = $1",
+            &[&r.id()],
+        )
         .unwrap();
     let secs: f64 = row.get(0);
     assert!(secs > 50.0 && secs <= 60.0);
@@ -402,7 +424,8 @@ fn a_flush_skips_a_locked_runtime_and_keeps_its_touch_for_the_next_flush() {
 
     c.batch_execute("SET lock_timeout = '500ms'").unwrap();
     let started = Instant::now();
-    let written = c.query_one("SELECT lease_sched.runtime_flush()", &[]).expect("the flush does not fail on a locked row");
+    let written =
+        c.query_one("SELECT lease_sched.runtime_flush()", &[]).expect("the flush does not fail on a locked row");
     assert!(started.elapsed() < Duration::from_millis(450), "nor waits for it ({:?})", started.elapsed());
     assert_eq!(written.get::<_, i64>(0), 1, "the other runtime's touch is written");
     assert_eq!(pending(&mut c), 1, "the locked runtime's touch stays buffered");
@@ -550,7 +573,9 @@ fn retention_keeps_pending_retries_and_each_jobs_latest_row() {
 
     let ids = vec![pending_retry.id(), later.id(), old.id(), latest.id(), exhausted.id(), latest3.id()];
     c.execute(
-        &format!("UPDATE lease_sched.sys_cron_executions SET finished_at = now() - interval '{long_ago}' WHERE id = ANY($1)"),
+        &format!(
+            "UPDATE lease_sched.sys_cron_executions SET finished_at = now() - interval '{long_ago}' WHERE id = ANY($1)"
+        ),
         &[&ids],
     )
     .unwrap();
@@ -566,8 +591,11 @@ fn retention_keeps_pending_retries_and_each_jobs_latest_row() {
     assert!(exists(&mut c, latest.id()), "the latest row of a job is kept");
     assert!(exists(&mut c, latest3.id()));
     // The kept plan is still retried as attempt 2, not won again as attempt 1.
-    c.execute("UPDATE lease_sched.sys_cron_executions SET next_retry_at = now() - interval '1 s' WHERE id = $1", &[&pending_retry.id()])
-        .unwrap();
+    c.execute(
+        "UPDATE lease_sched.sys_cron_executions SET next_retry_at = now() - interval '1 s' WHERE id = $1",
+        &[&pending_retry.id()],
+    )
+    .unwrap();
     let retry = claim(&mut c, &job, plan(), "r2");
     assert_ne!(retry.outcome, "conflicted");
     assert_eq!(retry.attempt, Some(2), "the retry is attempt 2 ({}), not a fresh attempt 1", retry.outcome);

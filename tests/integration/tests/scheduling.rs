@@ -9,16 +9,15 @@ use lease_sched_integration::*;
 use postgres::Client;
 
 fn next_plan(c: &mut postgres::Client, job: &str, catch_up: bool) -> Option<chrono::DateTime<chrono::Utc>> {
-    c.query_one("SELECT lease_sched.lease_next_plan($1, '1 minute', catch_up => $2)", &[&job, &catch_up]).unwrap().get(0)
+    c.query_one("SELECT lease_sched.lease_next_plan($1, '1 minute', catch_up => $2)", &[&job, &catch_up])
+        .unwrap()
+        .get(0)
 }
 
 fn bucket(c: &mut postgres::Client, minutes_ago: i32) -> chrono::DateTime<chrono::Utc> {
-    c.query_one(
-        "SELECT date_bin('1 minute', now() - make_interval(mins => $1), timestamptz 'epoch')",
-        &[&minutes_ago],
-    )
-    .unwrap()
-    .get(0)
+    c.query_one("SELECT date_bin('1 minute', now() - make_interval(mins => $1), timestamptz 'epoch')", &[&minutes_ago])
+        .unwrap()
+        .get(0)
 }
 
 #[test]
@@ -67,7 +66,10 @@ fn run_records_rows_and_retries_a_failed_plan_until_it_succeeds() {
     assert_eq!(sqlstate(&e), "42P01", "the SQLSTATE reaches the caller too");
     let (status, code, attempt): (String, String, i32) = {
         let r = c
-            .query_one("SELECT status, error_code, attempt FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&job])
+            .query_one(
+                "SELECT status, error_code, attempt FROM lease_sched.sys_cron_executions WHERE job_name = $1",
+                &[&job],
+            )
             .unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
@@ -75,12 +77,18 @@ fn run_records_rows_and_retries_a_failed_plan_until_it_succeeds() {
     c.batch_execute(&format!("CREATE TABLE {table} (n int)")).unwrap();
     c.batch_execute(&call).unwrap();
     let r = c
-        .query_one("SELECT status, attempt, rows_affected FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&job])
+        .query_one(
+            "SELECT status, attempt, rows_affected FROM lease_sched.sys_cron_executions WHERE job_name = $1",
+            &[&job],
+        )
         .unwrap();
     assert_eq!((r.get::<_, String>(0), r.get::<_, i32>(1), r.get::<_, i64>(2)), ("SUCCESS".into(), 2, 3));
     c.batch_execute(&call).unwrap(); // same minute: nothing due, nothing run
     let n: i64 = c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).unwrap().get(0);
-    let runs: i64 = c.query_one("SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&job]).unwrap().get(0);
+    let runs: i64 = c
+        .query_one("SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&job])
+        .unwrap()
+        .get(0);
     assert!(n == 3 || (n == 6 && runs == 2), "ran once per plan: {n} rows over {runs} plans");
 }
 
@@ -91,7 +99,10 @@ fn run_inside_an_explicit_transaction_is_refused_and_leaves_no_lease() {
     let e = c.batch_execute(&format!("BEGIN; CALL lease_sched.run('{job}', 'SELECT 1'); COMMIT;")).unwrap_err();
     assert_eq!(sqlstate(&e), "2D000", "invalid transaction termination: {e}");
     c.batch_execute("ROLLBACK").ok();
-    let n: i64 = c.query_one("SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&job]).unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&job])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
 }
 
@@ -133,7 +144,9 @@ fn a_claim_in_the_future_does_not_silence_the_planner() {
 #[test]
 fn lease_next_plan_never_returns_a_plan_after_now() {
     let mut c = connect();
-    for (every, catch_up) in [("1 minute", true), ("1 hour", false), ("1 day", true), ("7 days", false), ("1 second", true)] {
+    for (every, catch_up) in
+        [("1 minute", true), ("1 hour", false), ("1 day", true), ("7 days", false), ("1 second", true)]
+    {
         // Future plans in every state: done, failed with a retry due now, and a stale lease
         // that may be stolen (the last two were once offered as due, in 2099).
         let job = unique("never_future");
@@ -142,12 +155,20 @@ fn lease_next_plan_never_returns_a_plan_after_now() {
         let l = claim(&mut c, &job, "2099-01-01T00:00:00Z".parse().unwrap(), "r1");
         assert!(finish_failed(&mut c, l.id(), l.token(), Duration::ZERO));
         let stale = unique("never_future_stale");
-        claim_with(&mut c, &stale, "2099-01-01T00:00:00Z".parse().unwrap(), "r1",
-                   &ClaimArgs { stale_timeout: Duration::from_millis(1), ..Default::default() });
+        claim_with(
+            &mut c,
+            &stale,
+            "2099-01-01T00:00:00Z".parse().unwrap(),
+            "r1",
+            &ClaimArgs { stale_timeout: Duration::from_millis(1), ..Default::default() },
+        );
         std::thread::sleep(Duration::from_millis(5));
         for j in [&stale] {
             let p: Option<DateTime<Utc>> = c
-                .query_one("SELECT lease_sched.lease_next_plan($1, $2::text::interval, catch_up => $3)", &[j, &every, &catch_up])
+                .query_one(
+                    "SELECT lease_sched.lease_next_plan($1, $2::text::interval, catch_up => $3)",
+                    &[j, &every, &catch_up],
+                )
                 .unwrap()
                 .get(0);
             assert!(p.is_none_or(|p| p <= Utc::now()), "every {every}: a stale future lease offered: {p:?}");
@@ -192,7 +213,10 @@ fn call_run(c: &mut Client, job: &str, command: &str, stale_timeout: &str) -> Re
 /// (status, attempt, error_code, error_msg) of the job's only plan.
 fn plan_row(c: &mut Client, job: &str) -> (String, i32, Option<String>, Option<String>) {
     let rows = c
-        .query("SELECT status, attempt, error_code, error_msg FROM lease_sched.sys_cron_executions WHERE job_name = $1", &[&job])
+        .query(
+            "SELECT status, attempt, error_code, error_msg FROM lease_sched.sys_cron_executions WHERE job_name = $1",
+            &[&job],
+        )
         .unwrap();
     assert_eq!(rows.len(), 1, "one plan of {job}");
     let r = &rows[0];
@@ -221,7 +245,12 @@ fn a_command_that_outlives_its_lease_is_cancelled_and_runs_exactly_once() {
         std::thread::spawn(move || {
             let mut c1 = connect();
             let started = Instant::now();
-            let r = call_run(&mut c1, &job, &format!("INSERT INTO {table} SELECT pg_backend_pid() FROM pg_sleep(8)"), "3 seconds");
+            let r = call_run(
+                &mut c1,
+                &job,
+                &format!("INSERT INTO {table} SELECT pg_backend_pid() FROM pg_sleep(8)"),
+                "3 seconds",
+            );
             (r, started.elapsed())
         })
     };
@@ -277,10 +306,8 @@ fn a_statement_timeout_ends_the_plan_failed() {
     let (status, _, code, _) = plan_row(&mut c, &job);
     assert_eq!(status, "FAILED");
     assert_eq!(code.as_deref(), Some("57014"));
-    let running: i64 = c
-        .query_one("SELECT count(*) FROM lease_sched.active_leases WHERE job_name = $1", &[&job])
-        .unwrap()
-        .get(0);
+    let running: i64 =
+        c.query_one("SELECT count(*) FROM lease_sched.active_leases WHERE job_name = $1", &[&job]).unwrap().get(0);
     assert_eq!(running, 0, "the job is not blocked by a RUNNING row");
 }
 

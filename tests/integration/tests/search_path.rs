@@ -28,8 +28,20 @@ use postgres::Client;
 
 /// Types whose pg_catalog operators are shadowed.
 const TYPES: &[&str] = &[
-    "uuid", "text", "name", "timestamptz", "interval", "int2", "int4", "int8", "float8", "numeric", "bool", "jsonb",
-    "timestamp", "date",
+    "uuid",
+    "text",
+    "name",
+    "timestamptz",
+    "interval",
+    "int2",
+    "int4",
+    "int8",
+    "float8",
+    "numeric",
+    "bool",
+    "jsonb",
+    "timestamp",
+    "date",
 ];
 
 /// Functions the SQL calls (or could), shadowed with exact or more specific argument types.
@@ -51,13 +63,22 @@ const FUNCTIONS: &[(&str, &str, &str, &str)] = &[
     ("date_part", "f text, t timestamptz", "float8", "pg_catalog.date_part(f, t)"),
     ("extract", "f text, t interval", "numeric", "pg_catalog.extract(f, t)"),
     ("extract", "f text, t timestamptz", "numeric", "pg_catalog.extract(f, t)"),
-    ("make_interval", "years int4, months int4, weeks int4, days int4, hours int4, mins int4, secs float8", "interval",
-        "pg_catalog.make_interval(years, months, weeks, days, hours, mins, secs)"),
+    (
+        "make_interval",
+        "years int4, months int4, weeks int4, days int4, hours int4, mins int4, secs float8",
+        "interval",
+        "pg_catalog.make_interval(years, months, weeks, days, hours, mins, secs)",
+    ),
     ("date_bin", "s interval, t timestamptz, o timestamptz", "timestamptz", "pg_catalog.date_bin(s, t, o)"),
     // The calendars' (sql/calendar.sql).
     ("timezone", "z text, t timestamptz", "timestamp", "pg_catalog.timezone(z, t)"),
     ("timezone", "z text, t timestamp", "timestamptz", "pg_catalog.timezone(z, t)"),
-    ("make_timestamp", "y int4, m int4, d int4, h int4, mi int4, s float8", "timestamp", "pg_catalog.make_timestamp(y, m, d, h, mi, s)"),
+    (
+        "make_timestamp",
+        "y int4, m int4, d int4, h int4, mi int4, s float8",
+        "timestamp",
+        "pg_catalog.make_timestamp(y, m, d, h, mi, s)",
+    ),
     ("make_date", "y int4, m int4, d int4", "date", "pg_catalog.make_date(y, m, d)"),
     ("date_trunc", "f text, t timestamp", "timestamp", "pg_catalog.date_trunc(f, t)"),
     ("isfinite", "t timestamptz", "bool", "pg_catalog.isfinite(t)"),
@@ -87,18 +108,72 @@ const FUNCTIONS: &[(&str, &str, &str, &str)] = &[
 /// Type names lease_sched's SQL mentions, and common aliases (keywords such as `int` or
 /// `boolean` always mean the pg_catalog type, so their look-alikes must simply never run).
 const DOMAINS: &[&str] = &[
-    "text", "varchar", "bpchar", "char", "name", "uuid", "timestamptz", "timestamp", "date", "time", "interval", "int",
-    "integer", "int2", "int4", "int8", "smallint", "bigint", "bool", "boolean", "numeric", "float4", "float8", "real",
-    "jsonb", "json", "bytea", "oid", "regclass", "regtype", "regnamespace", "record", "trigger", "void", "anyelement",
+    "text",
+    "varchar",
+    "bpchar",
+    "char",
+    "name",
+    "uuid",
+    "timestamptz",
+    "timestamp",
+    "date",
+    "time",
+    "interval",
+    "int",
+    "integer",
+    "int2",
+    "int4",
+    "int8",
+    "smallint",
+    "bigint",
+    "bool",
+    "boolean",
+    "numeric",
+    "float4",
+    "float8",
+    "real",
+    "jsonb",
+    "json",
+    "bytea",
+    "oid",
+    "regclass",
+    "regtype",
+    "regnamespace",
+    "record",
+    "trigger",
+    "void",
+    "anyelement",
 ];
 
 /// Relations, lease_sched's own and the catalogs its SQL reads, shadowed by views in pg_temp
 /// (searched first for relations) and in public.
 const RELATIONS: &[&str] = &[
-    "sys_cron_executions", "locks", "jobs", "runtimes", "fencing_token_seq", "token_floor_timeline",
-    "token_floor_server_start", "executions", "active_leases", "job_health", "job_summary", "job_definitions",
-    "token_floor", "pg_stat_activity", "pg_locks", "pg_class", "pg_namespace", "pg_roles", "pg_authid", "pg_settings",
-    "pg_proc", "pg_type", "pg_extension", "pg_database", "pg_sequences", "pg_index",
+    "sys_cron_executions",
+    "locks",
+    "jobs",
+    "runtimes",
+    "fencing_token_seq",
+    "token_floor_timeline",
+    "token_floor_server_start",
+    "executions",
+    "active_leases",
+    "job_health",
+    "job_summary",
+    "job_definitions",
+    "token_floor",
+    "pg_stat_activity",
+    "pg_locks",
+    "pg_class",
+    "pg_namespace",
+    "pg_roles",
+    "pg_authid",
+    "pg_settings",
+    "pg_proc",
+    "pg_type",
+    "pg_extension",
+    "pg_database",
+    "pg_sequences",
+    "pg_index",
 ];
 
 /// The DDL that plants a look-alike domain for every name of `DOMAINS` and a look-alike
@@ -242,8 +317,10 @@ impl Drop for Planted {
                  DROP ROLE IF EXISTS {role};"
             ));
             // New connections of later tests must not see the setting.
-            let _ = c.batch_execute("SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
-                                      WHERE backend_type OPERATOR(pg_catalog.=) 'lease_sched sweeper'");
+            let _ = c.batch_execute(
+                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+                                      WHERE backend_type OPERATOR(pg_catalog.=) 'lease_sched sweeper'",
+            );
         }
     }
 }
@@ -474,7 +551,10 @@ fn nothing_planted_on_a_search_path_runs_as_the_superuser() {
     // pin no search_path: their statements alone must resolve to pg_catalog).
     std::thread::sleep(Duration::from_millis(1200));
     let stole: String = attacker
-        .query_one(&format!("SELECT outcome FROM lease_sched.lease_try_claim('{job}-stale', '2026-01-01 04:00+00', 'pwn2')"), &[])
+        .query_one(
+            &format!("SELECT outcome FROM lease_sched.lease_try_claim('{job}-stale', '2026-01-01 04:00+00', 'pwn2')"),
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(stole, "stole");
@@ -522,19 +602,23 @@ fn nothing_planted_on_a_search_path_runs_as_the_superuser() {
     su.batch_execute(&format!("CALL lease_sched.run('{su_job}-cron', 'SELECT 1')")).unwrap();
     // A failing command: run()'s error path (its GET STACKED DIAGNOSTICS variables).
     let e = su
-        .batch_execute(&format!("CALL lease_sched.run('{su_job}-fail', 'SELECT 1 OPERATOR(pg_catalog./) 0', every => '1 hour')"))
+        .batch_execute(&format!(
+            "CALL lease_sched.run('{su_job}-fail', 'SELECT 1 OPERATOR(pg_catalog./) 0', every => '1 hour')"
+        ))
         .expect_err("division by zero");
     assert_eq!(sqlstate(&e), "22012");
     drop(su);
-    c.batch_execute(&format!(
-        "DROP TABLE public.\"{su_job}_lease_writes\", public.\"{su_job}_lock_writes\""
-    ))
-    .unwrap();
+    c.batch_execute(&format!("DROP TABLE public.\"{su_job}_lease_writes\", public.\"{su_job}_lock_writes\"")).unwrap();
 
     // The calls covered every function and procedure lease_sched installs.
-    let calls = every_call("x") + &run_call("x") + "lease_sched.sweep( lease_sched.runtime_flush( lease_sched.require_lease( lease_sched.require_lock(";
+    let calls = every_call("x")
+        + &run_call("x")
+        + "lease_sched.sweep( lease_sched.runtime_flush( lease_sched.require_lease( lease_sched.require_lock(";
     let uncovered: Vec<String> = c
-        .query("SELECT DISTINCT proname::text FROM pg_proc WHERE pronamespace = 'lease_sched'::regnamespace ORDER BY 1", &[])
+        .query(
+            "SELECT DISTINCT proname::text FROM pg_proc WHERE pronamespace = 'lease_sched'::regnamespace ORDER BY 1",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get::<_, String>(0))
@@ -554,7 +638,10 @@ fn nothing_planted_on_a_search_path_runs_as_the_superuser() {
     let (by_run, others): (Vec<_>, Vec<_>) =
         calls.into_iter().partition(|(_, _, _, q)| q.as_deref().is_some_and(|q| q.contains("lease_sched.run(")));
     assert!(others.is_empty(), "planted objects ran with another identity (worker, definer functions): {others:?}");
-    assert!(by_run.is_empty(), "run(), called by a superuser on a hostile search_path, ran planted objects: {by_run:?}");
+    assert!(
+        by_run.is_empty(),
+        "run(), called by a superuser on a hostile search_path, ran planted objects: {by_run:?}"
+    );
     let own: i64 = c.query_one("SELECT count(*) FROM public.pwn_log", &[]).unwrap().get(0);
     eprintln!("search_path: the role's own statements ran {own} planted objects (as itself)");
     let superuser: bool = c.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role]).unwrap().get(0);

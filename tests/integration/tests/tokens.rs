@@ -55,7 +55,10 @@ fn tokens_keep_increasing_across_drop_and_create_extension() {
 /// session, and grants first after it.
 #[test]
 fn a_session_from_before_drop_and_create_extension_grants_first_above_the_old_tokens() {
-    if native_only("a_session_from_before_drop_and_create_extension_grants_first_above_the_old_tokens", "DROP and CREATE EXTENSION in scratch databases") {
+    if native_only(
+        "a_session_from_before_drop_and_create_extension_grants_first_above_the_old_tokens",
+        "DROP and CREATE EXTENSION in scratch databases",
+    ) {
         return;
     }
     let db = ScratchDb::new("fence_recreate2");
@@ -72,7 +75,10 @@ fn a_session_from_before_drop_and_create_extension_grants_first_above_the_old_to
 /// for that transaction to end.
 #[test]
 fn the_first_grant_after_create_extension_does_not_hold_up_other_sessions_grants() {
-    if native_only("the_first_grant_after_create_extension_does_not_hold_up_other_sessions_grants", "CREATE EXTENSION in a scratch database") {
+    if native_only(
+        "the_first_grant_after_create_extension_does_not_hold_up_other_sessions_grants",
+        "CREATE EXTENSION in a scratch database",
+    ) {
         return;
     }
     let db = ScratchDb::new("fence_floor_wait");
@@ -85,7 +91,10 @@ fn the_first_grant_after_create_extension_does_not_hold_up_other_sessions_grants
     let got = b.query("SELECT acquired FROM lease_sched.lock_acquire('other-lock', 'b')", &[]);
     let waited = got.as_ref().err().map(db_error);
     a.batch_execute("COMMIT").unwrap();
-    assert!(waited.is_none(), "an unrelated lock_acquire waited for the open transaction that floored the sequence: {waited:?}");
+    assert!(
+        waited.is_none(),
+        "an unrelated lock_acquire waited for the open transaction that floored the sequence: {waited:?}"
+    );
     let r = try_claim_with(&mut b, "other_job", plan(), "b", &ClaimArgs::default());
     assert!(r.is_ok());
 }
@@ -108,7 +117,10 @@ fn pg_tool(tool: &str, args: &[&str]) -> Vec<u8> {
 
 #[test]
 fn tokens_keep_increasing_across_a_restore_without_the_sequence() {
-    if native_only("tokens_keep_increasing_across_a_restore_without_the_sequence", "dumps and restores the extension into scratch databases") {
+    if native_only(
+        "tokens_keep_increasing_across_a_restore_without_the_sequence",
+        "dumps and restores the extension into scratch databases",
+    ) {
         return;
     }
     let src = ScratchDb::new("fence_dump_src");
@@ -125,14 +137,19 @@ fn tokens_keep_increasing_across_a_restore_without_the_sequence() {
 
     // Only the executions table, data only: the sequence is not carried.
     let dump = std::env::temp_dir().join(format!("{}.sql", src.name));
-    std::fs::write(&dump, pg_tool("pg_dump", &["--data-only", "--table=lease_sched.sys_cron_executions", "-d", &src.name])).unwrap();
+    std::fs::write(
+        &dump,
+        pg_tool("pg_dump", &["--data-only", "--table=lease_sched.sys_cron_executions", "-d", &src.name]),
+    )
+    .unwrap();
     let dst = ScratchDb::new("fence_dump_dst");
     let mut d = dst.connect();
     d.batch_execute("CREATE EXTENSION lease_sched").unwrap();
     pg_tool("psql", &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &dst.name, "-f", dump.to_str().unwrap()]);
     let _ = std::fs::remove_file(&dump);
     assert_eq!(count(&mut d, "SELECT count(*) FROM lease_sched.sys_cron_executions"), 7, "restored");
-    let max_restored: i64 = d.query_one("SELECT max(fencing_token) FROM lease_sched.sys_cron_executions", &[]).unwrap().get(0);
+    let max_restored: i64 =
+        d.query_one("SELECT max(fencing_token) FROM lease_sched.sys_cron_executions", &[]).unwrap().get(0);
     assert_eq!(max_restored, running.fencing_token.unwrap());
     let last: i64 = d.query_one("SELECT last_value FROM lease_sched.fencing_token_seq", &[]).unwrap().get(0);
     assert!(last < max_restored, "the sequence was not carried ({last} vs {max_restored})");
@@ -147,7 +164,11 @@ fn tokens_keep_increasing_across_a_restore_without_the_sequence() {
     assert_eq!(steal.outcome, "stole");
     assert!(steal.fencing_token.unwrap() > retry.fencing_token.unwrap());
     // The old holder's token no longer passes in the restored copy.
-    assert_ls001(lease_fence(&mut d, running.id(), running.fencing_token.unwrap()), &[&steal.fencing_token.unwrap().to_string()], "restored old token");
+    assert_ls001(
+        lease_fence(&mut d, running.id(), running.fencing_token.unwrap()),
+        &[&steal.fencing_token.unwrap().to_string()],
+        "restored old token",
+    );
     assert_grants_above(&mut d, highest, "after a restore of the executions table alone");
 
     // A whole-database dump carries the sequence; the restore floors anyway: still above.
@@ -172,12 +193,16 @@ fn tokens_keep_increasing_across_a_restore_without_the_sequence() {
 /// tokens are above all of them.
 #[test]
 fn a_copy_started_from_a_base_backup_grants_above_every_token_the_original_granted() {
-    if native_only("a_copy_started_from_a_base_backup_grants_above_every_token_the_original_granted", "starts its own cluster preloading the library") {
+    if native_only(
+        "a_copy_started_from_a_base_backup_grants_above_every_token_the_original_granted",
+        "starts its own cluster preloading the library",
+    ) {
         return;
     }
     let [original_port, copy_port] = free_ports::<2>();
     let clusters = OwnClusters::new("token_base_backup", original_port, &["original", "copy"]);
-    let mut o = clusters.start_primary("original", original_port, &["wal_level = replica", "log_min_messages = warning"]);
+    let mut o =
+        clusters.start_primary("original", original_port, &["wal_level = replica", "log_min_messages = warning"]);
     let before_backup = grant_tokens(&mut o, 5, "before");
 
     // The copy: a plain base backup, no standby.signal, no recovery.signal.
@@ -197,19 +222,25 @@ fn a_copy_started_from_a_base_backup_grants_above_every_token_the_original_grant
     assert!(!in_recovery, "the copy runs as a primary");
     let (timeline_before, seq): (i64, i64) = {
         let r = c
-            .query_one("SELECT (SELECT timeline FROM lease_sched.token_floor), last_value FROM lease_sched.fencing_token_seq", &[])
+            .query_one(
+                "SELECT (SELECT timeline FROM lease_sched.token_floor), last_value FROM lease_sched.fencing_token_seq",
+                &[],
+            )
             .unwrap();
         (r.get(0), r.get(1))
     };
     assert!(seq < after_backup, "the copy's sequence ({seq}) is behind the original's later grants ({after_backup})");
-    let timeline: i64 =
-        c.query_one("SELECT timeline_id::bigint FROM pg_control_checkpoint()", &[]).unwrap().get(0);
+    let timeline: i64 = c.query_one("SELECT timeline_id::bigint FROM pg_control_checkpoint()", &[]).unwrap().get(0);
     assert_eq!(timeline_before, timeline, "the copy stays on the timeline the original floored on");
 
     // Its first grants, leases and locks, are above every token the original granted.
     let r = claim(&mut c, &unique("copy"), plan(), "r");
     assert_eq!(r.outcome, "won");
-    assert!(r.fencing_token.unwrap() > after_backup, "lease token {:?} repeats the original's (up to {after_backup})", r.fencing_token);
+    assert!(
+        r.fencing_token.unwrap() > after_backup,
+        "lease token {:?} repeats the original's (up to {after_backup})",
+        r.fencing_token
+    );
     let lock: i64 = c
         .query_one("SELECT fencing_token FROM lease_sched.lock_acquire($1, 'h', '1 hour')", &[&unique("copy-lock")])
         .unwrap()
@@ -236,7 +267,10 @@ fn a_copy_started_from_a_base_backup_grants_above_every_token_the_original_grant
 
 #[test]
 fn tokens_keep_increasing_across_promotion_of_a_lagging_async_replica() {
-    if native_only("tokens_keep_increasing_across_promotion_of_a_lagging_async_replica", "starts its own primary and replica preloading the library") {
+    if native_only(
+        "tokens_keep_increasing_across_promotion_of_a_lagging_async_replica",
+        "starts its own primary and replica preloading the library",
+    ) {
         return;
     }
     let [fo_primary, fo_replica] = free_ports::<2>();
@@ -278,9 +312,15 @@ fn tokens_keep_increasing_across_promotion_of_a_lagging_async_replica() {
     assert_eq!(count(&mut r, "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = 'phase2_job'"), 0);
     assert_eq!(count(&mut r, "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = 'phase1_job'"), 10);
     let seq: i64 = r.query_one("SELECT last_value FROM lease_sched.fencing_token_seq", &[]).unwrap().get(0);
-    assert!(seq < lost, "the replica's sequence ({seq}) is behind the lost grants ({lost}): without a floor tokens would repeat");
+    assert!(
+        seq < lost,
+        "the replica's sequence ({seq}) is behind the lost grants ({lost}): without a floor tokens would repeat"
+    );
     clusters.pg_ctl("replica", &["promote"]);
-    assert!(wait_until(Duration::from_secs(30), || !r.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get::<_, bool>(0)));
+    assert!(wait_until(Duration::from_secs(30), || !r
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get::<_, bool>(0)));
 
     // The session opened during recovery and a new one both grant above every lost token,
     // leases (new and stolen) and locks alike.
@@ -297,5 +337,8 @@ fn tokens_keep_increasing_across_promotion_of_a_lagging_async_replica() {
     assert!(stolen.fencing_token.unwrap() > t);
     let timeline: i64 = r2.query_one("SELECT timeline FROM lease_sched.token_floor", &[]).unwrap().get(0);
     assert!(timeline >= 2, "floored on the new timeline ({timeline})");
-    eprintln!("promotion: replica saw tokens up to {seen_by_replica}, lost up to {lost}; after promotion {}", stolen.fencing_token.unwrap());
+    eprintln!(
+        "promotion: replica saw tokens up to {seen_by_replica}, lost up to {lost}; after promotion {}",
+        stolen.fencing_token.unwrap()
+    );
 }

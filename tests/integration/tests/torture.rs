@@ -22,7 +22,8 @@ fn number_before(text: &str, phrase: &str) -> u64 {
 fn torture_finds_no_violation() {
     let seconds = env("LEASE_TORTURE_SECONDS");
     let side_seconds = |name: &str| env(name).or_else(|| seconds.clone()).unwrap_or_else(|| "20".into());
-    let (lock_seconds, run_seconds) = (side_seconds("LEASE_TORTURE_LOCK_SECONDS"), side_seconds("LEASE_TORTURE_RUN_SECONDS"));
+    let (lock_seconds, run_seconds) =
+        (side_seconds("LEASE_TORTURE_LOCK_SECONDS"), side_seconds("LEASE_TORTURE_RUN_SECONDS"));
     let seconds = seconds.unwrap_or_else(|| "300".into());
     let target = env("LEASE_TORTURE_CLAIMS").unwrap_or_else(|| "10000".into());
     let clients = env("LEASE_TORTURE_CLIENTS").unwrap_or_else(|| "32".into());

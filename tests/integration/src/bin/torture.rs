@@ -169,7 +169,14 @@ fn client_loop(dsn: &str, run: &str, seconds: u64, max_calls: u64, id: usize, ou
                 "SELECT outcome, execution_id, lease_token, fencing_token, attempt, stale_after
                    FROM lease_sched.lease_try_claim($1, $2, $3, stale_timeout => make_interval(secs => $4),
                         max_attempts => $5, allow_stale_reentry => $6)",
-                &[&job, &plan, &format!("c{id}"), &(stale_ms as f64 / 1000.0), &(if strict { 3 } else { 1_000_000 }), &!strict],
+                &[
+                    &job,
+                    &plan,
+                    &format!("c{id}"),
+                    &(stale_ms as f64 / 1000.0),
+                    &(if strict { 3 } else { 1_000_000 }),
+                    &!strict,
+                ],
             )
             .expect("claim");
         let recv = now_ns();
@@ -217,14 +224,17 @@ fn client_loop(dsn: &str, run: &str, seconds: u64, max_calls: u64, id: usize, ou
             }
             5 => {
                 let sent = now_ns();
-                let ok: bool = c.query_one("SELECT lease_sched.lease_finish($1, $2, 'SUCCESS')", &[&eid, &token]).unwrap().get(0);
+                let ok: bool =
+                    c.query_one("SELECT lease_sched.lease_finish($1, $2, 'SUCCESS')", &[&eid, &token]).unwrap().get(0);
                 writeln!(out, "fin {eid} {fencing} SUCCESS {} {sent}", ok as u8).unwrap();
             }
             // abandon: go silent, let it go stale; sometimes come back after the lease went
             // stale (stolen meanwhile or not) and try a fenced write with the old token
             _ => {
                 if rng.below(3) == 0 {
-                    std::thread::sleep(Duration::from_micros(stale_ms as u64 * 1000 + rng.below(stale_ms as u64 * 2000)));
+                    std::thread::sleep(Duration::from_micros(
+                        stale_ms as u64 * 1000 + rng.below(stale_ms as u64 * 2000),
+                    ));
                     let f = fence(&mut rng);
                     fenced_write(&mut c, run, &eid.to_string(), fencing, &f, rng.below(5_000), &mut wseq, id, out);
                 }
@@ -249,7 +259,17 @@ const FENCED_SETUP: &str = "
 /// `done_at`, then COMMIT. Logs `fw <resource> <token> <wid> <outcome> <sent> <recv>` with
 /// outcome `ok` (committed), the SQLSTATE it failed with (LS001: deposed) or `killed`.
 #[allow(clippy::too_many_arguments)]
-fn fenced_write(c: &mut Client, run: &str, resource: &str, token: i64, fence: &str, hold_us: u64, seq: &mut u64, id: usize, out: &mut impl Write) {
+fn fenced_write(
+    c: &mut Client,
+    run: &str,
+    resource: &str,
+    token: i64,
+    fence: &str,
+    hold_us: u64,
+    seq: &mut u64,
+    id: usize,
+    out: &mut impl Write,
+) {
     *seq += 1;
     let wid = format!("{run}-{id}-{seq}");
     let sent = now_ns();
@@ -317,13 +337,24 @@ impl LockClient<'_> {
     }
     fn release(&mut self, lock: &str, token: Uuid, fencing: i64, out: &mut impl Write) -> bool {
         let sent = now_ns();
-        let ok: bool = self.c.query_one("SELECT lease_sched.lock_release($1, $2)", &[&lock, &token]).expect("lock_release").get(0);
+        let ok: bool =
+            self.c.query_one("SELECT lease_sched.lock_release($1, $2)", &[&lock, &token]).expect("lock_release").get(0);
         writeln!(out, "lrel {lock} {fencing} {} {sent}", ok as u8).unwrap();
         ok
     }
     /// A fenced write under lock_fence(lock, fencing [, token]), held open for `hold_us`.
     #[allow(clippy::too_many_arguments)]
-    fn fenced(&mut self, rng: &mut Rng, run: &str, id: usize, lock: &str, token: Uuid, fencing: i64, hold_us: u64, out: &mut impl Write) {
+    fn fenced(
+        &mut self,
+        rng: &mut Rng,
+        run: &str,
+        id: usize,
+        lock: &str,
+        token: Uuid,
+        fencing: i64,
+        hold_us: u64,
+        out: &mut impl Write,
+    ) {
         let _ = rng;
         let fence = format!("SELECT lease_sched.lock_fence('{lock}', {fencing}, '{token}')");
         fenced_write(&mut self.c, run, lock, fencing, &fence, hold_us, &mut self.wseq, id, out);
@@ -334,7 +365,15 @@ impl LockClient<'_> {
 /// release it, or walk away, or stall past the TTL and try the secret again, or have the
 /// backend terminated by another connection while holding (then try the secret from a
 /// new connection).
-fn lock_client_loop(dsn: &str, run: &str, seconds: u64, locks: usize, id: usize, killer: &Mutex<Client>, out: &mut impl Write) {
+fn lock_client_loop(
+    dsn: &str,
+    run: &str,
+    seconds: u64,
+    locks: usize,
+    id: usize,
+    killer: &Mutex<Client>,
+    out: &mut impl Write,
+) {
     let name = format!("tl_{run}_{id}");
     let mut lc = LockClient { c: connect_named(dsn, &name), pid: 0, dsn, name, reconnects: 0, wseq: 0 };
     lc.pid = lc.c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
@@ -352,7 +391,8 @@ fn lock_client_loop(dsn: &str, run: &str, seconds: u64, locks: usize, id: usize,
             sleep_us(rng.below(ttl_us as u64 / 4));
             continue;
         }
-        let (token, fencing, expires): (Uuid, i64, chrono::DateTime<chrono::Utc>) = (row.get(1), row.get(2), row.get(3));
+        let (token, fencing, expires): (Uuid, i64, chrono::DateTime<chrono::Utc>) =
+            (row.get(1), row.get(2), row.get(3));
         let expires = micros(expires);
         writeln!(out, "lgrant {lock} {fencing} {} {expires} {sent} {recv}", expires - ttl_us).unwrap();
         let ttl = ttl_us as u64;
@@ -404,7 +444,12 @@ fn lock_client_loop(dsn: &str, run: &str, seconds: u64, locks: usize, id: usize,
                 // Our last call's commit is certainly done once a later one on the same
                 // connection has returned.
                 lc.c.query_one("SELECT 1", &[]).unwrap();
-                let killed: bool = killer.lock().unwrap().query_one("SELECT pg_terminate_backend($1, 5000)", &[&lc.pid]).unwrap().get(0);
+                let killed: bool = killer
+                    .lock()
+                    .unwrap()
+                    .query_one("SELECT pg_terminate_backend($1, 5000)", &[&lc.pid])
+                    .unwrap()
+                    .get(0);
                 writeln!(out, "lkill {lock} {fencing} {}", killed as u8).unwrap();
                 lc.reconnect();
                 if rng.below(3) == 0 {
@@ -442,14 +487,17 @@ fn run_scheduler_loop(dsn: &str, run: &str, seconds: u64, jobs: usize, every_ms:
             14..=16 => ("slow", 650 + rng.below(300), false),
             _ => ("stubborn", 600 + rng.below(300), true),
         };
-        let command = format!("SELECT public.lease_sched_torture_cmd('{run}', '{job}', {sleep_ms}, '{kind}', {stubborn})");
+        let command =
+            format!("SELECT public.lease_sched_torture_cmd('{run}', '{job}', {sleep_ms}, '{kind}', {stubborn})");
         let sent = now_ns();
         let r = c.batch_execute(&format!(
             "CALL lease_sched.run('{job}', $cmd${command}$cmd$, every => '{every_ms} milliseconds', stale_timeout => '600 milliseconds', max_attempts => 4)"
         ));
         let outcome = match &r {
             Ok(()) => "ok".to_string(),
-            Err(e) if c.is_closed() || e.code() == Some(&postgres::error::SqlState::ADMIN_SHUTDOWN) => "killed".to_string(),
+            Err(e) if c.is_closed() || e.code() == Some(&postgres::error::SqlState::ADMIN_SHUTDOWN) => {
+                "killed".to_string()
+            }
             Err(e) => e.code().map_or_else(|| "error".to_string(), |s| s.code().to_string()),
         };
         writeln!(out, "run {job} {kind} {outcome} {sent} {}", now_ns()).unwrap();
@@ -467,7 +515,8 @@ fn worker(a: &Args, w: usize) {
     let mut extra: Vec<std::thread::JoinHandle<()>> = vec![];
     if a.lock_seconds > 0 {
         for t in 0..share(a.lock_clients) {
-            let (dsn, run, logs, seconds, locks, killer) = (a.dsn.clone(), a.run.clone(), a.logs.clone(), a.lock_seconds, a.locks, killer.clone());
+            let (dsn, run, logs, seconds, locks, killer) =
+                (a.dsn.clone(), a.run.clone(), a.logs.clone(), a.lock_seconds, a.locks, killer.clone());
             let id = w * 1000 + 500 + t;
             extra.push(std::thread::spawn(move || {
                 let mut out = BufWriter::new(File::create(format!("{logs}/lock-{id}.log")).unwrap());
@@ -478,7 +527,8 @@ fn worker(a: &Args, w: usize) {
     }
     if a.run_seconds > 0 {
         for t in 0..share(a.run_schedulers) {
-            let (dsn, run, logs, seconds, jobs, every) = (a.dsn.clone(), a.run.clone(), a.logs.clone(), a.run_seconds, a.run_jobs, a.run_every_ms);
+            let (dsn, run, logs, seconds, jobs, every) =
+                (a.dsn.clone(), a.run.clone(), a.logs.clone(), a.run_seconds, a.run_jobs, a.run_every_ms);
             let id = w * 1000 + 800 + t;
             extra.push(std::thread::spawn(move || {
                 let mut out = BufWriter::new(File::create(format!("{logs}/run-{id}.log")).unwrap());
@@ -584,10 +634,14 @@ fn analyze_logs(dir: &str) -> Analysis {
         for pair in hs.windows(2) {
             let (prev, next) = (pair[0], pair[1]);
             if next.attempt != prev.attempt + 1 {
-                violations.push(format!("{eid}: holder {} (attempt {}) followed by {} (attempt {})", prev.fencing, prev.attempt, next.fencing, next.attempt));
+                violations.push(format!(
+                    "{eid}: holder {} (attempt {}) followed by {} (attempt {})",
+                    prev.fencing, prev.attempt, next.fencing, next.attempt
+                ));
             }
             if prev.last_ok_send >= next.claim_recv {
-                violations.push(format!("{eid}: holder {} was still acting when {} had claimed", prev.fencing, next.fencing));
+                violations
+                    .push(format!("{eid}: holder {} was still acting when {} had claimed", prev.fencing, next.fencing));
             }
             if prev.finished.as_deref() == Some("SUCCESS") {
                 violations.push(format!("{eid}: claimed again after an accepted SUCCESS"));
@@ -641,7 +695,15 @@ fn analyze_lock_logs(dir: &str) -> LockAnalysis {
                 "lgrant" => {
                     a.attempts += 1;
                     a.grants += 1;
-                    let g = Grant { fencing: num(2), start: num(3), end: num(4), sent: ns(5), recv: ns(6), last_ok_send: ns(5), ..Grant::default() };
+                    let g = Grant {
+                        fencing: num(2),
+                        start: num(3),
+                        end: num(4),
+                        sent: ns(5),
+                        recv: ns(6),
+                        last_ok_send: ns(5),
+                        ..Grant::default()
+                    };
                     a.locks.entry(p[1].to_string()).or_default().insert(g.fencing, g);
                 }
                 "lhb" => ops.push((p[1].to_string(), num(2), "hb", p[3] == "1", num(4), ns(5))),
@@ -666,7 +728,10 @@ fn analyze_lock_logs(dir: &str) -> LockAnalysis {
         g.last_ok_send = g.last_ok_send.max(sent);
         if op == "hb" {
             if expires <= g.start {
-                a.violations.push(format!("lock {lock}: token {fencing} heartbeat set expires_at {expires} before its grant {}", g.start));
+                a.violations.push(format!(
+                    "lock {lock}: token {fencing} heartbeat set expires_at {expires} before its grant {}",
+                    g.start
+                ));
             }
             // a heartbeat whose call started after the expiry it replaces revived the lock
             g.revived |= expires - (g.end - g.start) >= g.end;
@@ -683,7 +748,10 @@ fn analyze_lock_logs(dir: &str) -> LockAnalysis {
         let mut earliest_recv_above = u128::MAX;
         for g in gs.iter().rev() {
             if earliest_recv_above < g.sent {
-                a.violations.push(format!("lock {lock}: a grant with a token above {} returned before {} was requested", g.fencing, g.fencing));
+                a.violations.push(format!(
+                    "lock {lock}: a grant with a token above {} returned before {} was requested",
+                    g.fencing, g.fencing
+                ));
             }
             earliest_recv_above = earliest_recv_above.min(g.recv);
         }
@@ -691,7 +759,10 @@ fn analyze_lock_logs(dir: &str) -> LockAnalysis {
             let (prev, next) = (pair[0], pair[1]);
             // 7. one live holder at any instant; a replaced secret never works
             if prev.last_ok_send >= next.recv {
-                a.violations.push(format!("lock {lock}: holder of token {} was still accepted when {} had been granted", prev.fencing, next.fencing));
+                a.violations.push(format!(
+                    "lock {lock}: holder of token {} was still accepted when {} had been granted",
+                    prev.fencing, next.fencing
+                ));
             }
             // 8. validity intervals on the database clock
             if !prev.released {
@@ -699,7 +770,11 @@ fn analyze_lock_logs(dir: &str) -> LockAnalysis {
                 if next.start < prev.end {
                     a.violations.push(format!(
                         "lock {lock}: token {} granted at {} while token {} was valid until {} (overlap {} µs)",
-                        next.fencing, next.start, prev.fencing, prev.end, prev.end - next.start
+                        next.fencing,
+                        next.start,
+                        prev.fencing,
+                        prev.end,
+                        prev.end - next.start
                     ));
                 }
             }
@@ -713,7 +788,8 @@ fn check_lock_rows(c: &mut Client, a: &LockAnalysis) -> Vec<String> {
     let mut violations = vec![];
     for (lock, grants) in &a.locks {
         let last = grants.values().next_back().unwrap();
-        let row: Option<i64> = c.query_opt("SELECT fencing_token FROM lease_sched.lock_info($1)", &[lock]).unwrap().map(|r| r.get(0));
+        let row: Option<i64> =
+            c.query_opt("SELECT fencing_token FROM lease_sched.lock_info($1)", &[lock]).unwrap().map(|r| r.get(0));
         match (row, last.released) {
             (None, true) => {}
             (Some(t), false) if t == last.fencing => {}
@@ -799,7 +875,9 @@ fn run_monitor(dsn: &str, run: &str, seconds: u64) -> Vec<String> {
             if seen.insert((job.clone(), plan.clone())) {
                 violations.push(format!(
                     "run(): {job} plan {plan} RUNNING {} past stale_after (attempt {} of {}) while schedulers run",
-                    r.get::<_, String>(4), r.get::<_, i32>(2), r.get::<_, i32>(3)
+                    r.get::<_, String>(4),
+                    r.get::<_, i32>(2),
+                    r.get::<_, i32>(3)
                 ));
             }
         }
@@ -842,10 +920,17 @@ fn check_runs(c: &mut Client, a: &Args) -> (RunStats, Vec<String>) {
     {
         let plan: Option<String> = r.get(1);
         violations.push(match plan {
-            None => format!("run(): {} committed work of a run that held no lease ({} rows)", r.get::<_, String>(0), r.get::<_, i64>(2)),
+            None => format!(
+                "run(): {} committed work of a run that held no lease ({} rows)",
+                r.get::<_, String>(0),
+                r.get::<_, i64>(2)
+            ),
             Some(plan) => format!(
                 "run(): {} plan {plan} executed {} times (fencing tokens {}, kinds {})",
-                r.get::<_, String>(0), r.get::<_, i64>(2), r.get::<_, String>(3), r.get::<_, String>(4)
+                r.get::<_, String>(0),
+                r.get::<_, i64>(2),
+                r.get::<_, String>(3),
+                r.get::<_, String>(4)
             ),
         });
     }
@@ -987,9 +1072,14 @@ fn analyze_fenced(dir: &str, rows: &[FencedRow], grants: &Grants) -> FencedAnaly
             match p[4] {
                 "ok" => a.committed += 1,
                 "LS001" => a.refused += 1,
-                other => a.violations.push(format!("fenced write {} ({} token {}) failed with {other}", p[3], p[1], p[2])),
+                other => {
+                    a.violations.push(format!("fenced write {} ({} token {}) failed with {other}", p[3], p[1], p[2]))
+                }
             }
-            logged.insert(p[3].to_string(), (p[1].to_string(), p[2].parse().unwrap(), p[4].to_string(), p[5].parse().unwrap()));
+            logged.insert(
+                p[3].to_string(),
+                (p[1].to_string(), p[2].parse().unwrap(), p[4].to_string(), p[5].parse().unwrap()),
+            );
         }
     }
     let mut seen = HashSet::new();
@@ -1001,13 +1091,16 @@ fn analyze_fenced(dir: &str, rows: &[FencedRow], grants: &Grants) -> FencedAnaly
         let (res, tok) = (r.resource.as_str(), r.token);
         // a.
         match logged.get(&r.wid) {
-            None => a.violations.push(format!("fenced: row {} ({res} token {tok}) was written by no logged transaction", r.id)),
-            Some((_, _, outcome, _)) if outcome != "ok" => {
-                a.violations.push(format!("fenced: {res}: a write of token {tok} landed (row {}) although its transaction failed with {outcome}", r.id))
-            }
-            Some((lres, ltok, _, _)) if lres != res || *ltok != tok => {
-                a.violations.push(format!("fenced: row {} is ({res}, {tok}), its transaction wrote ({lres}, {ltok})", r.id))
-            }
+            None => a
+                .violations
+                .push(format!("fenced: row {} ({res} token {tok}) was written by no logged transaction", r.id)),
+            Some((_, _, outcome, _)) if outcome != "ok" => a.violations.push(format!(
+                "fenced: {res}: a write of token {tok} landed (row {}) although its transaction failed with {outcome}",
+                r.id
+            )),
+            Some((lres, ltok, _, _)) if lres != res || *ltok != tok => a
+                .violations
+                .push(format!("fenced: row {} is ({res}, {tok}), its transaction wrote ({lres}, {ltok})", r.id)),
             Some(_) => {}
         }
         seen.insert(r.wid.as_str());
@@ -1019,7 +1112,10 @@ fn analyze_fenced(dir: &str, rows: &[FencedRow], grants: &Grants) -> FencedAnaly
         // c.
         if let Some(&(ptok, pid)) = last.get(res) {
             if tok < ptok {
-                a.violations.push(format!("fenced: {res}: row {} of token {tok} written after row {pid} of the newer token {ptok}", r.id));
+                a.violations.push(format!(
+                    "fenced: {res}: row {} of token {tok} written after row {pid} of the newer token {ptok}",
+                    r.id
+                ));
             }
         }
         last.insert(res, (tok, r.id));
@@ -1075,7 +1171,14 @@ fn main() {
     let children: Vec<_> = (0..a.processes)
         .map(|w| {
             Command::new(&me)
-                .args(["--worker", &w.to_string(), "--seconds", &a.seconds.to_string(), "--clients", &a.clients.to_string()])
+                .args([
+                    "--worker",
+                    &w.to_string(),
+                    "--seconds",
+                    &a.seconds.to_string(),
+                    "--clients",
+                    &a.clients.to_string(),
+                ])
                 .args(["--claims", &a.claims.to_string()])
                 .args(["--processes", &a.processes.to_string(), "--dsn", &a.dsn, "--logs", &a.logs, "--run", &a.run])
                 .args(["--lock-seconds", &a.lock_seconds.to_string(), "--lock-clients", &a.lock_clients.to_string()])
@@ -1096,7 +1199,8 @@ fn main() {
     for mut child in children {
         assert!(child.wait().unwrap().success(), "a worker process failed");
     }
-    let (run_kills, mut run_violations) = run_threads.map_or((0, vec![]), |(k, m)| (k.join().unwrap(), m.join().unwrap()));
+    let (run_kills, mut run_violations) =
+        run_threads.map_or((0, vec![]), |(k, m)| (k.join().unwrap(), m.join().unwrap()));
     let (claims, granted, mut violations, mut grants) = check(&a);
     let mut c = Client::connect(&a.dsn, NoTls).unwrap();
     let mut lock_line = None;
@@ -1129,7 +1233,14 @@ fn main() {
         run_line = Some(format!(
             "torture run(): {} schedulers on {} jobs for {} s: {} run() calls ({}), {} backends terminated mid-CALL; \
              {} plans, {} SUCCESS each with exactly one committed execution, {} violations",
-            a.run_schedulers, a.run_jobs, a.run_seconds, st.calls, outcomes.join(", "), run_kills, st.plans, st.successes,
+            a.run_schedulers,
+            a.run_jobs,
+            a.run_seconds,
+            st.calls,
+            outcomes.join(", "),
+            run_kills,
+            st.plans,
+            st.successes,
             run_violations.len()
         ));
         violations.append(&mut run_violations);
@@ -1208,7 +1319,10 @@ mod tests {
             "lbusy L",
         ]));
         assert!(a.violations.is_empty(), "{:?}", a.violations);
-        assert_eq!((a.attempts, a.grants, a.takeovers, a.releases, a.revivals, a.kills, a.refused), (4, 3, 1, 1, 1, 1, 1));
+        assert_eq!(
+            (a.attempts, a.grants, a.takeovers, a.releases, a.revivals, a.kills, a.refused),
+            (4, 3, 1, 1, 1, 1, 1)
+        );
     }
 
     #[test]
@@ -1259,7 +1373,11 @@ mod tests {
         let dir = logs(&["fw L 10 w1 LS001 15 16", "fw L 11 w2 ok 21 22", "fw L 11 w3 40P01 23 24"]);
         let a = analyze_fenced(&dir, &[row(1, 10, "w1", 50)], &grants());
         assert_eq!(a.violations.len(), 3, "{:?}", a.violations);
-        assert!(a.violations.iter().any(|v| v.contains("landed (row 1) although its transaction failed with LS001")), "{:?}", a.violations);
+        assert!(
+            a.violations.iter().any(|v| v.contains("landed (row 1) although its transaction failed with LS001")),
+            "{:?}",
+            a.violations
+        );
         assert!(a.violations.iter().any(|v| v.contains("w2 of token 11 has no row")), "{:?}", a.violations);
         assert!(a.violations.iter().any(|v| v.contains("failed with 40P01")), "{:?}", a.violations);
     }
@@ -1270,13 +1388,30 @@ mod tests {
         // was still running after 11's grant (database clock): no newer row follows, so only
         // these two checks see it
         let dir = logs(&["fw L 10 w1 ok 21 60", "fw L 13 w2 ok 50 51", "fw M 10 w3 ok 3 4"]);
-        let rows = [row(1, 10, "w1", 150), row(2, 13, "w2", 400), FencedRow { resource: "M".into(), ..row(3, 10, "w3", 5) }];
+        let rows =
+            [row(1, 10, "w1", 150), row(2, 13, "w2", 400), FencedRow { resource: "M".into(), ..row(3, 10, "w3", 5) }];
         let a = analyze_fenced(&dir, &rows, &grants());
         assert_eq!(a.violations.len(), 4, "{:?}", a.violations);
-        assert!(a.violations.iter().any(|v| v.contains("row 1 of token 10 was still being written 50 µs after token 11")), "{:?}", a.violations);
-        assert!(a.violations.iter().any(|v| v.contains("token 10 committed a write (row 1) sent after token 11")), "{:?}", a.violations);
-        assert!(a.violations.iter().any(|v| v.contains("L: row 2 carries token 13, never granted")), "{:?}", a.violations);
-        assert!(a.violations.iter().any(|v| v.contains("M: row 3 carries token 10, never granted")), "{:?}", a.violations);
+        assert!(
+            a.violations.iter().any(|v| v.contains("row 1 of token 10 was still being written 50 µs after token 11")),
+            "{:?}",
+            a.violations
+        );
+        assert!(
+            a.violations.iter().any(|v| v.contains("token 10 committed a write (row 1) sent after token 11")),
+            "{:?}",
+            a.violations
+        );
+        assert!(
+            a.violations.iter().any(|v| v.contains("L: row 2 carries token 13, never granted")),
+            "{:?}",
+            a.violations
+        );
+        assert!(
+            a.violations.iter().any(|v| v.contains("M: row 3 carries token 10, never granted")),
+            "{:?}",
+            a.violations
+        );
     }
 
     #[test]
