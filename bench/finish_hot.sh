@@ -15,13 +15,15 @@
 #   bench/finish_hot.sh      (PostgreSQL from $PGBIN, default Debian's 15; a scratch cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+PGBIN=${PGBIN:-$(pg_bin 15)}
 export PGBIN
 dir=/tmp/lease_sched_finish_hot
-port=$(scripts/cluster.sh freeport)
-LEASE_CLUSTER_PRELOAD= scripts/cluster.sh start "$dir" "$port" "full_page_writes = off" "shared_buffers = 512MB" \
+port=$(free_ports 1)
+LEASE_CLUSTER_PRELOAD="" lease_cluster_start "$dir" "$port" "full_page_writes = off" "shared_buffers = 512MB" \
   "max_wal_size = 8GB" "autovacuum = off" >/dev/null
-trap 'scripts/cluster.sh stop "$dir" >/dev/null 2>&1 || true' EXIT
+trap 'lease_cluster_stop "$dir" >/dev/null 2>&1 || true' EXIT
 psql=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d lease_sched)
 echo "PostgreSQL $("$PGBIN/pg_config" --version)"
 for variant in current none brin run_brin; do
@@ -87,5 +89,5 @@ SQL
     | python3 -c 'import json,sys; p=json.load(sys.stdin)[0]; pl=p["Plan"]; print("%s %.1f ms, %d buffers" % (pl["Node Type"], p["Execution Time"], pl["Shared Hit Blocks"]+pl["Shared Read Blocks"]))')
   retention=$("${psql[@]}" -At -c "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT id FROM e WHERE status <> 'RUNNING' AND finished_at < now() - interval '7 days' ORDER BY finished_at LIMIT 1000" \
     | python3 -c 'import json,sys; p=json.load(sys.stdin)[0]; pl=p["Plan"]; sub=pl.get("Plans",[{}])[0]; print("%s %.1f ms, %d buffers" % (sub.get("Node Type", pl["Node Type"]), p["Execution Time"], pl["Shared Hit Blocks"]+pl["Shared Read Blocks"]))')
-  echo "$variant: $(echo $out | grep -o 'wal_per.*') | sweep: $sweep | retention: $retention"
+  echo "$variant: $(echo "$out" | grep -o 'wal_per.*') | sweep: $sweep | retention: $retention"
 done

@@ -12,13 +12,15 @@
 # cluster preloading lease_sched in /tmp/lease_sched_locks_fences, started and stopped here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+PGBIN=${PGBIN:-$(pg_bin 15)}
 export PGBIN
 secs=${1:-10} sync=${2:-on}
 dir=/tmp/lease_sched_locks_fences
-port=$(scripts/cluster.sh freeport)
-LEASE_CLUSTER_PRELOAD=lease_sched scripts/cluster.sh start "$dir" "$port" "synchronous_commit = $sync" >/dev/null
-trap 'scripts/cluster.sh stop "$dir" >/dev/null 2>&1 || true' EXIT
+port=$(free_ports 1)
+LEASE_CLUSTER_PRELOAD=lease_sched lease_cluster_start "$dir" "$port" "synchronous_commit = $sync" >/dev/null
+trap 'lease_cluster_stop "$dir" >/dev/null 2>&1 || true' EXIT
 psql=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d lease_sched)
 "${psql[@]}" <<'SQL'
 CREATE EXTENSION lease_sched;

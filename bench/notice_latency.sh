@@ -12,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+PGBIN=${PGBIN:-$(pg_bin 15)}
 export PGBIN
 install=1
 [ "${1:-}" = --no-install ] && { install=0; shift; }
@@ -25,9 +27,9 @@ if [ $install = 1 ]; then
 fi
 cargo build -q --release --manifest-path tests/integration/Cargo.toml --example notice_latency
 dir=/tmp/lease_sched_notice_latency
-port=$(scripts/cluster.sh freeport)
-LEASE_CLUSTER_PRELOAD=${NOTICE_PRELOAD-lease_sched} scripts/cluster.sh start "$dir" "$port" "$@" >/dev/null
-trap 'scripts/cluster.sh stop "$dir" >/dev/null 2>&1 || true' EXIT
+port=$(free_ports 1)
+LEASE_CLUSTER_PRELOAD=${NOTICE_PRELOAD-lease_sched} lease_cluster_start "$dir" "$port" "$@" >/dev/null
+trap 'lease_cluster_stop "$dir" >/dev/null 2>&1 || true' EXIT
 "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d lease_sched -c "CREATE EXTENSION lease_sched"
 sleep 2  # the sweeper attaches and sweeps once
 echo "notice latency: PostgreSQL $major, preload '${NOTICE_PRELOAD-lease_sched}', $* ; load average $(cut -d' ' -f1-3 /proc/loadavg)"

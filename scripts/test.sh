@@ -94,6 +94,14 @@ run_all() {
     local scripts; mapfile -t scripts < <(shell_scripts)
     # One check a line: what it is, then the command.
     lint "shellcheck (every shell script)" shellcheck -x "${scripts[@]}"
+    lint "cargo fmt --check (the style of rustfmt.toml)" cargo fmt --all --check
+    lint "clippy -D warnings: lease_model, the clients, examples, tests" \
+      cargo clippy -q --workspace --exclude lease_sched --all-targets -- -D warnings
+    local m
+    for m in $majors; do
+      lint "clippy -D warnings: the extension for PostgreSQL $m" \
+        cargo clippy -q --all-targets --no-default-features --features "pg$m pg_test" -- -D warnings
+    done
   fi
 
   for major in $majors; do

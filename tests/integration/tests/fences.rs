@@ -8,6 +8,7 @@
 //!   fence passed with the holder's secret, never with the public fencing token alone;
 //! - a fenced transaction cannot be prepared, and a steal or takeover that waited for a
 //!   fenced transaction gets a full lease or ttl from the end of its wait.
+//!
 //! The isolation specs tests/isolation/specs/fence_vs_*.spec prove the interleavings
 //! (no steal, takeover or sweep completes between a fence and its commit). NOTIFY
 //! lease_sched_lost is in notices.rs, tokens that never repeat in tokens.rs.

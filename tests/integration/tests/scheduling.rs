@@ -163,7 +163,8 @@ fn lease_next_plan_never_returns_a_plan_after_now() {
             &ClaimArgs { stale_timeout: Duration::from_millis(1), ..Default::default() },
         );
         std::thread::sleep(Duration::from_millis(5));
-        for j in [&stale] {
+        {
+            let j = &stale;
             let p: Option<DateTime<Utc>> = c
                 .query_one(
                     "SELECT lease_sched.lease_next_plan($1, $2::text::interval, catch_up => $3)",

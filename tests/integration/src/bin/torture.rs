@@ -1297,7 +1297,7 @@ mod tests {
             &format!("claim {E} 10 1 100 110"),
             &format!("fin {E} 10 SUCCESS 1 120"),
             &format!("claim {E} 12 3 200 210"),
-            &format!("claim 5c0c1f0e-0000-4000-8000-000000000002 12 1 300 310"),
+            "claim 5c0c1f0e-0000-4000-8000-000000000002 12 1 300 310",
         ]));
         assert_eq!(a.violations.len(), 3, "{:?}", a.violations);
     }
