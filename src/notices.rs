@@ -5,8 +5,8 @@
 //! A steal that notified inline therefore committed one at a time. So, when lease_sched is
 //! preloaded and its database has a sweeper, a steal only *records* the notice:
 //!
-//! - during the transaction, in a backend-local list; each entry holds a place reserved in
-//!   the shared queue, so the commit cannot find it full. A subtransaction that rolls back
+//! - during the transaction, in the backend's transaction state (`crate::xact`); each entry
+//!   holds a place reserved in the shared queue, so the commit cannot find it full. A subtransaction that rolls back
 //!   drops its entries (and their places); an abort drops them all;
 //! - at commit (`XACT_EVENT_COMMIT`, after the commit record is durable) the entries go
 //!   into the shared queue and the database's sweeper is woken (its latch);
@@ -22,12 +22,10 @@
 //!
 //! Within one delivery, PostgreSQL folds identical notices into one (as it does within one
 //! transaction): two steals of the same execution in quick succession may be told once.
-use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::PgLogLevel;
 
 use crate::settings;
 use crate::spi_plans::{execute, Statement};
@@ -128,12 +126,6 @@ impl Queue {
 static NOTIFY_LOST: Statement =
     Statement { sql: "SELECT pg_catalog.pg_notify('lease_sched_lost', $1)", arg_types: &[pg_sys::TEXTOID] };
 
-thread_local! {
-    /// (subtransaction that recorded it, payload); each holds one reserved place.
-    static PENDING: RefCell<Vec<(pg_sys::SubTransactionId, String)>> = const { RefCell::new(Vec::new()) };
-    static CALLBACKS: Cell<bool> = const { Cell::new(false) };
-}
-
 /// Tell the holder this transaction deposed, at commit (payload: an execution_id, or
 /// `lock:<name>`), unless `lease_sched.notify_lost` is off. The sweep notifies in its own
 /// statement, from the sweeper.
@@ -154,87 +146,37 @@ fn record(payload: &str) -> bool {
     if payload.len() > PAYLOAD_MAX || crate::sweepers::sweeper_latch(database).is_none() || !q.reserve() {
         return false;
     }
-    let subid = current_subxact();
-    PENDING.with(|p| p.borrow_mut().push((subid, payload.to_owned())));
+    crate::xact::notice_recorded(payload.to_owned());
     true
 }
 
-fn current_subxact() -> pg_sys::SubTransactionId {
-    if !CALLBACKS.get() {
-        // SAFETY: registers two plain callbacks for this backend's life; they touch only
-        // backend-local state and shared atomics, and raise an ERROR only before PREPARE.
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(on_xact_end), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(on_subxact_end), std::ptr::null_mut());
-        }
-        CALLBACKS.set(true);
+/// The open transaction committed after recording these notices (crate::xact keeps them
+/// until then): into the shared queue, in the places they reserved, and the database's
+/// sweeper is woken to send them.
+pub fn committed(payloads: Vec<String>) {
+    let Some(q) = queue() else { return };
+    if payloads.is_empty() {
+        return;
     }
-    // SAFETY: reads the current subtransaction's id.
-    unsafe { pg_sys::GetCurrentSubTransactionId() }
+    // SAFETY: MyDatabaseId is set once at backend start.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    for payload in &payloads {
+        q.push(database.to_u32(), payload.as_bytes());
+    }
+    // The sweeper that was there at the steal may have left since: its successor sends
+    // these when it starts.
+    if let Some(latch) = crate::sweepers::sweeper_latch(database) {
+        // SAFETY: the latch lives in a PGPROC in shared memory; setting the latch of a
+        // process that left only wakes whoever owns that PGPROC now, harmlessly.
+        unsafe { pg_sys::SetLatch(latch) };
+    }
 }
 
-fn drop_pending(keep: impl Fn(pg_sys::SubTransactionId) -> bool) {
-    let dropped = PENDING.with(|p| {
-        let mut p = p.borrow_mut();
-        let before = p.len();
-        p.retain(|(subid, _)| keep(*subid));
-        before - p.len()
-    });
+/// `n` recorded notices were rolled back (with their transaction or subtransaction): their
+/// reserved places go back to the queue.
+pub fn forgotten(n: usize) {
     if let Some(q) = queue() {
-        q.unreserve(dropped);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_xact_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    use pg_sys::XactEvent::*;
-    match event {
-        // A NOTIFY cannot be prepared (PostgreSQL refuses it); neither can its record.
-        XACT_EVENT_PRE_PREPARE if PENDING.with(|p| !p.borrow().is_empty()) => {
-            pgrx::pg_sys::panic::ErrorReport::new(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "cannot PREPARE a transaction that has executed LISTEN, UNLISTEN, or NOTIFY",
-                "lease_sched",
-            )
-            .set_detail("A lease_sched steal or lock takeover in it notifies lease_sched_lost at commit.")
-            .report(PgLogLevel::ERROR);
-        }
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
-            let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
-            let Some(q) = queue() else { return };
-            if pending.is_empty() {
-                return;
-            }
-            // SAFETY: MyDatabaseId is set once at backend start.
-            let database = unsafe { pg_sys::MyDatabaseId };
-            for (_, payload) in &pending {
-                q.push(database.to_u32(), payload.as_bytes());
-            }
-            // The sweeper that was there at the steal may have left since: its successor
-            // sends these when it starts.
-            if let Some(latch) = crate::sweepers::sweeper_latch(database) {
-                // SAFETY: the latch lives in a PGPROC in shared memory; setting the latch of
-                // a process that left only wakes whoever owns that PGPROC now, harmlessly.
-                unsafe { pg_sys::SetLatch(latch) };
-            }
-        }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => drop_pending(|_| false),
-        _ => {}
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_subxact_end(
-    event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    // Aborting a subtransaction undoes it and its children: the entries with an id at
-    // least as high (ids grow, and every subtransaction begun while it was open is its
-    // descendant).
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        drop_pending(|subid| subid < my_subid);
+        q.unreserve(n);
     }
 }
 

@@ -4,14 +4,18 @@
 //!   kept buffered when it (or the subtransaction that wrote them) aborts;
 //! - fences the transaction passed (`lock_fence`, `lease_fence`): what `require_lock` /
 //!   `require_lease` triggers check; gone when the transaction ends, and when the
-//!   subtransaction that took them rolls back (that also releases the fence's row lock).
+//!   subtransaction that took them rolls back (that also releases the fence's row lock);
+//! - loss notices a steal or takeover recorded (`crate::notices`): queued for the sweeper
+//!   to send when the transaction commits, their reserved places given back when it (or the
+//!   subtransaction that recorded them) aborts.
 //!
 //! Each entry carries the subtransaction that made it. Aborting a subtransaction undoes it
 //! and its children, which are exactly the entries with an id at least as high (ids grow,
 //! and every subtransaction begun while it was open is its descendant).
 //! PREPARE TRANSACTION counts as an end: the prepared writes may yet roll back, and a
 //! second write of the same touch changes nothing. A transaction that passed a fence cannot
-//! be prepared at all (it would pin the lease or lock against takeovers).
+//! be prepared at all (it would pin the lease or lock against takeovers), nor one that
+//! recorded a notice (as PostgreSQL prepares none that ran NOTIFY).
 use std::cell::{Cell, RefCell};
 
 use pgrx::pg_sys;
@@ -38,13 +42,16 @@ thread_local! {
     static WRITTEN_TOUCHES: RefCell<Vec<WrittenTouches>> = const { RefCell::new(Vec::new()) };
     // (subtransaction, fence, proven with the holder's secret token)
     static FENCES: RefCell<Vec<(pg_sys::SubTransactionId, Fence, bool)>> = const { RefCell::new(Vec::new()) };
+    // (subtransaction, payload); each holds a place reserved in the notices' shared queue
+    static NOTICES: RefCell<Vec<(pg_sys::SubTransactionId, String)>> = const { RefCell::new(Vec::new()) };
     static CALLBACKS: Cell<bool> = const { Cell::new(false) };
 }
 
 fn current_subxact() -> pg_sys::SubTransactionId {
     if !CALLBACKS.get() {
         // SAFETY: registers two plain callbacks for this backend's life; they touch only
-        // backend-local state and the shared buffer under its lock (no SPI, no ERROR).
+        // backend-local state, the shared buffer under its lock and the notices' queue
+        // (atomics); no SPI, and an ERROR only before PREPARE.
         unsafe {
             pg_sys::RegisterXactCallback(Some(on_xact_end), std::ptr::null_mut());
             pg_sys::RegisterSubXactCallback(Some(on_subxact_end), std::ptr::null_mut());
@@ -70,6 +77,13 @@ pub fn fence_passed(fence: Fence, proven: bool) {
     FENCES.with(|f| f.borrow_mut().push((subid, fence, proven)));
 }
 
+/// A loss notice to send once the open transaction commits (its place in the shared queue
+/// is reserved already).
+pub fn notice_recorded(payload: String) {
+    let subid = current_subxact();
+    NOTICES.with(|n| n.borrow_mut().push((subid, payload)));
+}
+
 /// Has the open transaction passed this fence (and not rolled it back), with the secret
 /// when `proven_only`?
 pub fn has_fence(fence: &Fence, proven_only: bool) -> bool {
@@ -93,15 +107,27 @@ unsafe extern "C-unwind" fn on_xact_end(event: pg_sys::XactEvent::Type, _arg: *m
             .set_hint("A prepared transaction would hold the lease or lock against every takeover until it is resolved; COMMIT instead.")
             .report(PgLogLevel::ERROR);
         }
+        XACT_EVENT_PRE_PREPARE if NOTICES.with(|n| !n.borrow().is_empty()) => {
+            pgrx::pg_sys::panic::ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "cannot PREPARE a transaction that has executed LISTEN, UNLISTEN, or NOTIFY",
+                "lease_sched",
+            )
+            .set_detail("A lease_sched steal or lock takeover in it notifies lease_sched_lost at commit.")
+            .report(PgLogLevel::ERROR);
+        }
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
             for (_, entries, forget) in WRITTEN_TOUCHES.with(|w| std::mem::take(&mut *w.borrow_mut())) {
                 forget(&entries);
             }
             FENCES.with(|f| f.borrow_mut().clear());
+            let notices = NOTICES.with(|n| std::mem::take(&mut *n.borrow_mut()));
+            crate::notices::committed(notices.into_iter().map(|(_, payload)| payload).collect());
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
             WRITTEN_TOUCHES.with(|w| w.borrow_mut().clear());
             FENCES.with(|f| f.borrow_mut().clear());
+            crate::notices::forgotten(NOTICES.with(|n| std::mem::take(&mut *n.borrow_mut())).len());
         }
         _ => {}
     }
@@ -117,5 +143,12 @@ unsafe extern "C-unwind" fn on_subxact_end(
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         WRITTEN_TOUCHES.with(|w| w.borrow_mut().retain(|(subid, _, _)| *subid < my_subid));
         FENCES.with(|f| f.borrow_mut().retain(|(subid, _, _)| *subid < my_subid));
+        let dropped = NOTICES.with(|n| {
+            let mut n = n.borrow_mut();
+            let before = n.len();
+            n.retain(|(subid, _)| *subid < my_subid);
+            before - n.len()
+        });
+        crate::notices::forgotten(dropped);
     }
 }

@@ -156,20 +156,7 @@ impl OwnClusters {
     pub fn base_backup(&self, name: &str, from_port: u16, port: u16, standby: Option<&str>) {
         let dir = self.dir(name);
         // A cluster left running by an interrupted earlier run would hold its port.
-        let _ = Command::new("runuser")
-            .args([
-                "-u",
-                "postgres",
-                "--",
-                &format!("{}/pg_ctl", pgbin()),
-                "-D",
-                &format!("{dir}/data"),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ])
-            .output();
+        stop_now(&format!("{dir}/data"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Command::new("chown").args(["postgres", &dir]).status().unwrap();
@@ -208,19 +195,7 @@ impl OwnClusters {
 impl Drop for OwnClusters {
     fn drop(&mut self) {
         for name in &self.names {
-            let _ = Command::new("runuser")
-                .args([
-                    "-u",
-                    "postgres",
-                    "--",
-                    &format!("{}/pg_ctl", pgbin()),
-                    "-D",
-                    &format!("{}/data", self.dir(name)),
-                    "-m",
-                    "immediate",
-                    "stop",
-                ])
-                .output();
+            stop_now(&format!("{}/data", self.dir(name)));
         }
         let _ = std::fs::remove_dir_all(&self.base);
     }
@@ -294,4 +269,13 @@ impl Drop for Role {
             let _ = c.batch_execute(&format!("DROP OWNED BY {0}; DROP ROLE IF EXISTS {0}", self.0));
         }
     }
+}
+
+/// Stop the cluster in `data` at once (pg_ctl -m immediate), if it runs: a cluster left
+/// running by an interrupted earlier run would hold its port, and a test's own clusters go
+/// when it ends however it ends.
+pub fn stop_now(data: &str) {
+    let _ = Command::new("runuser")
+        .args(["-u", "postgres", "--", &format!("{}/pg_ctl", pgbin()), "-D", data, "-m", "immediate", "-w", "stop"])
+        .output();
 }

@@ -7,6 +7,7 @@
 //! databases of its own, as the role that owns lease_sched in the test database.
 use std::process::Command;
 
+use lease_sched_integration::fixtures::stop_now;
 use lease_sched_integration::*;
 use postgres::{Client, NoTls};
 
@@ -347,19 +348,7 @@ fn a_read_replica_answers_the_views_and_the_read_only_calls() {
     impl Drop for Stop {
         fn drop(&mut self) {
             for dir in ["primary", "replica"] {
-                let _ = Command::new("runuser")
-                    .args([
-                        "-u",
-                        "postgres",
-                        "--",
-                        &format!("{}/pg_ctl", pgbin()),
-                        "-D",
-                        &format!("{}/{dir}/data", self.0),
-                        "-m",
-                        "immediate",
-                        "stop",
-                    ])
-                    .output();
+                stop_now(&format!("{}/{dir}/data", self.0));
             }
             let _ = std::fs::remove_dir_all(&self.0);
         }
