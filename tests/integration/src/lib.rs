@@ -471,3 +471,23 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// A path in this checkout (the repository root, then `path`).
+pub fn checkout(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+}
+
+/// How many runs of `job` finished SUCCESS.
+pub fn successes(c: &mut Client, job: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'",
+        &[&job],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Whether `job` has exactly one SUCCESS run.
+pub fn succeeded_once(job: &str) -> bool {
+    successes(&mut connect(), job) == 1
+}

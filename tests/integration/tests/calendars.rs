@@ -139,13 +139,7 @@ fn run_executes_each_slot_once_across_dst_transitions() {
             assert_eq!(others, 0, "{zone} {cron}: nothing skipped or failed under misfire 'all'");
             // The command ran exactly once per plan (the ones after the window included).
             let rows: i64 = c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).unwrap().get(0);
-            let plans: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'",
-                    &[&job],
-                )
-                .unwrap()
-                .get(0);
+            let plans = successes(&mut c, &job);
             assert_eq!(rows, plans, "{zone} {cron}: one command per plan");
             c.query_one("SELECT lease_sched.job_drop($1)", &[&job]).unwrap();
         }

@@ -20,10 +20,6 @@ use std::time::{Duration, Instant};
 
 use lease_sched_integration::*;
 
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
-}
-
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
@@ -60,7 +56,7 @@ fn python() -> &'static str {
         // Build from a copy so the source tree gets no build/ or egg-info.
         let src = std::env::temp_dir().join(format!("lease_sched_client_src_{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&src);
-        ok(Command::new("cp").arg("-r").arg(repo("clients/python")).arg(&src)).map_err(|e| e.to_string())??;
+        ok(Command::new("cp").arg("-r").arg(checkout("clients/python")).arg(&src)).map_err(|e| e.to_string())??;
         ok(Command::new(format!("{VENV}/bin/pip")).args(["install", "-q", "--no-deps", "--force-reinstall"]).arg(&src))
             .map_err(|e| e.to_string())??;
         let _ = std::fs::remove_dir_all(&src);
@@ -72,22 +68,11 @@ fn python() -> &'static str {
     "/tmp/lease_sched_clients_venv/bin/python"
 }
 
-fn succeeded_once(job: &str) -> bool {
-    let n: i64 = connect()
-        .query_one(
-            "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'",
-            &[&job],
-        )
-        .unwrap()
-        .get(0);
-    n == 1
-}
-
 #[test]
 fn the_python_client_test_suite_passes() {
     let out = Command::new(python())
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
-        .current_dir(repo("clients/python"))
+        .current_dir(checkout("clients/python"))
         .env("LEASE_SCHED_DSN", dsn())
         .output()
         .unwrap();
@@ -101,7 +86,7 @@ fn the_python_client_passes_mypy_strict() {
     let py = python();
     let out = Command::new(py)
         .args(["-m", "mypy", "--strict", "--no-incremental", "--cache-dir=/dev/null", "src/lease_sched"])
-        .current_dir(repo("clients/python"))
+        .current_dir(checkout("clients/python"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -111,7 +96,7 @@ fn the_python_client_passes_mypy_strict() {
 fn the_rust_client_test_suite_passes() {
     let out = Command::new(env!("CARGO"))
         .args(["test", "-q", "-j2", "--manifest-path"])
-        .arg(repo("clients/rust/Cargo.toml"))
+        .arg(checkout("clients/rust/Cargo.toml"))
         .env("LEASE_SCHED_DSN", dsn())
         .env("CARGO_TARGET_DIR", "/tmp/lease_sched_clients_target")
         .output()
@@ -124,7 +109,7 @@ fn the_rust_client_test_suite_passes() {
 #[test]
 fn the_python_client_runner_example_claims_heartbeats_and_finishes() {
     let job = unique("ex_pyc");
-    let out = Command::new(python()).arg(repo("examples/runner_client.py")).arg(dsn()).arg(&job).output().unwrap();
+    let out = Command::new(python()).arg(checkout("examples/runner_client.py")).arg(dsn()).arg(&job).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "won success");
     assert!(succeeded_once(&job));
@@ -135,7 +120,7 @@ fn the_rust_client_runner_example_claims_heartbeats_and_finishes() {
     let job = unique("ex_rsc");
     let out = Command::new(env!("CARGO"))
         .args(["run", "-q", "-j2", "--manifest-path"])
-        .arg(repo("examples/Cargo.toml"))
+        .arg(checkout("examples/Cargo.toml"))
         .args(["--bin", "runner_client", "--"])
         .arg(dsn())
         .arg(&job)
@@ -170,7 +155,7 @@ fn gopath() -> PathBuf {
         std::fs::create_dir_all(&parent).unwrap();
         let link = parent.join("go");
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(repo("clients/go").canonicalize().unwrap(), &link).unwrap();
+        std::os::unix::fs::symlink(checkout("clients/go").canonicalize().unwrap(), &link).unwrap();
         dir
     })
     .clone()
@@ -203,7 +188,7 @@ fn the_go_client_test_suite_passes() {
 /// The Node package with its dev dependencies (`npm ci` from the committed lock file, which
 /// scripts/setup.sh has usually done already); None and a "skipped test:" line without node.
 fn node_package(test: &str) -> Option<PathBuf> {
-    let dir = repo("clients/node");
+    let dir = checkout("clients/node");
     let node = Command::new("node").arg("--version").output();
     if !node.map(|o| o.status.success()).unwrap_or(false) {
         println!("skipped test: {test}: node is not installed (apt-get install nodejs npm)");
@@ -271,7 +256,7 @@ fn go_runner(test: &str) -> Option<PathBuf> {
         BUILT
             .get_or_init(|| {
                 let bin = std::env::temp_dir().join(format!("lease_sched_runner_go_{}", std::process::id()));
-                let out = go(&["build", "-o"]).arg(&bin).arg(repo("examples/runner.go")).output().unwrap();
+                let out = go(&["build", "-o"]).arg(&bin).arg(checkout("examples/runner.go")).output().unwrap();
                 assert!(out.status.success(), "go build examples/runner.go: {}", text(&out));
                 bin
             })
@@ -475,7 +460,7 @@ const pg = createRequire(process.argv[1] + "/")("pg");
 
 #[test]
 fn node_postgres_code_written_for_0_2_0_runs_unchanged() {
-    let package = repo("clients/node");
+    let package = checkout("clients/node");
     if Command::new("node").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true)
         || !package.join("node_modules/pg").exists()
     {

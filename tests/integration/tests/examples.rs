@@ -2,7 +2,7 @@
 //! cluster. Each claims the current plan of its own job, heartbeats, and finishes. So do the
 //! runner examples 0.2.0 released, unchanged (from git history): code written for 0.2.0
 //! keeps working against this version.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use lease_sched_integration::*;
@@ -11,28 +11,11 @@ fn port() -> String {
     dsn().split_whitespace().find_map(|kv| kv.strip_prefix("port=").map(str::to_string)).unwrap()
 }
 
-/// This checkout.
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn succeeded(job: &str) -> bool {
-    let mut c = connect();
-    let n: i64 = c
-        .query_one(
-            "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'",
-            &[&job],
-        )
-        .unwrap()
-        .get(0);
-    n == 1
-}
-
 /// What a runner printed, after checking it succeeded and finished its job once.
 fn finished_once(out: Output, job: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(succeeded(job), "{job} finished SUCCESS once");
+    assert!(succeeded_once(job), "{job} finished SUCCESS once");
     stdout
 }
 
@@ -72,17 +55,17 @@ fn rust_runner(manifest: &Path, target: &Path, job: &str) {
 
 #[test]
 fn the_psql_runner_claims_heartbeats_and_finishes() {
-    psql_runner(&repo(), &unique("ex_psql"));
+    psql_runner(&checkout(""), &unique("ex_psql"));
 }
 
 #[test]
 fn the_python_runner_claims_heartbeats_and_finishes() {
-    python_runner(&repo(), &unique("ex_py"));
+    python_runner(&checkout(""), &unique("ex_py"));
 }
 
 #[test]
 fn the_rust_runner_claims_heartbeats_and_finishes() {
-    rust_runner(&repo().join("examples/Cargo.toml"), &repo().join("target"), &unique("ex_rs"));
+    rust_runner(&checkout("").join("examples/Cargo.toml"), &checkout("").join("target"), &unique("ex_rs"));
 }
 
 #[test]

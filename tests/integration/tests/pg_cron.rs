@@ -37,13 +37,7 @@ fn two_cron_schedules_of_one_job_run_it_once_per_minute_and_failures_are_recorde
     }
     assert!(ok, "pg_cron ran the three entries");
     let rows: i64 = c.query_one(&format!("SELECT count(*) FROM {table}"), &[]).unwrap().get(0);
-    let plans: i64 = c
-        .query_one(
-            "SELECT count(*) FROM lease_sched.sys_cron_executions WHERE job_name = $1 AND status = 'SUCCESS'",
-            &[&job],
-        )
-        .unwrap()
-        .get(0);
+    let plans = successes(&mut c, &job);
     assert!(plans >= 1);
     assert_eq!(rows, plans, "two schedules, one execution per plan");
     let failed = c
