@@ -22,7 +22,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import chart  # noqa: E402
 
-# case -> (label, table the case writes: 'exec' or 'rt' or None)
+# case -> (label, table the case writes: 'exec', 'rt', 'locks' or None)
 CASES = [
     ("claim_fresh", "1. fresh claim (won)", "exec"),
     ("claim_contended", "2. contended claim (conflicted)", "exec"),
@@ -31,6 +31,10 @@ CASES = [
     ("finish", "5. claim + finish", "exec"),
     ("touch", "6. runtime touch (per beat)", "rt"),
     ("touch_batch", "7. touch batch of 1000", "rt"),
+    ("lock_acquire", "11. lock acquire (a free lock)", "locks"),
+    ("lock_heartbeat", "12. lock heartbeat", "locks"),
+    ("lease_fence", "13. lease fence check (with the secret)", "exec"),
+    ("lock_fence", "14. lock fence check (with the secret)", "locks"),
 ]
 LABEL = {c: l for c, l, _ in CASES}
 TABLE = {c: t for c, _, t in CASES}
@@ -48,12 +52,14 @@ BREAKDOWN = [
 # The targets: every case at least as fast as the hand-written SQL, under either
 # synchronous_commit, and the buffered touch at 80 % of the SELECT 1 ceiling.
 RATIO_TARGET = {case: 1.0 for case in ("claim_fresh", "claim_contended", "steal", "heartbeat", "finish",
-                                       "touch", "touch_batch")}
+                                       "touch", "touch_batch", "lock_acquire", "lock_heartbeat",
+                                       "lease_fence", "lock_fence")}
 TOUCH_CEILING_TARGET = 0.8
 
 
 def table_name(side, kind):
-    return ("lease_sched." if side == "ext" else "baseline.") + ("sys_cron_executions" if kind == "exec" else "runtimes")
+    return ("lease_sched." if side == "ext" else "baseline.") + {"exec": "sys_cron_executions", "rt": "runtimes",
+                                                                   "locks": "locks"}[kind]
 
 
 def delta_table(run, name):
@@ -105,6 +111,18 @@ def check(run, d):
 
     ex = t.get("exec", {})
     rt = t.get("rt", {})
+    lk = t.get("locks", {})
+    # Both sides: one new lock row per acquire, one updated lock row per heartbeat, and a
+    # fence writes nothing (a row lock only). A failed fence is a failed transaction
+    # (LS001 on the extension's side, \gset of no row on the baseline's).
+    if case == "lock_acquire":
+        want("locks inserted", lk.get("ins"), n)
+    if case == "lock_heartbeat":
+        want("locks updated", lk.get("upd"), n)
+    if case == "lease_fence":
+        want("lease rows updated", ex.get("upd"), 0)
+    if case == "lock_fence":
+        want("lock rows updated", lk.get("upd"), 0)
     if side == "ext":
         if case in ("claim_fresh", "history_claim", "finish"):
             want("claims won", s.get("claims_won"), n)
