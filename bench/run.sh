@@ -390,8 +390,8 @@ fi
 
 # ---- the report ------------------------------------------------------------------------
 {
-  printf '{"stamp":"%s","quick":%s,"duration":%s,"rounds":%s,"clients":%s,"threads":%s,' \
-    "$stamp" "$quick" "$duration" "$rounds" "$clients" "$threads"
+  printf '{"stamp":"%s","edition":"%s","quick":%s,"duration":%s,"rounds":%s,"clients":%s,"threads":%s,' \
+    "$stamp" "$([ -n "$portable" ] && echo portable || echo native)" "$quick" "$duration" "$rounds" "$clients" "$threads"
   printf '"sync_modes":"%s","history_sizes":"%s","history_duration":%s,"scale_duration":%s,' \
     "$sync_modes" "$history_sizes" "$history_duration" "$scale_duration"
   printf '"command":"%s","commit":"%s","cores":%s,"mem_gib":%s,"loadavg":"%s",' \
