@@ -5,10 +5,12 @@
 # percent from run to run, on a machine whose wall-clock timings vary by 2x.
 #
 #   bench/profile.sh [--no-install] [--top N] [CASE...]
-#     CASE: claim_fresh heartbeat touch call tpcb (default: all five; `call` is the bare
+#     CASE: claim_fresh heartbeat touch call tpcb (the default five; `call` is the bare
 #     cost of calling an extension function, lease_sched.runtime_pending(), against SELECT 1;
 #     `tpcb` is pgbench's TPC-B-like transaction in a backend with lease_sched preloaded
-#     against one without: what merely preloading costs a transaction that never calls it)
+#     against one without: what merely preloading costs a transaction that never calls it),
+#     and lock_acquire lock_heartbeat lease_fence lock_fence (bench/run.sh's cases 11-14;
+#     a fence is BEGIN; fence; COMMIT, as there)
 #
 # Per call = (instructions of a run of LONG statements - those of SHORT statements) /
 # (LONG - SHORT): backend start, extension load and the first call's planning cancel out.
@@ -24,7 +26,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --no-install) install=0 ;;
     --top) top=$2; shift ;;
-    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,18p "$0"; exit 0 ;;
     *) cases+=("$1") ;;
   esac
   shift
@@ -50,6 +52,8 @@ psql=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres
 "${psql[@]}" -c "CREATE EXTENSION lease_sched" -f bench/fixtures/baseline.sql -f bench/fixtures/helpers.sql \
   -c "SELECT bench.ensure_runtimes(1000)" \
   -c "SELECT bench.ensure_leases('heartbeat', 1000, 'h', 't', '1 hour', 3, false)" \
+  -c "SELECT bench.ensure_leases('fence', 1000, 'f', 'g', '30 days', 3, false)" -c "SELECT bench.set_fencing_tokens('fence')" \
+  -c "SELECT bench.ensure_locks(1000)" \
   ${PROFILE_SETUP_SQL:+-c "$PROFILE_SETUP_SQL"} >/dev/null
 "$PGBIN/pgbench" -q -i -s 1 -h 127.0.0.1 -p "$port" -U postgres lease_sched >/dev/null 2>&1
 lease_cluster_stop "$dir"
@@ -70,6 +74,14 @@ statements() {
     touch:base) echo "PREPARE s(int) AS UPDATE baseline.runtimes SET last_seen_at = now() WHERE id = md5('r' || \$1)::uuid;" ;;
     call:ext) echo "PREPARE s(int) AS SELECT lease_sched.runtime_pending();" ;;
     call:base) echo "PREPARE s(int) AS SELECT 1;" ;;
+    lock_acquire:ext) echo "PREPARE s(int) AS SELECT * FROM lease_sched.lock_acquire('free-' || \$1, 'runner', interval '1 hour');" ;;
+    lock_acquire:base) echo "PREPARE s(int) AS INSERT INTO baseline.locks AS l (name, holder, fencing_token, acquired_at, heartbeat_at, expires_at, ttl, lock_token) VALUES ('free-' || \$1, 'runner', nextval('baseline.fencing_token_seq'), now(), now(), now() + interval '1 hour', interval '1 hour', gen_random_uuid()) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, fencing_token = excluded.fencing_token, acquired_at = now(), heartbeat_at = now(), expires_at = now() + excluded.ttl, ttl = excluded.ttl, lock_token = excluded.lock_token WHERE l.expires_at <= now() RETURNING l.lock_token, l.fencing_token, l.holder, l.expires_at;" ;;
+    lock_heartbeat:ext) echo "PREPARE s(int) AS SELECT lease_sched.lock_heartbeat('lock-' || \$1, md5('l' || \$1)::uuid);" ;;
+    lock_heartbeat:base) echo "PREPARE s(int) AS UPDATE baseline.locks SET heartbeat_at = now(), expires_at = now() + ttl WHERE name = 'lock-' || \$1 AND lock_token = md5('l' || \$1)::uuid;" ;;
+    lease_fence:ext) echo "PREPARE s(int) AS SELECT lease_sched.lease_fence(md5('f' || \$1)::uuid, 1000000000000 + \$1, md5('g' || \$1)::uuid);" ;;
+    lease_fence:base) echo "PREPARE s(int) AS SELECT 1 FROM baseline.sys_cron_executions WHERE id = md5('f' || \$1)::uuid AND fencing_token = 1000000000000 + \$1 AND lease_token = md5('g' || \$1)::uuid AND status = 'RUNNING' FOR KEY SHARE;" ;;
+    lock_fence:ext) echo "PREPARE s(int) AS SELECT lease_sched.lock_fence('lock-' || \$1, 1000000000000 + \$1, md5('l' || \$1)::uuid);" ;;
+    lock_fence:base) echo "PREPARE s(int) AS SELECT 1 FROM baseline.locks WHERE name = 'lock-' || \$1 AND fencing_token = 1000000000000 + \$1 AND lock_token = md5('l' || \$1)::uuid FOR KEY SHARE;" ;;
     tpcb:*) echo "PREPARE s(int) AS UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = \$1;"
             echo "PREPARE r(int) AS SELECT abalance FROM pgbench_accounts WHERE aid = \$1;"
             echo "PREPARE t(int) AS UPDATE pgbench_tellers SET tbalance = tbalance + 1 WHERE tid = \$1 % 10 + 1;"
@@ -77,9 +89,10 @@ statements() {
             echo "PREPARE h(int) AS INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (\$1 % 10 + 1, 1, \$1, 1, CURRENT_TIMESTAMP);" ;;
   esac
   for ((k = $4; k < $4 + $3; k++)); do
-    # Heartbeat and touch cycle through the 1000 leases / runtimes of the fixtures.
+    # Heartbeats, touches and fences cycle through the 1000 leases / runtimes / locks of the fixtures.
     case "$1" in
-      claim_fresh) echo "EXECUTE s($k);" ;;
+      claim_fresh|lock_acquire) echo "EXECUTE s($k);" ;;
+      lease_fence|lock_fence) echo "BEGIN; EXECUTE s($((k % 1000 + 1))); COMMIT;" ;;
       # One transaction block per line: the single-user backend reads a statement a line.
       tpcb) a=$((k % 100000 + 1)); echo "BEGIN; EXECUTE s($a); EXECUTE r($a); EXECUTE t($a); EXECUTE b($a); EXECUTE h($a); COMMIT;" ;;
       *) echo "EXECUTE s($((k % 1000 + 1)));" ;;

@@ -26,7 +26,8 @@
 #   --history-duration S 5      * seconds per run at each history size (quick: 1)
 #   --scale-duration S  300     * seconds of the open-loop scale run, per side and sync mode (quick: 10)
 #   --cases LIST        all       comma list of: ceiling,claim_fresh,claim_contended,steal,
-#                                 heartbeat,finish,touch,touch_batch,breakdown,history,scale
+#                                 heartbeat,finish,touch,touch_batch,lock_acquire,lock_heartbeat,
+#                                 lease_fence,lock_fence,breakdown,history,scale
 #   --chart PATH        docs/benchmarks.svg * also write the chart here (quick: nowhere)
 #   --set "NAME = VALUE"          one more postgresql.conf line for the cluster (repeatable;
 #                                 e.g. --set "lease_sched.notify_lost = off")
@@ -79,7 +80,7 @@ want() { [ "$cases" = all ] || [[ ",$cases," == *",$1,"* ]]; }
 
 # Workload sizes.
 N_RUNTIMES=$(( clients * 1000 > 10000 ? clients * 1000 : 10000 ))  # case 6/7: runtimes
-LEASES_PER_CLIENT=100            # cases 3/4: leases each client cycles through
+LEASES_PER_CLIENT=100            # cases 3/4/12-14: leases (locks) each client cycles through
 CONTENDED_PLANS=16               # case 2: live plans everybody fights over
 BATCH=1000                       # case 7: ids per runtime_touch_batch
 SCALE_RUNTIMES=100000 SCALE_TOUCH_EVERY=15   # case 10: 10^5 runtimes, one touch per 15 s each
@@ -209,8 +210,8 @@ case_start() {
   # The fresh claims of case 1 finish here, on both sides: left RUNNING, they would go
   # stale after 5 minutes and the sweep would fail them in the middle of a later case.
   q "SELECT bench.settle('fresh')" >/dev/null
-  q "VACUUM ANALYZE lease_sched.sys_cron_executions, $(q "SELECT bench.runtimes_table()"),
-                    baseline.sys_cron_executions, baseline.runtimes"
+  q "VACUUM ANALYZE lease_sched.sys_cron_executions, $(q "SELECT bench.runtimes_table()"), lease_sched.locks,
+                    baseline.sys_cron_executions, baseline.runtimes, baseline.locks"
   q "CHECKPOINT"
 }
 
@@ -287,6 +288,10 @@ args_finish() { echo "-f bench/workloads/${1}_finish.sql -D job=finish -D n=0 -D
 args_touch() { echo "-f bench/workloads/${1}_touch.sql -D nrt=$N_RUNTIMES"; }
 args_batch() { echo "-f bench/workloads/${1}_touch_batch.sql"; }
 prep_runtimes() { q "SELECT bench.refresh_runtimes()" >/dev/null; }
+args_lock_acquire() { echo "-f bench/workloads/${1}_lock_acquire.sql -D n=0 -D base=$(plan_base)"; }
+args_lock_heartbeat() { echo "-f bench/workloads/${1}_lock_heartbeat.sql -D n=0 -D per=$LEASES_PER_CLIENT"; }
+args_lease_fence() { echo "-f bench/workloads/${1}_lease_fence.sql -D n=0 -D per=$LEASES_PER_CLIENT"; }
+args_lock_fence() { echo "-f bench/workloads/${1}_lock_fence.sql -D n=0 -D per=$LEASES_PER_CLIENT"; }
 
 # ---- fixtures ------------------------------------------------------------------------
 echo "bench: loading fixtures"
@@ -295,8 +300,11 @@ q "SELECT bench.fill_batches($clients, $BATCH)" >/dev/null
 q "SELECT bench.ensure_leases('heartbeat', $((clients * LEASES_PER_CLIENT)), 'h', 't', '1 hour', 3, false)" >/dev/null
 q "SELECT bench.ensure_leases('steal', $((clients * LEASES_PER_CLIENT)), NULL, NULL, '1 millisecond', 2147483647, true, true)" >/dev/null
 q "SELECT bench.ensure_leases('contended', $CONTENDED_PLANS, NULL, NULL, '30 days', 3, false)" >/dev/null
+q "SELECT bench.ensure_leases('fence', $((clients * LEASES_PER_CLIENT)), 'f', 'g', '30 days', 3, false)" >/dev/null
+q "SELECT bench.set_fencing_tokens('fence')" >/dev/null
+q "SELECT bench.ensure_locks($((clients * LEASES_PER_CLIENT)))" >/dev/null
 
-# ---- cases 0-7, under each synchronous_commit setting --------------------------------
+# ---- cases 0-7 and 11-14, under each synchronous_commit setting ----------------------
 for sync in $sync_modes; do
   set_sync "$sync"
   echo "bench: synchronous_commit = $sync"
@@ -313,6 +321,10 @@ for sync in $sync_modes; do
   want finish && pair finish noop args_finish
   want touch && pair touch prep_runtimes args_touch
   want touch_batch && pair touch_batch prep_runtimes args_batch
+  want lock_acquire && pair lock_acquire noop args_lock_acquire
+  want lock_heartbeat && pair lock_heartbeat noop args_lock_heartbeat
+  want lease_fence && pair lease_fence noop args_lease_fence
+  want lock_fence && pair lock_fence noop args_lock_fence
   if want breakdown; then
     # Where a call's time goes: single-client latency of SELECT 1, of a bare extension
     # call, of the statement inside the call sent directly, and of the call itself.
@@ -378,8 +390,8 @@ fi
 
 # ---- the report ------------------------------------------------------------------------
 {
-  printf '{"stamp":"%s","quick":%s,"duration":%s,"rounds":%s,"clients":%s,"threads":%s,' \
-    "$stamp" "$quick" "$duration" "$rounds" "$clients" "$threads"
+  printf '{"stamp":"%s","edition":"%s","quick":%s,"duration":%s,"rounds":%s,"clients":%s,"threads":%s,' \
+    "$stamp" "$([ -n "$portable" ] && echo portable || echo native)" "$quick" "$duration" "$rounds" "$clients" "$threads"
   printf '"sync_modes":"%s","history_sizes":"%s","history_duration":%s,"scale_duration":%s,' \
     "$sync_modes" "$history_sizes" "$history_duration" "$scale_duration"
   printf '"command":"%s","commit":"%s","cores":%s,"mem_gib":%s,"loadavg":"%s",' \
