@@ -116,9 +116,15 @@ def signature(stmt):
 def shared_files():
     """The sql/*.sql files in the order src/lib.rs loads them (finalize last)."""
     lib = open(os.path.join(ROOT, "src", "lib.rs")).read()
-    files = re.findall(r'^extension_sql_file!\("\.\./sql/([\w]+)\.sql"', lib, re.M)
+    # (rustfmt may break a long call over lines: the path can follow on the next one)
+    files = re.findall(r'^extension_sql_file!\(\s*"\.\./sql/([\w]+)\.sql"', lib, re.M)
     if not files or files[-1] != "finalize":
         die("src/lib.rs: no extension_sql_file! list ending with finalize")
+    # Every DDL file the extension is built from must be in the script: one the pattern
+    # above missed would leave its functions out of the portable edition, silently.
+    on_disk = {f[:-4] for f in os.listdir(os.path.join(ROOT, "sql")) if f.endswith(".sql") and not f.startswith("lease_sched--")}
+    if on_disk - set(files):
+        die(f"src/lib.rs: found no extension_sql_file! for sql/{', sql/'.join(sorted(on_disk - set(files)))}.sql")
     return files
 
 
